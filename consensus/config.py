@@ -1,0 +1,32 @@
+"""Static settings of one Raft node. Times are in ticks; the driver decides how long a tick is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from consensus.types import NodeId
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    node_id: NodeId
+    voters: tuple[NodeId, ...]
+    election_tick: int = 10
+    """A follower campaigns after a random timeout in [election_tick, 2 * election_tick)."""
+    heartbeat_tick: int = 1
+    max_inflight: int = 64
+    """AppendEntries messages in flight per follower before the leader waits for acks."""
+    max_batch_bytes: int = 1 << 20
+    """Upper bound on the entry bytes of one AppendEntries."""
+    check_quorum: bool = True
+    pre_vote: bool = True
+
+    def __post_init__(self) -> None:
+        if self.node_id not in self.voters:
+            raise ValueError(f"node {self.node_id!r} is not among the voters {self.voters}")
+        if len(set(self.voters)) != len(self.voters):
+            raise ValueError(f"duplicate voters in {self.voters}")
+        if self.heartbeat_tick < 1 or self.election_tick <= self.heartbeat_tick:
+            raise ValueError("need 1 <= heartbeat_tick < election_tick")
+        if self.max_inflight < 1 or self.max_batch_bytes < 1:
+            raise ValueError("max_inflight and max_batch_bytes must be positive")

@@ -1,0 +1,55 @@
+"""Plain values shared by every part of the consensus core.
+
+Everything here is immutable so that a value handed to the runtime (to persist or
+send) can never be changed behind its back by the core.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+NodeId = str
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre_candidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+class EntryType(enum.IntEnum):
+    """NORMAL carries client data; NOOP is what a new leader appends to commit its term."""
+
+    NORMAL = 0
+    NOOP = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    term: int
+    index: int
+    data: bytes = b""
+    type: EntryType = EntryType.NORMAL
+
+    def size(self) -> int:
+        """Approximate wire size, used to bound batches in bytes."""
+        return len(self.data) + 24
+
+
+@dataclass(frozen=True, slots=True)
+class HardState:
+    """What must be on disk before any message that depends on it leaves the node."""
+
+    term: int = 0
+    vote: NodeId | None = None
+    commit: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    """A linearizable read may be served once the applied index reaches `index`."""
+
+    request_id: bytes
+    index: int
