@@ -1,0 +1,533 @@
+"""RaftNode: the Raft protocol as a pure state machine.
+
+Inputs are `tick`, `step`, `propose`, `read_index` and `transfer_leadership`;
+output is a `Ready` the driver persists, sends and applies before `advance`.
+Term rules common to every role are applied once in `step`, then the message is
+dispatched to the handler of the current role (as etcd-io/raft does).
+"""
+
+from __future__ import annotations
+
+import random
+
+from consensus import quorum
+from consensus.config import Config
+from consensus.errors import NotLeader, ProposalDropped
+from consensus.log import RaftLog
+from consensus.messages import (
+    AppendEntries,
+    AppendEntriesResponse,
+    Message,
+    RequestVote,
+    RequestVoteResponse,
+    TimeoutNow,
+)
+from consensus.progress import Progress, ProgressState
+from consensus.read_index import ReadIndexQueue
+from consensus.ready import Ready, Status
+from consensus.storage import Storage
+from consensus.types import Entry, EntryType, HardState, NodeId, ReadState, Role
+
+
+class RaftNode:
+    def __init__(self, config: Config, storage: Storage, rng: random.Random) -> None:
+        self.config = config
+        self.id: NodeId = config.node_id
+        self.voters: tuple[NodeId, ...] = config.voters
+        self._rng = rng
+        self.log = RaftLog(storage)
+        hard_state = storage.initial_state()
+        self.term = hard_state.term
+        self.vote: NodeId | None = hard_state.vote
+        self._prev_hard_state = hard_state
+        self.role = Role.FOLLOWER
+        self.leader_id: NodeId | None = None
+        self._election_elapsed = 0
+        self._heartbeat_elapsed = 0
+        self._randomized_timeout = config.election_tick
+        self._votes: dict[NodeId, bool] = {}
+        self._progress: dict[NodeId, Progress] = {}
+        self._transferee: NodeId | None = None
+        self._reads = ReadIndexQueue()
+        self._msgs: list[Message] = []
+        self._read_states: list[ReadState] = []
+        self._become_follower(self.term, None)
+
+    # --- public API ----------------------------------------------------------------
+
+    @property
+    def commit_index(self) -> int:
+        return self.log.committed
+
+    @property
+    def applied_index(self) -> int:
+        return self.log.applied
+
+    def status(self) -> Status:
+        return Status(
+            id=self.id,
+            role=self.role,
+            term=self.term,
+            leader=self.leader_id,
+            commit_index=self.log.committed,
+            applied_index=self.log.applied,
+            last_index=self.log.last_index(),
+            voters=self.voters,
+        )
+
+    def tick(self) -> None:
+        if self.role is Role.LEADER:
+            self._tick_leader()
+        else:
+            self._tick_election()
+
+    def propose(self, data: bytes) -> Entry:
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        if self._transferee is not None:
+            raise ProposalDropped(f"leadership is being transferred to {self._transferee}")
+        entry = Entry(self.term, self.log.last_index() + 1, data)
+        self._append_as_leader(entry)
+        return entry
+
+    def read_index(self, request_id: bytes) -> None:
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        self._reads.request(request_id, self.log.committed, self._committed_in_term())
+
+    def transfer_leadership(self, to: NodeId) -> None:
+        """Hand leadership to `to` (§3.10): catch it up, then tell it to campaign now."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        if to == self.id or to not in self.voters or self._transferee == to:
+            return
+        self._transferee = to
+        self._election_elapsed = 0  # the transfer is abandoned after one election timeout
+        if self._progress[to].match == self.log.last_index():
+            self._send(TimeoutNow(self.term, self.id, to))
+        else:
+            self._send_append(to)
+
+    def step(self, msg: Message) -> None:
+        if msg.recipient != self.id or msg.sender not in self.voters or msg.sender == self.id:
+            return
+        if msg.term > self.term:
+            if not self._accept_higher_term(msg):
+                return
+        elif msg.term < self.term:
+            self._answer_stale(msg)
+            return
+        if isinstance(msg, RequestVote):
+            self._handle_vote_request(msg)
+        elif self.role is Role.LEADER:
+            self._step_leader(msg)
+        elif self.role is Role.FOLLOWER:
+            self._step_follower(msg)
+        else:
+            self._step_campaigner(msg)
+
+    def has_ready(self) -> bool:
+        return bool(
+            self._msgs
+            or self._read_states
+            or self.log.has_unstable()
+            or self.log.has_next_committed()
+            or self._reads.has_unsent()
+            or self._hard_state_to_save(False) is not None
+        )
+
+    def ready(self) -> Ready:
+        if self.role is Role.LEADER and self._reads.has_unsent():
+            self._start_read_round()
+        entries = tuple(self.log.unstable_entries())
+        ready = Ready(
+            hard_state=self._hard_state_to_save(bool(entries)),
+            entries=entries,
+            messages=tuple(self._msgs),
+            committed=tuple(self.log.next_committed(self.config.max_batch_bytes)),
+            read_states=tuple(self._read_states),
+        )
+        self._msgs = []
+        self._read_states = []
+        return ready
+
+    def advance(self, ready: Ready) -> None:
+        if ready.hard_state is not None:
+            self._prev_hard_state = ready.hard_state
+        if ready.entries:
+            last = ready.entries[-1]
+            self.log.stable_to(last.index, last.term)
+        if ready.committed:
+            self.log.applied_to(ready.committed[-1].index)
+
+    # --- role changes ----------------------------------------------------------------
+
+    def _reset(self, term: int) -> None:
+        if term != self.term:
+            self.term = term
+            self.vote = None
+        self.leader_id = None
+        self._election_elapsed = 0
+        self._heartbeat_elapsed = 0
+        self._randomized_timeout = self._rng.randrange(
+            self.config.election_tick, 2 * self.config.election_tick
+        )
+        self._votes = {}
+        self._progress = {}
+        self._transferee = None
+        self._reads.clear()
+
+    def _become_follower(self, term: int, leader: NodeId | None) -> None:
+        self._reset(term)
+        self.role = Role.FOLLOWER
+        self.leader_id = leader
+
+    def _become_pre_candidate(self) -> None:
+        """PreVote (§9.6): ask first whether an election could be won, without raising
+        the term, so a node returning from a partition cannot depose a healthy leader."""
+        self._votes = {self.id: True}
+        self._transferee = None
+        self.role = Role.PRE_CANDIDATE
+        self.leader_id = None
+
+    def _become_candidate(self) -> None:
+        self._reset(self.term + 1)
+        self.vote = self.id
+        self._votes = {self.id: True}
+        self.role = Role.CANDIDATE
+
+    def _become_leader(self) -> None:
+        self._reset(self.term)
+        self.role = Role.LEADER
+        self.leader_id = self.id
+        next_index = self.log.last_index() + 1
+        for peer in self.voters:
+            progress = Progress(next_index, self.config.max_inflight)
+            progress.recent_active = True
+            self._progress[peer] = progress
+        self._progress[self.id].become_replicate()
+        # A no-op of the new term lets the leader commit, and so learn the commit
+        # index, without waiting for a client (§8 and Figure 8).
+        self._append_as_leader(Entry(self.term, next_index, b"", EntryType.NOOP))
+
+    def _campaign(self, pre_vote: bool, transfer: bool = False) -> None:
+        if pre_vote:
+            self._become_pre_candidate()
+            vote_term = self.term + 1
+        else:
+            self._become_candidate()
+            vote_term = self.term
+        if quorum.vote_result(self.voters, self._votes) is True:
+            self._won_election()
+            return
+        for peer in self.voters:
+            if peer != self.id:
+                self._send(
+                    RequestVote(
+                        term=vote_term,
+                        sender=self.id,
+                        recipient=peer,
+                        last_log_index=self.log.last_index(),
+                        last_log_term=self.log.last_term(),
+                        pre_vote=pre_vote,
+                        transfer=transfer,
+                    )
+                )
+
+    def _won_election(self) -> None:
+        if self.role is Role.PRE_CANDIDATE:
+            self._campaign(pre_vote=False)
+        else:
+            self._become_leader()
+
+    # --- ticks -----------------------------------------------------------------------
+
+    def _tick_election(self) -> None:
+        self._election_elapsed += 1
+        if self._election_elapsed >= self._randomized_timeout:
+            self._election_elapsed = 0
+            self._campaign(pre_vote=self.config.pre_vote)
+
+    def _tick_leader(self) -> None:
+        self._heartbeat_elapsed += 1
+        self._election_elapsed += 1
+        if self._election_elapsed >= self.config.election_tick:
+            self._election_elapsed = 0
+            if self.config.check_quorum and not self._quorum_recently_active():
+                self._become_follower(self.term, None)
+                return
+            self._transferee = None
+        if self._heartbeat_elapsed >= self.config.heartbeat_tick:
+            self._heartbeat_elapsed = 0
+            self._broadcast_heartbeat()
+
+    def _quorum_recently_active(self) -> bool:
+        """CheckQuorum: a leader that heard from no quorum for an election timeout
+        steps down, so a partitioned leader stops serving and clients move on."""
+        active = [p for p, pr in self._progress.items() if pr.recent_active or p == self.id]
+        for peer, progress in self._progress.items():
+            progress.recent_active = peer == self.id
+        return quorum.has_quorum(self.voters, active)
+
+    # --- common term rules -------------------------------------------------------------
+
+    def _in_lease(self) -> bool:
+        """Heard from a leader within the election timeout (leader stickiness, §4.2.3)."""
+        return (
+            self.config.check_quorum
+            and self.leader_id is not None
+            and self._election_elapsed < self.config.election_tick
+        )
+
+    def _accept_higher_term(self, msg: Message) -> bool:
+        """Apply the rule 'a higher term makes us a follower', with its exceptions.
+        Returns False when the message must be ignored."""
+        if isinstance(msg, RequestVote):
+            if not msg.transfer and self._in_lease():
+                return False
+            if msg.pre_vote:
+                return True  # a pre-vote never changes our term
+        if isinstance(msg, RequestVoteResponse) and msg.pre_vote and msg.granted:
+            return True  # granted pre-votes carry the term we would campaign in
+        leader = msg.sender if isinstance(msg, (AppendEntries, TimeoutNow)) else None
+        self._become_follower(msg.term, leader)
+        return True
+
+    def _answer_stale(self, msg: Message) -> None:
+        """Tell a node with an old term about ours: a stale leader then steps down, and
+        a pre-candidate learns it cannot win. Everything else from the past is dropped."""
+        if isinstance(msg, AppendEntries):
+            self._send(AppendEntriesResponse(self.term, self.id, msg.sender, success=False))
+        elif isinstance(msg, RequestVote) and msg.pre_vote:
+            self._send(RequestVoteResponse(self.term, self.id, msg.sender, False, pre_vote=True))
+
+    # --- votes ----------------------------------------------------------------------------
+
+    def _handle_vote_request(self, msg: RequestVote) -> None:
+        can_vote = (
+            self.vote == msg.sender
+            or (self.vote is None and self.leader_id is None)
+            or (msg.pre_vote and msg.term > self.term)
+        )
+        if can_vote and self.log.is_up_to_date(msg.last_log_index, msg.last_log_term):
+            self._send(RequestVoteResponse(msg.term, self.id, msg.sender, True, msg.pre_vote))
+            if not msg.pre_vote:
+                self._election_elapsed = 0
+                self.vote = msg.sender
+        else:
+            self._send(RequestVoteResponse(self.term, self.id, msg.sender, False, msg.pre_vote))
+
+    def _step_campaigner(self, msg: Message) -> None:
+        """Pre-candidates and candidates count votes; a leader of their term ends the race."""
+        if isinstance(msg, AppendEntries):
+            self._become_follower(self.term, msg.sender)
+            self._handle_append(msg)
+        elif isinstance(msg, RequestVoteResponse):
+            if msg.pre_vote != (self.role is Role.PRE_CANDIDATE):
+                return
+            if msg.pre_vote and msg.granted and msg.term != self.term + 1:
+                return  # granted for a pre-campaign we have since abandoned
+            self._votes.setdefault(msg.sender, msg.granted)
+            result = quorum.vote_result(self.voters, self._votes)
+            if result is True:
+                self._won_election()
+            elif result is False:
+                self._become_follower(self.term, None)
+
+    # --- follower -----------------------------------------------------------------------
+
+    def _step_follower(self, msg: Message) -> None:
+        if isinstance(msg, AppendEntries):
+            self._election_elapsed = 0
+            self.leader_id = msg.sender
+            self._handle_append(msg)
+        elif isinstance(msg, TimeoutNow):
+            self._campaign(pre_vote=False, transfer=True)
+
+    def _handle_append(self, msg: AppendEntries) -> None:
+        prev_index, prev_term, entries = msg.prev_log_index, msg.prev_log_term, msg.entries
+        committed = self.log.committed
+        if prev_index < committed:
+            # Our committed prefix matches every current leader's log: skip the part of
+            # the message it covers (a delayed or duplicated message) and keep the rest.
+            if prev_index + len(entries) <= committed:
+                self._reply_append(msg, True, match_index=committed)
+                return
+            entries = entries[committed - prev_index :]
+            prev_index, prev_term = committed, self.log.term(committed)
+        if self.log.match_term(prev_index, prev_term):
+            last_new = prev_index + len(entries)
+            self.log.append_checked(entries)
+            self.log.commit_to(min(msg.leader_commit, last_new))
+            self._reply_append(msg, True, match_index=last_new)
+            return
+        # Conflict back-off: name the term we hold at prev_log_index and the first index
+        # of that term, so the leader skips the whole term in one round trip.
+        if prev_index > self.log.last_index():
+            conflict_term, conflict_index = 0, self.log.last_index() + 1
+        else:
+            conflict_term = self.log.term(prev_index)
+            conflict_index = self.log.first_index_of_term(prev_index)
+        self._reply_append(
+            msg,
+            False,
+            match_index=prev_index,
+            conflict_term=conflict_term,
+            conflict_index=conflict_index,
+        )
+
+    def _reply_append(self, msg: AppendEntries, success: bool, **fields: int) -> None:
+        self._send(
+            AppendEntriesResponse(
+                self.term, self.id, msg.sender, success, read_seq=msg.read_seq, **fields
+            )
+        )
+
+    # --- leader -------------------------------------------------------------------------
+
+    def _step_leader(self, msg: Message) -> None:
+        if not isinstance(msg, AppendEntriesResponse):
+            return
+        progress = self._progress[msg.sender]
+        progress.recent_active = True
+        if msg.read_seq > progress.read_ack:
+            progress.read_ack = msg.read_seq
+            self._release_confirmed_reads()
+        if msg.success:
+            self._handle_append_success(msg.sender, progress, msg.match_index)
+        elif not progress.is_stale_rejection(msg.match_index):
+            next_index = self._next_after_rejection(msg, progress)
+            progress.become_probe()
+            progress.next = next_index
+            self._send_append(msg.sender)
+
+    def _handle_append_success(self, peer: NodeId, progress: Progress, match: int) -> None:
+        if progress.maybe_update(match):
+            if progress.state is ProgressState.PROBE:
+                progress.become_replicate()
+            if self._maybe_commit():
+                self._on_commit()
+        if self._transferee == peer and progress.match == self.log.last_index():
+            self._send(TimeoutNow(self.term, self.id, peer))
+        while self._send_append(peer, send_if_empty=False):
+            pass
+
+    def _next_after_rejection(self, msg: AppendEntriesResponse, progress: Progress) -> int:
+        next_index = msg.conflict_index
+        if msg.conflict_term:
+            ours = self.log.last_index_of_term(msg.conflict_term, msg.match_index)
+            if ours is not None:
+                next_index = ours + 1
+        return max(min(next_index, msg.match_index), progress.match + 1)
+
+    def _append_as_leader(self, entry: Entry) -> None:
+        self.log.append([entry])
+        for peer in self.voters:
+            if peer != self.id:
+                self._send_append(peer, send_if_empty=False)
+        if self._maybe_commit():
+            self._on_commit()
+
+    def _maybe_commit(self) -> bool:
+        """Figure 8: only an entry of the leader's own term is committed by counting
+        replicas; earlier entries are committed indirectly with it."""
+        match = {peer: pr.match for peer, pr in self._progress.items()}
+        match[self.id] = self.log.last_index()
+        index = quorum.committed_index(self.voters, match)
+        if index > self.log.committed and self.log.term(index) == self.term:
+            return self.log.commit_to(index)
+        return False
+
+    def _on_commit(self) -> None:
+        if self._committed_in_term():
+            self._reads.term_committed(self.log.committed)
+
+    def _committed_in_term(self) -> bool:
+        return self.log.term(self.log.committed) == self.term
+
+    def _send_append(self, peer: NodeId, send_if_empty: bool = True) -> bool:
+        """Send the next batch to `peer` unless flow control says wait; returns whether
+        anything was sent."""
+        progress = self._progress[peer]
+        if progress.is_paused():
+            return False
+        entries = self.log.entries(progress.next, self.config.max_batch_bytes)
+        if not entries and not send_if_empty and progress.state is ProgressState.REPLICATE:
+            return False
+        prev_index = progress.next - 1
+        self._send(
+            AppendEntries(
+                term=self.term,
+                sender=self.id,
+                recipient=peer,
+                prev_log_index=prev_index,
+                prev_log_term=self.log.term(prev_index),
+                entries=tuple(entries),
+                leader_commit=self.log.committed,
+                read_seq=self._reads.seq,
+            )
+        )
+        progress.sent(entries[-1].index if entries else None)
+        return bool(entries)
+
+    def _broadcast_heartbeat(self, read_seq: int | None = None) -> None:
+        """Heartbeats name the follower's known match point, which it always holds, so
+        they never trigger a rejection. A follower whose replication stalled for a
+        whole heartbeat interval (a lost message) is probed again."""
+        last_index = self.log.last_index()
+        for peer, progress in self._progress.items():
+            if peer == self.id:
+                continue
+            if progress.state is ProgressState.REPLICATE:
+                stalled = progress.match == progress.match_at_heartbeat and progress.inflight
+                if stalled and progress.match < last_index:
+                    progress.become_probe()
+                progress.match_at_heartbeat = progress.match
+            if progress.state is ProgressState.PROBE:
+                progress.probe_sent = False
+                self._send_append(peer)
+            self._send(
+                AppendEntries(
+                    term=self.term,
+                    sender=self.id,
+                    recipient=peer,
+                    prev_log_index=progress.match,
+                    prev_log_term=self.log.term(progress.match),
+                    entries=(),
+                    leader_commit=min(self.log.committed, progress.match),
+                    read_seq=self._reads.seq if read_seq is None else read_seq,
+                )
+            )
+
+    # --- ReadIndex ----------------------------------------------------------------------
+
+    def _start_read_round(self) -> None:
+        seq = self._reads.open_round()
+        if len(self.voters) == 1:
+            self._release_confirmed_reads()
+        else:
+            self._broadcast_heartbeat(read_seq=seq)
+
+    def _release_confirmed_reads(self) -> None:
+        def confirmed(seq: int) -> bool:
+            acked = [p for p, pr in self._progress.items() if p == self.id or pr.read_ack >= seq]
+            return quorum.has_quorum(self.voters, acked)
+
+        self._read_states.extend(self._reads.confirm(confirmed))
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _send(self, msg: Message) -> None:
+        self._msgs.append(msg)
+
+    def _hard_state_to_save(self, saving_entries: bool) -> HardState | None:
+        """Term and vote must be durable before anything that depends on them is sent.
+        The commit index alone is not worth a sync of its own (it is relearnt from the
+        leader after a restart), so it rides along only when something else is saved."""
+        hard_state = HardState(self.term, self.vote, self.log.committed)
+        previous = self._prev_hard_state
+        if (hard_state.term, hard_state.vote) != (previous.term, previous.vote):
+            return hard_state
+        if saving_entries and hard_state.commit != previous.commit:
+            return hard_state
+        return None

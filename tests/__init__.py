@@ -1,0 +1,1 @@
+"""Test packages; a package so that `python -m tests.sim.soak` resolves."""
