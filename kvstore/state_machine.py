@@ -14,11 +14,12 @@ The rules, applied in this order:
 1. Idle sessions expire by log position, not time: a session last used at index `u` is
    dropped when an entry with index > u + session_ttl_entries is applied (any entry,
    NOOPs included), before that entry's command runs.
-2. A request for a client id with no live session opens one only if its seq is 1 and the
-   id is not in the record of dropped sessions. Anything else answers
-   `SessionExpiredResult()` and is not applied: a seq above 1 means the client had
-   requests we no longer know about (its session was dropped, or it started out of
-   order), so applying could execute one of them twice. A client that gets
+2. A request for a client id with no live session opens one only if its
+   first_outstanding is 1 (the client has had no answer yet, so a concurrent client
+   may send seq 1..n at once, in any order) and the id is not in the record of dropped
+   sessions. Anything else answers `SessionExpiredResult()` and is not applied: a
+   client that has had answers the machine no longer remembers lost its session, and
+   applying could execute one of its requests twice. A client that gets
    SessionExpired must treat the outcome of that request as unknown and start over
    with a new client id.
 3. In a live session the floor rises to the request's `first_outstanding` and results
@@ -224,7 +225,7 @@ class KVStateMachine:
         assert ref is not None
         session = self._sessions.get(ref.client_id)
         if session is None:
-            if ref.seq != 1 or ref.client_id in self._dropped:
+            if ref.first_outstanding != 1 or ref.client_id in self._dropped:
                 return _SESSION_EXPIRED
             session = self._open_session(ref.client_id, index)
         else:

@@ -385,13 +385,14 @@ def test_duplicate_delete_returns_the_stored_result() -> None:
     assert d.sm.get("a") is not None
 
 
-def test_a_new_session_must_start_at_seq_one() -> None:
+def test_a_new_session_opens_only_for_a_client_that_has_had_no_answer() -> None:
     d = Driver()
-    assert d.put("a", client="c", seq=2) == SessionExpiredResult()
+    assert d.put("a", client="c", seq=3, fo=2) == SessionExpiredResult()
     assert not d.sm.has_session("c")
     assert d.sm.revision == 0
-    assert d.put("a", client="c", seq=1) == PutResult(1, 1)
-    assert d.put("a", client="c", seq=2) == PutResult(2, 2)
+    assert d.put("a", client="c", seq=2, fo=1) == PutResult(1, 1), "concurrent start"
+    assert d.put("a", client="c", seq=1, fo=1) == PutResult(2, 2)
+    assert d.put("a", client="c", seq=2, fo=1) == PutResult(1, 1), "stored, not re-applied"
 
 
 def test_requests_of_a_session_may_apply_out_of_order_but_each_only_once() -> None:
