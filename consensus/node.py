@@ -49,6 +49,7 @@ class RaftNode:
         self._progress: dict[NodeId, Progress] = {}
         self._transferee: NodeId | None = None
         self._reads = ReadIndexQueue()
+        self._replication_pending = False
         self._msgs: list[Message] = []
         self._read_states: list[ReadState] = []
         self._become_follower(self.term, None)
@@ -133,12 +134,16 @@ class RaftNode:
             or self.log.has_unstable()
             or self.log.has_next_committed()
             or self._reads.has_unsent()
+            or self._replication_pending
             or self._hard_state_to_save(False) is not None
         )
 
     def ready(self) -> Ready:
-        if self.role is Role.LEADER and self._reads.has_unsent():
-            self._start_read_round()
+        if self.role is Role.LEADER:
+            if self._replication_pending:
+                self._replicate_pending()
+            if self._reads.has_unsent():
+                self._start_read_round()
         entries = tuple(self.log.unstable_entries())
         ready = Ready(
             hard_state=self._hard_state_to_save(bool(entries)),
@@ -176,6 +181,7 @@ class RaftNode:
         self._progress = {}
         self._transferee = None
         self._reads.clear()
+        self._replication_pending = False
 
     def _become_follower(self, term: int, leader: NodeId | None) -> None:
         self._reset(term)
@@ -421,12 +427,19 @@ class RaftNode:
         return max(min(next_index, msg.match_index), progress.match + 1)
 
     def _append_as_leader(self, entry: Entry) -> None:
+        """Append now, replicate at the next `ready()`: proposals that arrive together
+        then travel in one AppendEntries per follower instead of one each."""
         self.log.append([entry])
-        for peer in self.voters:
-            if peer != self.id:
-                self._send_append(peer, send_if_empty=False)
+        self._replication_pending = True
         if self._maybe_commit():
             self._on_commit()
+
+    def _replicate_pending(self) -> None:
+        self._replication_pending = False
+        for peer in self.voters:
+            if peer != self.id:
+                while self._send_append(peer, send_if_empty=False):
+                    pass
 
     def _maybe_commit(self) -> bool:
         """Figure 8: only an entry of the leader's own term is committed by counting
