@@ -6,9 +6,11 @@ the driver (kvstore.node for real, tests.sim for the simulator) does all of that
 
 from consensus.config import Config
 from consensus.errors import ConsensusError, NotLeader, ProposalDropped
+from consensus.membership import ConfChange, ConfChangeType, InvalidConfChange
 from consensus.messages import (
     AppendEntries,
     AppendEntriesResponse,
+    InstallSnapshot,
     Message,
     RequestVote,
     RequestVoteResponse,
@@ -17,16 +19,30 @@ from consensus.messages import (
 from consensus.node import RaftNode
 from consensus.ready import Ready, Status
 from consensus.storage import MemoryStorage, Storage, WritableStorage
-from consensus.types import Entry, EntryType, HardState, NodeId, ReadState, Role
+from consensus.types import (
+    Entry,
+    EntryType,
+    HardState,
+    Membership,
+    NodeId,
+    ReadState,
+    Role,
+    SnapshotMeta,
+)
 
 __all__ = [
     "AppendEntries",
     "AppendEntriesResponse",
+    "ConfChange",
+    "ConfChangeType",
     "Config",
     "ConsensusError",
     "Entry",
     "EntryType",
     "HardState",
+    "InstallSnapshot",
+    "InvalidConfChange",
+    "Membership",
     "MemoryStorage",
     "Message",
     "NodeId",
@@ -38,6 +54,7 @@ __all__ = [
     "RequestVote",
     "RequestVoteResponse",
     "Role",
+    "SnapshotMeta",
     "Status",
     "Storage",
     "TimeoutNow",

@@ -11,6 +11,8 @@ from consensus.types import NodeId
 class Config:
     node_id: NodeId
     voters: tuple[NodeId, ...]
+    """The initial voters, used while storage holds no snapshot. Empty for a node that
+    joins an existing cluster: it learns the membership from the leader."""
     election_tick: int = 10
     """A follower campaigns after a random timeout in [election_tick, 2 * election_tick)."""
     heartbeat_tick: int = 1
@@ -22,7 +24,7 @@ class Config:
     pre_vote: bool = True
 
     def __post_init__(self) -> None:
-        if self.node_id not in self.voters:
+        if self.voters and self.node_id not in self.voters:
             raise ValueError(f"node {self.node_id!r} is not among the voters {self.voters}")
         if len(set(self.voters)) != len(self.voters):
             raise ValueError(f"duplicate voters in {self.voters}")

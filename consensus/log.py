@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from consensus.errors import CompactedError
 from consensus.storage import Storage, limit_size
-from consensus.types import Entry
+from consensus.types import Entry, SnapshotMeta
 
 
 class RaftLog:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
+        self.pending_snapshot: SnapshotMeta | None = None
+        """A snapshot from the leader that the driver has yet to install."""
         self._unstable: list[Entry] = []
         self._unstable_offset = storage.last_index() + 1
         self.committed = storage.initial_state().commit
@@ -29,6 +32,8 @@ class RaftLog:
     # --- reading -----------------------------------------------------------------
 
     def first_index(self) -> int:
+        if self.pending_snapshot is not None:
+            return self.pending_snapshot.index + 1
         return self.storage.first_index()
 
     def last_index(self) -> int:
@@ -40,10 +45,17 @@ class RaftLog:
         return self.term(self.last_index())
 
     def term(self, index: int) -> int:
-        """Term of `index`, or 0 when the index is past the end of the log."""
+        """Term of `index`, or 0 when the index is past the end of the log. Raises
+        CompactedError for an index inside the snapshot (its own index is fine)."""
+        if index == 0:
+            return 0  # the empty prefix every log starts from, compacted or not
         if index >= self._unstable_offset:
             position = index - self._unstable_offset
             return self._unstable[position].term if position < len(self._unstable) else 0
+        if self.pending_snapshot is not None:
+            if index == self.pending_snapshot.index:
+                return self.pending_snapshot.term
+            raise CompactedError(f"index {index} is inside the snapshot being installed")
         if index > self.storage.last_index():
             return 0
         return self.storage.term(index)
@@ -59,6 +71,8 @@ class RaftLog:
         """Entries in [lo, hi), reading storage for the stable part and memory for the rest."""
         if lo >= hi:
             return []
+        if lo < self.first_index():
+            raise CompactedError(f"index {lo} is compacted (first index {self.first_index()})")
         result: list[Entry] = []
         if lo < self._unstable_offset:
             result = self.storage.entries(lo, min(hi, self._unstable_offset), max_bytes)
@@ -124,6 +138,21 @@ class RaftLog:
             if entry.index > self.last_index() or self.term(entry.index) != entry.term:
                 self.append(entries[position:])
                 return
+
+    def restore(self, snapshot: SnapshotMeta) -> None:
+        """Replace the whole log by a snapshot from the leader; the driver installs it
+        with the next Ready, and entries after it arrive by AppendEntries."""
+        self.pending_snapshot = snapshot
+        self._unstable = []
+        self._unstable_offset = snapshot.index + 1
+        self.committed = snapshot.index
+        self._applying = snapshot.index
+
+    def snapshot_installed(self, snapshot: SnapshotMeta) -> None:
+        if self.pending_snapshot == snapshot:
+            self.pending_snapshot = None
+        self.applied = max(self.applied, snapshot.index)
+        self._applying = max(self._applying, snapshot.index)
 
     def commit_to(self, index: int) -> bool:
         index = min(index, self.last_index())

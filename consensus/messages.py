@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from consensus.types import Entry, NodeId
+from consensus.types import Entry, NodeId, SnapshotMeta
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,4 +75,24 @@ class TimeoutNow:
     recipient: NodeId
 
 
-Message = RequestVote | RequestVoteResponse | AppendEntries | AppendEntriesResponse | TimeoutNow
+@dataclass(frozen=True, slots=True)
+class InstallSnapshot:
+    """Replaces a follower's log prefix with a snapshot (§5 of the dissertation, ch. 5).
+    The core carries only the metadata; the driver streams the state itself in chunks
+    and steps this message once the follower holds all of it. The follower answers
+    with an AppendEntriesResponse whose match_index is the snapshot's index."""
+
+    term: int
+    sender: NodeId
+    recipient: NodeId
+    snapshot: SnapshotMeta
+
+
+Message = (
+    RequestVote
+    | RequestVoteResponse
+    | AppendEntries
+    | AppendEntriesResponse
+    | TimeoutNow
+    | InstallSnapshot
+)

@@ -14,9 +14,20 @@ from consensus import quorum
 from consensus.config import Config
 from consensus.errors import NotLeader, ProposalDropped
 from consensus.log import RaftLog
+from consensus.membership import (
+    ConfChange,
+    ConfChangeType,
+    InvalidConfChange,
+    apply_change,
+    bootstrap_change,
+    decode_conf_change,
+    encode_conf_change,
+    validate,
+)
 from consensus.messages import (
     AppendEntries,
     AppendEntriesResponse,
+    InstallSnapshot,
     Message,
     RequestVote,
     RequestVoteResponse,
@@ -26,16 +37,32 @@ from consensus.progress import Progress, ProgressState
 from consensus.read_index import ReadIndexQueue
 from consensus.ready import Ready, Status
 from consensus.storage import Storage
-from consensus.types import Entry, EntryType, HardState, NodeId, ReadState, Role
+from consensus.types import (
+    Entry,
+    EntryType,
+    HardState,
+    Membership,
+    NodeId,
+    ReadState,
+    Role,
+    SnapshotMeta,
+)
+
+SNAPSHOT_RETRY_HEARTBEATS = 50
+"""Heartbeat intervals a leader waits for a snapshot to be acknowledged before it
+asks the driver to send it again (the driver resumes a transfer it already started)."""
 
 
 class RaftNode:
     def __init__(self, config: Config, storage: Storage, rng: random.Random) -> None:
         self.config = config
         self.id: NodeId = config.node_id
-        self.voters: tuple[NodeId, ...] = config.voters
         self._rng = rng
         self.log = RaftLog(storage)
+        snapshot = storage.snapshot_meta()
+        self.membership = snapshot.membership if snapshot else Membership(config.voters)
+        self._conf_index = snapshot.index if snapshot else 0
+        self._pending_conf_index = 0
         hard_state = storage.initial_state()
         self.term = hard_state.term
         self.vote: NodeId | None = hard_state.vote
@@ -53,8 +80,20 @@ class RaftNode:
         self._msgs: list[Message] = []
         self._read_states: list[ReadState] = []
         self._become_follower(self.term, None)
+        if self._is_pristine(storage) and config.voters:
+            self._bootstrap(config.voters)
+        self._apply_conf_changes(self.log.slice(self.log.first_index(), self.log.committed + 1))
 
     # --- public API ----------------------------------------------------------------
+
+    @property
+    def voters(self) -> tuple[NodeId, ...]:
+        return self.membership.voters
+
+    @property
+    def promotable(self) -> bool:
+        """Only voters campaign; learners, joining and removed nodes never do."""
+        return self.id in self.membership.voters
 
     @property
     def commit_index(self) -> int:
@@ -73,8 +112,16 @@ class RaftNode:
             commit_index=self.log.committed,
             applied_index=self.log.applied,
             last_index=self.log.last_index(),
-            voters=self.voters,
+            voters=self.membership.voters,
+            learners=self.membership.learners,
+            first_index=self.log.first_index(),
         )
+
+    def snapshot_meta(self) -> SnapshotMeta:
+        """Metadata for a snapshot of the state applied so far, for the driver's
+        compaction; valid right after `advance`, when membership matches `applied`."""
+        applied = self.log.applied
+        return SnapshotMeta(applied, self.log.term(applied), self.membership)
 
     def tick(self) -> None:
         if self.role is Role.LEADER:
@@ -91,6 +138,28 @@ class RaftNode:
         self._append_as_leader(entry)
         return entry
 
+    def propose_conf_change(self, change: ConfChange) -> Entry:
+        """Append a membership change. One at a time, and only once the leader has
+        committed an entry of its own term; the leader cannot remove itself (transfer
+        leadership first)."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        if self._transferee is not None:
+            raise ProposalDropped(f"leadership is being transferred to {self._transferee}")
+        if not self._committed_in_term():
+            raise ProposalDropped("the leader has not committed an entry of its term yet")
+        if self._pending_conf_index > self.log.applied:
+            raise ProposalDropped("another membership change is still in progress")
+        if change.type is ConfChangeType.REMOVE and change.node_id == self.id:
+            raise InvalidConfChange("the leader cannot remove itself; transfer leadership first")
+        validate(self.membership, change)
+        entry = Entry(
+            self.term, self.log.last_index() + 1, encode_conf_change(change), EntryType.CONF_CHANGE
+        )
+        self._pending_conf_index = entry.index
+        self._append_as_leader(entry)
+        return entry
+
     def read_index(self, request_id: bytes) -> None:
         if self.role is not Role.LEADER:
             raise NotLeader(self.leader_id)
@@ -100,7 +169,7 @@ class RaftNode:
         """Hand leadership to `to` (§3.10): catch it up, then tell it to campaign now."""
         if self.role is not Role.LEADER:
             raise NotLeader(self.leader_id)
-        if to == self.id or to not in self.voters or self._transferee == to:
+        if to == self.id or to not in self.membership.voters or self._transferee == to:
             return
         self._transferee = to
         self._election_elapsed = 0  # the transfer is abandoned after one election timeout
@@ -110,7 +179,9 @@ class RaftNode:
             self._send_append(to)
 
     def step(self, msg: Message) -> None:
-        if msg.recipient != self.id or msg.sender not in self.voters or msg.sender == self.id:
+        if msg.recipient != self.id or msg.sender == self.id:
+            return
+        if isinstance(msg, RequestVote) and not self._may_vote_for(msg.sender):
             return
         if msg.term > self.term:
             if not self._accept_higher_term(msg):
@@ -135,6 +206,7 @@ class RaftNode:
             or self.log.has_next_committed()
             or self._reads.has_unsent()
             or self._replication_pending
+            or self.log.pending_snapshot is not None
             or self._hard_state_to_save(False) is not None
         )
 
@@ -145,18 +217,28 @@ class RaftNode:
             if self._reads.has_unsent():
                 self._start_read_round()
         entries = tuple(self.log.unstable_entries())
+        snapshot = self.log.pending_snapshot
+        committed = tuple(self.log.next_committed(self.config.max_batch_bytes))
+        # A restart must not start from an older membership than the one in effect, so
+        # the commit index is saved whenever it covers a membership change.
+        conf_changed = self._apply_conf_changes(committed)
         ready = Ready(
-            hard_state=self._hard_state_to_save(bool(entries)),
+            hard_state=self._hard_state_to_save(
+                bool(entries) or snapshot is not None or conf_changed
+            ),
             entries=entries,
             messages=tuple(self._msgs),
-            committed=tuple(self.log.next_committed(self.config.max_batch_bytes)),
+            committed=committed,
             read_states=tuple(self._read_states),
+            snapshot=snapshot,
         )
         self._msgs = []
         self._read_states = []
         return ready
 
     def advance(self, ready: Ready) -> None:
+        if ready.snapshot is not None:
+            self.log.snapshot_installed(ready.snapshot)
         if ready.hard_state is not None:
             self._prev_hard_state = ready.hard_state
         if ready.entries:
@@ -164,6 +246,25 @@ class RaftNode:
             self.log.stable_to(last.index, last.term)
         if ready.committed:
             self.log.applied_to(ready.committed[-1].index)
+
+    # --- start-up ------------------------------------------------------------------------
+
+    @staticmethod
+    def _is_pristine(storage: Storage) -> bool:
+        return (
+            storage.last_index() == 0
+            and storage.snapshot_meta() is None
+            and storage.initial_state().term == 0
+        )
+
+    def _bootstrap(self, voters: tuple[NodeId, ...]) -> None:
+        """Every founding node writes the same committed entry 1 (term 1) naming the
+        founding voters, as etcd does: identical entries keep Log Matching, and the
+        membership history then lives entirely in the log."""
+        data = encode_conf_change(bootstrap_change(voters))
+        self.term = 1
+        self.log.append([Entry(1, 1, data, EntryType.CONF_CHANGE)])
+        self.log.commit_to(1)
 
     # --- role changes ----------------------------------------------------------------
 
@@ -207,11 +308,14 @@ class RaftNode:
         self.role = Role.LEADER
         self.leader_id = self.id
         next_index = self.log.last_index() + 1
-        for peer in self.voters:
+        # Any change in the log but not yet in effect counts as pending (one at a time).
+        self._pending_conf_index = self.log.last_index()
+        for peer in self.membership.members():
             progress = Progress(next_index, self.config.max_inflight)
             progress.recent_active = True
             self._progress[peer] = progress
-        self._progress[self.id].become_replicate()
+        if self.id in self._progress:
+            self._progress[self.id].become_replicate()
         # A no-op of the new term lets the leader commit, and so learn the commit
         # index, without waiting for a client (§8 and Figure 8).
         self._append_as_leader(Entry(self.term, next_index, b"", EntryType.NOOP))
@@ -226,7 +330,7 @@ class RaftNode:
         if quorum.vote_result(self.voters, self._votes) is True:
             self._won_election()
             return
-        for peer in self.voters:
+        for peer in self.membership.voters:
             if peer != self.id:
                 self._send(
                     RequestVote(
@@ -250,7 +354,7 @@ class RaftNode:
 
     def _tick_election(self) -> None:
         self._election_elapsed += 1
-        if self._election_elapsed >= self._randomized_timeout:
+        if self.promotable and self._election_elapsed >= self._randomized_timeout:
             self._election_elapsed = 0
             self._campaign(pre_vote=self.config.pre_vote)
 
@@ -273,7 +377,7 @@ class RaftNode:
         active = [p for p, pr in self._progress.items() if pr.recent_active or p == self.id]
         for peer, progress in self._progress.items():
             progress.recent_active = peer == self.id
-        return quorum.has_quorum(self.voters, active)
+        return quorum.has_quorum(self.membership.voters, active)
 
     # --- common term rules -------------------------------------------------------------
 
@@ -309,6 +413,11 @@ class RaftNode:
 
     # --- votes ----------------------------------------------------------------------------
 
+    def _may_vote_for(self, candidate: NodeId) -> bool:
+        """Only voters vote, and only for voters: a removed node that missed its removal
+        (or a learner) cannot win a vote, so it cannot disrupt the cluster."""
+        return self.promotable and candidate in self.membership.voters
+
     def _handle_vote_request(self, msg: RequestVote) -> None:
         can_vote = (
             self.vote == msg.sender
@@ -325,9 +434,9 @@ class RaftNode:
 
     def _step_campaigner(self, msg: Message) -> None:
         """Pre-candidates and candidates count votes; a leader of their term ends the race."""
-        if isinstance(msg, AppendEntries):
+        if isinstance(msg, (AppendEntries, InstallSnapshot)):
             self._become_follower(self.term, msg.sender)
-            self._handle_append(msg)
+            self._step_follower(msg)
         elif isinstance(msg, RequestVoteResponse):
             if msg.pre_vote != (self.role is Role.PRE_CANDIDATE):
                 return
@@ -347,8 +456,27 @@ class RaftNode:
             self._election_elapsed = 0
             self.leader_id = msg.sender
             self._handle_append(msg)
-        elif isinstance(msg, TimeoutNow):
+        elif isinstance(msg, InstallSnapshot):
+            self._election_elapsed = 0
+            self.leader_id = msg.sender
+            self._handle_snapshot(msg)
+        elif isinstance(msg, TimeoutNow) and self.promotable:
             self._campaign(pre_vote=False, transfer=True)
+
+    def _handle_snapshot(self, msg: InstallSnapshot) -> None:
+        snapshot = msg.snapshot
+        if snapshot.index <= self.log.committed:
+            match = self.log.committed
+        elif self.log.match_term(snapshot.index, snapshot.term):
+            # We hold the snapshot's last entry: keep our log, just learn the commit.
+            self.log.commit_to(snapshot.index)
+            match = snapshot.index
+        else:
+            self.log.restore(snapshot)
+            self.membership = snapshot.membership
+            self._conf_index = snapshot.index
+            match = snapshot.index
+        self._send(AppendEntriesResponse(self.term, self.id, msg.sender, True, match_index=match))
 
     def _handle_append(self, msg: AppendEntries) -> None:
         prev_index, prev_term, entries = msg.prev_log_index, msg.prev_log_term, msg.entries
@@ -409,7 +537,11 @@ class RaftNode:
 
     def _handle_append_success(self, peer: NodeId, progress: Progress, match: int) -> None:
         if progress.maybe_update(match):
-            if progress.state is ProgressState.PROBE:
+            state = progress.state
+            snapshot_done = (
+                state is ProgressState.SNAPSHOT and progress.match >= progress.pending_snapshot
+            )
+            if state is ProgressState.PROBE or snapshot_done:
                 progress.become_replicate()
             if self._maybe_commit():
                 self._on_commit()
@@ -436,7 +568,7 @@ class RaftNode:
 
     def _replicate_pending(self) -> None:
         self._replication_pending = False
-        for peer in self.voters:
+        for peer in self._progress:
             if peer != self.id:
                 while self._send_append(peer, send_if_empty=False):
                     pass
@@ -446,7 +578,7 @@ class RaftNode:
         replicas; earlier entries are committed indirectly with it."""
         match = {peer: pr.match for peer, pr in self._progress.items()}
         match[self.id] = self.log.last_index()
-        index = quorum.committed_index(self.voters, match)
+        index = quorum.committed_index(self.membership.voters, match)
         if index > self.log.committed and self.log.term(index) == self.term:
             return self.log.commit_to(index)
         return False
@@ -463,6 +595,9 @@ class RaftNode:
         anything was sent."""
         progress = self._progress[peer]
         if progress.is_paused():
+            return False
+        if progress.next < self.log.first_index():
+            self._send_snapshot(peer, progress)
             return False
         entries = self.log.entries(progress.next, self.config.max_batch_bytes)
         if not entries and not send_if_empty and progress.state is ProgressState.REPLICATE:
@@ -483,6 +618,14 @@ class RaftNode:
         progress.sent(entries[-1].index if entries else None)
         return bool(entries)
 
+    def _send_snapshot(self, peer: NodeId, progress: Progress) -> None:
+        """The entries this follower needs are compacted: send the snapshot instead."""
+        snapshot = self.log.storage.snapshot_meta()
+        if snapshot is None:
+            raise AssertionError("log is compacted but storage holds no snapshot")
+        self._send(InstallSnapshot(self.term, self.id, peer, snapshot))
+        progress.become_snapshot(snapshot.index)
+
     def _broadcast_heartbeat(self, read_seq: int | None = None) -> None:
         """Heartbeats name the follower's known match point, which it always holds, so
         they never trigger a rejection. A follower whose replication stalled for a
@@ -496,18 +639,24 @@ class RaftNode:
                 if stalled and progress.match < last_index:
                     progress.become_probe()
                 progress.match_at_heartbeat = progress.match
+            elif progress.state is ProgressState.SNAPSHOT:
+                progress.snapshot_heartbeats += 1
+                if progress.snapshot_heartbeats >= SNAPSHOT_RETRY_HEARTBEATS:
+                    progress.become_probe()
             if progress.state is ProgressState.PROBE:
                 progress.probe_sent = False
                 self._send_append(peer)
+            # (0, 0) matches every log: used when the match point is inside the snapshot.
+            prev_index = progress.match if progress.match >= self.log.first_index() - 1 else 0
             self._send(
                 AppendEntries(
                     term=self.term,
                     sender=self.id,
                     recipient=peer,
-                    prev_log_index=progress.match,
-                    prev_log_term=self.log.term(progress.match),
+                    prev_log_index=prev_index,
+                    prev_log_term=self.log.term(prev_index),
                     entries=(),
-                    leader_commit=min(self.log.committed, progress.match),
+                    leader_commit=min(self.log.committed, prev_index),
                     read_seq=self._reads.seq if read_seq is None else read_seq,
                 )
             )
@@ -516,7 +665,7 @@ class RaftNode:
 
     def _start_read_round(self) -> None:
         seq = self._reads.open_round()
-        if len(self.voters) == 1:
+        if self.membership.voters == (self.id,):
             self._release_confirmed_reads()
         else:
             self._broadcast_heartbeat(read_seq=seq)
@@ -524,9 +673,44 @@ class RaftNode:
     def _release_confirmed_reads(self) -> None:
         def confirmed(seq: int) -> bool:
             acked = [p for p, pr in self._progress.items() if p == self.id or pr.read_ack >= seq]
-            return quorum.has_quorum(self.voters, acked)
+            return quorum.has_quorum(self.membership.voters, acked)
 
         self._read_states.extend(self._reads.confirm(confirmed))
+
+    # --- membership -----------------------------------------------------------------------
+
+    def _apply_conf_changes(self, entries: tuple[Entry, ...] | list[Entry]) -> bool:
+        """Changes take effect as they are committed (handed out for applying); a node
+        replays those of its committed log at start, so restarts see the same result.
+        Returns whether any change took effect."""
+        changed = False
+        for entry in entries:
+            if entry.type is EntryType.CONF_CHANGE and entry.index > self._conf_index:
+                self._conf_index = entry.index
+                self.membership = apply_change(self.membership, decode_conf_change(entry.data))
+                self._membership_changed()
+                changed = True
+        return changed
+
+    def _membership_changed(self) -> None:
+        if self.role is not Role.LEADER:
+            if not self.promotable and self.role is not Role.FOLLOWER:
+                self._become_follower(self.term, None)
+            return
+        if not self.promotable:
+            self._become_follower(self.term, None)
+            return
+        members = set(self.membership.members())
+        for peer in list(self._progress):
+            if peer not in members:
+                del self._progress[peer]
+        for peer in members - set(self._progress):
+            progress = Progress(self.log.last_index() + 1, self.config.max_inflight)
+            progress.recent_active = True
+            self._progress[peer] = progress
+            self._replication_pending = True
+        if self._maybe_commit():
+            self._on_commit()
 
     # --- plumbing -------------------------------------------------------------------------
 

@@ -16,6 +16,9 @@ from collections import deque
 class ProgressState(enum.Enum):
     PROBE = "probe"
     REPLICATE = "replicate"
+    SNAPSHOT = "snapshot"
+    """The follower needs entries that were compacted: a snapshot is on its way, and
+    nothing else is sent until it answers or the transfer is given up."""
 
 
 class Progress:
@@ -25,9 +28,11 @@ class Progress:
         "match_at_heartbeat",
         "max_inflight",
         "next",
+        "pending_snapshot",
         "probe_sent",
         "read_ack",
         "recent_active",
+        "snapshot_heartbeats",
         "state",
     )
 
@@ -41,10 +46,14 @@ class Progress:
         self.recent_active = False
         self.read_ack = 0
         self.match_at_heartbeat = 0
+        self.pending_snapshot = 0
+        self.snapshot_heartbeats = 0
 
     def is_paused(self) -> bool:
         if self.state is ProgressState.PROBE:
             return self.probe_sent
+        if self.state is ProgressState.SNAPSHOT:
+            return True
         return len(self.inflight) >= self.max_inflight
 
     def sent(self, last_index: int | None) -> None:
@@ -73,6 +82,12 @@ class Progress:
         self.probe_sent = False
         self.inflight.clear()
 
+    def become_snapshot(self, snapshot_index: int) -> None:
+        self.state = ProgressState.SNAPSHOT
+        self.pending_snapshot = snapshot_index
+        self.snapshot_heartbeats = 0
+        self.inflight.clear()
+
     def become_replicate(self) -> None:
         self.state = ProgressState.REPLICATE
         self.next = self.match + 1
@@ -83,4 +98,6 @@ class Progress:
         comes from a delayed or duplicated message and must not move `next` back."""
         if self.state is ProgressState.REPLICATE:
             return rejected_index <= self.match
+        if self.state is ProgressState.SNAPSHOT:
+            return True
         return rejected_index != self.next - 1

@@ -10,13 +10,17 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from consensus.errors import CompactedError, UnavailableError
-from consensus.types import Entry, HardState
+from consensus.types import Entry, HardState, SnapshotMeta
 
 
 class Storage(Protocol):
     """Read side of stable storage, used by the core."""
 
     def initial_state(self) -> HardState: ...
+
+    def snapshot_meta(self) -> SnapshotMeta | None:
+        """The latest snapshot's metadata, or None before the first snapshot."""
+        ...
 
     def first_index(self) -> int:
         """Index of the first entry still held (1 while nothing was compacted)."""
@@ -43,6 +47,16 @@ class WritableStorage(Storage, Protocol):
         and `hard_state` (when not None) atomically and durably."""
         ...
 
+    def apply_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        """Store a snapshot and drop the log it covers, atomically and durably. Entries
+        after it are kept only if the log holds the snapshot's own entry (meta.index with
+        meta.term); otherwise the whole log is replaced by the snapshot."""
+        ...
+
+    def snapshot_data(self) -> bytes | None:
+        """The state machine bytes of the latest snapshot."""
+        ...
+
 
 def limit_size(entries: list[Entry], max_bytes: int | None) -> list[Entry]:
     """Keep a prefix of `entries` within max_bytes, but always at least one entry."""
@@ -64,6 +78,22 @@ class MemoryStorage:
         self._offset = 1  # index of self._entries[0]
         self._offset_term = 0  # term of the entry just before the first one held
         self._entries: list[Entry] = []
+        self._snapshot: tuple[SnapshotMeta, bytes] | None = None
+
+    def snapshot_meta(self) -> SnapshotMeta | None:
+        return self._snapshot[0] if self._snapshot else None
+
+    def snapshot_data(self) -> bytes | None:
+        return self._snapshot[1] if self._snapshot else None
+
+    def apply_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        if self._snapshot and meta.index <= self._snapshot[0].index:
+            raise ValueError(f"snapshot at {meta.index} is not newer than the one held")
+        keeps_tail = meta.index <= self.last_index() and self.term(meta.index) == meta.term
+        self._entries = self._entries[meta.index + 1 - self._offset :] if keeps_tail else []
+        self._offset = meta.index + 1
+        self._offset_term = meta.term
+        self._snapshot = (meta, data)
 
     def initial_state(self) -> HardState:
         return self.hard_state

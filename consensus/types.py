@@ -20,10 +20,12 @@ class Role(enum.Enum):
 
 
 class EntryType(enum.IntEnum):
-    """NORMAL carries client data; NOOP is what a new leader appends to commit its term."""
+    """NORMAL carries client data; NOOP is what a new leader appends to commit its term;
+    CONF_CHANGE carries an encoded `membership.ConfChange`."""
 
     NORMAL = 0
     NOOP = 1
+    CONF_CHANGE = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,3 +55,26 @@ class ReadState:
 
     request_id: bytes
     index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """Who votes and who only replicates (learners catching up before promotion)."""
+
+    voters: tuple[NodeId, ...]
+    learners: tuple[NodeId, ...] = ()
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self.voters or node_id in self.learners
+
+    def members(self) -> tuple[NodeId, ...]:
+        return self.voters + self.learners
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotMeta:
+    """The log position a snapshot covers and the membership in force there."""
+
+    index: int
+    term: int
+    membership: Membership

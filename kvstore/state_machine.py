@@ -182,7 +182,7 @@ class KVStateMachine:
         return client_id in self._sessions
 
     def apply(self, entry: Entry) -> ApplyResult | None:
-        """Apply the next committed entry; None for a NOOP.
+        """Apply the next committed entry; None for a NOOP or a membership change.
 
         Raises ApplyOrderError unless entry.index == applied_index + 1, and
         CommandDecodeError for undecodable data; both leave the state untouched. A
@@ -196,7 +196,7 @@ class KVStateMachine:
                 f"entry index {index} applied after {self._applied_index}; "
                 f"expected {self._applied_index + 1}"
             )
-        command = None if entry.type == EntryType.NOOP else decode_command(entry.data)
+        command = decode_command(entry.data) if entry.type == EntryType.NORMAL else None
         self._applied_index = index
         self._expire_idle_sessions(index)
         if command is None:

@@ -10,6 +10,7 @@ from consensus import (
     Config,
     Entry,
     HardState,
+    InstallSnapshot,
     MemoryStorage,
     Message,
     RaftNode,
@@ -19,15 +20,21 @@ from consensus import (
 
 
 class ScriptedCluster:
-    def __init__(self, ids: Iterable[str] = ("a", "b", "c"), seed: int = 0, **config: int) -> None:
+    def __init__(
+        self,
+        ids: Iterable[str] = ("a", "b", "c"),
+        seed: int = 0,
+        joining: Iterable[str] = (),
+        **config: int,
+    ) -> None:
         self.ids = tuple(ids)
+        self.joining = set(joining)
         self.config = config
+        self.snapshots_received: dict[str, bytes] = {}
         self.storages = {node_id: MemoryStorage() for node_id in self.ids}
         self.nodes = {
             node_id: RaftNode(
-                Config(node_id, self.ids, **config),
-                self.storages[node_id],
-                random.Random(f"{seed}-{node_id}"),
+                self._config(node_id), self.storages[node_id], random.Random(f"{seed}-{node_id}")
             )
             for node_id in self.ids
         }
@@ -55,20 +62,31 @@ class ScriptedCluster:
         self.storages[node_id].save(HardState(term=term), entries)
         self.restart(node_id)
 
+    def _config(self, node_id: str) -> Config:
+        founders = tuple(i for i in self.ids if i not in self.joining)
+        return Config(node_id, () if node_id in self.joining else founders, **self.config)
+
     def restart(self, node_id: str) -> None:
         """Rebuild a node from its storage only, as after a crash."""
         self.nodes[node_id] = RaftNode(
-            Config(node_id, self.ids, **self.config),
-            self.storages[node_id],
-            random.Random(node_id),
+            self._config(node_id), self.storages[node_id], random.Random(node_id)
         )
         self.applied[node_id] = []
+
+    def compact(self, node_id: str) -> None:
+        """Snapshot what the node applied and drop that log prefix, as the driver does."""
+        meta = self.nodes[node_id].snapshot_meta()
+        self.storages[node_id].apply_snapshot(meta, b"state@%d" % meta.index)
 
     def process_ready(self, node_id: str) -> list[Message]:
         node = self.nodes[node_id]
         out: list[Message] = []
         while node.has_ready():
             ready = node.ready()
+            if ready.snapshot is not None:
+                data = self.snapshots_received.pop(node_id)
+                self.storages[node_id].apply_snapshot(ready.snapshot, data)
+                self.applied[node_id] = []
             self.storages[node_id].save(ready.hard_state, ready.entries)
             out.extend(ready.messages)
             self.applied[node_id].extend(ready.committed)
@@ -91,6 +109,11 @@ class ScriptedCluster:
             for msg in batch:
                 if (msg.sender, msg.recipient) not in self.cut_links and not self.drop(msg):
                     self.delivered.append(msg)
+                    if isinstance(msg, InstallSnapshot):
+                        # the driver streams the state itself beside the message
+                        data = self.storages[msg.sender].snapshot_data()
+                        assert data is not None
+                        self.snapshots_received[msg.recipient] = data
                     self.nodes[msg.recipient].step(msg)
         raise AssertionError("network did not go quiet")
 

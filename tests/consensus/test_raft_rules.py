@@ -22,9 +22,10 @@ def test_new_leader_appends_and_commits_a_noop_of_its_term() -> None:
     cluster = ScriptedCluster()
     cluster.elect("a")
     leader = cluster.nodes["a"]
-    first = cluster.applied["a"][0]
-    assert (first.type, first.term) == (EntryType.NOOP, leader.term)
-    assert leader.commit_index == 1
+    bootstrap, noop = cluster.applied["a"]
+    assert bootstrap.type is EntryType.CONF_CHANGE and bootstrap.index == 1
+    assert (noop.type, noop.term) == (EntryType.NOOP, leader.term)
+    assert leader.commit_index == 2
 
 
 def test_figure_8_leader_counts_replicas_only_for_entries_of_its_own_term() -> None:
@@ -64,7 +65,7 @@ def test_vote_is_refused_to_a_candidate_whose_last_term_is_older() -> None:
 def test_granted_vote_is_in_the_same_ready_as_its_response_so_it_is_persisted_first() -> None:
     cluster = ScriptedCluster()
     voter = cluster.nodes["b"]
-    voter.step(RequestVote(1, "c", "b", last_log_index=0, last_log_term=0))
+    voter.step(RequestVote(2, "c", "b", last_log_index=1, last_log_term=1))
     ready = voter.ready()
     assert ready.hard_state is not None and ready.hard_state.vote == "c"
     assert [m.granted for m in ready.messages if isinstance(m, RequestVoteResponse)] == [True]
@@ -72,10 +73,10 @@ def test_granted_vote_is_in_the_same_ready_as_its_response_so_it_is_persisted_fi
 
 def test_one_vote_per_term_survives_a_restart() -> None:
     cluster = ScriptedCluster()
-    cluster.nodes["b"].step(RequestVote(1, "c", "b", last_log_index=0, last_log_term=0))
+    cluster.nodes["b"].step(RequestVote(2, "c", "b", last_log_index=1, last_log_term=1))
     cluster.process_ready("b")
     cluster.restart("b")
-    cluster.nodes["b"].step(RequestVote(1, "a", "b", last_log_index=9, last_log_term=1))
+    cluster.nodes["b"].step(RequestVote(2, "a", "b", last_log_index=9, last_log_term=1))
     [reply] = cluster.process_ready("b")
     assert isinstance(reply, RequestVoteResponse) and not reply.granted
 
@@ -147,7 +148,7 @@ def test_read_index_refused_before_the_leaders_first_commit_in_its_term() -> Non
     cluster.drop = lambda msg: isinstance(msg, AppendEntries) and bool(msg.entries)
     cluster.elect("a")
     leader = cluster.nodes["a"]
-    assert leader.commit_index == 0
+    assert leader.commit_index == 1  # the bootstrap entry, not yet the no-op of its term
     leader.read_index(b"r1")
     for _ in range(5):
         leader.tick()
@@ -157,7 +158,7 @@ def test_read_index_refused_before_the_leaders_first_commit_in_its_term() -> Non
     leader.tick()
     cluster.deliver_all()
     [state] = cluster.read_states["a"]
-    assert state.request_id == b"r1" and state.index == leader.commit_index == 1
+    assert state.request_id == b"r1" and state.index == leader.commit_index == 2
 
 
 def test_read_index_needs_a_quorum_of_heartbeat_acknowledgements() -> None:
@@ -279,7 +280,7 @@ def test_single_node_cluster_elects_itself_and_commits() -> None:
     cluster.elect("solo")
     cluster.nodes["solo"].propose(b"v")
     cluster.deliver_all()
-    assert [e.data for e in cluster.applied["solo"]] == [b"", b"v"]
+    assert [e.data for e in cluster.applied["solo"][1:]] == [b"", b"v"]
 
 
 def test_restarted_node_replays_committed_entries_from_storage() -> None:
@@ -292,4 +293,4 @@ def test_restarted_node_replays_committed_entries_from_storage() -> None:
     cluster.restart("b")
     cluster.tick("a")
     cluster.deliver_all()
-    assert [e.data for e in cluster.applied["b"]] == [b"", b"v"]
+    assert [e.data for e in cluster.applied["b"][1:]] == [b"", b"v"]
