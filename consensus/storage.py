@@ -118,6 +118,8 @@ class MemoryStorage:
             raise CompactedError(f"index {lo} is compacted")
         if hi > self.last_index() + 1:
             raise UnavailableError(f"index {hi - 1} is past the last index {self.last_index()}")
+        if lo >= hi:
+            return []
         return limit_size(self._entries[lo - self._offset : hi - self._offset], max_bytes)
 
     def save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
