@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from cli.bench import bench_command
+from cli.chaos import chaos_command
 from cli.client_commands import CLIENT_COMMANDS
 from cli.server_commands import SERVER_COMMANDS
 
@@ -14,7 +15,7 @@ def cli() -> None:
     """A Raft-replicated key-value store: run nodes, read and write keys, measure."""
 
 
-for command in (*SERVER_COMMANDS, *CLIENT_COMMANDS, bench_command):
+for command in (*SERVER_COMMANDS, *CLIENT_COMMANDS, bench_command, chaos_command):
     cli.add_command(command)
 
 

@@ -45,6 +45,7 @@ from kvstore.client_errors import (
 from kvstore.client_session import LEADER_HEADER, RetryPolicy, WriteSession
 from kvstore.client_transport import Answer, EndpointRouter, MaybeSent, NotSent, send
 from kvstore.client_types import EndpointStatus, KeyValue, NodeStatus, PutResult
+from kvstore.http_session import single_send_session
 
 __all__ = [
     "KV",
@@ -437,7 +438,7 @@ class AsyncKV:
             raise KVError("client is closed")
         if self._http is None:
             connector = aiohttp.TCPConnector(limit=self._max_connections)
-            self._http = aiohttp.ClientSession(connector=connector)
+            self._http = single_send_session(connector=connector)
         return self._http
 
 
