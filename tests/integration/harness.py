@@ -1,0 +1,286 @@
+"""Real `kv serve` processes on loopback ports, for the integration tests.
+
+Every process is started with its own log file, tracked by PID, and stopped by PID
+at teardown (SIGCONT first if it was paused, then SIGTERM, then SIGKILL after a
+deadline), so a failing test never leaves nodes behind. Every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the OS says are free right now; all bound at once so they differ, and each
+    is a fresh ephemeral port, so parallel xdist workers do not collide."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def wait_until(
+    condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05
+) -> T:
+    """Poll `condition` until it returns something truthy, or fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            result = condition()
+            if result:
+                return result
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            last_error = exc
+        if time.monotonic() >= deadline:
+            extra = f" (last error: {last_error!r})" if last_error else ""
+            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}{extra}")
+        time.sleep(interval)
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def request(
+    url: str,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 10.0,
+) -> Reply:
+    """One HTTP request with the path sent exactly as given (no re-quoting)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=dict(headers or {}))
+        resp = conn.getresponse()
+        return Reply(resp.status, {k: v for k, v in resp.getheaders()}, resp.read())
+    finally:
+        conn.close()
+
+
+@dataclass
+class NodeProcess:
+    node_id: str
+    client_url: str
+    peer_url: str
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    paused: bool = False
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class Cluster:
+    """A cluster.toml in a temp dir and one `kv serve` process per node."""
+
+    root: Path
+    size: int = 3
+    tuning: Mapping[str, int] = field(default_factory=dict)
+    nodes: dict[str, NodeProcess] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.root / "cluster.toml"
+        ports = free_ports(2 * self.size)
+        lines = ["[cluster]", 'name = "test"', 'data_dir = "./data"', ""]
+        for i in range(self.size):
+            node_id = f"n{i + 1}"
+            client_url = f"http://127.0.0.1:{ports[2 * i]}"
+            peer_url = f"http://127.0.0.1:{ports[2 * i + 1]}"
+            self.nodes[node_id] = NodeProcess(
+                node_id, client_url, peer_url, self.root / f"{node_id}.log"
+            )
+            lines += [
+                "[[nodes]]",
+                f'id = "{node_id}"',
+                f'client_url = "{client_url}"',
+                f'peer_url = "{peer_url}"',
+                "",
+            ]
+        if self.tuning:
+            lines.append("[tuning]")
+            lines += [f"{key} = {value}" for key, value in self.tuning.items()]
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    # -------------------------------------------------------------- processes
+
+    def start(self, node_id: str | None = None) -> None:
+        for node in [self.nodes[node_id]] if node_id else list(self.nodes.values()):
+            if node.running:
+                continue
+            log = node.log_path.open("ab")
+            node.proc = subprocess.Popen(
+                serve_command(self.config_path, node.node_id),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=child_env(),
+                cwd=self.root,
+            )
+            log.close()
+            node.paused = False
+
+    def kill9(self, node_id: str) -> None:
+        node = self.nodes[node_id]
+        if node.proc is not None and node.proc.poll() is None:
+            node.proc.kill()
+            node.proc.wait(timeout=10)
+        node.paused = False
+
+    def pause(self, node_id: str) -> None:
+        node = self.nodes[node_id]
+        assert node.proc is not None
+        node.proc.send_signal(signal.SIGSTOP)
+        node.paused = True
+
+    def resume(self, node_id: str) -> None:
+        node = self.nodes[node_id]
+        assert node.proc is not None
+        node.proc.send_signal(signal.SIGCONT)
+        node.paused = False
+
+    def stop(self, node_id: str, deadline: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL if it has not exited by the deadline; returns the exit code."""
+        node = self.nodes[node_id]
+        proc = node.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            if node.paused:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=deadline)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        node.paused = False
+        return proc.returncode
+
+    def stop_all(self) -> None:
+        for node_id in self.nodes:
+            self.stop(node_id)
+
+    def logs(self) -> str:
+        parts = []
+        for node in self.nodes.values():
+            if node.log_path.exists():
+                text = node.log_path.read_text(errors="replace")[-4000:]
+                parts.append(f"----- {node.node_id} -----\n{text}")
+        return "\n".join(parts)
+
+    # -------------------------------------------------------------- HTTP
+
+    def url(self, node_id: str) -> str:
+        return self.nodes[node_id].client_url
+
+    def http(self, node_id: str, method: str, path: str, **kwargs: Any) -> Reply:
+        return request(self.url(node_id), method, path, **kwargs)
+
+    def put(self, node_id: str, key: str, value: bytes, **kwargs: Any) -> Reply:
+        return self.http(node_id, "PUT", f"/v1/kv/{key}", body=value, **kwargs)
+
+    def get(self, node_id: str, key: str, stale: bool = False, **kwargs: Any) -> Reply:
+        query = "?consistency=stale" if stale else ""
+        return self.http(node_id, "GET", f"/v1/kv/{key}{query}", **kwargs)
+
+    def status(self, node_id: str, timeout: float = 1.0) -> dict[str, Any]:
+        return request(self.url(node_id), "GET", "/v1/status", timeout=timeout).json()
+
+    def leader(self, among: list[str] | None = None) -> str | None:
+        """The leader if a running node says it leads and the others that answer agree."""
+        ids = among or [n for n, p in self.nodes.items() if p.running and not p.paused]
+        claims, views = [], []
+        for node_id in ids:
+            try:
+                status = self.status(node_id, timeout=0.5)
+            except (OSError, http.client.HTTPException, ValueError):
+                continue
+            views.append(status.get("leader"))
+            if status.get("role") == "leader":
+                claims.append((status["term"], node_id))
+        if not claims:
+            return None
+        _, leader = max(claims)
+        if sum(1 for view in views if view == leader) * 2 <= len(self.nodes):
+            return None  # not yet followed by a majority
+        return leader
+
+    def wait_leader(self, timeout: float = 15.0, among: list[str] | None = None) -> str:
+        return wait_until(lambda: self.leader(among), timeout, "a leader to be elected")
+
+    def wait_healthy(self, timeout: float = 15.0) -> str:
+        """Until a leader is elected and every running node answers."""
+        leader = self.wait_leader(timeout)
+        for node_id, node in self.nodes.items():
+            if node.running:
+                wait_until(lambda n=node_id: self.status(n), timeout, f"{node_id} to answer")
+        return leader
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env.setdefault("KV_LOG_LEVEL", "INFO")
+    return env
+
+
+def serve_command(config_path: Path, node_id: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "cli.main",
+        "serve",
+        "--config",
+        str(config_path),
+        "--node",
+        node_id,
+    ]
+
+
+def run_serve(
+    config_path: Path, node_id: str, timeout: float = 20.0
+) -> subprocess.CompletedProcess[str]:
+    """Run `kv serve` expecting it to exit by itself (a config error)."""
+    return subprocess.run(
+        serve_command(config_path, node_id),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=child_env(),
+        cwd=config_path.parent,
+    )
