@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from aiohttp import web
 
 from consensus import NotLeader, ProposalDropped
 from kvstore.commands import Command, Delete, Put, SessionRef
+from kvstore.http_session import single_send_session
 from kvstore.node import NodeRuntime
 from kvstore.requests import ProposalOverwritten, ProposalTimeout, ReadAborted, RuntimeStopped
 from kvstore.state_machine import (
@@ -46,6 +48,11 @@ MAX_HOPS = 2
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _UINT = re.compile(r"[0-9]{1,18}")
 _JSON = "application/json"
+
+UNSAFE_LOCAL_READS = os.environ.get("KV_UNSAFE_STALE_READS") == "1"
+"""Deliberately unsafe, for tests only: followers answer default (linearizable) reads
+from their own state without asking the leader, so `kv chaos` can be shown to catch
+the stale reads this causes. Never set it on a real cluster."""
 
 RUNTIME_KEY = web.AppKey("runtime", NodeRuntime)
 PROXY_KEY = web.AppKey("proxy_session", aiohttp.ClientSession)
@@ -186,6 +193,7 @@ async def _get(
 ) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + runtime.tuning.request_timeout_ms / 1000
+    stale = stale or (UNSAFE_LOCAL_READS and not runtime.is_leader)
     while True:
         if stale or runtime.is_leader:
             try:
@@ -370,7 +378,9 @@ async def _add_leader_header(request: web.Request, response: web.StreamResponse)
 
 async def _proxy_session(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0)
-    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+    if UNSAFE_LOCAL_READS:
+        log.warning("KV_UNSAFE_STALE_READS=1: followers serve stale reads (tests only)")
+    async with single_send_session(connector=connector, auto_decompress=False) as session:
         app[PROXY_KEY] = session
         yield
 

@@ -22,11 +22,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 UNSAFE_SWITCH = "KV_UNSAFE_STALE_READS"
 
 
-def _server_has_unsafe_switch() -> bool:
-    """Whether the server side of the test-only switch exists yet (the lead adds it)."""
-    return any(UNSAFE_SWITCH in p.read_text() for p in (REPO_ROOT / "kvstore").glob("*.py"))
-
-
 def _kv_chaos(out: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "cli.chaos", "--out", str(out), *args]
     return subprocess.run(
@@ -61,11 +56,6 @@ def test_mixed_faults_run_passes(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 @pytest.mark.timeout(240)
-@pytest.mark.xfail(
-    not _server_has_unsafe_switch(),
-    reason=f"the server does not implement {UNSAFE_SWITCH} yet, so the run cannot be unsafe",
-    strict=True,
-)
 def test_unsafe_stale_reads_are_caught(tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = _kv_chaos(
