@@ -207,7 +207,8 @@ class RaftNode:
             or self._reads.has_unsent()
             or self._replication_pending
             or self.log.pending_snapshot is not None
-            or self._hard_state_to_save(False) is not None
+            or self.term != self._prev_hard_state.term
+            or self.vote != self._prev_hard_state.vote
         )
 
     def ready(self) -> Ready:
@@ -563,8 +564,8 @@ class RaftNode:
         then travel in one AppendEntries per follower instead of one each."""
         self.log.append([entry])
         self._replication_pending = True
-        if self._maybe_commit():
-            self._on_commit()
+        if self.membership.voters == (self.id,) and self._maybe_commit():
+            self._on_commit()  # alone, the leader's own copy is the quorum
 
     def _replicate_pending(self) -> None:
         self._replication_pending = False
