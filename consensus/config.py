@@ -20,6 +20,9 @@ class Config:
     """AppendEntries messages in flight per follower before the leader waits for acks."""
     max_batch_bytes: int = 1 << 20
     """Upper bound on the entry bytes of one AppendEntries."""
+    max_uncommitted_entries: int = 8192
+    """Back-pressure: proposals are refused while this many entries await commitment,
+    so a leader whose followers fall behind does not grow its log without bound."""
     check_quorum: bool = True
     pre_vote: bool = True
 
@@ -30,5 +33,5 @@ class Config:
             raise ValueError(f"duplicate voters in {self.voters}")
         if self.heartbeat_tick < 1 or self.election_tick <= self.heartbeat_tick:
             raise ValueError("need 1 <= heartbeat_tick < election_tick")
-        if self.max_inflight < 1 or self.max_batch_bytes < 1:
-            raise ValueError("max_inflight and max_batch_bytes must be positive")
+        if min(self.max_inflight, self.max_batch_bytes, self.max_uncommitted_entries) < 1:
+            raise ValueError("max_inflight, max_batch_bytes, max_uncommitted_entries must be >= 1")

@@ -165,16 +165,22 @@ class LeaderMixin:
 
     def _broadcast_heartbeat(self: RaftNode, read_seq: int | None = None) -> None:
         """Heartbeats name the follower's known match point, which it always holds, so
-        they never trigger a rejection. A follower whose replication stalled for a
-        whole heartbeat interval (a lost message) is probed again."""
+        they never trigger a rejection. A follower whose replication made no progress
+        for an election timeout while appends were in flight lost one: it is probed
+        again. (A shorter window would rewind healthy pipelines whose round trip, or
+        fsync, is longer than a heartbeat interval.)"""
         last_index = self.log.last_index()
+        stall_limit = max(2, -(-self.config.election_tick // self.config.heartbeat_tick))
         for peer, progress in self._progress.items():
             if peer == self.id:
                 continue
             if progress.state is ProgressState.REPLICATE:
-                stalled = progress.match == progress.match_at_heartbeat and progress.inflight
-                if stalled and progress.match < last_index:
-                    progress.become_probe()
+                if progress.is_stalled(last_index):
+                    progress.stalled_heartbeats += 1
+                    if progress.stalled_heartbeats >= stall_limit:
+                        progress.become_probe()
+                else:
+                    progress.stalled_heartbeats = 0
                 progress.match_at_heartbeat = progress.match
             elif progress.state is ProgressState.SNAPSHOT:
                 progress.snapshot_heartbeats += 1

@@ -132,6 +132,11 @@ class RaftNode(LeaderMixin):
             raise NotLeader(self.leader_id)
         if self._transferee is not None:
             raise ProposalDropped(f"leadership is being transferred to {self._transferee}")
+        uncommitted = self.log.last_index() - self.log.committed
+        if uncommitted >= self.config.max_uncommitted_entries:
+            raise ProposalDropped(
+                f"{uncommitted} entries await commitment; followers are not keeping up"
+            )
         entry = Entry(self.term, self.log.last_index() + 1, data)
         self._append_as_leader(entry)
         return entry
@@ -518,11 +523,11 @@ class RaftNode(LeaderMixin):
         if not self.promotable:
             self._become_follower(self.term, None)
             return
-        members = set(self.membership.members())
+        members = self.membership.members()
         for peer in list(self._progress):
             if peer not in members:
                 del self._progress[peer]
-        for peer in members - set(self._progress):
+        for peer in (m for m in members if m not in self._progress):  # in order: replayable
             progress = Progress(self.log.last_index() + 1, self.config.max_inflight)
             progress.recent_active = True
             self._progress[peer] = progress

@@ -33,6 +33,7 @@ class Progress:
         "read_ack",
         "recent_active",
         "snapshot_heartbeats",
+        "stalled_heartbeats",
         "state",
     )
 
@@ -46,6 +47,7 @@ class Progress:
         self.recent_active = False
         self.read_ack = 0
         self.match_at_heartbeat = 0
+        self.stalled_heartbeats = 0
         self.pending_snapshot = 0
         self.snapshot_heartbeats = 0
 
@@ -76,10 +78,16 @@ class Progress:
             self.inflight.popleft()
         return updated
 
+    def is_stalled(self, last_index: int) -> bool:
+        """Appends are in flight, the follower lags, and nothing moved since the last
+        heartbeat."""
+        return bool(self.inflight) and self.match == self.match_at_heartbeat < last_index
+
     def become_probe(self) -> None:
         self.state = ProgressState.PROBE
         self.next = self.match + 1
         self.probe_sent = False
+        self.stalled_heartbeats = 0
         self.inflight.clear()
 
     def become_snapshot(self, snapshot_index: int) -> None:

@@ -9,6 +9,7 @@ from consensus import (
     AppendEntriesResponse,
     Entry,
     EntryType,
+    Message,
     NotLeader,
     ProposalDropped,
     RequestVote,
@@ -155,8 +156,9 @@ def test_read_index_refused_before_the_leaders_first_commit_in_its_term() -> Non
         cluster.deliver_all()
     assert cluster.read_states["a"] == [], "no read before the no-op of the term commits"
     cluster.drop = lambda msg: False
-    leader.tick()
-    cluster.deliver_all()
+    for _ in range(2 * leader.config.election_tick):  # lost appends are re-sent after a stall
+        leader.tick()
+        cluster.deliver_all()
     [state] = cluster.read_states["a"]
     assert state.request_id == b"r1" and state.index == leader.commit_index == 2
 
@@ -243,7 +245,7 @@ def test_batches_respect_the_byte_limit() -> None:
         leader.propose(b"x" * 300)
     cluster.deliver_all()  # the single-entry appends are lost on the cut links
     cluster.heal()
-    for _ in range(3):  # lost appends are noticed at the next heartbeat and sent again
+    for _ in range(2 * leader.config.election_tick):  # lost appends are re-sent after a stall
         leader.tick()
         cluster.deliver_all()
     sizes = [
@@ -294,3 +296,38 @@ def test_restarted_node_replays_committed_entries_from_storage() -> None:
     cluster.tick("a")
     cluster.deliver_all()
     assert [e.data for e in cluster.applied["b"][1:]] == [b"", b"v"]
+
+
+def test_a_slow_but_moving_pipeline_is_not_rewound() -> None:
+    """Acks that arrive three heartbeats late are slow, not lost: no entry is re-sent."""
+    cluster = ScriptedCluster(heartbeat_tick=1)
+    cluster.elect("a")
+    leader = cluster.nodes["a"]
+    held: list[list[Message]] = []
+    sent_to_b: list[int] = []
+    for number in range(20):
+        leader.propose(b"%d" % number)
+        leader.tick()
+        out = cluster.process_ready("a")
+        sent_to_b += [e.index for m in out if m.recipient == "b" for e in getattr(m, "entries", ())]
+        held.append(out)
+        if len(held) > 3:
+            for msg in held.pop(0):
+                cluster.nodes[msg.recipient].step(msg)
+            for follower in ("b", "c"):
+                for reply in cluster.process_ready(follower):
+                    leader.step(reply)
+    assert len(sent_to_b) == len(set(sent_to_b)), "entries were sent twice"
+    assert leader.commit_index > 10
+
+
+def test_uncommitted_entries_are_bounded() -> None:
+    cluster = ScriptedCluster(max_uncommitted_entries=5)
+    cluster.elect("a")
+    cluster.isolate("b")
+    cluster.isolate("c")
+    leader = cluster.nodes["a"]
+    for _ in range(5):
+        leader.propose(b"x")
+    with pytest.raises(ProposalDropped):
+        leader.propose(b"one too many")
