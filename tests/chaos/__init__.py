@@ -1,0 +1,1 @@
+"""Tests of the chaos package: history records and the linearizability checker."""
