@@ -1,0 +1,317 @@
+"""A simulated cluster: RaftNodes, their disks, a network and the driver that ties them.
+
+One `tick()` advances simulated time by one tick: due messages are delivered with
+`step`, every live node is ticked, and every node's Ready is handled in the documented
+order (persist -> send -> apply -> advance). A persist may take a few ticks (a slow
+disk); the node keeps receiving messages and ticks meanwhile, as the API allows. Node
+order is shuffled every tick so interleavings vary with the seed. Every call into a
+node is followed by `Checkers.observe`, so a property is checked the moment it breaks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from consensus import Config, ConsensusError, Entry, NodeId, RaftNode, Role, SnapshotMeta
+from tests.sim.checkers import Checkers, SimFailure
+from tests.sim.disk import SimDisk
+from tests.sim.driver import PHASES, ReadyDriver
+from tests.sim.host import Host
+from tests.sim.network import NetConfig, Network
+
+__all__ = ["PHASES", "Cluster", "Counters", "Host", "SimConfig"]
+
+
+@dataclass
+class SimConfig:
+    """Cluster shape and fault-free behaviour; the schedule adds faults on top."""
+
+    nodes: int = 3
+    election_tick: int = 10
+    heartbeat_tick: int = 2
+    max_inflight: int = 8
+    max_batch_bytes: int = 256
+    pre_vote: bool = True
+    check_quorum: bool = True
+    net: NetConfig = field(default_factory=NetConfig)
+    slow_disk: float = 0.0
+    """Probability that persisting a Ready takes 1..slow_disk_ticks extra ticks."""
+    slow_disk_ticks: int = 3
+
+
+@dataclass
+class Counters:
+    ticks: int = 0
+    proposals: int = 0
+    reads_served: int = 0
+    reads_failed: int = 0
+    crashes: int = 0
+    restarts: int = 0
+    elections: int = 0
+    compactions: int = 0
+    snapshots_installed: int = 0
+
+
+class Cluster(ReadyDriver):
+    """N hosts on one seeded network; every random choice comes from `seed`."""
+
+    def __init__(
+        self,
+        seed: int,
+        config: SimConfig | None = None,
+        *,
+        disabled_checks: frozenset[str] = frozenset(),
+        replay_hint: str = "",
+        verbose: bool = False,
+        trace_messages: bool = False,
+    ) -> None:
+        self.seed = seed
+        self.config = config or SimConfig()
+        self.rng = random.Random(seed)
+        self.ids: tuple[NodeId, ...] = tuple(f"n{i}" for i in range(1, self.config.nodes + 1))
+        self.net = Network(random.Random(self.rng.getrandbits(64)), self.ids, self.config.net)
+        self.now = 0
+        self.ops = 0
+        self.counters = Counters()
+        self.replay_hint = replay_hint
+        self.verbose = verbose
+        self.trace_messages = trace_messages
+        self.events: deque[str] = deque(maxlen=40)
+        self.watchers: list[Callable[[Host], None]] = []
+        """Called whenever a node's (role, term) changes; scripted scenarios hook here
+        to act at an exact moment (e.g. crash a leader the instant it is elected)."""
+        self.check = Checkers(self.ids, self.context, disabled_checks)
+        self.snapshot_store: dict[SnapshotMeta, bytes] = {}
+        self.applied_payloads: set[bytes] = set()
+        self.hosts: dict[NodeId, Host] = {}
+        for nid in self.ids:
+            disk = SimDisk(nid, self.check.on_save, self.check.on_snapshot)
+            self.check.disks[nid] = disk
+            cfg = Config(
+                node_id=nid,
+                voters=self.ids,
+                election_tick=self.config.election_tick,
+                heartbeat_tick=self.config.heartbeat_tick,
+                max_inflight=self.config.max_inflight,
+                max_batch_bytes=self.config.max_batch_bytes,
+                check_quorum=self.config.check_quorum,
+                pre_vote=self.config.pre_vote,
+            )
+            self.hosts[nid] = host = Host(nid, cfg, disk)
+            self._start(host)
+        self._payloads = 0
+        self._read_ids = 0
+
+    # --- context for failures and traces --------------------------------------------
+    def context(self) -> str:
+        lines = [
+            f"seed={self.seed} tick={self.now} op={self.ops}",
+            f"replay: {self.replay_hint or f'Cluster(seed={self.seed}) with the same operations'}",
+            "recent events:",
+            *(f"  {event}" for event in self.events),
+        ]
+        return "\n".join(lines)
+
+    @contextlib.contextmanager
+    def failures_named(self) -> Iterator[None]:
+        """Turn any exception escaping the core or the driver into a SimFailure that
+        names the seed and the replay command, like the checkers' own failures."""
+        try:
+            yield
+        except SimFailure:
+            raise
+        except Exception as exc:
+            raise SimFailure(
+                f"exception from the core or driver: {type(exc).__name__}: {exc}\n{self.context()}"
+            ) from exc
+
+    def event(self, text: str) -> None:
+        line = f"t={self.now} {text}"
+        self.events.append(line)
+        if self.verbose:
+            print(line)
+
+    # --- node lifecycle --------------------------------------------------------------
+    def _start(self, host: Host) -> None:
+        node = RaftNode(host.config, host.disk.storage, random.Random(self.rng.getrandbits(64)))
+        hard = host.disk.hard_state
+        pristine = hard.term == 0 and host.disk.last_index() == 0
+        if not pristine and (node.term, node.vote) != (hard.term, hard.vote):
+            self.check.fail("hard_state", f"{host.nid} restarted as {node.status()} from {hard}")
+        host.node = node
+        self._replay_after_restart(host)
+        self.check.restarted(host.nid)
+        self._observe(host)
+
+    def crash(self, nid: NodeId, before: str | None = None) -> None:
+        """Crash now, or (with `before`) arm a crash at that phase of the next Ready."""
+        self.ops += 1
+        host = self.hosts[nid]
+        if host.node is None:
+            return
+        if before is not None:
+            host.crash_before = before
+            self.event(f"arm crash of {nid} before {before}")
+            return
+        self._crash(host, "now")
+
+    def _crash(self, host: Host, where: str) -> None:
+        lost = len(host.inflight.entries) if host.inflight else 0
+        self.event(f"crash {host.nid} ({where}; unsynced entries lost: {lost})")
+        self.counters.reads_failed += len(host.reads) + len(host.serving)
+        host.wipe()
+        self.counters.crashes += 1
+
+    def restart(self, nid: NodeId) -> None:
+        self.ops += 1
+        host = self.hosts[nid]
+        if host.node is None:
+            self.event(
+                f"restart {nid} from disk {host.disk.hard_state} last={host.disk.last_index()}"
+            )
+            self._start(host)
+            self.counters.restarts += 1
+
+    def live(self) -> list[Host]:
+        return [host for host in self.hosts.values() if host.node is not None]
+
+    def crashed(self) -> list[NodeId]:
+        return [host.nid for host in self.hosts.values() if host.node is None]
+
+    def leaders(self) -> list[Host]:
+        return [h for h in self.live() if h.node is not None and h.node.role is Role.LEADER]
+
+    # --- time ----------------------------------------------------------------------------
+    def tick(self, count: int = 1) -> None:
+        for _ in range(count):
+            self._tick_once()
+
+    def _tick_once(self) -> None:
+        self.now += 1
+        self.net.now = self.now
+        self.counters.ticks += 1
+        for msg in self.net.due():
+            host = self.hosts[msg.recipient]
+            if self.trace_messages:
+                self.event(f"deliver {msg}" if host.node else f"lost (down) {msg}")
+            if host.node is not None:
+                self._deliver(host, msg)
+                self._observe(host)
+        order = self.live()
+        self.rng.shuffle(order)
+        for host in order:
+            if host.node is not None:
+                host.node.tick()
+                self._observe(host)
+        for host in order:
+            if host.node is not None:
+                self._drive(host)
+
+    def _observe(self, host: Host) -> None:
+        node = host.node
+        assert node is not None
+        self.check.observe(host.nid, node)
+        view = (node.role, node.term)
+        if view != host.last_view:
+            host.last_view = view
+            if node.role is Role.LEADER:
+                self.counters.elections += 1
+            self.event(f"{host.nid} is {node.role.value} in term {node.term}")
+            for watcher in self.watchers:
+                watcher(host)
+        if host.reads and (node.role is not Role.LEADER or node.term != host.read_term):
+            self.counters.reads_failed += len(host.reads)
+            host.reads.clear()
+
+    # --- client operations -----------------------------------------------------------
+    def propose(self, data: bytes | None = None) -> Entry | None:
+        """Propose a unique payload to some node that believes it leads (maybe a stale one)."""
+        self.ops += 1
+        leaders = self.leaders()
+        if not leaders:
+            return None
+        host = self.rng.choice(leaders)
+        self._payloads += 1
+        payload = data if data is not None else f"s{self.seed}-p{self._payloads}".encode()
+        assert host.node is not None
+        try:
+            entry = host.node.propose(payload)
+        except ConsensusError:
+            return None
+        self._observe(host)
+        self.counters.proposals += 1
+        return entry
+
+    def read(self) -> bool:
+        """Ask a (believed) leader for a ReadIndex read; remember the commit index known
+        now, which a linearizable read must not fall behind."""
+        self.ops += 1
+        leaders = self.leaders()
+        if not leaders:
+            return False
+        host = self.rng.choice(leaders)
+        node = host.node
+        assert node is not None
+        self._read_ids += 1
+        request_id = f"r{self._read_ids}".encode()
+        try:
+            node.read_index(request_id)
+        except ConsensusError:
+            return False
+        if host.read_term != node.term:
+            host.read_term = node.term
+        host.reads[request_id] = len(self.check.committed)
+        self._observe(host)
+        return True
+
+    def transfer(self, to: NodeId) -> None:
+        self.ops += 1
+        for host in self.leaders():
+            assert host.node is not None
+            self.event(f"transfer leadership {host.nid} -> {to}")
+            with contextlib.suppress(ConsensusError):
+                host.node.transfer_leadership(to)
+            self._observe(host)
+
+    # --- network faults (recorded as events for the trace) -------------------------------
+    def partition(self, groups: list[list[NodeId]]) -> None:
+        self.ops += 1
+        self.net.partition(groups)
+        self.event(f"partition {groups}")
+
+    def cut(self, sender: NodeId, recipient: NodeId) -> None:
+        self.ops += 1
+        self.net.cut(sender, recipient)
+        self.event(f"cut {sender}->{recipient}")
+
+    def isolate(self, nid: NodeId) -> None:
+        self.ops += 1
+        self.net.isolate(nid)
+        self.event(f"isolate {nid}")
+
+    def heal(self) -> None:
+        self.ops += 1
+        self.net.heal()
+        self.event("heal")
+
+    def compact_node(self, nid: NodeId) -> None:
+        self.ops += 1
+        host = self.hosts[nid]
+        if self.compact(host):
+            self.counters.compactions += 1
+            self.event(f"compact {nid} up to {host.disk.storage.snapshot_meta()}")
+
+    # --- whole-cluster checks ------------------------------------------------------------
+    def full_check(self) -> None:
+        logs: list[tuple[str, int, list[Entry]]] = []
+        for host in self.hosts.values():
+            logs.append((f"{host.nid} disk", host.disk.storage.first_index(), host.disk.log()))
+            if host.node is not None:
+                log = host.node.log
+                first = log.first_index()
+                logs.append((f"{host.nid} core", first, log.slice(first, log.last_index() + 1)))
+        self.check.full_check(logs)

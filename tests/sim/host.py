@@ -1,0 +1,64 @@
+"""One simulated node process: its core, its disk, its state machine and driver state.
+
+Kept apart from the cluster so the process model (what a crash wipes, what survives on
+disk) is visible in one small place: everything here except `disk` is lost on a crash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import msgpack
+
+from consensus import Config, NodeId, RaftNode, ReadState, Ready, Role, SnapshotMeta
+from tests.sim.disk import SimDisk
+
+
+@dataclass
+class StateMachine:
+    """The tiny deterministic state machine: the list of applied payloads. It can be
+    snapshotted and restored like the real KV state machine."""
+
+    applied_index: int = 0
+    payloads: list[bytes] = field(default_factory=list)
+
+    def snapshot(self) -> bytes:
+        return msgpack.packb([self.applied_index, self.payloads], use_bin_type=True)
+
+    @classmethod
+    def restore(cls, data: bytes) -> StateMachine:
+        applied_index, payloads = msgpack.unpackb(data, raw=False)
+        return cls(applied_index, [bytes(p) for p in payloads])
+
+
+@dataclass
+class Host:
+    """One node's process: the core (None while crashed), its disk and driver state."""
+
+    nid: NodeId
+    config: Config
+    disk: SimDisk
+    node: RaftNode | None = None
+    sm: StateMachine = field(default_factory=StateMachine)
+    inflight: Ready | None = None
+    """A Ready whose persist is still running (slow disk); lost on a crash."""
+    inflight_due: int = 0
+    crash_before: str | None = None
+    """An armed crash: the next Ready handling stops before this phase."""
+    reads: dict[bytes, int] = field(default_factory=dict)
+    """Waiting reads: request id -> commit index that was known when it was asked."""
+    read_term: int = 0
+    serving: list[tuple[ReadState, int]] = field(default_factory=list)
+    received: dict[SnapshotMeta, bytes] = field(default_factory=dict)
+    """Snapshot data this node's driver has received, waiting for the core to install."""
+    last_view: tuple[Role, int] | None = None
+
+    def wipe(self) -> None:
+        """A crash: everything but the disk is gone."""
+        self.node = None
+        self.inflight = None
+        self.crash_before = None
+        self.reads.clear()
+        self.serving.clear()
+        self.received.clear()
+        self.last_view = None

@@ -1,0 +1,114 @@
+"""Scripted scenarios on the simulated cluster, for histories that random schedules
+reach only rarely. Each one asserts that the dangerous situation really arose, so a
+pass is never vacuous, and relies on the checkers to catch any safety violation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tests.sim.cluster import Cluster, Host, SimConfig
+from tests.sim.network import NetConfig
+from tests.sim.swarm import liveness_phase
+
+REPLAY = "deterministic: rerun `pytest tests/sim/test_sim_scenarios.py -k {name}`"
+
+
+def _until(cluster: Cluster, done: Callable[[], bool], limit: int, what: str) -> None:
+    """Tick until `done()`; scenarios wait on conditions, never on fixed sleeps."""
+    for _ in range(limit):
+        if done():
+            return
+        cluster.tick()
+    raise AssertionError(
+        f"scenario stuck: {what} not reached in {limit} ticks\n{cluster.context()}"
+    )
+
+
+def test_figure8_entry_of_an_older_term_is_not_committed_by_counting() -> None:
+    """Raft paper, Figure 8. A is cut off with a tail of its own (term t); B is elected
+    (term t') and crashes right after writing its no-op locally; A returns, is elected
+    (term T) and copies its old tail to C one entry at a time, so the tail sits on a
+    majority before A's no-op does. Then A crashes and B, whose last term t' beats C's
+    t, is elected and overwrites that tail on C. Correct Raft never called the tail
+    committed; a leader that commits old-term entries by counting replicas did, and
+    the checkers see a committed entry overwritten."""
+    config = SimConfig(
+        nodes=3, max_batch_bytes=30, max_inflight=1, net=NetConfig(min_delay=1, max_delay=1)
+    )
+    cluster = Cluster(8, config, replay_hint=REPLAY.format(name="figure8"))
+    _until(cluster, lambda: len(cluster.leaders()) == 1, 300, "a first leader")
+    a = cluster.leaders()[0]
+    assert a.node is not None
+    _until(cluster, lambda: a.node is not None and a.node.commit_index > 1, 100, "no-op commit")
+    k, t = a.node.log.last_index(), a.node.term
+
+    cluster.isolate(a.nid)
+    for _ in range(5):
+        assert cluster.propose() is not None  # A's tail k+1..k+5 of term t, local only
+    cluster.tick()
+    assert a.disk.last_index() == k + 5
+
+    def crash_new_leader(host: Host) -> None:
+        if host is not a and host.node is not None and host.node.role.value == "leader":
+            cluster.crash(host.nid, before="send")  # its no-op reaches its disk only
+
+    cluster.watchers.append(crash_new_leader)
+    _until(cluster, lambda: bool(cluster.crashed()), 400, "B elected and crashed")
+    cluster.watchers.clear()
+    b = cluster.hosts[cluster.crashed()[0]]
+    c = next(h for h in cluster.hosts.values() if h is not a and h is not b)
+    b_noop = b.disk.entry(k + 1)
+    assert b_noop is not None and b_noop.term > t, "B must hold a newer entry at k+1"
+
+    cluster.heal()
+    _until(
+        cluster,
+        lambda: a.node is not None and a.node.role.value == "leader" and a.node.term > b_noop.term,
+        600,
+        "A re-elected",
+    )
+    _until(cluster, lambda: c.disk.last_index() >= k + 2, 100, "A's old tail reaching C")
+    a_tail = c.disk.entry(k + 1)
+    assert a_tail is not None and a_tail.term == t
+    assert c.disk.last_index() < k + 6, "A's no-op must not have reached C yet"
+    cluster.crash(a.nid)
+
+    cluster.restart(b.nid)
+    _until(
+        cluster,
+        lambda: b.node is not None and b.node.role.value == "leader",
+        600,
+        "B elected over C",
+    )
+    _until(cluster, lambda: c.disk.entry(k + 1) == b_noop, 100, "B overwriting C's k+1")
+    cluster.restart(a.nid)
+    liveness_phase(cluster)
+    cluster.full_check()
+
+
+def test_lagging_follower_catches_up_from_a_snapshot() -> None:
+    """A follower that was down while the leader compacted its log must be sent the
+    snapshot, install it (storage and state machine) and continue from there."""
+    cluster = Cluster(21, SimConfig(nodes=3), replay_hint=REPLAY.format(name="snapshot"))
+    _until(cluster, lambda: len(cluster.leaders()) == 1, 300, "a first leader")
+    leader = cluster.leaders()[0]
+    lagging = next(h for h in cluster.hosts.values() if h is not leader)
+    cluster.crash(lagging.nid)
+    for _ in range(10):
+        cluster.propose()
+        cluster.tick(2)
+    _until(cluster, lambda: leader.sm.applied_index >= 12, 200, "proposals applied")
+    assert cluster.compact(leader)
+    snapshot = leader.disk.storage.snapshot_meta()
+    assert snapshot is not None and leader.disk.storage.first_index() > 2
+
+    cluster.restart(lagging.nid)
+    _until(
+        cluster,
+        lambda: lagging.disk.storage.snapshot_meta() == snapshot,
+        600,
+        "snapshot installed on the lagging follower",
+    )
+    _until(cluster, lambda: lagging.sm.payloads == leader.sm.payloads, 200, "state caught up")
+    liveness_phase(cluster)
+    cluster.full_check()
