@@ -23,9 +23,9 @@ from consensus.types import Entry, NodeId
 if TYPE_CHECKING:
     from consensus.node import RaftNode
 
-SNAPSHOT_RETRY_HEARTBEATS = 50
-"""Heartbeat intervals a leader waits for a snapshot to be acknowledged before it
-asks the driver to send it again (the driver resumes a transfer it already started)."""
+SNAPSHOT_RETRY_TIMEOUTS = 3
+"""Election timeouts a leader waits for a snapshot to be acknowledged before it asks
+the driver to send it again (the driver resumes a transfer still under way)."""
 
 
 class LeaderMixin:
@@ -184,7 +184,7 @@ class LeaderMixin:
                 progress.match_at_heartbeat = progress.match
             elif progress.state is ProgressState.SNAPSHOT:
                 progress.snapshot_heartbeats += 1
-                if progress.snapshot_heartbeats >= SNAPSHOT_RETRY_HEARTBEATS:
+                if progress.snapshot_heartbeats >= SNAPSHOT_RETRY_TIMEOUTS * stall_limit:
                     progress.become_probe()
             if progress.state is ProgressState.PROBE:
                 progress.probe_sent = False
