@@ -55,7 +55,9 @@ class LeaderMixin:
     def _step_leader(self: RaftNode, msg: Message) -> None:
         if not isinstance(msg, AppendEntriesResponse):
             return
-        progress = self._progress[msg.sender]
+        progress = self._progress.get(msg.sender)
+        if progress is None:
+            return  # from a node removed while its answer was on the way
         progress.recent_active = True
         if msg.read_seq > progress.read_ack:
             progress.read_ack = msg.read_seq

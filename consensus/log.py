@@ -177,6 +177,10 @@ class RaftLog:
         del self._unstable[: index - self._unstable_offset + 1]
         self._unstable_offset = index + 1
 
+    def committed_not_handed_out(self) -> list[Entry]:
+        """Committed entries the driver has not been given yet."""
+        return self.slice(self._applying + 1, self.committed + 1)
+
     def has_next_committed(self) -> bool:
         return self.committed > self._applying
 

@@ -325,6 +325,8 @@ class RaftNode(LeaderMixin):
         self._append_as_leader(Entry(self.term, next_index, b"", EntryType.NOOP))
 
     def _campaign(self, pre_vote: bool, transfer: bool = False) -> None:
+        if self._committed_conf_change_pending():
+            return  # our membership may be about to change (even to exclude us): apply first
         if pre_vote:
             self._become_pre_candidate()
             vote_term = self.term + 1
@@ -514,6 +516,17 @@ class RaftNode(LeaderMixin):
                 self._membership_changed()
                 changed = True
         return changed
+
+    def _committed_conf_change_pending(self) -> bool:
+        """As etcd does, a node does not campaign while a committed membership change
+        has not taken effect yet: it might be campaigning in a configuration that is
+        already gone."""
+        if not self.log.has_next_committed():
+            return False
+        return any(
+            e.type is EntryType.CONF_CHANGE and e.index > self._conf_index
+            for e in self.log.committed_not_handed_out()
+        )
 
     def _membership_changed(self) -> None:
         if self.role is not Role.LEADER:

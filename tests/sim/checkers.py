@@ -14,11 +14,18 @@ Most checks are incremental so they can run thousands of times per schedule:
   and can never be overwritten on a disk that holds it (never lost, never changed).
 - Leader Completeness: a leader of term T holds every entry committed in terms <= T;
   thanks to Log Matching it is enough to compare the term of its last such entry.
+- Membership: the configuration history is read off the committed prefix. A committed
+  entry must be on a majority of the voters of the configuration that committed it; with
+  single-server changes that is the newest configuration committed below it or, for a
+  leader that has not applied that one yet, the one before (majorities of the two
+  overlap). Every node's (conf index, membership) must match that history, and a node
+  that knows its own removal is committed never leads again.
 """
 
 from __future__ import annotations
 
 import bisect
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -29,6 +36,7 @@ from consensus import (
     Entry,
     EntryType,
     HardState,
+    Membership,
     Message,
     NodeId,
     RaftNode,
@@ -38,6 +46,7 @@ from consensus import (
     Role,
     SnapshotMeta,
 )
+from consensus.membership import apply_change, decode_conf_change
 from tests.sim.disk import SimDisk
 
 ALL_CHECKS = frozenset(
@@ -52,8 +61,17 @@ ALL_CHECKS = frozenset(
         "promises",
         "linearizable_reads",
         "snapshot",
+        "membership",
+        "removed_leader",
+        "removed_leader_committed",
     }
 )
+
+
+OPT_IN_CHECKS = frozenset({"removed_leader_committed"})
+"""Off unless named in SIM_ENABLE_CHECKS (comma-separated): stricter than safety needs,
+and the core breaks it today (FINDINGS.md)."""
+_ENABLED = frozenset(os.environ.get("SIM_ENABLE_CHECKS", "").split(","))
 
 
 class SimFailure(AssertionError):
@@ -86,6 +104,21 @@ class Checkers:
     _leader_commit: dict[NodeId, tuple[int, int]] = field(default_factory=dict)
     disks: dict[NodeId, SimDisk] = field(default_factory=dict)
     checks_run: int = 0
+    conf_indexes: list[int] = field(default_factory=lambda: [0])
+    confs: list[Membership] = field(default_factory=lambda: [Membership(())])
+    """Configuration history from the committed prefix: confs[k] is in force from
+    index conf_indexes[k] (index 0: nothing committed yet, no voters)."""
+    removed_at: dict[NodeId, int] = field(default_factory=dict)
+    """Index of the committed change that took a node out of the membership."""
+    _ever: set[NodeId] = field(default_factory=set)
+    _conf_seen: dict[int, tuple[NodeId, Membership]] = field(default_factory=dict)
+
+    def membership_at(self, index: int) -> Membership:
+        """The committed configuration in force at `index` (newest change <= index)."""
+        return self.confs[bisect.bisect_right(self.conf_indexes, index) - 1]
+
+    def ever_members(self) -> set[NodeId]:
+        return self._ever
 
     def restarted(self, nid: NodeId) -> None:
         """A new incarnation: in-memory monotonicity starts over (the disk's does not)."""
@@ -97,6 +130,8 @@ class Checkers:
         raise SimFailure(f"{rule} violated: {description}\n{self.context()}")
 
     def _on(self, rule: str) -> bool:
+        if rule in OPT_IN_CHECKS:
+            return rule in _ENABLED and rule not in self.disabled
         return rule not in self.disabled
 
     @property
@@ -117,6 +152,8 @@ class Checkers:
                 self.fail("election_safety", f"two leaders in term {term}: {other} and {nid}")
         commit = node.commit_index
         log = node.log
+        if node.role is Role.LEADER and (nid,) in (node.membership.voters, self.confs[-1].voters):
+            commit = self._sole_voter_commit(nid, node)
         if commit > log.last_index():
             self.fail("log_matching", f"{nid} commit {commit} is past its last index")
         if commit > len(self.committed):
@@ -127,6 +164,23 @@ class Checkers:
                 f"{nid} says index {commit} (term {log.term(commit)}) is committed but the "
                 f"committed entry there is {self.committed[commit - 1]}",
             )
+        if self._on("membership"):
+            self._check_membership(nid, node)
+        if node.role is Role.LEADER:
+            removed = self.removed_at.get(nid)
+            if nid not in node.membership.voters and self._on("removed_leader"):
+                self.fail(
+                    "removed_leader",
+                    f"{nid} leads term {term} though its membership {node.membership} "
+                    "does not list it as a voter",
+                )
+            if removed is not None and commit >= removed and self._on("removed_leader_committed"):
+                self.fail(
+                    "removed_leader_committed",
+                    f"{nid} leads term {term} though its commit index {commit} covers its "
+                    f"own removal at {removed} (applied {node.applied_index}, membership "
+                    f"{node.membership})",
+                )
         if node.role is Role.LEADER:
             if self._on("leader_completeness"):
                 self._check_leader_completeness(nid, node)
@@ -134,6 +188,51 @@ class Checkers:
                 self._check_commit_rule(nid, node)
         else:
             self._leader_commit.pop(nid, None)
+
+    def _sole_voter_commit(self, nid: NodeId, node: RaftNode) -> int:
+        """A sole voter counts its in-memory copy, so it commits an entry on appending it;
+        the Ready then persists it before applying or sending anything. An entry lost in a
+        crash before that was never committed to anyone: count only what is on its disk."""
+        storage = self.disks[nid].storage
+        limit = min(node.commit_index, storage.last_index())
+        while limit >= storage.first_index() and storage.term(limit) != node.log.term(limit):
+            limit -= 1
+        return limit
+
+    def _check_membership(self, nid: NodeId, node: RaftNode) -> None:
+        """Configurations are deterministic from the log: every node that has applied the
+        changes up to conf index c holds the committed configuration at c."""
+        conf_index: int = node._conf_index
+        if conf_index == 0:
+            return  # the founding voters from Config, or a joining node's empty one
+        membership = node.membership
+        seen = self._conf_seen.setdefault(conf_index, (nid, membership))
+        if seen[1] != membership:
+            self.fail(
+                "membership",
+                f"at conf index {conf_index} {nid} holds {membership} but {seen[0]} held {seen[1]}",
+            )
+        if conf_index > len(self.committed):
+            if node.role is Role.LEADER and self.confs[-1].voters == (nid,):
+                return  # a sole voter applies its change before persisting (see above)
+            self.fail(
+                "membership",
+                f"{nid} applies the configuration at {conf_index}, beyond the committed "
+                f"prefix ({len(self.committed)})",
+            )
+        want = self.membership_at(conf_index)
+        if membership != want:
+            self.fail(
+                "membership",
+                f"{nid} holds {membership} at conf index {conf_index}; the committed "
+                f"history says {want}",
+            )
+
+    def _committing_configs(self, index: int) -> list[Membership]:
+        """The configurations a leader may have counted a commit of `index` with: the
+        newest committed below it, and (its change not applied yet) the one before."""
+        position = bisect.bisect_left(self.conf_indexes, index) - 1
+        return [self.confs[p] for p in (position, position - 1) if p >= 1]
 
     def _check_commit_rule(self, nid: NodeId, node: RaftNode) -> None:
         """Raft §5.4.2 (Figure 8): a leader advances its commit index only onto an entry
@@ -166,20 +265,37 @@ class Checkers:
             if known is not None and known.entry != entry:
                 self.fail("log_matching", f"{nid} commits {entry}, but it was {known.entry}")
             if self._on("committed_durable") and not _is_bootstrap(entry):
-                holders = [d for d, disk in self.disks.items() if disk.entry(entry.index) == entry]
-                if len(holders) < self.quorum:
-                    self.fail(
-                        "committed_durable",
-                        f"{nid} (term {node.term}) committed {entry} but only {holders} hold it on "
-                        f"disk; a quorum is {self.quorum}",
-                    )
-        self.committed.extend(new)
+                self._check_durable(f"{nid} (term {node.term})", entry, set())
+            if entry.type is EntryType.CONF_CHANGE:
+                self._record_conf(entry)
+            self.committed.append(entry)
         term = max(node.term, self._seg_terms[-1] if self._seg_terms else 0)
         if self._seg_terms and self._seg_terms[-1] == term:
             self._seg_upto[-1] = commit
         else:
             self._seg_terms.append(term)
             self._seg_upto.append(commit)
+
+    def _check_durable(self, who: str, entry: Entry, extra: set[NodeId]) -> None:
+        holders = {d for d, disk in self.disks.items() if disk.entry(entry.index) == entry}
+        holders |= extra
+        configs = self._committing_configs(entry.index)
+        if not any(2 * len(holders.intersection(c.voters)) > len(c.voters) for c in configs):
+            self.fail(
+                "committed_durable",
+                f"{who} committed {entry} but only {sorted(holders)} hold it on disk; "
+                f"not a majority of {[c.voters for c in configs]}",
+            )
+
+    def _record_conf(self, entry: Entry) -> None:
+        before = self.confs[-1]
+        after = apply_change(before, decode_conf_change(entry.data))
+        self.conf_indexes.append(entry.index)
+        self.confs.append(after)
+        self._ever.update(after.members())
+        for gone in before.members():
+            if gone not in after:
+                self.removed_at.setdefault(gone, entry.index)
 
     def _check_leader_completeness(self, nid: NodeId, node: RaftNode) -> None:
         position = bisect.bisect_right(self._seg_terms, node.term)
@@ -270,6 +386,13 @@ class Checkers:
             self.fail("snapshot", f"{nid} stores {meta} beyond the committed index")
         if meta.index and self.committed[meta.index - 1].term != meta.term:
             self.fail("snapshot", f"{nid} stores {meta}, committed entry is different")
+        known = len(self.confs) > 1  # hand-built histories in unit tests have none
+        if known and self._on("membership") and meta.membership != self.membership_at(meta.index):
+            self.fail(
+                "membership",
+                f"{nid} stores {meta} but the committed configuration there is "
+                f"{self.membership_at(meta.index)}",
+            )
         applied_index, payloads = msgpack.unpackb(data, raw=False)
         self.on_restore(nid, meta, applied_index, [bytes(p) for p in payloads])
 
@@ -312,7 +435,11 @@ class Checkers:
     def on_apply(self, nid: NodeId, entry: Entry) -> None:
         if not self._on("state_machine_safety"):
             return
+        first = entry.index not in self._applied
         earlier = self._applied.setdefault(entry.index, (nid, entry))
+        sole_voter = any(len(c.voters) == 1 for c in self._committing_configs(entry.index))
+        if first and sole_voter and self._on("committed_durable") and not _is_bootstrap(entry):
+            self._check_durable(f"{nid} (applying)", entry, set())
         if earlier[1] != entry:
             self.fail(
                 "state_machine_safety",

@@ -16,7 +16,18 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from consensus import Config, ConsensusError, Entry, NodeId, RaftNode, Role, SnapshotMeta
+from consensus import (
+    ConfChange,
+    ConfChangeType,
+    Config,
+    ConsensusError,
+    Entry,
+    Membership,
+    NodeId,
+    RaftNode,
+    Role,
+    SnapshotMeta,
+)
 from tests.sim.checkers import Checkers, SimFailure
 from tests.sim.disk import SimDisk
 from tests.sim.driver import PHASES, ReadyDriver
@@ -41,6 +52,8 @@ class SimConfig:
     slow_disk: float = 0.0
     """Probability that persisting a Ready takes 1..slow_disk_ticks extra ticks."""
     slow_disk_ticks: int = 3
+    spares: int = 0
+    """Node ids beyond the founding voters that membership operations may add."""
 
 
 @dataclass
@@ -54,6 +67,7 @@ class Counters:
     elections: int = 0
     compactions: int = 0
     snapshots_installed: int = 0
+    membership_changes: int = 0
 
 
 class Cluster(ReadyDriver):
@@ -72,7 +86,10 @@ class Cluster(ReadyDriver):
         self.seed = seed
         self.config = config or SimConfig()
         self.rng = random.Random(seed)
-        self.ids: tuple[NodeId, ...] = tuple(f"n{i}" for i in range(1, self.config.nodes + 1))
+        self.founders: tuple[NodeId, ...] = tuple(f"n{i}" for i in range(1, self.config.nodes + 1))
+        spares = range(self.config.nodes + 1, self.config.nodes + self.config.spares + 1)
+        self.ids: tuple[NodeId, ...] = self.founders + tuple(f"n{i}" for i in spares)
+        """The whole pool of node ids; spares get a host only once they are added."""
         self.net = Network(random.Random(self.rng.getrandbits(64)), self.ids, self.config.net)
         self.now = 0
         self.ops = 0
@@ -84,27 +101,34 @@ class Cluster(ReadyDriver):
         self.watchers: list[Callable[[Host], None]] = []
         """Called whenever a node's (role, term) changes; scripted scenarios hook here
         to act at an exact moment (e.g. crash a leader the instant it is elected)."""
-        self.check = Checkers(self.ids, self.context, disabled_checks)
+        self.check = Checkers(self.founders, self.context, disabled_checks)
         self.snapshot_store: dict[SnapshotMeta, bytes] = {}
         self.applied_payloads: set[bytes] = set()
         self.hosts: dict[NodeId, Host] = {}
-        for nid in self.ids:
-            disk = SimDisk(nid, self.check.on_save, self.check.on_snapshot)
-            self.check.disks[nid] = disk
-            cfg = Config(
-                node_id=nid,
-                voters=self.ids,
-                election_tick=self.config.election_tick,
-                heartbeat_tick=self.config.heartbeat_tick,
-                max_inflight=self.config.max_inflight,
-                max_batch_bytes=self.config.max_batch_bytes,
-                check_quorum=self.config.check_quorum,
-                pre_vote=self.config.pre_vote,
-            )
-            self.hosts[nid] = host = Host(nid, cfg, disk)
-            self._start(host)
+        self.retired: set[NodeId] = set()
+        """Removed nodes that were stopped for good: never restarted."""
+        for nid in self.founders:
+            self._add_host(nid, self.founders)
         self._payloads = 0
         self._read_ids = 0
+
+    def _add_host(self, nid: NodeId, voters: tuple[NodeId, ...]) -> Host:
+        """A founder (voters = the founders) or a joining node (voters = ())."""
+        disk = SimDisk(nid, self.check.on_save, self.check.on_snapshot)
+        self.check.disks[nid] = disk
+        cfg = Config(
+            node_id=nid,
+            voters=voters,
+            election_tick=self.config.election_tick,
+            heartbeat_tick=self.config.heartbeat_tick,
+            max_inflight=self.config.max_inflight,
+            max_batch_bytes=self.config.max_batch_bytes,
+            check_quorum=self.config.check_quorum,
+            pre_vote=self.config.pre_vote,
+        )
+        self.hosts[nid] = host = Host(nid, cfg, disk)
+        self._start(host)
+        return host
 
     # --- context for failures and traces --------------------------------------------
     def context(self) -> str:
@@ -150,8 +174,8 @@ class Cluster(ReadyDriver):
     def crash(self, nid: NodeId, before: str | None = None) -> None:
         """Crash now, or (with `before`) arm a crash at that phase of the next Ready."""
         self.ops += 1
-        host = self.hosts[nid]
-        if host.node is None:
+        host = self.hosts.get(nid)
+        if host is None or host.node is None:
             return
         if before is not None:
             host.crash_before = before
@@ -168,8 +192,8 @@ class Cluster(ReadyDriver):
 
     def restart(self, nid: NodeId) -> None:
         self.ops += 1
-        host = self.hosts[nid]
-        if host.node is None:
+        host = self.hosts.get(nid)
+        if host is not None and host.node is None and nid not in self.retired:
             self.event(
                 f"restart {nid} from disk {host.disk.hard_state} last={host.disk.last_index()}"
             )
@@ -180,7 +204,11 @@ class Cluster(ReadyDriver):
         return [host for host in self.hosts.values() if host.node is not None]
 
     def crashed(self) -> list[NodeId]:
-        return [host.nid for host in self.hosts.values() if host.node is None]
+        return [
+            host.nid
+            for host in self.hosts.values()
+            if host.node is None and host.nid not in self.retired
+        ]
 
     def leaders(self) -> list[Host]:
         return [h for h in self.live() if h.node is not None and h.node.role is Role.LEADER]
@@ -195,10 +223,10 @@ class Cluster(ReadyDriver):
         self.net.now = self.now
         self.counters.ticks += 1
         for msg in self.net.due():
-            host = self.hosts[msg.recipient]
+            host = self.hosts.get(msg.recipient)
             if self.trace_messages:
-                self.event(f"deliver {msg}" if host.node else f"lost (down) {msg}")
-            if host.node is not None:
+                self.event(f"deliver {msg}" if host and host.node else f"lost (down) {msg}")
+            if host is not None and host.node is not None:
                 self._deliver(host, msg)
                 self._observe(host)
         order = self.live()
@@ -228,10 +256,11 @@ class Cluster(ReadyDriver):
             host.reads.clear()
 
     # --- client operations -----------------------------------------------------------
-    def propose(self, data: bytes | None = None) -> Entry | None:
-        """Propose a unique payload to some node that believes it leads (maybe a stale one)."""
+    def propose(self, data: bytes | None = None, to: Host | None = None) -> Entry | None:
+        """Propose a unique payload to `to` or to some node that believes it leads (maybe a
+        stale one)."""
         self.ops += 1
-        leaders = self.leaders()
+        leaders = self.leaders() if to is None else [to]
         if not leaders:
             return None
         host = self.rng.choice(leaders)
@@ -300,10 +329,101 @@ class Cluster(ReadyDriver):
 
     def compact_node(self, nid: NodeId) -> None:
         self.ops += 1
-        host = self.hosts[nid]
-        if self.compact(host):
+        host = self.hosts.get(nid)
+        if host is not None and self.compact(host):
             self.counters.compactions += 1
             self.event(f"compact {nid} up to {host.disk.storage.snapshot_meta()}")
+
+    # --- membership changes (one server at a time) ----------------------------------------
+    def membership(self) -> Membership:
+        """The membership in force: the newest committed configuration."""
+        return self.check.membership_at(len(self.check.committed))
+
+    def _conf_change(self, change: ConfChange) -> bool:
+        """Propose `change` to some (believed) leader; refusals are simply skipped."""
+        self.ops += 1
+        leaders = self.leaders()
+        if not leaders:
+            return False
+        host = self.rng.choice(leaders)
+        assert host.node is not None
+        try:
+            host.node.propose_conf_change(change)
+        except ConsensusError as refused:
+            self.event(f"{host.nid} refuses {change.type.name} {change.node_id}: {refused}")
+            return False
+        self._observe(host)
+        self.counters.membership_changes += 1
+        self.event(f"{host.nid} proposes {change.type.name} {change.node_id}")
+        return True
+
+    def add_learner(self) -> NodeId | None:
+        """Add a spare that was never a member as a learner; it starts as a joining node
+        (no voters, no bootstrap) and learns the membership from the leader's log."""
+        current = self.membership()
+        ever = self.check.ever_members()
+        spares = [n for n in self.ids if n not in current and n not in ever]
+        if not spares:
+            return None
+        nid = self.rng.choice(spares)
+        if not self._conf_change(ConfChange(ConfChangeType.ADD_LEARNER, nid, nid.encode())):
+            return None
+        if nid not in self.hosts:
+            self._add_host(nid, ())
+        return nid
+
+    def promote(self) -> NodeId | None:
+        """Promote a learner once some leader sees it caught up with its commit index."""
+        for host in self.leaders():
+            node = host.node
+            assert node is not None
+            ready = [
+                n
+                for n in node.membership.learners
+                if n in node._progress and node._progress[n].match >= node.commit_index
+            ]
+            if ready:
+                nid = self.rng.choice(ready)
+                if self._conf_change(ConfChange(ConfChangeType.PROMOTE, nid)):
+                    return nid
+        return None
+
+    def remove(self) -> NodeId | None:
+        """Remove a member (never the last voter). A leader cannot remove itself: it is
+        asked to transfer leadership instead, and the removal is skipped."""
+        current = self.membership()
+        members = [n for n in current.members() if current.voters != (n,)]
+        if not members:
+            return None
+        nid = self.rng.choice(members)
+        if any(h.nid == nid for h in self.leaders()):
+            others = [v for v in current.voters if v != nid]
+            if others:
+                self.transfer(self.rng.choice(others))
+            return None
+        return nid if self._conf_change(ConfChange(ConfChangeType.REMOVE, nid)) else None
+
+    def retire(self) -> NodeId | None:
+        """Stop a node whose removal is committed, for good (the alternative, keeping it
+        running, is the default: it must not disrupt the cluster)."""
+        current = self.membership()
+        gone = [
+            h.nid
+            for h in self.hosts.values()
+            if h.nid not in self.retired
+            and h.nid in self.check.ever_members()
+            and h.nid not in current
+        ]
+        if not gone:
+            return None
+        nid = self.rng.choice(gone)
+        self.ops += 1
+        host = self.hosts[nid]
+        if host.node is not None:
+            self._crash(host, "retired after removal")
+        self.retired.add(nid)
+        self.event(f"retire {nid}")
+        return nid
 
     # --- whole-cluster checks ------------------------------------------------------------
     def full_check(self) -> None:

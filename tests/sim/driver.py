@@ -13,7 +13,15 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
-from consensus import Entry, EntryType, InstallSnapshot, Message, ReadState, Ready, SnapshotMeta
+from consensus import (
+    Entry,
+    EntryType,
+    InstallSnapshot,
+    Message,
+    ReadState,
+    Ready,
+    SnapshotMeta,
+)
 from tests.sim.host import Host, StateMachine
 
 if TYPE_CHECKING:
@@ -80,6 +88,7 @@ class ReadyDriver:
                 return
             if phase == "persist":
                 self._persist(host, ready)
+                self._observe(host)  # a sole voter's commit counts from here on
             elif phase == "send":
                 for msg in ready.messages:
                     self._send(host, msg)

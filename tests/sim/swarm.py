@@ -40,6 +40,10 @@ FAULT_KINDS = (
     "lossy_network",
     "reorder",
 )
+MEMBERSHIP_FRACTION = 0.25
+"""Share of swarm seeds that also change membership (spares n{N+1}, n{N+2} join, voters
+leave). Drawn from its own rng so the other seeds keep the schedules they always had."""
+MEMBERSHIP_OPS = ("add_learner", "promote", "remove", "retire")
 LIVENESS_TIMEOUTS = 20
 """Election timeouts allowed, after healing, without progress towards committing a new
 proposal (a commit, or more entries replicated under one unchanged leader)."""
@@ -72,12 +76,13 @@ class Plan:
         c = self.config
         return (
             f"faults={sorted(self.faults) or 'none'} heartbeat={c.heartbeat_tick} "
-            f"inflight={c.max_inflight} batch={c.max_batch_bytes} pre_vote={c.pre_vote} "
+            f"spares={c.spares} inflight={c.max_inflight} batch={c.max_batch_bytes} "
+            f"pre_vote={c.pre_vote} "
             f"check_quorum={c.check_quorum} net={c.net}"
         )
 
 
-def make_plan(rng: random.Random, nodes: int) -> Plan:
+def make_plan(rng: random.Random, nodes: int, seed: int | None = None) -> Plan:
     faults = frozenset(kind for kind in FAULT_KINDS if rng.random() < 0.5)
     net = NetConfig(min_delay=1, max_delay=rng.randint(1, 4))
     if "lossy_network" in faults:
@@ -101,6 +106,13 @@ def make_plan(rng: random.Random, nodes: int) -> Plan:
     rates["read"] = rng.uniform(0.0, 0.3)
     rates["restart"] = rng.uniform(0.01, 0.08)
     rates["heal"] = rng.uniform(0.01, 0.05)
+    if seed is not None:
+        side = random.Random(f"membership-{seed}-{nodes}")
+        if side.random() < MEMBERSHIP_FRACTION:
+            faults |= {"membership"}
+            config.spares = 2
+            for op in MEMBERSHIP_OPS:
+                rates[op] = side.uniform(0.01, 0.06)
     return Plan(config, faults, rates)
 
 
@@ -127,7 +139,7 @@ def run_schedule(
     """Run one seeded schedule: `steps` ticks of random operations and faults, then heal
     and demand progress. Raises SimFailure (an AssertionError) naming seed and replay."""
     rng = random.Random(seed)
-    plan = make_plan(rng, nodes)
+    plan = make_plan(rng, nodes, seed)
     cluster = Cluster(
         rng.getrandbits(64),
         plan.config,
@@ -208,6 +220,14 @@ def _random_operations(cluster: Cluster, rng: random.Random, plan: Plan) -> None
             cluster.compact_node(rng.choice(live))
         elif kind == "transfer":
             cluster.transfer(rng.choice(cluster.ids))
+        elif kind == "add_learner":
+            cluster.add_learner()
+        elif kind == "promote":
+            cluster.promote()
+        elif kind == "remove":
+            cluster.remove()
+        elif kind == "retire":
+            cluster.retire()
 
 
 def _decapitate(cluster: Cluster, before: str) -> Callable[[Host], None]:
@@ -248,11 +268,12 @@ def liveness_phase(cluster: Cluster) -> int:
             _liveness_failure(
                 cluster, f"no progress for {LIVENESS_TIMEOUTS} election timeouts after healing"
             )
-        leaders = cluster.leaders()
+        voters = cluster.membership().voters
+        leaders = [h for h in cluster.leaders() if h.nid in voters]
         if len(leaders) == 1 and leaders[0].last_view != proposed_to:
             # Propose again only to a new leader: the old proposal may have been lost.
             payload = f"live-s{cluster.seed}-{len(payloads)}".encode()
-            if cluster.propose(payload) is not None:
+            if cluster.propose(payload, leaders[0]) is not None:
                 payloads.append(payload)
                 proposed_to = leaders[0].last_view
                 cluster.event(f"liveness proposal {payload!r}")
@@ -262,7 +283,7 @@ def liveness_phase(cluster: Cluster) -> int:
     window = max(CONVERGE_TIMEOUTS * timeout, _snapshot_retry_ticks(cluster))
     deadline = cluster.now + window
     applied = _applied_mark(cluster)
-    while not all(done in h.sm.payloads for h in cluster.hosts.values() if h.node is not None):
+    while not all(done in h.sm.payloads for h in _current_members(cluster)):
         if _applied_mark(cluster) > applied:
             applied = _applied_mark(cluster)
             deadline = cluster.now + window
@@ -270,6 +291,13 @@ def liveness_phase(cluster: Cluster) -> int:
             _liveness_failure(cluster, f"a node stopped catching up before applying {done!r}")
         cluster.tick()
     return committed_after
+
+
+def _current_members(cluster: Cluster) -> list[Host]:
+    """Running hosts in the committed membership: removed nodes (which may keep running)
+    and joining nodes whose addition never committed get no new entries."""
+    members = cluster.membership().members()
+    return [h for h in cluster.hosts.values() if h.node is not None and h.nid in members]
 
 
 def _snapshot_retry_ticks(cluster: Cluster) -> int:
@@ -288,7 +316,8 @@ def _progress_mark(cluster: Cluster) -> tuple[int, int, int]:
     index, or, under one unchanged leader, more entries on disks that agree with its
     log. A new leader resets the second part, so election churn never counts."""
     committed = len(cluster.check.committed)
-    leaders = cluster.leaders()
+    voters = cluster.membership().voters
+    leaders = [h for h in cluster.leaders() if h.nid in voters]
     if len(leaders) != 1 or leaders[0].node is None:
         return (committed, -1, 0)
     log = leaders[0].node.log

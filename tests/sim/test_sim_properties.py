@@ -59,10 +59,14 @@ class RaftClusterMachine(RuleBasedStateMachine):
         slow_disk=st.sampled_from([0.0, 0.3]),
         delays=st.integers(1, 4),
         pre_vote=st.booleans(),
+        spares=st.sampled_from([0, 2]),
     )
-    def start(self, seed: int, nodes: int, slow_disk: float, delays: int, pre_vote: bool) -> None:
+    def start(
+        self, seed: int, nodes: int, slow_disk: float, delays: int, pre_vote: bool, spares: int
+    ) -> None:
         config = SimConfig(
             nodes=nodes,
+            spares=spares,
             slow_disk=slow_disk,
             pre_vote=pre_vote,
             net=NetConfig(max_delay=delays, reorder=0.1),
@@ -82,7 +86,7 @@ class RaftClusterMachine(RuleBasedStateMachine):
             raise
 
     def _node(self, data: st.DataObject) -> str:
-        return data.draw(st.sampled_from(self.cluster.ids), label="node")
+        return data.draw(st.sampled_from(sorted(self.cluster.hosts)), label="node")
 
     @rule(ticks=st.integers(1, 40))
     def tick(self, ticks: int) -> None:
@@ -143,6 +147,27 @@ class RaftClusterMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def transfer(self, data: st.DataObject) -> None:
         self._run(self.cluster.transfer, self._node(data))
+
+    # --- membership changes (only in clusters with spare ids) ---------------------------
+    @precondition(lambda self: self.cluster.config.spares > 0)
+    @rule()
+    def add_learner(self) -> None:
+        self._run(self.cluster.add_learner)
+
+    @precondition(lambda self: self.cluster.config.spares > 0)
+    @rule()
+    def promote(self) -> None:
+        self._run(self.cluster.promote)
+
+    @precondition(lambda self: self.cluster.config.spares > 0)
+    @rule()
+    def remove(self) -> None:
+        self._run(self.cluster.remove)
+
+    @precondition(lambda self: self.cluster.config.spares > 0)
+    @rule()
+    def retire(self) -> None:
+        self._run(self.cluster.retire)
 
     @invariant()
     def logs_match(self) -> None:
