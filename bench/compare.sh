@@ -9,7 +9,7 @@
 #
 # Usage (from the repository root, after `make cluster` once or `pip install -e .`):
 #   bench/compare.sh
-#   DURATION=30 CONCURRENCY=64 PROCESSES=4 WORKLOADS="write mixed" bench/compare.sh
+#   DURATION=30 CONCURRENCY="1 16 64 256" PROCESSES=4 WORKLOADS="write mixed" bench/compare.sh
 #   JSON=1 bench/compare.sh > results.jsonl      # one JSON object per run
 #
 # The same by hand, in three terminals:
@@ -85,14 +85,18 @@ for _ in $(seq 1 60); do
 done
 [[ -n "${kv_ready:-}" ]] || { log "the kv cluster did not accept a write within 30 s"; exit 1; }
 
-common=(--duration "$DURATION" --concurrency "$CONCURRENCY" --processes "$PROCESSES"
+common=(--duration "$DURATION" --processes "$PROCESSES"
     --value-size "$VALUE_SIZE" --keys "$KEYS" --consistency "$CONSISTENCY" --seed 1)
 [[ -n "${JSON:-}" ]] && common+=(--json)
 
+# CONCURRENCY may list several levels ("1 16 64 256"); each runs on kv, then on etcd.
 for workload in $WORKLOADS; do
-    log "workload $workload: kv"
-    "$KV" bench --target kv --config "$CONFIG" --workload "$workload" "${common[@]}" || true
-    log "workload $workload: etcd"
-    "$KV" bench --target etcd --endpoints "$etcd_endpoints" --workload "$workload" \
-        "${common[@]}" || true
+    for concurrency in $CONCURRENCY; do
+        log "workload $workload, concurrency $concurrency: kv"
+        "$KV" bench --target kv --config "$CONFIG" --workload "$workload" \
+            --concurrency "$concurrency" "${common[@]}" || true
+        log "workload $workload, concurrency $concurrency: etcd"
+        "$KV" bench --target etcd --endpoints "$etcd_endpoints" --workload "$workload" \
+            --concurrency "$concurrency" "${common[@]}" || true
+    done
 done
