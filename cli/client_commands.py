@@ -145,14 +145,25 @@ def delete_command(key: str, prev_version: int | None, **params: Any) -> None:
     click.echo(revision)
 
 
-STATUS_COLUMNS = ("ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "ENDPOINT")
+STATUS_COLUMNS = (
+    "ID",
+    "ROLE",
+    "TERM",
+    "LEADER",
+    "COMMIT",
+    "APPLIED",
+    "SNAPSHOT",
+    "LOG",
+    "ENDPOINT",
+)
 
 
 def status_cells(row: EndpointStatus) -> tuple[str, ...]:
-    """One table row; an unreachable node keeps its id (when known) and URL."""
+    """One table row; an unreachable node keeps its id (when known) and URL.
+    SNAPSHOT is the index the log was last compacted at, LOG the entries kept after it."""
     st = row.status
     if st is None:
-        return (row.node_id or "?", "unreachable", "-", "-", "-", "-", row.endpoint)
+        return (row.node_id or "?", "unreachable", "-", "-", "-", "-", "-", "-", row.endpoint)
     return (
         st.id,
         st.role,
@@ -160,6 +171,8 @@ def status_cells(row: EndpointStatus) -> tuple[str, ...]:
         st.leader or "-",
         str(st.commit_index),
         str(st.applied_index),
+        str(st.raw.get("snapshot_index", "-")),
+        str(st.raw.get("log_size", "-")),
         row.endpoint,
     )
 
@@ -176,7 +189,8 @@ def format_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 @endpoint_options
 def status_command(as_json: bool, **params: Any) -> None:
-    """One line per node: id, role, term, leader, commit index, applied index."""
+    """One line per node: id, role, term, leader, commit and applied index, snapshot
+    index and log size."""
     timeout = min(params["timeout"], 2.0)
     rows = run_client(params, functools.partial(_cluster_status, timeout=timeout))
     if as_json:

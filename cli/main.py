@@ -7,6 +7,7 @@ import click
 from cli.bench import bench_command
 from cli.chaos import chaos_command
 from cli.client_commands import CLIENT_COMMANDS
+from cli.member_commands import MEMBER_COMMANDS
 from cli.server_commands import SERVER_COMMANDS
 
 
@@ -15,7 +16,13 @@ def cli() -> None:
     """A Raft-replicated key-value store: run nodes, read and write keys, measure."""
 
 
-for command in (*SERVER_COMMANDS, *CLIENT_COMMANDS, bench_command, chaos_command):
+for command in (
+    *SERVER_COMMANDS,
+    *CLIENT_COMMANDS,
+    *MEMBER_COMMANDS,
+    bench_command,
+    chaos_command,
+):
     cli.add_command(command)
 
 

@@ -22,11 +22,17 @@ import click
     help="The cluster file.",
 )
 @click.option("--node", "node_id", required=True, help="The id of the node to run, e.g. n1.")
-def serve_command(config_path: str, node_id: str) -> None:
+@click.option(
+    "--join",
+    is_flag=True,
+    help="Join an existing cluster: start empty and wait for `kv member add` instead of "
+    "founding a cluster (ignored, with a log line, when the node already has data).",
+)
+def serve_command(config_path: str, node_id: str, join: bool) -> None:
     """Run one node in the foreground until SIGTERM/SIGINT."""
     from kvstore.server import run_node
 
-    sys.exit(run_node(config_path, node_id))
+    sys.exit(run_node(config_path, node_id, join))
 
 
 @click.group("cluster")

@@ -46,6 +46,12 @@ class Tuning:
     request_timeout_ms: int = 5000
     session_ttl_entries: int = 1_000_000
     max_sessions: int = 10_000
+    snapshot_entries: int = 10_000
+    """Compact the log into a snapshot once this many applied entries follow the last
+    one: bounds the log (disk, restart replay time) at the cost of one state copy."""
+    snapshot_chunk_bytes: int = MIB
+    """Size of one InstallSnapshot chunk; each is checksummed and a transfer resumes
+    from the last chunk received after a dropped connection."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +65,9 @@ class NodeConfig:
     peer_port: int
     data_dir: Path
     """The cluster data_dir / id: this node's own files."""
+    join: bool = False
+    """`join = true`: not a founder. The node starts empty and waits to be added
+    (`kv member add`) instead of bootstrapping; founders leave it out of their voters."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +79,11 @@ class ClusterConfig:
     tuning: Tuning = Tuning()
     source: Path | None = None
     """The file this was loaded from, for error messages."""
+
+    @property
+    def founders(self) -> tuple[str, ...]:
+        """The voters a brand-new cluster starts with: every node not marked `join`."""
+        return tuple(n.id for n in self.nodes if not n.join)
 
     def node(self, node_id: str) -> NodeConfig:
         for node in self.nodes:
@@ -93,6 +107,36 @@ def load_cluster_config(path: str | Path) -> ClusterConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     return _Parser(path).cluster(doc)
+
+
+def parse_url(url: str) -> tuple[str, int]:
+    """(host, port) of an `http://host:port` URL; ConfigError (naming the URL) otherwise."""
+    match = _URL.fullmatch(url)
+    port = int(match["port"]) if match else 0
+    if match is None or not 1 <= port <= 65535:
+        raise ConfigError(f"expected http://host:port with a port in 1..65535, got {_show(url)}")
+    host = match["ipv6"] or match["host"]
+    return host.lower(), port
+
+
+def valid_node_id(node_id: object) -> bool:
+    return isinstance(node_id, str) and _NODE_ID.fullmatch(node_id) is not None
+
+
+def member_node_config(node_id: str, client_url: str, peer_url: str, data_root: Path) -> NodeConfig:
+    """A NodeConfig for a member known from the log rather than from cluster.toml."""
+    client_host, client_port = parse_url(client_url)
+    peer_host, peer_port = parse_url(peer_url)
+    return NodeConfig(
+        node_id,
+        client_url,
+        peer_url,
+        client_host,
+        client_port,
+        peer_host,
+        peer_port,
+        data_root / node_id,
+    )
 
 
 def check_data_dir(path: Path) -> None:
@@ -200,7 +244,10 @@ class _Parser:
             where = f"nodes[{i}]"
             if not isinstance(table, dict):
                 raise self.fail(where, f"expected a table, got {_toml_type(table)}")
-            self.keys(table, {"id", "client_url", "peer_url"}, where)
+            self.keys(table, {"id", "client_url", "peer_url", "join"}, where)
+            join = table.get("join", False)
+            if type(join) is not bool:
+                raise self.fail(f"{where}.join", f"expected a boolean, got {_toml_type(join)}")
             node_id = self.string(self.required(table, "id", where), f"{where}.id")
             if not _NODE_ID.fullmatch(node_id):
                 raise self.fail(
@@ -235,19 +282,18 @@ class _Parser:
                     peer_host=peer[0],
                     peer_port=peer[1],
                     data_dir=data_dir / node_id,
+                    join=join,
                 )
             )
+        if all(node.join for node in nodes):
+            raise self.fail("nodes", "every node has join = true: the cluster needs a founder")
         return tuple(nodes)
 
     def url(self, url: str, key: str) -> tuple[str, int]:
-        match = _URL.fullmatch(url)
-        port = int(match["port"]) if match else 0
-        if match is None or not 1 <= port <= 65535:
-            raise self.fail(
-                key, f"expected http://host:port with a port in 1..65535, got {_show(url)}"
-            )
-        host = match["ipv6"] or match["host"]
-        return host.lower(), port
+        try:
+            return parse_url(url)
+        except ConfigError as exc:
+            raise self.fail(key, str(exc)) from None
 
     def tuning(self, table: object) -> Tuning:
         if not isinstance(table, dict):

@@ -13,9 +13,7 @@ import asyncio
 import logging
 import os
 import re
-import time
 from collections.abc import AsyncIterator
-from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import aiohttp
@@ -34,6 +32,7 @@ from kvstore.state_machine import (
     SessionExpiredResult,
     VersionMismatchResult,
 )
+from kvstore.status_api import status_json
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +300,10 @@ async def _forward(
     headers[HOPS_HEADER] = str(hops_n + 1)
     if body:
         headers["Content-Type"] = "application/octet-stream"
-    url = runtime.members[leader].client_url.rstrip("/") + request.raw_path
+    leader_url = runtime.view.client_url(leader)
+    if leader_url is None:
+        return None  # not sent: this node has not read the new leader's address yet
+    url = leader_url.rstrip("/") + request.raw_path
     loop = asyncio.get_running_loop()
     timeout = aiohttp.ClientTimeout(total=max(0.1, deadline - loop.time()) + 0.5, sock_connect=0.5)
     session = request.app[PROXY_KEY]
@@ -319,42 +321,6 @@ async def _forward(
         if is_write:
             return error(504, "timeout", f"outcome unknown: forwarding to {leader} failed: {exc!r}")
         return error(503, "no_leader", f"forwarding the read to {leader} failed: {exc!r}")
-
-
-def status_json(runtime: NodeRuntime) -> dict[str, Any]:
-    """`GET /v1/status`: the contract's fields, `members` as the client expects them, and
-    what an operator needs next (log bounds, peer links, waiting requests)."""
-    st = runtime.node.status()
-    return {
-        "id": st.id,
-        "role": st.role.value,
-        "term": st.term,
-        "leader": st.leader,
-        "commit_index": st.commit_index,
-        "applied_index": runtime.sm.applied_index,
-        "last_index": st.last_index,
-        "first_index": st.first_index,
-        "revision": runtime.sm.revision,
-        "keys": len(runtime.sm),
-        "members": [
-            {"id": n.id, "client_url": n.client_url, "peer_url": n.peer_url}
-            for n in runtime.cluster.nodes
-        ],
-        "voters": list(st.voters),
-        "peers": _peers(runtime),
-        **runtime.pending.counts(),
-    }
-
-
-def _peers(runtime: NodeRuntime) -> dict[str, dict[str, Any]]:
-    """The outgoing link's health plus when the peer was last heard from: a paused peer
-    can keep accepting bytes into its socket buffer for a while, but it stops talking."""
-    now = time.monotonic()
-    peers = runtime.transport.peer_status()
-    for peer_id, info in peers.items():
-        heard = runtime.last_heard.get(peer_id)
-        info["last_heard_s_ago"] = None if heard is None else round(now - heard, 3)
-    return peers
 
 
 async def handle_status(request: web.Request) -> web.Response:
@@ -393,5 +359,8 @@ def make_client_app(runtime: NodeRuntime, client_max_size: int) -> web.Applicati
     app.on_response_prepare.append(_add_leader_header)
     app.router.add_route("*", KV_PREFIX + "{key:.*}", handle_kv)
     app.router.add_get("/v1/status", handle_status)
+    from kvstore.member_api import add_member_routes  # it builds on this module's helpers
+
+    add_member_routes(app)
     app.router.add_route("*", "/v1/{tail:.*}", handle_unknown)
     return app

@@ -17,9 +17,14 @@ the round trip to the followers. That is safe because a commit index the core de
 from the leader's own not-yet-durable entries is only acted on in a later Ready, and
 the ready loop handles Readys strictly one after another.
 
-Snapshots: every `SNAPSHOT_EVERY` applied entries the log is compacted into a state
-machine snapshot; a follower whose entries are gone gets it over `/raft/snapshot`
-(kvstore.transport) and installs it when the core hands it back in a Ready.
+Snapshots: every `snapshot_entries` applied entries the log is compacted into a state
+machine snapshot without stalling the loop (kvstore.compaction); a follower whose
+entries are gone gets it in chunks over `/raft/snapshot` (kvstore.snapshot_transfer)
+and installs it when the core hands it back in a Ready.
+
+Membership: applied CONF_CHANGE entries update the member directory; the runtime then
+re-derives who is where (kvstore.member_view) and re-points the transport. A node told
+it was removed (by its own log, or by a peer's 410) stops serving as a member.
 """
 
 from __future__ import annotations
@@ -34,18 +39,23 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from consensus import Config, Entry, Message, NodeId, RaftNode, Ready, Role
-from consensus.messages import AppendEntries, InstallSnapshot, TimeoutNow
+from consensus.messages import AppendEntries, TimeoutNow
 from consensus.storage import WritableStorage
-from consensus.types import HardState, SnapshotMeta
+from consensus.types import EntryType, HardState, SnapshotMeta
 from kvstore.commands import Command, encode_command
+from kvstore.compaction import Compactor
 from kvstore.config import ClusterConfig, NodeConfig
+from kvstore.member_view import MemberView
+from kvstore.node_leadership import LeadershipMixin
+from kvstore.node_membership import MembershipMixin
+from kvstore.node_snapshots import SnapshotMixin
 from kvstore.requests import (
     PendingRequests,
     ProposalTimeout,
-    ReadAborted,
     RuntimeStopped,
-    RuntimeUnavailable,
 )
+from kvstore.sm_snapshot import ParsedState
+from kvstore.snapshot_transfer import SnapshotReceiver
 from kvstore.state_machine import ApplyResult, KeyValue, KVStateMachine
 from kvstore.transport import Transport
 
@@ -59,12 +69,10 @@ INLINE_PERSIST_FOLLOWER = 8
 the worker thread. A leader always uses the thread (its loop keeps serving clients and
 stepping acknowledgements while the disk syncs); a lightly loaded follower has nothing
 else to do meanwhile, and the two thread hops cost more than they overlap (measured)."""
-SNAPSHOT_EVERY = 50_000
-"""Applied entries between log compactions (overridable by a `snapshot_entries` tuning)."""
 _EARLY = (AppendEntries, TimeoutNow)
 
 
-class NodeRuntime:
+class NodeRuntime(LeadershipMixin, MembershipMixin, SnapshotMixin):
     """Drives one RaftNode; the HTTP and peer layers call into it."""
 
     def __init__(
@@ -75,12 +83,12 @@ class NodeRuntime:
         *,
         rng: random.Random | None = None,
         on_fatal: Callable[[BaseException], None] | None = None,
+        join: bool = False,
+        on_removed: Callable[[str], None] | None = None,
     ) -> None:
         t = cluster.tuning
         self.cluster, self.tuning, self.node_id = cluster, t, node_id
         self.me: NodeConfig = cluster.node(node_id)
-        self.members: dict[NodeId, NodeConfig] = {n.id: n for n in cluster.nodes}
-        self.member_ids = frozenset(self.members)
         self.storage = storage
         self.sm = KVStateMachine(
             session_ttl_entries=t.session_ttl_entries, max_sessions=t.max_sessions
@@ -94,7 +102,7 @@ class NodeRuntime:
         self.node = RaftNode(
             Config(
                 node_id=node_id,
-                voters=tuple(n.id for n in cluster.nodes),
+                voters=self._initial_voters(join),
                 election_tick=t.election_ticks,
                 heartbeat_tick=t.heartbeat_ticks,
                 max_inflight=t.max_inflight,
@@ -103,34 +111,53 @@ class NodeRuntime:
             storage,
             rng or random.Random(),
         )
+        self.view = MemberView(node_id, cluster.nodes, cluster.data_dir)
         self.transport = Transport(
             node_id,
-            {n.id: n.peer_url for n in cluster.nodes},
+            {},
             snapshot_source=self._snapshot_for_peer,
+            self_url=self.me.peer_url,
+            snapshot_chunk_bytes=t.snapshot_chunk_bytes,
+            on_removed=self._told_removed,
             max_post_bytes=max(4 * t.max_batch_bytes, 1 << 20),
             request_timeout=max(0.5, 4 * t.tick_ms * t.election_ticks / 1000),
         )
-        self.snapshot_every = int(getattr(t, "snapshot_entries", SNAPSHOT_EVERY))
+        self.snapshot_every = t.snapshot_entries
         self.pending = PendingRequests()
         self.last_heard: dict[NodeId, float] = {}
         """time.monotonic() of the last message from each peer, for `GET /v1/status`."""
         self._on_fatal = on_fatal
+        self._on_removed = on_removed
+        self.removed_reason: str | None = None
         self._persisted: HardState = storage.initial_state()
-        self._incoming_snapshot: tuple[SnapshotMeta, bytes] | None = None
+        self._incoming_snapshot: tuple[SnapshotMeta, bytes, ParsedState] | None = None
         self._wake = asyncio.Event()
         self._leader_known = asyncio.Event()
         self._read_ids = itertools.count(1)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"persist-{node_id}")
+        self.compactor = Compactor(self.sm, storage, self._wake.set, node_id)
+        self.snapshot_receiver = SnapshotReceiver(
+            self.me.data_dir / "incoming-snapshots", self._deliver_snapshot
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._seen: tuple[Role, int, NodeId | None] = (self.node.role, self.node.term, None)
         self.stopping = False
         self.fatal_error: BaseException | None = None
+        self._membership_changed()
+
+    def _initial_voters(self, join: bool) -> tuple[NodeId, ...]:
+        """The founders for a brand-new node; none for one that joins (it must never
+        bootstrap a cluster of its own). With existing data the core ignores this."""
+        storage = self.storage
+        pristine = storage.last_index() == 0 and storage.snapshot_meta() is None
+        joining = join or self.me.join
+        if joining and not pristine:
+            log.info("this node already has data: --join / join = true changes nothing")
+        if joining:
+            return ()
+        return self.cluster.founders
 
     # ------------------------------------------------------------------ lifecycle
-
-    @property
-    def election_timeout_s(self) -> float:
-        return self.tuning.tick_ms * self.tuning.election_ticks / 1000
 
     async def start(self) -> None:
         await self.transport.start()
@@ -150,22 +177,6 @@ class NodeRuntime:
             self.sm.applied_index,
         )
 
-    async def drain(self, timeout: float) -> None:
-        """Before shutdown: hand leadership away (so clients wait one round trip, not an
-        election timeout), give waiting requests a moment, then fail the rest."""
-        if self.node.role is Role.LEADER and len(self.members) > 1:
-            reachable = [p for p, st in self.transport.peer_status().items() if st["reachable"]]
-            if reachable:
-                with contextlib.suppress(Exception):
-                    self.node.transfer_leadership(sorted(reachable)[0])
-                    self._wake.set()
-                    log.info("shutting down: handing leadership to %s", sorted(reachable)[0])
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.pending and loop.time() < deadline:
-            await asyncio.sleep(0.01)
-        self.pending.abort_all(RuntimeStopped("the node is shutting down"))
-
     async def stop(self) -> None:
         """Stop ticking, let the ready loop finish the Ready in hand, close the transport
         and the disk. Idempotent."""
@@ -182,6 +193,8 @@ class NodeRuntime:
                 await asyncio.wait_for(task, timeout=5.0)
         await self.transport.close()
         self._executor.shutdown(wait=True)
+        self.compactor.close()
+        self.snapshot_receiver.close()
         close = getattr(self.storage, "close", None)
         if close is not None:
             close()
@@ -212,14 +225,6 @@ class NodeRuntime:
             self.last_heard[msgs[0].sender] = time.monotonic()
         self._wake.set()
 
-    def receive_snapshot(self, msg: InstallSnapshot, data: bytes) -> None:
-        """A whole snapshot arrived from the leader: keep its data for the Ready that
-        installs it, then step the message that announces it."""
-        if self.stopping or self.fatal_error is not None:
-            return
-        self._incoming_snapshot = (msg.snapshot, data)
-        self.step_messages([msg])
-
     async def propose(self, command: Command, timeout: float) -> ApplyResult | None:
         """Replicate and apply one command. Raises NotLeader / ProposalDropped before
         anything was proposed, ProposalOverwritten when it definitely failed, and
@@ -241,6 +246,13 @@ class NodeRuntime:
         Raises NotLeader, ReadAborted, RuntimeStopped or TimeoutError (at the deadline)."""
         if not linearizable:
             return self.sm.get(key)
+        await self.barrier(timeout)
+        return self.sm.get(key)
+
+    async def barrier(self, timeout: float) -> int:
+        """Confirm leadership with a quorum (ReadIndex) and wait until everything
+        committed before the call is applied here; returns the read index. Afterwards
+        the state machine holds every write acknowledged before the call began."""
         self._check_running()
         request_id = next(self._read_ids).to_bytes(8, "big")
         self.node.read_index(request_id)  # raises NotLeader
@@ -253,16 +265,7 @@ class NodeRuntime:
                 await self.pending.wait_applied(index, deadline)
         finally:
             self.pending.reads.pop(request_id, None)
-        return self.sm.get(key)
-
-    async def wait_for_leader(self, timeout: float) -> NodeId | None:
-        """The known leader, waiting up to `timeout` for one to emerge."""
-        if self.node.leader_id is None and timeout > 0 and not self.stopping:
-            self._leader_known.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._leader_known.wait()
-        return self.node.leader_id
+        return index
 
     # ------------------------------------------------------------------ the clock
 
@@ -309,6 +312,7 @@ class NodeRuntime:
                         # index going out to followers, which nobody waits for).
                         self.pending.answered = False
                         await asyncio.sleep(0)
+                self._snapshot_step()
                 self._observe_leadership()
                 if self.stopping:
                     return
@@ -336,8 +340,7 @@ class NodeRuntime:
         for rs in rd.read_states:
             self.pending.read_confirmed(rs.request_id, rs.index)
         node.advance(rd)
-        if self.sm.applied_index - self.storage.first_index() >= self.snapshot_every:
-            self._compact()
+        self._snapshot_step()
 
     def _term_durable(self, hard_state: HardState | None) -> bool:
         """True when this Ready does not change the persisted term or vote."""
@@ -371,78 +374,13 @@ class NodeRuntime:
     def _apply(self, entries: Sequence[Entry]) -> None:
         sm_apply, pending = self.sm.apply, self.pending
         track = bool(pending.proposals)
+        conf_changed = False
         for entry in entries:
             result = sm_apply(entry)
+            if entry.type is EntryType.CONF_CHANGE:
+                conf_changed = True
             if track:
                 pending.applied(entry, result)
+        if conf_changed:
+            self._membership_changed()
         pending.applied_up_to(self.sm.applied_index)
-
-    # ------------------------------------------------------------------ snapshots
-
-    def _compact(self) -> None:
-        """Fold the applied log into a snapshot (right after advance, as the core asks)."""
-        meta = self.node.snapshot_meta()
-        if meta.index != self.sm.applied_index:
-            return
-        data = self.sm.snapshot()
-        self.storage.apply_snapshot(meta, data)
-        log.info("compacted the log into a snapshot at index %d (%d bytes)", meta.index, len(data))
-
-    def _install_snapshot(self, meta: SnapshotMeta) -> None:
-        incoming = self._incoming_snapshot
-        if incoming is None or incoming[0] != meta:
-            raise RuntimeError(f"the core installs snapshot {meta} but no such data arrived")
-        self._incoming_snapshot = None
-        self.sm.restore(incoming[1])
-        self.storage.apply_snapshot(meta, incoming[1])
-        self.pending.snapshot_installed(meta.index)
-        log.info("installed a snapshot from the leader at index %d", meta.index)
-
-    def _snapshot_for_peer(self, meta: SnapshotMeta) -> bytes | None:
-        """The stored snapshot's bytes, if it is still the one the core asked to send."""
-        if self.storage.snapshot_meta() != meta:
-            return None
-        return self.storage.snapshot_data()
-
-    # ------------------------------------------------------------------ leadership
-
-    def _observe_leadership(self) -> None:
-        """Log leader changes and fail reads whose leadership was not confirmed in time."""
-        node = self.node
-        seen = (node.role, node.term, node.leader_id)
-        if seen == self._seen:
-            return
-        _, old_term, old_leader = self._seen
-        self._seen = seen
-        if node.leader_id is not None:
-            self._leader_known.set()
-        if node.leader_id != old_leader or node.term != old_term:
-            if node.leader_id == self.node_id:
-                log.info("this node is now the leader (term %d)", node.term)
-            elif node.leader_id is not None:
-                log.info("leader is %s (term %d)", node.leader_id, node.term)
-            elif old_leader is not None:
-                log.warning(
-                    "lost leader %s (now %s, term %d): writes wait for an election",
-                    old_leader,
-                    node.role.value,
-                    node.term,
-                )
-        if self.pending.reads:
-            keep = node.term if node.role is Role.LEADER else None
-            self.pending.fail_reads(
-                ReadAborted("leadership changed before the read was confirmed"), keep
-            )
-
-    def abort_waiters(self, exc: RuntimeUnavailable) -> None:
-        self.pending.abort_all(exc)
-
-    # ------------------------------------------------------------------ status
-
-    @property
-    def leader_id(self) -> NodeId | None:
-        return self.node.leader_id
-
-    @property
-    def is_leader(self) -> bool:
-        return self.node.role is Role.LEADER

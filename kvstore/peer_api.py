@@ -2,7 +2,12 @@
 
 - `POST /raft/messages`: a msgpack batch of consensus messages, or (the transport's
   way) a long-lived chunked stream of length-prefixed batches;
-- `POST /raft/snapshot`: one InstallSnapshot and the snapshot bytes it announces.
+- `POST /raft/snapshot`: one checksummed chunk of a snapshot (kvstore.snapshot_transfer);
+  the InstallSnapshot it belongs to is stepped once the whole snapshot is verified.
+
+Senders name their peer_url in `X-Raft-From`; a sender this node does not know yet (a
+member added by an entry it has not applied) is admitted and answered there. A sender
+the log says was removed gets 410 `removed_member`, which tells it to stop.
 
 Bodies are decoded at this trust boundary: garbage, truncated bodies or messages for
 another node answer 400 with a JSON error and change nothing, so a confused or hostile
@@ -24,38 +29,48 @@ from consensus.codec import CodecError, decode_messages
 from consensus.messages import InstallSnapshot, Message
 from consensus.types import NodeId
 from kvstore.peer_link import FRAME_HEADER, STREAM_CONTENT_TYPE
-from kvstore.transport import SNAPSHOT_HEADER, SNAPSHOT_PATH
+from kvstore.snapshot_transfer import (
+    MAX_CHUNK_BYTES,
+    SENDER_URL_HEADER,
+    SNAPSHOT_PATH,
+    ChunkError,
+    SnapshotReceiver,
+    decode_chunk,
+)
 
 log = logging.getLogger(__name__)
 
 MESSAGES_PATH = "/raft/messages"
 DEFAULT_MAX_BODY = 64 << 20
 """A transport POST carries at most a few MiB; the limit only stops runaway bodies."""
-MAX_SNAPSHOT_BYTES = 4 << 30
 MAX_FRAME_BYTES = 64 << 20
+ADMITTED, REMOVED, UNKNOWN = None, "removed", "unknown"
 
 
 class MessageSink(Protocol):
     """What the peer endpoints need from the runtime."""
 
     node_id: NodeId
-    member_ids: frozenset[NodeId]
+    snapshot_receiver: SnapshotReceiver | None
+
+    def admit(self, sender: NodeId, sender_url: str | None) -> str | None:
+        """None to accept messages from `sender`, else REMOVED or UNKNOWN."""
+        ...
 
     def step_messages(self, msgs: Sequence[Message]) -> None: ...
-
-    def receive_snapshot(self, msg: InstallSnapshot, data: bytes) -> None: ...
 
 
 SINK_KEY = web.AppKey("raft_message_sink", MessageSink)
 STREAMS_KEY = web.AppKey("raft_streams", set[asyncio.Task[Any]])
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status)
+def _error(status: int, code: str, message: str, **extra: object) -> web.Response:
+    return web.json_response({"error": code, "message": message, **extra}, status=status)
 
 
-def _check(sink: MessageSink, msgs: list[Message]) -> web.Response | None:
+def _check(sink: MessageSink, msgs: list[Message], sender_url: str | None) -> web.Response | None:
     """Every message must be for this node and from another member of the cluster."""
+    checked: set[NodeId] = set()
     for msg in msgs:
         if msg.recipient != sink.node_id:
             return _error(
@@ -64,19 +79,31 @@ def _check(sink: MessageSink, msgs: list[Message]) -> web.Response | None:
                 f"message for {msg.recipient!r} reached node {sink.node_id!r}; "
                 "check that every node uses the same cluster.toml",
             )
-        if msg.sender not in sink.member_ids or msg.sender == sink.node_id:
+        if msg.sender in checked:
+            continue
+        verdict = UNKNOWN if msg.sender == sink.node_id else sink.admit(msg.sender, sender_url)
+        if verdict == REMOVED:
+            return _error(
+                410,
+                "removed_member",
+                f"node {msg.sender!r} was removed from the cluster; it must stop",
+            )
+        if verdict is not ADMITTED:
             return _error(400, "unknown_sender", f"message from unknown node {msg.sender!r}")
+        checked.add(msg.sender)
     return None
 
 
-def _accept(sink: MessageSink, body: bytes, remote: str | None) -> web.Response | None:
+def _accept(
+    sink: MessageSink, body: bytes, remote: str | None, sender_url: str | None
+) -> web.Response | None:
     """Decode, validate and step one batch; a bad batch is rejected as a whole."""
     try:
         msgs = decode_messages(body)
     except CodecError as exc:
         log.warning("rejecting an undecodable message batch from %s: %s", remote, exc)
         return _error(400, "bad_messages", str(exc))
-    rejected = _check(sink, msgs)
+    rejected = _check(sink, msgs, sender_url)
     if rejected is not None:
         return rejected
     if any(type(m) is InstallSnapshot for m in msgs):
@@ -96,7 +123,8 @@ async def handle_messages(request: web.Request) -> web.StreamResponse:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _error(413, "body_too_large", "message batch exceeds the peer body limit")
-    return _accept(sink, body, request.remote) or web.Response(status=204)
+    sender_url = request.headers.get(SENDER_URL_HEADER)
+    return _accept(sink, body, request.remote, sender_url) or web.Response(status=204)
 
 
 async def _handle_stream(request: web.Request, sink: MessageSink) -> web.StreamResponse:
@@ -105,6 +133,7 @@ async def _handle_stream(request: web.Request, sink: MessageSink) -> web.StreamR
     assert task is not None
     streams.add(task)
     content, header = request.content, FRAME_HEADER
+    sender_url = request.headers.get(SENDER_URL_HEADER)
     try:
         while True:
             try:
@@ -116,7 +145,7 @@ async def _handle_stream(request: web.Request, sink: MessageSink) -> web.StreamR
                 if exc.partial:
                     return _error(400, "bad_messages", "the stream ended inside a frame")
                 return web.Response(status=204)  # the sender closed its stream
-            rejected = _accept(sink, body, request.remote)
+            rejected = _accept(sink, body, request.remote, sender_url)
             if rejected is not None:
                 return rejected
     except (asyncio.CancelledError, ConnectionError):
@@ -132,29 +161,28 @@ async def _end_streams(app: web.Application) -> None:
 
 
 async def handle_snapshot(request: web.Request) -> web.Response:
-    """Receive a whole snapshot, then step the InstallSnapshot that announces it."""
+    """One chunk of a snapshot; answers the offset the receiver needs next."""
     sink = request.app[SINK_KEY]
-    if (request.content_length or 0) > MAX_SNAPSHOT_BYTES:
-        return _error(413, "body_too_large", "snapshot exceeds the size limit")
-    chunks = []
-    async for chunk in request.content.iter_any():
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    size = SNAPSHOT_HEADER.size
-    head_len = SNAPSHOT_HEADER.unpack_from(body)[0] if len(body) >= size else -1
-    if head_len < 0 or size + head_len > len(body):
-        return _error(400, "bad_snapshot", "truncated snapshot body")
+    receiver = sink.snapshot_receiver
+    if receiver is None:
+        return _error(503, "unavailable", "this node does not take snapshots")
+    if (request.content_length or 0) > MAX_CHUNK_BYTES + (1 << 16):
+        return _error(413, "body_too_large", "snapshot chunk exceeds the size limit")
     try:
-        msgs = decode_messages(body[size : size + head_len])
-    except CodecError as exc:
-        return _error(400, "bad_snapshot", str(exc))
-    if len(msgs) != 1 or type(msgs[0]) is not InstallSnapshot:
-        return _error(400, "bad_snapshot", "expected exactly one InstallSnapshot message")
-    rejected = _check(sink, msgs)
+        chunk = decode_chunk(await request.read())
+    except ChunkError as exc:
+        return _error(exc.status, exc.code, str(exc), next_offset=exc.next_offset)
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, "body_too_large", "snapshot chunk exceeds the peer body limit")
+    rejected = _check(sink, [chunk.msg], request.headers.get(SENDER_URL_HEADER))
     if rejected is not None:
         return rejected
-    sink.receive_snapshot(msgs[0], body[size + head_len :])
-    return web.Response(status=204)
+    try:
+        next_offset, done = await receiver.receive(chunk)
+    except ChunkError as exc:
+        log.warning("refused a snapshot chunk from %s: %s", chunk.msg.sender, exc)
+        return _error(exc.status, exc.code, str(exc), next_offset=exc.next_offset)
+    return web.json_response({"next_offset": next_offset, "done": done})
 
 
 def add_peer_routes(app: web.Application, sink: MessageSink) -> None:

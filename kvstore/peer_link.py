@@ -81,6 +81,8 @@ class _Protocol(asyncio.Protocol):
         if sep or len(self.answer) > 8192:
             status_line = head.split(b"\r\n", 1)[0].decode("latin-1", "replace")
             self.link.failed(self, f"peer ended the stream: {status_line} {body[:200]!r}")
+            if status_line.split(" ")[1:2] == ["410"]:  # "you were removed from the cluster"
+                self.link.told_removed(body[:300].decode("utf-8", "replace"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.link.lost(self, exc)
@@ -103,8 +105,9 @@ class PeerLink:
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
+        sender = f"X-Raft-From: {owner.self_url}\r\n" if owner.self_url else ""
         self.request_head = (
-            f"POST {MESSAGES_PATH} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            f"POST {MESSAGES_PATH} HTTP/1.1\r\nHost: {parts.netloc}\r\n{sender}"
             f"Content-Type: {STREAM_CONTENT_TYPE}\r\nTransfer-Encoding: chunked\r\n\r\n"
         ).encode("latin-1")
         self.queue: deque[tuple[Message, int]] = deque()
@@ -211,6 +214,11 @@ class PeerLink:
             self._drop_connection(reason)
             if proto.transport is not None:
                 proto.transport.abort()
+
+    def told_removed(self, text: str) -> None:
+        callback = self.owner.on_removed
+        if callback is not None:
+            callback(self.node_id, text)
 
     def lost(self, proto: _Protocol, exc: Exception | None) -> None:
         if proto is self.proto:

@@ -1,6 +1,7 @@
 """Process entry points: `kv serve` (one node) and `kv cluster up` (every node of a file).
 
-Exit codes of `run_node`: 0 after a clean SIGTERM/SIGINT, 2 for a bad config or a
+Exit codes of `run_node`: 0 after a clean SIGTERM/SIGINT, or when the node learns it
+was removed from the cluster (one line on stderr says so); 2 for a bad config or a
 data dir the node cannot use (one line on stderr, no traceback), 1 when the node
 cannot listen or stops on a fatal error (a disk that fails a write, a corrupt entry).
 """
@@ -65,8 +66,9 @@ def load(config_path: str | Path, node_id: str) -> ClusterConfig:
     return cluster
 
 
-def run_node(config_path: str | Path, node_id: str) -> int:
-    """Run one node in the foreground until SIGTERM/SIGINT; returns the exit code."""
+def run_node(config_path: str | Path, node_id: str, join: bool = False) -> int:
+    """Run one node in the foreground until SIGTERM/SIGINT; returns the exit code.
+    `join`: start empty and wait to be added to an existing cluster (`kv member add`)."""
     try:
         cluster = load(config_path, node_id)
     except StartupError as exc:
@@ -79,7 +81,7 @@ def run_node(config_path: str | Path, node_id: str) -> int:
     )
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(_serve(cluster, node_id))
+            return runner.run(_serve(cluster, node_id, join))
     except StartupError as exc:
         print(f"kv serve: error: {exc}", file=sys.stderr)
         return exc.code
@@ -96,13 +98,29 @@ def _loop_factory():  # type: ignore[no-untyped-def]
     return uvloop.new_event_loop
 
 
-async def _serve(cluster: ClusterConfig, node_id: str) -> int:
+async def _serve(cluster: ClusterConfig, node_id: str, join: bool = False) -> int:
     me = cluster.node(node_id)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     storage = _open_storage(me.data_dir / "raft")
+
+    def removed(reason: str) -> None:
+        print(
+            f"kv serve: node {node_id} was removed from the cluster ({reason}); exiting",
+            file=sys.stderr,
+            flush=True,
+        )
+        stop.set()
+
     try:
-        runtime = NodeRuntime(cluster, node_id, storage, on_fatal=lambda exc: stop.set())
+        runtime = NodeRuntime(
+            cluster,
+            node_id,
+            storage,
+            on_fatal=lambda exc: stop.set(),
+            join=join,
+            on_removed=removed,
+        )
     except Exception as exc:  # a log or snapshot the core or state machine rejects
         storage.close()
         raise StartupError(

@@ -5,6 +5,10 @@ over anything whose order could differ between replicas. Replicas that applied t
 entries therefore hold the same keys, revision and sessions, and `snapshot()` yields the
 same bytes on each (the simulator and the tests compare replicas through that).
 
+Membership changes (CONF_CHANGE entries) feed the member directory
+(`kvstore.members`): the addresses of added members and the ids of removed ones, so
+that every replica, and every snapshot, agrees on where the members are.
+
 Exactly-once writes (Raft dissertation §6.3). A command may carry a
 `SessionRef(client_id, seq, first_outstanding)`. Per client id the machine keeps a
 session: the results of that client's requests with seq >= a floor, the floor being the
@@ -46,64 +50,43 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any, TypeAlias
-
-import msgpack
+from collections.abc import Mapping
 
 from consensus.types import Entry, EntryType
 from kvstore.commands import Command, Put, decode_command
+from kvstore.members import MemberAddress, MemberDirectory
+from kvstore.sm_snapshot import ParsedState, SnapshotView, parse_snapshot
+from kvstore.sm_types import (
+    NOT_FOUND,
+    SESSION_EXPIRED,
+    ApplyResult,
+    DeleteResult,
+    KeyValue,
+    NotFoundResult,
+    PutResult,
+    Session,
+    SessionExpiredResult,
+    VersionMismatchResult,
+)
+
+__all__ = [
+    "DEFAULT_MAX_SESSIONS",
+    "DEFAULT_SESSION_TTL_ENTRIES",
+    "ApplyOrderError",
+    "ApplyResult",
+    "DeleteResult",
+    "KVStateMachine",
+    "KeyValue",
+    "NotFoundResult",
+    "PutResult",
+    "SessionExpiredResult",
+    "SnapshotError",
+    "VersionMismatchResult",
+]
 
 DEFAULT_SESSION_TTL_ENTRIES = 1_000_000
 DEFAULT_MAX_SESSIONS = 10_000
 DEFAULT_MAX_RESULTS_PER_SESSION = 4096
-
-_SNAPSHOT_FORMAT = 1
-
-
-@dataclass(frozen=True, slots=True)
-class KeyValue:
-    key: str
-    value: bytes
-    version: int
-    """Writes to the key since it was (re)created: 1 after the first put."""
-    create_revision: int
-    mod_revision: int
-
-
-@dataclass(frozen=True, slots=True)
-class PutResult:
-    revision: int
-    version: int
-
-
-@dataclass(frozen=True, slots=True)
-class DeleteResult:
-    revision: int
-
-
-@dataclass(frozen=True, slots=True)
-class NotFoundResult:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class VersionMismatchResult:
-    current_version: int
-    """0 when the key does not exist."""
-
-
-@dataclass(frozen=True, slots=True)
-class SessionExpiredResult:
-    """The request was not applied now, and whether it was applied before is unknown."""
-
-
-ApplyResult: TypeAlias = (
-    PutResult | DeleteResult | NotFoundResult | VersionMismatchResult | SessionExpiredResult
-)
-
-_NOT_FOUND = NotFoundResult()
-_SESSION_EXPIRED = SessionExpiredResult()
 
 
 class ApplyOrderError(RuntimeError):
@@ -112,30 +95,6 @@ class ApplyOrderError(RuntimeError):
 
 class SnapshotError(ValueError):
     """Bytes given to restore() are not a snapshot this version wrote."""
-
-
-class _Session:
-    """Mutable on purpose: it changes on every request of its client."""
-
-    __slots__ = ("floor", "last_used", "results")
-
-    def __init__(self, floor: int, last_used: int, results: dict[int, ApplyResult]) -> None:
-        self.floor = floor
-        self.last_used = last_used
-        self.results = results
-
-    def forget_below(self, floor: int) -> None:
-        self.floor = floor
-        if self.results:
-            for seq in [s for s in self.results if s < floor]:
-                del self.results[seq]
-
-    def remember(self, seq: int, result: ApplyResult, cap: int) -> None:
-        self.results[seq] = result
-        if len(self.results) > cap:
-            lowest = min(self.results)
-            del self.results[lowest]
-            self.floor = max(self.floor, lowest + 1)
 
 
 class KVStateMachine:
@@ -161,8 +120,9 @@ class KVStateMachine:
         self._revision = 0
         self._applied_index = 0
         # Both kept in drop/use order so the oldest is first; see rules 1 and 5.
-        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._dropped: OrderedDict[str, int] = OrderedDict()
+        self._directory = MemberDirectory()
 
     @property
     def revision(self) -> int:
@@ -181,6 +141,21 @@ class KVStateMachine:
     def has_session(self, client_id: str) -> bool:
         return client_id in self._sessions
 
+    @property
+    def member_addresses(self) -> Mapping[str, MemberAddress]:
+        """Addresses of the members added through the log (founders' are in cluster.toml)."""
+        return self._directory.addresses
+
+    @property
+    def removed_members(self) -> frozenset[str]:
+        """Ids removed through the log and not added again since."""
+        return frozenset(self._directory.removed)
+
+    def reset_members(self) -> None:
+        """Forget the member directory: only for seeding a NEW cluster from a backup
+        (`kv snapshot restore`), whose members are the new cluster.toml's nodes."""
+        self._directory = MemberDirectory()
+
     def apply(self, entry: Entry) -> ApplyResult | None:
         """Apply the next committed entry; None for a NOOP or a membership change.
 
@@ -197,6 +172,8 @@ class KVStateMachine:
                 f"expected {self._applied_index + 1}"
             )
         command = decode_command(entry.data) if entry.type == EntryType.NORMAL else None
+        if entry.type == EntryType.CONF_CHANGE:
+            self._directory.apply(entry.data)
         self._applied_index = index
         self._expire_idle_sessions(index)
         if command is None:
@@ -226,7 +203,7 @@ class KVStateMachine:
         session = self._sessions.get(ref.client_id)
         if session is None:
             if ref.first_outstanding != 1 or ref.client_id in self._dropped:
-                return _SESSION_EXPIRED
+                return SESSION_EXPIRED
             session = self._open_session(ref.client_id, index)
         else:
             session.last_used = index
@@ -234,7 +211,7 @@ class KVStateMachine:
             if ref.first_outstanding > session.floor:
                 session.forget_below(ref.first_outstanding)
             if ref.seq < session.floor:
-                return _SESSION_EXPIRED
+                return SESSION_EXPIRED
             stored = session.results.get(ref.seq)
             if stored is not None:
                 return stored
@@ -242,8 +219,8 @@ class KVStateMachine:
         session.remember(ref.seq, result, self._max_results)
         return result
 
-    def _open_session(self, client_id: str, index: int) -> _Session:
-        session = _Session(floor=1, last_used=index, results={})
+    def _open_session(self, client_id: str, index: int) -> Session:
+        session = Session(floor=1, last_used=index, results={})
         self._sessions[client_id] = session
         while len(self._sessions) > self._max_sessions:
             oldest, _ = self._sessions.popitem(last=False)
@@ -271,7 +248,7 @@ class KVStateMachine:
             return PutResult(revision, kv.version)
         # Delete: a missing key is NotFound whatever prev_version says.
         if current is None:
-            return _NOT_FOUND
+            return NOT_FOUND
         if command.prev_version is not None and command.prev_version != current_version:
             return VersionMismatchResult(current_version)
         del self._data[command.key]
@@ -280,23 +257,19 @@ class KVStateMachine:
 
     def snapshot(self) -> bytes:
         """Everything, in a canonical order, so equal states give equal bytes."""
-        data = self._data
-        keys = [
-            (kv.key, kv.value, kv.version, kv.create_revision, kv.mod_revision)
-            for kv in (data[k] for k in sorted(data))
-        ]
-        sessions = [
-            (
-                client_id,
-                s.floor,
-                s.last_used,
-                [(seq, *_encode_result(s.results[seq])) for seq in sorted(s.results)],
-            )
-            for client_id, s in self._sessions.items()
-        ]
-        dropped = list(self._dropped.items())
-        state = (_SNAPSHOT_FORMAT, self._applied_index, self._revision, keys, sessions, dropped)
-        return msgpack.packb(state, use_bin_type=True)
+        return self.snapshot_view().serialize()
+
+    def snapshot_view(self) -> SnapshotView:
+        """A consistent picture of the state now, cheap to take (a shallow copy of the
+        keys); `.serialize()` gives the snapshot bytes and may run in another thread."""
+        return SnapshotView.capture(
+            self._applied_index,
+            self._revision,
+            self._data,
+            self._sessions,
+            self._dropped,
+            self._directory,
+        )
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state by a snapshot's; on SnapshotError nothing changes.
@@ -304,92 +277,28 @@ class KVStateMachine:
         The limits (ttl, max sessions) stay this machine's own; they are re-applied as
         entries arrive, so a snapshot from a differently configured node still works.
         """
+        self.install(self.parse(data))
+
+    @staticmethod
+    def parse(data: bytes) -> ParsedState:
+        """Decode snapshot bytes without touching any machine (safe in a worker thread,
+        so a large snapshot does not stall the event loop); raises SnapshotError."""
         try:
-            state = _parse_snapshot(data)
+            return parse_snapshot(data)
         except (ValueError, TypeError, KeyError) as exc:
             raise SnapshotError(f"not a valid state machine snapshot: {exc}") from None
+
+    def install(self, state: ParsedState) -> None:
+        """Swap in a state made by `parse` (one step, on the thread that applies)."""
         (
             self._applied_index,
             self._revision,
             self._data,
             self._sessions,
             self._dropped,
+            self._directory,
         ) = state
 
     def fingerprint(self) -> str:
         """A digest of snapshot(): equal for replicas in the same state. Costs a snapshot."""
         return hashlib.sha256(self.snapshot()).hexdigest()
-
-
-_RESULT_PUT, _RESULT_DELETE, _RESULT_NOT_FOUND, _RESULT_MISMATCH = range(4)
-
-
-def _encode_result(result: ApplyResult) -> tuple[int, ...]:
-    if type(result) is PutResult:
-        return (_RESULT_PUT, result.revision, result.version)
-    if type(result) is DeleteResult:
-        return (_RESULT_DELETE, result.revision)
-    if type(result) is NotFoundResult:
-        return (_RESULT_NOT_FOUND,)
-    if type(result) is VersionMismatchResult:
-        return (_RESULT_MISMATCH, result.current_version)
-    raise TypeError(f"cannot store result {result!r}")  # SessionExpired is never stored
-
-
-def _decode_result(tag: int, *fields: int) -> ApplyResult:
-    if tag == _RESULT_PUT:
-        return PutResult(*_ints(fields, 2))
-    if tag == _RESULT_DELETE:
-        return DeleteResult(*_ints(fields, 1))
-    if tag == _RESULT_NOT_FOUND and not fields:
-        return _NOT_FOUND
-    if tag == _RESULT_MISMATCH:
-        return VersionMismatchResult(*_ints(fields, 1))
-    raise ValueError(f"bad stored result {(tag, *fields)!r}")
-
-
-def _ints(values: Any, count: int) -> tuple[int, ...]:
-    values = tuple(values)
-    if len(values) != count or any(type(v) is not int or v < 0 for v in values):
-        raise ValueError(f"expected {count} non-negative integers, got {values!r}")
-    return values
-
-
-def _parse_snapshot(
-    data: bytes,
-) -> tuple[int, int, dict[str, KeyValue], OrderedDict[str, _Session], OrderedDict[str, int]]:
-    try:
-        state = msgpack.unpackb(data, raw=False, use_list=False)
-    except Exception as exc:  # msgpack raises many types for bad input
-        raise ValueError(f"bad msgpack: {exc}") from None
-    if type(state) is not tuple or len(state) != 6 or state[0] != _SNAPSHOT_FORMAT:
-        raise ValueError("unknown snapshot format")
-    _, applied_index, revision, keys, sessions, dropped = state
-    applied_index, revision = _ints((applied_index, revision), 2)
-
-    kvs: dict[str, KeyValue] = {}
-    for key, value, *numbers in keys:
-        if type(key) is not str or type(value) is not bytes or key in kvs:
-            raise ValueError(f"bad key record for {key!r}")
-        kvs[key] = KeyValue(key, value, *_ints(numbers, 3))
-
-    parsed: list[tuple[str, _Session]] = []
-    for client_id, floor, last_used, results in sessions:
-        if type(client_id) is not str:
-            raise ValueError(f"bad session id {client_id!r}")
-        floor, last_used = _ints((floor, last_used), 2)
-        stored = {seq: _decode_result(*fields) for seq, *fields in results}
-        _ints(stored, len(stored))
-        parsed.append((client_id, _Session(floor, last_used, stored)))
-    # Least recently used first, as apply() keeps them (rule 5's tie break included).
-    parsed.sort(key=lambda item: (item[1].last_used, item[0]))
-    live = OrderedDict(parsed)
-    if len(live) != len(parsed):
-        raise ValueError("duplicate session id")
-
-    gone: OrderedDict[str, int] = OrderedDict()
-    for client_id, index in dropped:
-        if type(client_id) is not str or client_id in gone:
-            raise ValueError(f"bad dropped-session record {client_id!r}")
-        gone[client_id] = _ints((index,), 1)[0]
-    return applied_index, revision, kvs, live, gone

@@ -7,8 +7,12 @@ coalesced (see `coalesce`) so the receiver steps one message where the core made
 
 Snapshots are the exception to "small and often": InstallSnapshot carries only the
 snapshot's metadata, so the transport fetches the bytes (`snapshot_source`) and sends
-message and bytes together in one `POST /raft/snapshot` on a separate aiohttp
+them in checksummed, resumable chunks (kvstore.snapshot_transfer) on a separate aiohttp
 connection, so that a large transfer never holds up the heartbeats behind it.
+
+Peers come and go with membership changes: `set_peers` opens links to new members and
+closes those of removed ones. Every request names this node's peer_url (header
+`X-Raft-From`), so a peer can answer a node it has not yet read about in the log.
 """
 
 from __future__ import annotations
@@ -16,23 +20,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import aiohttp
 
-from consensus.codec import encode_messages
 from consensus.messages import AppendEntries, AppendEntriesResponse, InstallSnapshot, Message
 from consensus.types import NodeId, SnapshotMeta
-from kvstore.peer_link import PeerLink, describe_error
+from kvstore.peer_link import PeerLink
+from kvstore.snapshot_transfer import (
+    SNAPSHOT_PATH,
+    SnapshotSender,
+    SnapshotSendError,
+    transfer_summary,
+)
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_PATH = "/raft/snapshot"
-SNAPSHOT_HEADER = struct.Struct(">I")
-"""A snapshot POST body: 4-byte length, the encoded InstallSnapshot, then the state bytes."""
+__all__ = ["SNAPSHOT_PATH", "Transport", "coalesce"]
 
 
 def coalesce(msgs: list[Message]) -> list[Message]:
@@ -94,6 +100,9 @@ class Transport:
         peer_urls: Mapping[NodeId, str],
         *,
         snapshot_source: Callable[[SnapshotMeta], bytes | None] | None = None,
+        self_url: str = "",
+        snapshot_chunk_bytes: int = 1 << 20,
+        on_removed: Callable[[NodeId, str], None] | None = None,
         max_queue_messages: int = 4096,
         max_queue_bytes: int = 64 << 20,
         max_post_bytes: int = 8 << 20,
@@ -110,14 +119,16 @@ class Transport:
         self.max_backoff = max_backoff
         self.closed = False
         self._snapshot_source = snapshot_source
-        self._links = {
-            pid: PeerLink(self, pid, url.rstrip("/"))
-            for pid, url in peer_urls.items()
-            if pid != self_id
-        }
+        self.self_url = self_url.rstrip("/")
+        self.snapshot_chunk_bytes = snapshot_chunk_bytes
+        self.on_removed = on_removed
+        """Called when a peer says this node was removed from the cluster (HTTP 410)."""
+        self._links: dict[NodeId, PeerLink] = {}
+        self._unknown_warned: set[NodeId] = set()
         self._watchdog: asyncio.Task[None] | None = None
         self._snapshot_sends: dict[NodeId, tuple[SnapshotMeta, asyncio.Task[None]]] = {}
         self._session: aiohttp.ClientSession | None = None
+        self.set_peers(peer_urls)
 
     async def start(self) -> None:
         self._watchdog = asyncio.create_task(self._watch(), name="transport-watchdog")
@@ -138,6 +149,28 @@ class Transport:
         if self._session is not None:
             await self._session.close()
 
+    def set_peers(self, peer_urls: Mapping[NodeId, str]) -> None:
+        """Make the links match `peer_urls`: open new ones, re-open moved ones, close the
+        links (and snapshot transfers) of peers no longer listed."""
+        wanted = {pid: url.rstrip("/") for pid, url in peer_urls.items() if pid != self.self_id}
+        for pid in [p for p, link in self._links.items() if wanted.get(p) != link.url]:
+            link = self._links.pop(pid)
+            link.close()
+            running = self._snapshot_sends.pop(pid, None)
+            if running is not None:
+                running[1].cancel()
+            if pid not in wanted:
+                log.info("no longer sending to %s (%s)", pid, link.url)
+        for pid, url in wanted.items():
+            if pid not in self._links:
+                self._links[pid] = PeerLink(self, pid, url)
+                self._unknown_warned.discard(pid)
+                if self._watchdog is not None:
+                    log.info("sending to new peer %s at %s", pid, url)
+
+    def peers(self) -> dict[NodeId, str]:
+        return {pid: link.url for pid, link in self._links.items()}
+
     def send(self, msgs: Iterable[Message]) -> None:
         """Hand messages over; each recipient gets them in one POST written right now
         (or queued while its connection is busy or being re-established)."""
@@ -152,7 +185,9 @@ class Transport:
         for peer_id, batch in by_peer.items():
             link = self._links.get(peer_id)
             if link is None:
-                log.warning("dropping %d messages to unknown node %r", len(batch), peer_id)
+                if peer_id not in self._unknown_warned:  # once: it may go on for a while
+                    self._unknown_warned.add(peer_id)
+                    log.warning("dropping messages to %r: no address known for it", peer_id)
                 continue
             link.enqueue(coalesce(batch))
 
@@ -163,6 +198,8 @@ class Transport:
         running = self._snapshot_sends.get(msg.recipient)
         if link is None or (running and running[0] == msg.snapshot and not running[1].done()):
             return  # a transfer of this very snapshot is under way: let it finish
+        if running is not None:
+            running[1].cancel()  # an older snapshot: two transfers would fight over one file
         task = asyncio.get_running_loop().create_task(
             self._post_snapshot(link, msg), name=f"snapshot-{msg.recipient}"
         )
@@ -173,34 +210,29 @@ class Transport:
         if data is None:
             log.info("snapshot %d for %s was superseded", msg.snapshot.index, link.node_id)
             return
-        head = encode_messages([msg])
-        body = SNAPSHOT_HEADER.pack(len(head)) + head + data
         if self._session is None:
             self._session = aiohttp.ClientSession()
+        sender = SnapshotSender(
+            self._session,
+            link.url,
+            msg,
+            data,
+            chunk_bytes=self.snapshot_chunk_bytes,
+            sender_url=self.self_url,
+        )
         started = time.monotonic()
-        timeout = aiohttp.ClientTimeout(total=30 + len(body) / (5 << 20), sock_connect=2)
         try:
-            async with self._session.post(
-                link.url + SNAPSHOT_PATH, data=body, timeout=timeout
-            ) as r:
-                answer = await r.read()
-                if r.status >= 300:
-                    raise RuntimeError(f"HTTP {r.status}: {answer[:200]!r}")
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            reason = describe_error(exc)
+            await sender.run()
+        except SnapshotSendError as exc:
             log.warning(
-                "sending snapshot %d to %s failed: %s", msg.snapshot.index, link.node_id, reason
+                "sending snapshot %d to %s failed: %s", msg.snapshot.index, link.node_id, exc
             )
             return
-        elapsed = time.monotonic() - started
         log.info(
-            "sent snapshot %d (%d bytes) to %s in %.1fs",
+            "sent snapshot %d to %s: %s",
             msg.snapshot.index,
-            len(data),
             link.node_id,
-            elapsed,
+            transfer_summary(sender, started),
         )
 
     # -------------------------------------------------------------- health

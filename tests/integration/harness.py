@@ -110,40 +110,61 @@ class Cluster:
     size: int = 3
     tuning: Mapping[str, int] = field(default_factory=dict)
     nodes: dict[str, NodeProcess] = field(default_factory=dict)
+    joiners: set[str] = field(default_factory=set)
+    """Nodes written with `join = true` (added with `kv member add`, not founders)."""
+    gone: set[str] = field(default_factory=set)
+    """Nodes removed from the cluster: not expected to answer any more."""
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.config_path = self.root / "cluster.toml"
-        ports = free_ports(2 * self.size)
-        lines = ["[cluster]", 'name = "test"', 'data_dir = "./data"', ""]
         for i in range(self.size):
-            node_id = f"n{i + 1}"
-            client_url = f"http://127.0.0.1:{ports[2 * i]}"
-            peer_url = f"http://127.0.0.1:{ports[2 * i + 1]}"
-            self.nodes[node_id] = NodeProcess(
-                node_id, client_url, peer_url, self.root / f"{node_id}.log"
-            )
+            self._new_node(f"n{i + 1}")
+        self.write_config()
+
+    def _new_node(self, node_id: str) -> NodeProcess:
+        client_port, peer_port = free_ports(2)
+        node = NodeProcess(
+            node_id,
+            f"http://127.0.0.1:{client_port}",
+            f"http://127.0.0.1:{peer_port}",
+            self.root / f"{node_id}.log",
+        )
+        self.nodes[node_id] = node
+        return node
+
+    def write_config(self) -> None:
+        lines = ["[cluster]", 'name = "test"', 'data_dir = "./data"', ""]
+        for node in self.nodes.values():
             lines += [
                 "[[nodes]]",
-                f'id = "{node_id}"',
-                f'client_url = "{client_url}"',
-                f'peer_url = "{peer_url}"',
-                "",
+                f'id = "{node.node_id}"',
+                f'client_url = "{node.client_url}"',
+                f'peer_url = "{node.peer_url}"',
             ]
+            lines += ["join = true", ""] if node.node_id in self.joiners else [""]
         if self.tuning:
             lines.append("[tuning]")
             lines += [f"{key} = {value}" for key, value in self.tuning.items()]
         self.config_path.write_text("\n".join(lines) + "\n")
 
+    def add_node(self, node_id: str, mark_join: bool = True) -> NodeProcess:
+        """A new node in cluster.toml (with `join = true` unless told otherwise), not started."""
+        node = self._new_node(node_id)
+        if mark_join:
+            self.joiners.add(node_id)
+        self.write_config()
+        return node
+
     # -------------------------------------------------------------- processes
 
-    def start(self, node_id: str | None = None) -> None:
+    def start(self, node_id: str | None = None, join: bool = False) -> None:
         for node in [self.nodes[node_id]] if node_id else list(self.nodes.values()):
-            if node.running:
+            if node.running or (node_id is None and node.node_id in self.gone):
                 continue
             log = node.log_path.open("ab")
             node.proc = subprocess.Popen(
-                serve_command(self.config_path, node.node_id),
+                serve_command(self.config_path, node.node_id) + (["--join"] if join else []),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=child_env(),
@@ -195,6 +216,28 @@ class Cluster:
         for node_id in self.nodes:
             self.stop(node_id)
 
+    def wait_exit(self, node_id: str, timeout: float = 15.0) -> int:
+        """Until the node's process exits by itself; returns its exit code."""
+        proc = self.nodes[node_id].proc
+        assert proc is not None
+        wait_until(lambda: proc.poll() is not None, timeout, f"{node_id} to exit")
+        return int(proc.returncode)
+
+    def kv(self, *args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
+        """Run a `kv` command (python -m cli.main) against this cluster's endpoints."""
+        return subprocess.run(
+            [sys.executable, "-m", "cli.main", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=child_env(),
+            cwd=self.root,
+        )
+
+    def endpoints(self, among: list[str] | None = None) -> str:
+        ids = among or [n for n in self.nodes if n not in self.gone]
+        return ",".join(self.nodes[n].client_url for n in ids)
+
     def logs(self) -> str:
         parts = []
         for node in self.nodes.values():
@@ -223,7 +266,9 @@ class Cluster:
 
     def leader(self, among: list[str] | None = None) -> str | None:
         """The leader if a running node says it leads and the others that answer agree."""
-        ids = among or [n for n, p in self.nodes.items() if p.running and not p.paused]
+        ids = among or [
+            n for n, p in self.nodes.items() if p.running and not p.paused and n not in self.gone
+        ]
         claims, views = [], []
         for node_id in ids:
             try:
@@ -236,7 +281,7 @@ class Cluster:
         if not claims:
             return None
         _, leader = max(claims)
-        if sum(1 for view in views if view == leader) * 2 <= len(self.nodes):
+        if sum(1 for view in views if view == leader) * 2 <= len(self.nodes) - len(self.gone):
             return None  # not yet followed by a majority
         return leader
 
@@ -247,7 +292,7 @@ class Cluster:
         """Until a leader is elected and every running node answers."""
         leader = self.wait_leader(timeout)
         for node_id, node in self.nodes.items():
-            if node.running:
+            if node.running and node_id not in self.gone:
                 wait_until(lambda n=node_id: self.status(n), timeout, f"{node_id} to answer")
         return leader
 

@@ -724,7 +724,17 @@ def test_cli_status_table_shows_unreachable_nodes() -> None:
         result = invoke("status", "--endpoints", f"{cluster.urls['n1']},{dead}")
         assert result.exit_code == 0, result.output
         lines = result.stdout.splitlines()
-        assert lines[0].split() == ["ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "ENDPOINT"]
+        assert lines[0].split() == [
+            "ID",
+            "ROLE",
+            "TERM",
+            "LEADER",
+            "COMMIT",
+            "APPLIED",
+            "SNAPSHOT",
+            "LOG",
+            "ENDPOINT",
+        ]
         assert lines[1].split()[:6] == ["n1", "leader", "3", "n1", "10", "10"]
         assert len(lines) == 5  # header, n1..n3, the dead one
         assert any("unreachable" in line and dead in line for line in lines)

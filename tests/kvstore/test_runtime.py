@@ -100,6 +100,10 @@ class _Sink:
     node_id: str
     member_ids: frozenset[str]
     got: list[object] = field(default_factory=list)
+    snapshot_receiver: None = None
+
+    def admit(self, sender: str, sender_url: str | None) -> str | None:
+        return None if sender in self.member_ids else "unknown"
 
     def step_messages(self, msgs: list[object]) -> None:
         self.got.extend(msgs)
