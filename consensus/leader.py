@@ -141,7 +141,20 @@ class LeaderMixin:
         entries = self.log.entries(progress.next, self.config.max_batch_bytes)
         if not entries and not send_if_empty and progress.state is ProgressState.REPLICATE:
             return False
-        prev_index = progress.next - 1
+        self._send_append_entries(
+            peer, progress.next - 1, tuple(entries), self.log.committed, self._reads.seq
+        )
+        progress.sent(entries[-1].index if entries else None)
+        return bool(entries)
+
+    def _send_append_entries(
+        self: RaftNode,
+        peer: NodeId,
+        prev_index: int,
+        entries: tuple[Entry, ...],
+        leader_commit: int,
+        read_seq: int,
+    ) -> None:
         self._send(
             AppendEntries(
                 term=self.term,
@@ -149,13 +162,11 @@ class LeaderMixin:
                 recipient=peer,
                 prev_log_index=prev_index,
                 prev_log_term=self.log.term(prev_index),
-                entries=tuple(entries),
-                leader_commit=self.log.committed,
-                read_seq=self._reads.seq,
+                entries=entries,
+                leader_commit=leader_commit,
+                read_seq=read_seq,
             )
         )
-        progress.sent(entries[-1].index if entries else None)
-        return bool(entries)
 
     def _send_snapshot(self: RaftNode, peer: NodeId, progress: Progress) -> None:
         """The entries this follower needs are compacted: send the snapshot instead."""
@@ -193,17 +204,12 @@ class LeaderMixin:
                 self._send_append(peer)
             # (0, 0) matches every log: used when the match point is inside the snapshot.
             prev_index = progress.match if progress.match >= self.log.first_index() - 1 else 0
-            self._send(
-                AppendEntries(
-                    term=self.term,
-                    sender=self.id,
-                    recipient=peer,
-                    prev_log_index=prev_index,
-                    prev_log_term=self.log.term(prev_index),
-                    entries=(),
-                    leader_commit=min(self.log.committed, prev_index),
-                    read_seq=self._reads.seq if read_seq is None else read_seq,
-                )
+            self._send_append_entries(
+                peer,
+                prev_index,
+                (),
+                min(self.log.committed, prev_index),
+                self._reads.seq if read_seq is None else read_seq,
             )
 
     # --- ReadIndex ----------------------------------------------------------------------

@@ -217,15 +217,11 @@ async def _get(
                     "X-KV-Mod-Revision": str(kv.mod_revision),
                 },
             )
-        leader = await _find_leader(runtime, deadline)
-        if leader is None:
-            return error(503, "no_leader", "no leader is known; the read was not served")
-        if leader != runtime.node_id:
-            answer = await _forward(request, runtime, leader, b"", deadline, is_write=False)
-            if answer is not None:
-                return answer
-            if not await _other_leader(runtime, leader, deadline):
-                return error(503, "no_leader", f"leader {leader} is unreachable; not served")
+        answer = await forward_to_leader(
+            request, runtime, b"", deadline, is_write=False, unserved="the read was not served"
+        )
+        if answer is not None:
+            return answer
 
 
 async def _write(
@@ -253,15 +249,36 @@ async def _write(
             except RuntimeStopped as exc:
                 return error(503, "unavailable", f"not proposed: {exc}")
             return result_response(result)
-        leader = await _find_leader(runtime, deadline)
-        if leader is None:
-            return error(503, "no_leader", "no leader is known; the write was not proposed")
-        if leader != runtime.node_id:
-            answer = await _forward(request, runtime, leader, body, deadline, is_write=True)
-            if answer is not None:
-                return answer
-            if not await _other_leader(runtime, leader, deadline):
-                return error(503, "no_leader", f"leader {leader} is unreachable; not proposed")
+        answer = await forward_to_leader(
+            request, runtime, body, deadline, is_write=True, unserved="the write was not proposed"
+        )
+        if answer is not None:
+            return answer
+
+
+async def forward_to_leader(
+    request: web.Request,
+    runtime: NodeRuntime,
+    body: bytes,
+    deadline: float,
+    *,
+    is_write: bool,
+    unserved: str,
+) -> web.StreamResponse | None:
+    """One attempt to have the leader serve a request this node cannot. Returns the
+    answer to give, or None when the caller should look again: this node became the
+    leader, or another leader emerged after the known one proved unreachable."""
+    leader = await _find_leader(runtime, deadline)
+    if leader is None:
+        return error(503, "no_leader", f"no leader is known; {unserved}")
+    if leader == runtime.node_id:
+        return None
+    answer = await _forward(request, runtime, leader, body, deadline, is_write=is_write)
+    if answer is not None:
+        return answer
+    if not await _other_leader(runtime, leader, deadline):
+        return error(503, "no_leader", f"leader {leader} is unreachable; {unserved}")
+    return None
 
 
 async def _find_leader(runtime: NodeRuntime, deadline: float) -> str | None:

@@ -22,7 +22,7 @@ from aiohttp import web
 from consensus import ConfChange, ConfChangeType, InvalidConfChange, NotLeader, ProposalDropped
 from kvstore.backup import encode_backup
 from kvstore.config import ConfigError, parse_url, valid_node_id
-from kvstore.http_api import RUNTIME_KEY, _find_leader, _forward, _other_leader, error
+from kvstore.http_api import RUNTIME_KEY, error, forward_to_leader
 from kvstore.members import MemberAddress, encode_member_context
 from kvstore.node import NodeRuntime
 from kvstore.requests import ProposalOverwritten, ProposalTimeout, ReadAborted, RuntimeStopped
@@ -75,15 +75,11 @@ async def _on_leader(
                 continue  # lost office meanwhile: forward to whoever leads now
             except Refused as exc:
                 return exc.response
-        leader = await _find_leader(runtime, deadline)
-        if leader is None:
-            return error(503, "no_leader", "no leader is known; nothing was changed")
-        if leader != runtime.node_id:
-            answer = await _forward(request, runtime, leader, body, deadline, is_write=is_write)
-            if answer is not None:
-                return answer
-            if not await _other_leader(runtime, leader, deadline):
-                return error(503, "no_leader", f"leader {leader} is unreachable; nothing changed")
+        answer = await forward_to_leader(
+            request, runtime, body, deadline, is_write=is_write, unserved="nothing was changed"
+        )
+        if answer is not None:
+            return answer
 
 
 async def _change(runtime: NodeRuntime, change: ConfChange, deadline: float) -> None:
