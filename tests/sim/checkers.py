@@ -25,11 +25,10 @@ Most checks are incremental so they can run thousands of times per schedule:
 from __future__ import annotations
 
 import bisect
+import hashlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-
-import msgpack
 
 from consensus import (
     AppendEntriesResponse,
@@ -47,7 +46,10 @@ from consensus import (
     SnapshotMeta,
 )
 from consensus.membership import apply_change, decode_conf_change
+from kvstore.commands import Command
+from kvstore.sm_types import SESSION_EXPIRED, ApplyResult
 from tests.sim.disk import SimDisk
+from tests.sim.host import unpack_snapshot
 
 ALL_CHECKS = frozenset(
     {
@@ -64,6 +66,8 @@ ALL_CHECKS = frozenset(
         "membership",
         "removed_leader",
         "removed_leader_committed",
+        "kv_determinism",
+        "kv_exactly_once",
     }
 )
 
@@ -112,6 +116,14 @@ class Checkers:
     """Index of the committed change that took a node out of the membership."""
     _ever: set[NodeId] = field(default_factory=set)
     _conf_seen: dict[int, tuple[NodeId, Membership]] = field(default_factory=dict)
+    kv_fingerprints: dict[int, tuple[NodeId, str]] = field(default_factory=dict)
+    """KV mode: the KV machine's fingerprint after applying each index, first seen."""
+    kv_executed: dict[tuple[str, int], tuple[int, ApplyResult]] = field(default_factory=dict)
+    """KV mode: (client id, seq) -> the index that executed it and its result."""
+    kv_retries: int = 0
+    """Retried (client, seq) entries applied after the first execution (coverage)."""
+    kv_reopened: int = 0
+    """Re-executions the state machine documents as possible (see on_kv_apply)."""
 
     def membership_at(self, index: int) -> Membership:
         """The committed configuration in force at `index` (newest change <= index)."""
@@ -393,8 +405,10 @@ class Checkers:
                 f"{nid} stores {meta} but the committed configuration there is "
                 f"{self.membership_at(meta.index)}",
             )
-        applied_index, payloads = msgpack.unpackb(data, raw=False)
-        self.on_restore(nid, meta, applied_index, [bytes(p) for p in payloads])
+        applied_index, payloads, kv_data = unpack_snapshot(data)
+        self.on_restore(nid, meta, applied_index, payloads)
+        if kv_data is not None:
+            self.on_kv_snapshot(nid, meta.index, hashlib.sha256(kv_data).hexdigest())
 
     def on_restore(
         self, nid: NodeId, meta: SnapshotMeta, applied_index: int, payloads: list[bytes]
@@ -447,6 +461,61 @@ class Checkers:
             )
         if entry.index > len(self.committed) or self.committed[entry.index - 1] != entry:
             self.fail("state_machine_safety", f"{nid} applies {entry} which is not committed")
+
+    def on_kv_apply(
+        self,
+        nid: NodeId,
+        index: int,
+        fingerprint: str,
+        command: Command | None,
+        result: ApplyResult | None,
+        revision_moved: bool,
+        had_session: bool,
+    ) -> None:
+        """Same log, same KV state (keys, revision, sessions) on every node; and a retried
+        (client, seq) changes nothing a second time."""
+        if self._on("kv_determinism"):
+            earlier = self.kv_fingerprints.setdefault(index, (nid, fingerprint))
+            if earlier[1] != fingerprint:
+                self.fail(
+                    "kv_determinism",
+                    f"{nid} holds KV state {fingerprint[:12]} after applying index {index}, "
+                    f"{earlier[0]} held {earlier[1][:12]}",
+                )
+        ref = command.session if command is not None else None
+        if ref is None or result is None or not self._on("kv_exactly_once"):
+            return
+        key = (ref.client_id, ref.seq)
+        first = self.kv_executed.get(key)
+        if first is None or first[0] == index:
+            if first is None and result != SESSION_EXPIRED:
+                self.kv_executed[key] = (index, result)
+            return
+        self.kv_retries += 1
+        if not revision_moved and result in (first[1], SESSION_EXPIRED):
+            return
+        if ref.seq == 1 and ref.first_outstanding == 1 and not had_session:
+            # Documented residual (state_machine.py): seq 1 executed, its session and
+            # then its record of dropped ids forgotten, and only then the retry.
+            self.kv_reopened += 1
+            self.kv_executed[key] = (index, result)
+            return
+        self.fail(
+            "kv_exactly_once",
+            f"{nid} applies retried ({ref.client_id}, seq {ref.seq}) at index {index} with "
+            f"{result} (revision moved: {revision_moved}); it was executed at index "
+            f"{first[0]} with {first[1]}",
+        )
+
+    def on_kv_snapshot(self, nid: NodeId, index: int, fingerprint: str) -> None:
+        """A KV snapshot (taken or installed) at `index` holds what appliers had there."""
+        earlier = self.kv_fingerprints.get(index)
+        if self._on("kv_determinism") and earlier is not None and earlier[1] != fingerprint:
+            self.fail(
+                "kv_determinism",
+                f"{nid} has a KV snapshot {fingerprint[:12]} at index {index}, "
+                f"{earlier[0]} applied up to there and held {earlier[1][:12]}",
+            )
 
     def on_read_state(self, nid: NodeId, state: ReadState, required: int) -> None:
         if self._on("linearizable_reads") and state.index < required:

@@ -32,6 +32,7 @@ from tests.sim.checkers import Checkers, SimFailure
 from tests.sim.disk import SimDisk
 from tests.sim.driver import PHASES, ReadyDriver
 from tests.sim.host import Host
+from tests.sim.kv import KVWorkload
 from tests.sim.network import NetConfig, Network
 
 __all__ = ["PHASES", "Cluster", "Counters", "Host", "SimConfig"]
@@ -54,6 +55,9 @@ class SimConfig:
     slow_disk_ticks: int = 3
     spares: int = 0
     """Node ids beyond the founding voters that membership operations may add."""
+    kv: bool = False
+    """Apply committed entries to a real KVStateMachine too, and propose KV commands
+    (with sessions and retries) instead of opaque payloads; see tests/sim/kv.py."""
 
 
 @dataclass
@@ -111,6 +115,7 @@ class Cluster(ReadyDriver):
             self._add_host(nid, self.founders)
         self._payloads = 0
         self._read_ids = 0
+        self.workload = KVWorkload(seed) if self.config.kv else None
 
     def _add_host(self, nid: NodeId, voters: tuple[NodeId, ...]) -> Host:
         """A founder (voters = the founders) or a joining node (voters = ())."""
@@ -126,7 +131,7 @@ class Cluster(ReadyDriver):
             check_quorum=self.config.check_quorum,
             pre_vote=self.config.pre_vote,
         )
-        self.hosts[nid] = host = Host(nid, cfg, disk)
+        self.hosts[nid] = host = Host(nid, cfg, disk, sm=self.new_state_machine())
         self._start(host)
         return host
 
@@ -265,7 +270,12 @@ class Cluster(ReadyDriver):
             return None
         host = self.rng.choice(leaders)
         self._payloads += 1
-        payload = data if data is not None else f"s{self.seed}-p{self._payloads}".encode()
+        if data is not None:
+            payload = data
+        elif self.workload is not None:
+            payload = self.workload.next()
+        else:
+            payload = f"s{self.seed}-p{self._payloads}".encode()
         assert host.node is not None
         try:
             entry = host.node.propose(payload)

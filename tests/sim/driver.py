@@ -23,6 +23,7 @@ from consensus import (
     SnapshotMeta,
 )
 from tests.sim.host import Host, StateMachine
+from tests.sim.kv import kv_entry, new_kv
 
 if TYPE_CHECKING:
     from tests.sim.checkers import Checkers
@@ -113,7 +114,7 @@ class ReadyDriver:
                 return
             host.disk.apply_snapshot(meta, data)
             host.sm = StateMachine.restore(data)
-            self.check.on_restore(host.nid, meta, host.sm.applied_index, host.sm.payloads)
+            self._check_restored(host, meta)
             self.counters.snapshots_installed += 1
         if ready.must_sync:
             host.disk.save(ready.hard_state, ready.entries)
@@ -167,6 +168,43 @@ class ReadyDriver:
         if entry.type is EntryType.NORMAL:
             sm.payloads.append(entry.data)
             self.applied_payloads.add(entry.data)
+        if sm.kv is not None:
+            self._apply_kv(host, entry)
+
+    def _apply_kv(self, host: Host, entry: Entry) -> None:
+        kv = host.sm.kv
+        assert kv is not None
+        applied, command = kv_entry(entry)
+        ref = command.session if command is not None else None
+        had_session = ref is not None and kv.has_session(ref.client_id)
+        revision = kv.revision
+        result = kv.apply(applied)
+        self.check.on_kv_apply(
+            host.nid,
+            entry.index,
+            kv.fingerprint(),
+            command,
+            result,
+            kv.revision != revision,
+            had_session,
+        )
+
+    def new_state_machine(self) -> StateMachine:
+        """An empty state machine; in KV mode with a real KVStateMachine beside it."""
+        return StateMachine(kv=new_kv() if self.config.kv else None)
+
+    def _check_restored(self, host: Host, meta: SnapshotMeta) -> None:
+        sm = host.sm
+        self.check.on_restore(host.nid, meta, sm.applied_index, sm.payloads)
+        if self.config.kv and sm.kv is None:
+            self.check.fail("snapshot", f"{host.nid} snapshot {meta} lacks the KV state")
+        if sm.kv is not None:
+            if sm.kv.applied_index != meta.index:
+                self.check.fail(
+                    "snapshot",
+                    f"{host.nid} KV snapshot is at {sm.kv.applied_index}, its meta at {meta}",
+                )
+            self.check.on_kv_snapshot(host.nid, meta.index, sm.kv.fingerprint())
 
     def _replay_after_restart(self, host: Host) -> None:
         """A fresh state machine: the disk's snapshot, then whatever the core counts as
@@ -176,9 +214,9 @@ class ReadyDriver:
         storage = host.disk.storage
         data = storage.snapshot_data()
         meta = storage.snapshot_meta()
-        host.sm = StateMachine.restore(data) if data is not None else StateMachine()
+        host.sm = StateMachine.restore(data) if data is not None else self.new_state_machine()
         if meta is not None:
-            self.check.on_restore(host.nid, meta, host.sm.applied_index, host.sm.payloads)
+            self._check_restored(host, meta)
         if node.applied_index > host.sm.applied_index:
             for entry in storage.entries(host.sm.applied_index + 1, node.applied_index + 1):
                 self._apply(host, entry)

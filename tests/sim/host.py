@@ -11,24 +11,41 @@ from dataclasses import dataclass, field
 import msgpack
 
 from consensus import Config, NodeId, RaftNode, ReadState, Ready, Role, SnapshotMeta
+from kvstore.state_machine import KVStateMachine
 from tests.sim.disk import SimDisk
+from tests.sim.kv import new_kv
 
 
 @dataclass
 class StateMachine:
-    """The tiny deterministic state machine: the list of applied payloads. It can be
-    snapshotted and restored like the real KV state machine."""
+    """The tiny deterministic state machine: the list of applied payloads, and in KV
+    mode a real KVStateMachine beside it. Snapshot data is [applied index, payloads]
+    plus, in KV mode, the KV machine's own snapshot bytes."""
 
     applied_index: int = 0
     payloads: list[bytes] = field(default_factory=list)
+    kv: KVStateMachine | None = None
 
     def snapshot(self) -> bytes:
-        return msgpack.packb([self.applied_index, self.payloads], use_bin_type=True)
+        fields: list[object] = [self.applied_index, self.payloads]
+        if self.kv is not None:
+            fields.append(self.kv.snapshot())
+        return msgpack.packb(fields, use_bin_type=True)
 
     @classmethod
     def restore(cls, data: bytes) -> StateMachine:
-        applied_index, payloads = msgpack.unpackb(data, raw=False)
-        return cls(applied_index, [bytes(p) for p in payloads])
+        applied_index, payloads, kv_data = unpack_snapshot(data)
+        sm = cls(applied_index, payloads)
+        if kv_data is not None:
+            sm.kv = new_kv()
+            sm.kv.restore(kv_data)
+        return sm
+
+
+def unpack_snapshot(data: bytes) -> tuple[int, list[bytes], bytes | None]:
+    """(applied index, payloads, KV snapshot bytes or None) from the sim's snapshot data."""
+    applied_index, payloads, *rest = msgpack.unpackb(data, raw=False)
+    return applied_index, [bytes(p) for p in payloads], bytes(rest[0]) if rest else None
 
 
 @dataclass

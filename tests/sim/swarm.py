@@ -44,6 +44,9 @@ MEMBERSHIP_FRACTION = 0.25
 """Share of swarm seeds that also change membership (spares n{N+1}, n{N+2} join, voters
 leave). Drawn from its own rng so the other seeds keep the schedules they always had."""
 MEMBERSHIP_OPS = ("add_learner", "promote", "remove", "retire")
+KV_FRACTION = 0.5
+"""Share of swarm seeds whose nodes also apply to a real KVStateMachine (tests/sim/kv.py);
+drawn from its own rng, and the workload has its own, so schedules do not shift."""
 LIVENESS_TIMEOUTS = 20
 """Election timeouts allowed, after healing, without progress towards committing a new
 proposal (a commit, or more entries replicated under one unchanged leader)."""
@@ -76,7 +79,7 @@ class Plan:
         c = self.config
         return (
             f"faults={sorted(self.faults) or 'none'} heartbeat={c.heartbeat_tick} "
-            f"spares={c.spares} inflight={c.max_inflight} batch={c.max_batch_bytes} "
+            f"spares={c.spares} kv={c.kv} inflight={c.max_inflight} batch={c.max_batch_bytes} "
             f"pre_vote={c.pre_vote} "
             f"check_quorum={c.check_quorum} net={c.net}"
         )
@@ -113,6 +116,9 @@ def make_plan(rng: random.Random, nodes: int, seed: int | None = None) -> Plan:
             config.spares = 2
             for op in MEMBERSHIP_OPS:
                 rates[op] = side.uniform(0.01, 0.06)
+        if random.Random(f"kv-{seed}-{nodes}").random() < KV_FRACTION:
+            faults |= {"kv"}
+            config.kv = True
     return Plan(config, faults, rates)
 
 

@@ -60,13 +60,22 @@ class RaftClusterMachine(RuleBasedStateMachine):
         delays=st.integers(1, 4),
         pre_vote=st.booleans(),
         spares=st.sampled_from([0, 2]),
+        kv=st.booleans(),
     )
     def start(
-        self, seed: int, nodes: int, slow_disk: float, delays: int, pre_vote: bool, spares: int
+        self,
+        seed: int,
+        nodes: int,
+        slow_disk: float,
+        delays: int,
+        pre_vote: bool,
+        spares: int,
+        kv: bool,
     ) -> None:
         config = SimConfig(
             nodes=nodes,
             spares=spares,
+            kv=kv,
             slow_disk=slow_disk,
             pre_vote=pre_vote,
             net=NetConfig(max_delay=delays, reorder=0.1),

@@ -1,0 +1,118 @@
+"""The real key-value state machine in the simulator (issue 4: session expiry is
+deterministic across replicas).
+
+In KV mode (`SimConfig.kv`) every node applies its committed entries to a real
+`KVStateMachine` with tiny limits, so sessions expire (by log position) and are evicted
+(least recently used) all the time. Proposals become encoded KV commands on a few keys,
+most in a session, and some are RETRIES: the same (client, seq) proposed again as a new
+entry, as a client does after a timeout. Payloads that are not commands (the liveness
+phase's) reach the KV machine as NOOPs at their index, so indexes stay aligned.
+
+The checks (`Checkers.on_kv_apply` / `on_kv_snapshot`): nodes that applied up to the same
+index hold the same `fingerprint()` (keys, revision and sessions), snapshots hold it too,
+and a retried (client, seq) is executed at most once: a later entry with it returns the
+stored result or SessionExpired and leaves the revision alone.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass
+
+from consensus import Entry, EntryType
+from kvstore.commands import (
+    Command,
+    CommandDecodeError,
+    Delete,
+    Put,
+    SessionRef,
+    decode_command,
+    encode_command,
+)
+from kvstore.state_machine import KVStateMachine
+
+SESSION_TTL_ENTRIES = 20
+MAX_SESSIONS = 3
+MAX_RESULTS_PER_SESSION = 4
+KEYS = ("a", "b", "c", "d")
+MAX_CLIENTS = 5
+"""More live clients than MAX_SESSIONS, so LRU eviction happens."""
+
+
+def new_kv() -> KVStateMachine:
+    return KVStateMachine(
+        session_ttl_entries=SESSION_TTL_ENTRIES,
+        max_sessions=MAX_SESSIONS,
+        max_results_per_session=MAX_RESULTS_PER_SESSION,
+    )
+
+
+def as_command(data: bytes) -> Command | None:
+    try:
+        return decode_command(data)
+    except CommandDecodeError:
+        return None
+
+
+def kv_entry(entry: Entry) -> tuple[Entry, Command | None]:
+    """The entry the KV machine applies: a non-command NORMAL payload becomes a NOOP."""
+    if entry.type is not EntryType.NORMAL:
+        return entry, None
+    command = as_command(entry.data)
+    if command is None:
+        return Entry(entry.term, entry.index, b"", EntryType.NOOP), None
+    return entry, command
+
+
+@dataclass
+class _Client:
+    cid: str
+    seq: int = 0
+    first: int = 1
+
+
+class KVWorkload:
+    """Client commands for proposals; its own rng, so schedules do not shift."""
+
+    def __init__(self, seed: object) -> None:
+        self.rng = random.Random(f"kv-workload-{seed}")
+        self.clients: list[_Client] = []
+        self.made = 0
+        self.values = 0
+        self.recent: deque[bytes] = deque(maxlen=6)
+        """Recently proposed session commands: the ones a client may retry."""
+
+    def next(self) -> bytes:
+        rng = self.rng
+        if self.recent and rng.random() < 0.3:
+            return rng.choice(self.recent)  # a retry after a timeout: same (client, seq)
+        key = rng.choice(KEYS)
+        prev_version = rng.choice((None, None, None, 0, 1, 2))
+        session = self._session() if rng.random() < 0.8 else None
+        command: Command
+        if rng.random() < 0.25:
+            command = Delete(key, prev_version, session)
+        else:
+            self.values += 1
+            command = Put(key, f"v{self.values}".encode(), prev_version, session)
+        data = encode_command(command)
+        if session is not None:
+            self.recent.append(data)
+        return data
+
+    def _session(self) -> SessionRef:
+        rng = self.rng
+        if len(self.clients) < MAX_CLIENTS and (not self.clients or rng.random() < 0.2):
+            self.clients.append(self._new_client())
+        elif rng.random() < 0.04:
+            # A client that got SessionExpired starts over with a new id.
+            self.clients[rng.randrange(len(self.clients))] = self._new_client()
+        client = rng.choice(self.clients)
+        client.seq += 1
+        client.first = max(client.first, rng.randint(max(1, client.seq - 2), client.seq))
+        return SessionRef(client.cid, client.seq, client.first)
+
+    def _new_client(self) -> _Client:
+        self.made += 1
+        return _Client(f"c{self.made}")
