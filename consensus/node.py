@@ -9,8 +9,6 @@ the follower's side and membership live here; the leader's side in consensus.lea
 
 from __future__ import annotations
 
-import random
-
 from consensus import quorum
 from consensus.config import Config
 from consensus.errors import NotLeader, ProposalDropped
@@ -45,6 +43,7 @@ from consensus.types import (
     HardState,
     Membership,
     NodeId,
+    RandomSource,
     ReadState,
     Role,
     SnapshotMeta,
@@ -52,7 +51,7 @@ from consensus.types import (
 
 
 class RaftNode(LeaderMixin):
-    def __init__(self, config: Config, storage: Storage, rng: random.Random) -> None:
+    def __init__(self, config: Config, storage: Storage, rng: RandomSource) -> None:
         self.config = config
         self.id: NodeId = config.node_id
         self._rng = rng

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Protocol
 
 NodeId = str
 
@@ -78,3 +79,10 @@ class SnapshotMeta:
     index: int
     term: int
     membership: Membership
+
+
+class RandomSource(Protocol):
+    """The randomness the core needs, injected so that a seed replays a run exactly;
+    `random.Random(seed)` is one."""
+
+    def randrange(self, start: int, stop: int) -> int: ...
