@@ -102,8 +102,6 @@ class LeaderMixin:
         then travel in one AppendEntries per follower instead of one each."""
         self.log.append([entry])
         self._replication_pending = True
-        if self.membership.voters == (self.id,) and self._maybe_commit():
-            self._on_commit()  # alone, the leader's own copy is the quorum
 
     def _replicate_pending(self: RaftNode) -> None:
         self._replication_pending = False
@@ -116,7 +114,9 @@ class LeaderMixin:
         """Figure 8: only an entry of the leader's own term is committed by counting
         replicas; earlier entries are committed indirectly with it."""
         match = {peer: pr.match for peer, pr in self._progress.items()}
-        match[self.id] = self.log.last_index()
+        # The leader's own copy counts once it is durable (it may go out to followers
+        # before its fsync ends), so two followers can commit without waiting for it.
+        match[self.id] = self.log.last_stable_index()
         index = quorum.committed_index(self.membership.voters, match)
         if index > self.log.committed and self.log.term(index) == self.term:
             return self.log.commit_to(index)

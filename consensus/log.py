@@ -166,6 +166,10 @@ class RaftLog:
     def unstable_entries(self) -> list[Entry]:
         return list(self._unstable)
 
+    def last_stable_index(self) -> int:
+        """The last index the driver has confirmed durable."""
+        return self._unstable_offset - 1
+
     def has_unstable(self) -> bool:
         return bool(self._unstable)
 

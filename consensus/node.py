@@ -247,6 +247,8 @@ class RaftNode(LeaderMixin):
         if ready.entries:
             last = ready.entries[-1]
             self.log.stable_to(last.index, last.term)
+            if self.role is Role.LEADER and self._maybe_commit():
+                self._on_commit()
         if ready.committed:
             self.log.applied_to(ready.committed[-1].index)
 
