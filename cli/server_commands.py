@@ -11,9 +11,7 @@ import sys
 
 import click
 
-
-@click.command("serve")
-@click.option(
+config_option = click.option(
     "--config",
     "config_path",
     type=click.Path(dir_okay=False),
@@ -21,6 +19,11 @@ import click
     show_default=True,
     help="The cluster file.",
 )
+"""The cluster file, the same way for every command that runs nodes."""
+
+
+@click.command("serve")
+@config_option
 @click.option("--node", "node_id", required=True, help="The id of the node to run, e.g. n1.")
 @click.option(
     "--join",
@@ -41,14 +44,7 @@ def cluster_group() -> None:
 
 
 @cluster_group.command("up")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    default="cluster.toml",
-    show_default=True,
-    help="The cluster file.",
-)
+@config_option
 def cluster_up_command(config_path: str) -> None:
     """Start every node of the file, print their URLs, stop them all on Ctrl-C."""
     from kvstore.server import cluster_up
