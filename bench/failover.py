@@ -25,8 +25,8 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from chaos.cluster import LocalCluster
-from kvstore.http_session import single_send_session
+from kvstore.chaos.cluster import LocalCluster
+from kvstore.client.http_session import single_send_session
 
 
 class Writers:

@@ -32,9 +32,9 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from consensus import Entry, Membership, SnapshotMeta
-from consensus.leveldb_storage import LevelDBStorage
-from kvstore.commands import Put, encode_command
-from kvstore.state_machine import KVStateMachine
+from kvstore.runtime.leveldb_storage import LevelDBStorage
+from kvstore.state.commands import Put, encode_command
+from kvstore.state.machine import KVStateMachine
 from tests.integration.harness import Cluster, request, wait_until
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from kvstore.client import AsyncKV, ClusterUnavailable, NotFound, OutcomeUnknown, VersionMismatch
+from kvstore import AsyncKV, ClusterUnavailable, NotFound, OutcomeUnknown, VersionMismatch
 
 KV_KEY = web.AppKey("kv", AsyncKV)
 PREFIX = "inventory/"

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from kvstore.client import AsyncKV, ClusterUnavailable, NotFound, OutcomeUnknown
+from kvstore import AsyncKV, ClusterUnavailable, NotFound, OutcomeUnknown
 
 KV_KEY = web.AppKey("kv", AsyncKV)
 HTTP_KEY = web.AppKey("http", aiohttp.ClientSession)

@@ -23,11 +23,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from consensus.leveldb_storage import CorruptLogError, LevelDBStorage
+from kvstore.api.kv import make_client_app
+from kvstore.api.peer import DEFAULT_MAX_BODY, add_peer_routes, make_peer_app
 from kvstore.config import ClusterConfig, ConfigError, check_data_dir, load_cluster_config
-from kvstore.http_api import make_client_app
-from kvstore.node import NodeRuntime
-from kvstore.peer_api import DEFAULT_MAX_BODY, add_peer_routes, make_peer_app
+from kvstore.runtime.leveldb_storage import CorruptLogError, LevelDBStorage
+from kvstore.runtime.node import NodeRuntime
 
 log = logging.getLogger("kvstore.server")
 
@@ -227,7 +227,7 @@ def cluster_up(config_path: str | Path, wait_leader_s: float = 20.0) -> int:
     children: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for node in cluster.nodes:
-            cmd = [sys.executable, "-m", "cli.main", "serve", "--config", str(config_path)]
+            cmd = [sys.executable, "-m", "kvstore.cli.main", "serve", "--config", str(config_path)]
             children[node.id] = subprocess.Popen([*cmd, "--node", node.id])
             print(
                 f"{node.id}: pid {children[node.id].pid}  client {node.client_url}  "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chaos.history import Operation
+from kvstore.chaos.history import Operation
 
 
 def put(

@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from chaos.history import Operation
+from kvstore.chaos.history import Operation
 
 
 @dataclass

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from chaos.history import read_history
+from kvstore.chaos.history import read_history
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 UNSAFE_SWITCH = "KV_UNSAFE_STALE_READS"
 
 
 def _kv_chaos(out: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "cli.chaos", "--out", str(out), *args]
+    cmd = [sys.executable, "-m", "kvstore.cli.chaos", "--out", str(out), *args]
     return subprocess.run(
         cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, check=False
     )

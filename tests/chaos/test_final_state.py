@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chaos.linearizability import check_acknowledged_writes, check_convergence
+from kvstore.chaos.linearizability import check_acknowledged_writes, check_convergence
 from tests.chaos.builders import delete, get, put
 
 

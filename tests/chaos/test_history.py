@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from chaos.history import Operation, read_history, write_history
+from kvstore.chaos.history import Operation, read_history, write_history
 from tests.chaos.builders import cas, delete, get, put
 
 

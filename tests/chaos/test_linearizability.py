@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from chaos.history import Operation
-from chaos.linearizability import CheckResult, check_history
+from kvstore.chaos.history import Operation
+from kvstore.chaos.linearizability import CheckResult, check_history
 from tests.chaos.builders import cas, delete, get, put
 
 

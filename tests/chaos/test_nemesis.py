@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from chaos.nemesis import (
+from kvstore.chaos.nemesis import (
     END_MARGIN_S,
     KINDS,
     Nemesis,
@@ -22,7 +22,7 @@ from chaos.nemesis import (
     parse_kinds,
     random_schedule,
 )
-from chaos.proxy import PASS, LinkProxy, LinkState, ProxyNet
+from kvstore.chaos.proxy import PASS, LinkProxy, LinkState, ProxyNet
 
 DEADLINE = 5.0
 
@@ -324,7 +324,7 @@ async def _serve_once_then_vanish(
 async def test_a_request_that_reached_the_server_is_never_recorded_as_failed() -> None:
     """The server takes a put on a pooled connection and dies: that is unknown, not fail
     (aiohttp would retry it on a new connection, be refused, and hide the first attempt)."""
-    from chaos.workload import Workload, WorkloadConfig, make_session
+    from kvstore.chaos.workload import Workload, WorkloadConfig, make_session
 
     answered: list[int] = []
     server = await asyncio.start_server(

@@ -18,8 +18,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from chaos.history import Operation, read_history, write_history
-from chaos.linearizability import check_history
+from kvstore.chaos.history import Operation, read_history, write_history
+from kvstore.chaos.linearizability import check_history
 from tests.chaos.simulate import simulate
 
 histories = st.builds(

@@ -8,8 +8,6 @@ from pathlib import Path
 import consensus
 
 FORBIDDEN = {"asyncio", "socket", "time", "threading", "plyvel", "aiohttp", "selectors"}
-# The LevelDB adapter is the one module of the package allowed to touch the disk.
-ADAPTERS = {"leveldb_storage.py"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -28,7 +26,7 @@ def test_core_modules_import_no_io_clock_or_threads() -> None:
     offenders = {
         path.name: sorted(imported_modules(path) & FORBIDDEN)
         for path in package.glob("*.py")
-        if path.name not in ADAPTERS and imported_modules(path) & FORBIDDEN
+        if imported_modules(path) & FORBIDDEN
     }
     assert offenders == {}
 

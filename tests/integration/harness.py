@@ -226,7 +226,7 @@ class Cluster:
     def kv(self, *args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
         """Run a `kv` command (python -m cli.main) against this cluster's endpoints."""
         return subprocess.run(
-            [sys.executable, "-m", "cli.main", *args],
+            [sys.executable, "-m", "kvstore.cli.main", *args],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -308,7 +308,7 @@ def serve_command(config_path: Path, node_id: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "cli.main",
+        "kvstore.cli.main",
         "serve",
         "--config",
         str(config_path),

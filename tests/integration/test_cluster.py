@@ -332,7 +332,7 @@ def test_cluster_up_starts_and_stops_every_node(cluster_factory) -> None:  # typ
     c = cluster_factory()
     pids: list[int] = []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "cluster", "up", "--config", str(c.config_path)],
+        [sys.executable, "-m", "kvstore.cli.main", "cluster", "up", "--config", str(c.config_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env=child_env(),

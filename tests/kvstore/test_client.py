@@ -27,17 +27,17 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from click.testing import CliRunner
 
-from cli.bench import bench_command
-from cli.bench_stats import BenchResult, LatencyHistogram
-from cli.client_commands import CLIENT_COMMANDS
+from kvstore.cli.bench import bench_command
+from kvstore.cli.bench_stats import BenchResult, LatencyHistogram
+from kvstore.cli.client_commands import CLIENT_COMMANDS
 from kvstore.client import KV, AsyncKV, KeyValue, PutResult, RetryPolicy
-from kvstore.client_endpoints import (
+from kvstore.client.endpoints import (
     ENV_VAR,
     endpoints_from_config,
     is_loopback_url,
     resolve_endpoints,
 )
-from kvstore.client_errors import (
+from kvstore.client.errors import (
     ClusterUnavailable,
     EndpointConfigError,
     InvalidRequest,
@@ -46,7 +46,7 @@ from kvstore.client_errors import (
     OutcomeUnknown,
     VersionMismatch,
 )
-from kvstore.client_session import WriteSession
+from kvstore.client.session import WriteSession
 
 NO_BACKOFF = RetryPolicy(max_attempts=6, base_delay=0.0, max_delay=0.0)
 MAX_VALUE = 1024

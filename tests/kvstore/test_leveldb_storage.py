@@ -30,9 +30,9 @@ from hypothesis.stateful import (
 )
 
 from consensus.errors import CompactedError, ConsensusError, UnavailableError
-from consensus.leveldb_storage import CorruptLogError, LevelDBStorage
 from consensus.storage import MemoryStorage
 from consensus.types import Entry, EntryType, HardState, Membership, SnapshotMeta
+from kvstore.runtime.leveldb_storage import CorruptLogError, LevelDBStorage
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -292,7 +292,7 @@ def test_a_failed_open_releases_the_database(db_path: Path) -> None:
 
 _CRASH_CHILD = """
 import random, sys
-from consensus.leveldb_storage import LevelDBStorage
+from kvstore.runtime.leveldb_storage import LevelDBStorage
 from consensus.types import Entry, HardState
 
 storage = LevelDBStorage(sys.argv[1])

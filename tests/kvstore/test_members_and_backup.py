@@ -9,14 +9,14 @@ import msgpack
 import pytest
 
 from consensus import ConfChange, ConfChangeType, Entry, EntryType, Membership
-from consensus.leveldb_storage import LevelDBStorage
 from consensus.membership import bootstrap_change, encode_conf_change
-from kvstore.backup import BackupError, decode_backup, encode_backup, restore_cluster
-from kvstore.commands import Put, encode_command
 from kvstore.config import ConfigError, load_cluster_config
-from kvstore.member_view import MemberView
-from kvstore.members import MemberAddress, encode_member_context
-from kvstore.state_machine import KVStateMachine
+from kvstore.runtime.backup import BackupError, decode_backup, encode_backup, restore_cluster
+from kvstore.runtime.leveldb_storage import LevelDBStorage
+from kvstore.runtime.member_view import MemberView
+from kvstore.state.commands import Put, encode_command
+from kvstore.state.machine import KVStateMachine
+from kvstore.state.members import MemberAddress, encode_member_context
 
 BOOTSTRAP = bootstrap_change(("n1", "n2", "n3"))
 A4 = MemberAddress("http://127.0.0.1:9004", "http://127.0.0.1:9104")

@@ -20,12 +20,12 @@ import pytest
 from aiohttp import web
 
 from consensus import AppendEntries, AppendEntriesResponse, Entry, MemoryStorage, RequestVote
-from consensus.leveldb_storage import LevelDBStorage
+from kvstore.api.kv import BadRequest, make_client_app, parse_key
+from kvstore.api.peer import make_peer_app
 from kvstore.config import ClusterConfig, NodeConfig, Tuning
-from kvstore.http_api import BadRequest, make_client_app, parse_key
-from kvstore.node import NodeRuntime
-from kvstore.peer_api import make_peer_app
-from kvstore.transport import Transport, coalesce
+from kvstore.peers.transport import Transport, coalesce
+from kvstore.runtime.leveldb_storage import LevelDBStorage
+from kvstore.runtime.node import NodeRuntime
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -405,8 +405,8 @@ def test_the_same_on_uvloop(tmp_path: Path) -> None:
 
 
 async def test_pending_requests_decide_what_an_answer_means() -> None:
-    from kvstore.requests import PendingRequests, ProposalOverwritten, ProposalTimeout
-    from kvstore.state_machine import PutResult
+    from kvstore.runtime.requests import PendingRequests, ProposalOverwritten, ProposalTimeout
+    from kvstore.state.machine import PutResult
 
     pending = PendingRequests()
     ours = pending.add_proposal(Entry(2, 5, b"x"), deadline=1e9)

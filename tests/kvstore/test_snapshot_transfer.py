@@ -16,8 +16,8 @@ import pytest
 from aiohttp import web
 
 from consensus import InstallSnapshot, Membership, SnapshotMeta
-from kvstore.peer_api import make_peer_app
-from kvstore.snapshot_transfer import (
+from kvstore.api.peer import make_peer_app
+from kvstore.peers.snapshot_transfer import (
     SNAPSHOT_PATH,
     SnapshotReceiver,
     SnapshotSender,

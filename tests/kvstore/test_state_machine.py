@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consensus.types import Entry, EntryType
-from kvstore.commands import (
+from kvstore.config import Tuning
+from kvstore.state.commands import (
     MAX_CLIENT_ID_LENGTH,
     Command,
     CommandDecodeError,
@@ -18,8 +19,7 @@ from kvstore.commands import (
     decode_command,
     encode_command,
 )
-from kvstore.config import Tuning
-from kvstore.state_machine import (
+from kvstore.state.machine import (
     DEFAULT_MAX_SESSIONS,
     DEFAULT_SESSION_TTL_ENTRIES,
     ApplyOrderError,

@@ -46,8 +46,8 @@ from consensus import (
     SnapshotMeta,
 )
 from consensus.membership import apply_change, decode_conf_change
-from kvstore.commands import Command
-from kvstore.sm_types import SESSION_EXPIRED, ApplyResult
+from kvstore.state.commands import Command
+from kvstore.state.types import SESSION_EXPIRED, ApplyResult
 from tests.sim.disk import SimDisk
 from tests.sim.host import unpack_snapshot
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import msgpack
 
 from consensus import Config, NodeId, RaftNode, ReadState, Ready, Role, SnapshotMeta
-from kvstore.state_machine import KVStateMachine
+from kvstore.state.machine import KVStateMachine
 from tests.sim.disk import SimDisk
 from tests.sim.kv import new_kv
 

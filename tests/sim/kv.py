@@ -21,7 +21,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from consensus import Entry, EntryType
-from kvstore.commands import (
+from kvstore.state.commands import (
     Command,
     CommandDecodeError,
     Delete,
@@ -30,7 +30,7 @@ from kvstore.commands import (
     decode_command,
     encode_command,
 )
-from kvstore.state_machine import KVStateMachine
+from kvstore.state.machine import KVStateMachine
 
 SESSION_TTL_ENTRIES = 20
 MAX_SESSIONS = 3
