@@ -23,7 +23,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from kvstore.api.kv import make_client_app
+from kvstore.api.app import make_client_app
 from kvstore.api.peer import DEFAULT_MAX_BODY, add_peer_routes, make_peer_app
 from kvstore.config import ClusterConfig, ConfigError, check_data_dir, load_cluster_config
 from kvstore.runtime.leveldb_storage import CorruptLogError, LevelDBStorage

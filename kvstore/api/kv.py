@@ -13,15 +13,19 @@ import asyncio
 import logging
 import os
 import re
-from collections.abc import AsyncIterator
 from urllib.parse import unquote_to_bytes
 
-import aiohttp
 from aiohttp import web
 
 from consensus import NotLeader, ProposalDropped
-from kvstore.api.status import status_json
-from kvstore.client.http_session import single_send_session
+from kvstore.api.common import (
+    RUNTIME_KEY,
+    SESSION_HEADERS,
+    BadRequest,
+    error,
+    json_text,
+)
+from kvstore.api.forwarding import forward_to_leader
 from kvstore.runtime.node import NodeRuntime
 from kvstore.runtime.requests import (
     ProposalOverwritten,
@@ -42,40 +46,14 @@ from kvstore.state.machine import (
 log = logging.getLogger(__name__)
 
 KV_PREFIX = "/v1/kv/"
-LEADER_HEADER = "X-KV-Leader"
-HOPS_HEADER = "X-KV-Forwarded"
-SESSION_HEADERS = ("X-KV-Client-Id", "X-KV-Seq", "X-KV-First-Outstanding")
-_PASS_BACK = ("Content-Type", "X-KV-Version", "X-KV-Mod-Revision", LEADER_HEADER)
-MAX_HOPS = 2
-"""A forwarded request is forwarded at most once more (the leader moved meanwhile)."""
+UNSAFE_LOCAL_READS = os.environ.get("KV_UNSAFE_STALE_READS") == "1"
+"""Deliberately unsafe, for tests only: followers answer default (linearizable) reads
+from their own state without asking the leader, so `kv chaos` can be shown to catch
+the stale reads this causes. Never set it on a real cluster."""
+
 
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _UINT = re.compile(r"[0-9]{1,18}")
-_JSON = "application/json"
-
-UNSAFE_LOCAL_READS = os.environ.get("KV_UNSAFE_STALE_READS") == "1"
-"""Deliberately unsafe, for tests only: followers answer default (linearizable) reads
-from their own state without asking the leader, so `kv kvstore.chaos` can be shown to catch
-the stale reads this causes. Never set it on a real cluster."""
-
-RUNTIME_KEY = web.AppKey("runtime", NodeRuntime)
-PROXY_KEY = web.AppKey("proxy_session", aiohttp.ClientSession)
-
-
-class BadRequest(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def error(status: int, code: str, message: str, **extra: object) -> web.Response:
-    """Every error answer: `{"error": CODE, "message": TEXT}` plus any extra fields."""
-    return web.json_response({"error": code, "message": message, **extra}, status=status)
-
-
-def _json(text: str, status: int = 200) -> web.Response:
-    return web.Response(text=text, status=status, content_type=_JSON)
-
 
 # ---------------------------------------------------------------------- request parsing
 
@@ -139,9 +117,9 @@ async def read_value(request: web.Request, limit: int) -> bytes:
 
 def result_response(result: ApplyResult | None) -> web.Response:
     if type(result) is PutResult:
-        return _json(f'{{"revision":{result.revision},"version":{result.version}}}')
+        return json_text(f'{{"revision":{result.revision},"version":{result.version}}}')
     if type(result) is DeleteResult:
-        return _json(f'{{"revision":{result.revision}}}')
+        return json_text(f'{{"revision":{result.revision}}}')
     if type(result) is NotFoundResult:
         return error(404, "not_found", "no such key")
     if type(result) is VersionMismatchResult:
@@ -259,130 +237,3 @@ async def _write(
         )
         if answer is not None:
             return answer
-
-
-async def forward_to_leader(
-    request: web.Request,
-    runtime: NodeRuntime,
-    body: bytes,
-    deadline: float,
-    *,
-    is_write: bool,
-    unserved: str,
-) -> web.StreamResponse | None:
-    """One attempt to have the leader serve a request this node cannot. Returns the
-    answer to give, or None when the caller should look again: this node became the
-    leader, or another leader emerged after the known one proved unreachable."""
-    leader = await _find_leader(runtime, deadline)
-    if leader is None:
-        return error(503, "no_leader", f"no leader is known; {unserved}")
-    if leader == runtime.node_id:
-        return None
-    answer = await _forward(request, runtime, leader, body, deadline, is_write=is_write)
-    if answer is not None:
-        return answer
-    if not await _other_leader(runtime, leader, deadline):
-        return error(503, "no_leader", f"leader {leader} is unreachable; {unserved}")
-    return None
-
-
-async def _find_leader(runtime: NodeRuntime, deadline: float) -> str | None:
-    """The leader, waiting up to about two election timeouts for one to emerge."""
-    remaining = deadline - asyncio.get_running_loop().time()
-    return await runtime.wait_for_leader(min(remaining, 2 * runtime.election_timeout_s))
-
-
-async def _other_leader(runtime: NodeRuntime, unreachable: str, deadline: float) -> bool:
-    """Wait (about two election timeouts at most) for a leader other than `unreachable`."""
-    loop = asyncio.get_running_loop()
-    until = min(deadline, loop.time() + 2 * runtime.election_timeout_s)
-    while loop.time() < until:
-        await asyncio.sleep(runtime.tuning.tick_ms / 1000)
-        if runtime.leader_id != unreachable:
-            return True
-    return False
-
-
-async def _forward(
-    request: web.Request,
-    runtime: NodeRuntime,
-    leader: str,
-    body: bytes,
-    deadline: float,
-    *,
-    is_write: bool,
-) -> web.StreamResponse | None:
-    """Proxy to the leader. None when the connection never opened, so nothing was sent;
-    any later failure leaves a write's outcome unknown (504)."""
-    hops = request.headers.get(HOPS_HEADER, "0")
-    hops_n = int(hops) if hops.isdigit() else MAX_HOPS
-    if hops_n >= MAX_HOPS:
-        return error(503, "no_leader", "the leader moved while the request was forwarded")
-    headers = {h: request.headers[h] for h in SESSION_HEADERS if h in request.headers}
-    headers[HOPS_HEADER] = str(hops_n + 1)
-    if body:
-        headers["Content-Type"] = "application/octet-stream"
-    leader_url = runtime.view.client_url(leader)
-    if leader_url is None:
-        return None  # not sent: this node has not read the new leader's address yet
-    url = leader_url.rstrip("/") + request.raw_path
-    loop = asyncio.get_running_loop()
-    timeout = aiohttp.ClientTimeout(total=max(0.1, deadline - loop.time()) + 0.5, sock_connect=0.5)
-    session = request.app[PROXY_KEY]
-    try:
-        async with session.request(
-            request.method, url, data=body or None, headers=headers, timeout=timeout
-        ) as resp:
-            data = await resp.read()
-            out = {h: resp.headers[h] for h in _PASS_BACK if h in resp.headers}
-            out.setdefault(LEADER_HEADER, leader)
-            return web.Response(status=resp.status, body=data, headers=out)
-    except aiohttp.ClientConnectorError:
-        return None
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        if is_write:
-            return error(504, "timeout", f"outcome unknown: forwarding to {leader} failed: {exc!r}")
-        return error(503, "no_leader", f"forwarding the read to {leader} failed: {exc!r}")
-
-
-async def handle_status(request: web.Request) -> web.Response:
-    return web.json_response(status_json(request.app[RUNTIME_KEY]))
-
-
-async def handle_unknown(request: web.Request) -> web.Response:
-    return error(404, "no_such_endpoint", f"no endpoint {request.method} {request.path}")
-
-
-# ---------------------------------------------------------------------- the application
-
-
-async def _add_leader_header(request: web.Request, response: web.StreamResponse) -> None:
-    runtime = request.app.get(RUNTIME_KEY)
-    if runtime is not None and LEADER_HEADER not in response.headers:
-        leader = runtime.leader_id
-        if leader is not None:
-            response.headers[LEADER_HEADER] = leader
-
-
-async def _proxy_session(app: web.Application) -> AsyncIterator[None]:
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0)
-    if UNSAFE_LOCAL_READS:
-        log.warning("KV_UNSAFE_STALE_READS=1: followers serve stale reads (tests only)")
-    async with single_send_session(connector=connector, auto_decompress=False) as session:
-        app[PROXY_KEY] = session
-        yield
-
-
-def make_client_app(runtime: NodeRuntime, client_max_size: int) -> web.Application:
-    """The client API; the caller adds the runtime's own start/stop to `cleanup_ctx`."""
-    app = web.Application(client_max_size=client_max_size)
-    app[RUNTIME_KEY] = runtime
-    app.cleanup_ctx.append(_proxy_session)
-    app.on_response_prepare.append(_add_leader_header)
-    app.router.add_route("*", KV_PREFIX + "{key:.*}", handle_kv)
-    app.router.add_get("/v1/status", handle_status)
-    from kvstore.api.members import add_member_routes  # it builds on this module's helpers
-
-    add_member_routes(app)
-    app.router.add_route("*", "/v1/{tail:.*}", handle_unknown)
-    return app

@@ -20,7 +20,8 @@ from typing import Any
 from aiohttp import web
 
 from consensus import ConfChange, ConfChangeType, InvalidConfChange, NotLeader, ProposalDropped
-from kvstore.api.kv import RUNTIME_KEY, error, forward_to_leader
+from kvstore.api.common import RUNTIME_KEY, error
+from kvstore.api.forwarding import forward_to_leader
 from kvstore.config import ConfigError, parse_url, valid_node_id
 from kvstore.runtime.backup import encode_backup
 from kvstore.runtime.node import NodeRuntime
@@ -124,7 +125,7 @@ def _member_rows(runtime: NodeRuntime) -> list[dict[str, Any]]:
     matches = runtime.replication()
     rows = []
     for node_id in membership.members():
-        node = runtime.view.members.get(node_id)
+        node = runtime.membership.view.members.get(node_id)
         row: dict[str, Any] = {
             "id": node_id,
             "role": "voter" if node_id in membership.voters else "learner",
@@ -211,7 +212,7 @@ async def _add(
         raise Refused(error(409, "membership_change_in_progress", "another change is running"))
     async with lock:
         membership = runtime.node.membership
-        known = runtime.view.members.get(node_id)
+        known = runtime.membership.view.members.get(node_id)
         same = known is not None and (known.client_url, known.peer_url) == (
             address.client_url,
             address.peer_url,
@@ -234,7 +235,7 @@ async def _add(
 
 
 def _check_addresses_free(runtime: NodeRuntime, node_id: str, address: MemberAddress) -> None:
-    for other in runtime.view.members.values():
+    for other in runtime.membership.view.members.values():
         if {other.client_url, other.peer_url} & {address.client_url, address.peer_url}:
             raise Refused(
                 error(400, "bad_member", f"{node_id}'s URLs are already used by {other.id}")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from aiohttp import web
+
+from kvstore.api.common import RUNTIME_KEY
 from kvstore.runtime.node import NodeRuntime
 
 
@@ -12,7 +15,7 @@ def status_json(runtime: NodeRuntime) -> dict[str, Any]:
     """`GET /v1/status`: the contract's fields, `members` as the client expects them, and
     what an operator needs next (log bounds, peer links, waiting requests)."""
     st = runtime.node.status()
-    members = runtime.view.members
+    members = runtime.membership.view.members
     return {
         "id": st.id,
         "role": st.role.value,
@@ -24,7 +27,7 @@ def status_json(runtime: NodeRuntime) -> dict[str, Any]:
         "first_index": st.first_index,
         "snapshot_index": st.first_index - 1,
         "log_size": st.last_index - st.first_index + 1,
-        "last_snapshot": runtime.compactor.last,
+        "last_snapshot": runtime.snapshots.compactor.last,
         "revision": runtime.sm.revision,
         "keys": len(runtime.sm),
         "members": [
@@ -53,3 +56,7 @@ def _peers(runtime: NodeRuntime) -> dict[str, dict[str, Any]]:
         heard = runtime.last_heard.get(peer_id)
         info["last_heard_s_ago"] = None if heard is None else round(now - heard, 3)
     return peers
+
+
+async def handle_status(request: web.Request) -> web.Response:
+    return web.json_response(status_json(request.app[RUNTIME_KEY]))

@@ -26,15 +26,13 @@ import socket
 import struct
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 from consensus.codec import encode_messages
 from consensus.messages import AppendEntries, Message
 from consensus.types import NodeId
-
-if TYPE_CHECKING:
-    from kvstore.peers.transport import Transport
 
 log = logging.getLogger("kvstore.peers.transport")
 
@@ -95,10 +93,26 @@ class _Protocol(asyncio.Protocol):
         self.link.flush()
 
 
+class LinkSettings(Protocol):
+    """What a link reads from the transport that owns it (kvstore.peers.transport):
+    limits and timeouts shared by every link, whether the transport is closing, and
+    whom to tell when a peer says this node was removed."""
+
+    self_url: str
+    closed: bool
+    max_queue_messages: int
+    max_queue_bytes: int
+    max_post_bytes: int
+    request_timeout: float
+    connect_timeout: float
+    max_backoff: float
+    on_removed: Callable[[NodeId, str], None] | None
+
+
 class PeerLink:
     """Delivery to one peer; also what `GET /v1/status` reports about it."""
 
-    def __init__(self, owner: Transport, node_id: NodeId, url: str) -> None:
+    def __init__(self, owner: LinkSettings, node_id: NodeId, url: str) -> None:
         self.owner = owner
         self.node_id = node_id
         self.url = url

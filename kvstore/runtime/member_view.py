@@ -17,7 +17,7 @@ from consensus.types import Membership, NodeId
 from kvstore.config import ConfigError, NodeConfig, member_node_config
 from kvstore.state.members import MemberAddress
 
-log = logging.getLogger("kvstore.state.members")
+log = logging.getLogger(__name__)
 
 
 class MemberView:

@@ -38,26 +38,25 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from consensus import Config, Entry, Message, NodeId, RaftNode, Ready, Role
+from consensus import ConfChange, Config, Entry, Message, NodeId, RaftNode, Ready, Role
 from consensus.messages import AppendEntries, TimeoutNow
 from consensus.storage import WritableStorage
-from consensus.types import EntryType, HardState, SnapshotMeta
+from consensus.types import EntryType, HardState
 from kvstore.config import ClusterConfig, NodeConfig
 from kvstore.peers.snapshot_transfer import SnapshotReceiver
 from kvstore.peers.transport import Transport
 from kvstore.runtime.compaction import Compactor
-from kvstore.runtime.leadership import LeadershipMixin
+from kvstore.runtime.leadership import LeadershipWatch
 from kvstore.runtime.member_view import MemberView
-from kvstore.runtime.membership import MembershipMixin
+from kvstore.runtime.membership import MembershipTracker
 from kvstore.runtime.requests import (
     PendingRequests,
     ProposalTimeout,
     RuntimeStopped,
 )
-from kvstore.runtime.snapshots import SnapshotMixin
+from kvstore.runtime.snapshots import SnapshotKeeper
 from kvstore.state.commands import Command, encode_command
 from kvstore.state.machine import ApplyResult, KeyValue, KVStateMachine
-from kvstore.state.snapshot import ParsedState
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +71,14 @@ else to do meanwhile, and the two thread hops cost more than they overlap (measu
 _EARLY = (AppendEntries, TimeoutNow)
 
 
-class NodeRuntime(LeadershipMixin, MembershipMixin, SnapshotMixin):
-    """Drives one RaftNode; the HTTP and peer layers call into it."""
+class NodeRuntime:
+    """Drives one RaftNode; the HTTP and peer layers call into it.
+
+    Its parts are objects of their own: `leadership` (who leads), `membership` (who the
+    members are, and whether this node still is one), `snapshots` (taking and installing
+    them), `pending` (requests waiting for commit or a read index), `transport` (peer
+    links). The runtime owns the event loop side: ticks, the ready loop, and the order
+    in which a Ready is persisted, sent and applied."""
 
     def __init__(
         self,
@@ -111,39 +116,51 @@ class NodeRuntime(LeadershipMixin, MembershipMixin, SnapshotMixin):
             storage,
             rng or random.Random(),
         )
-        self.view = MemberView(node_id, cluster.nodes, cluster.data_dir)
+        self.pending = PendingRequests()
+        self.leadership = LeadershipWatch(node_id, self.node, self.pending)
         self.transport = Transport(
             node_id,
             {},
-            snapshot_source=self._snapshot_for_peer,
+            snapshot_source=lambda meta: self.snapshots.for_peer(meta),
             self_url=self.me.peer_url,
             snapshot_chunk_bytes=t.snapshot_chunk_bytes,
-            on_removed=self._told_removed,
+            on_removed=lambda peer, text: self.membership.told_removed(peer, text),
             max_post_bytes=max(4 * t.max_batch_bytes, 1 << 20),
             request_timeout=max(0.5, 4 * t.tick_ms * t.election_ticks / 1000),
         )
-        self.snapshot_every = t.snapshot_entries
-        self.pending = PendingRequests()
+        self.membership = MembershipTracker(
+            self.me,
+            self.node,
+            self.sm,
+            MemberView(node_id, cluster.nodes, cluster.data_dir),
+            self.transport.set_peers,
+            on_removed,
+        )
         self.last_heard: dict[NodeId, float] = {}
         """time.monotonic() of the last message from each peer, for `GET /v1/status`."""
         self._on_fatal = on_fatal
-        self._on_removed = on_removed
-        self.removed_reason: str | None = None
         self._persisted: HardState = storage.initial_state()
-        self._incoming_snapshot: tuple[SnapshotMeta, bytes, ParsedState] | None = None
         self._wake = asyncio.Event()
-        self._leader_known = asyncio.Event()
         self._read_ids = itertools.count(1)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"persist-{node_id}")
-        self.compactor = Compactor(self.sm, storage, self._wake.set, node_id)
+        self.snapshots = SnapshotKeeper(
+            self.node,
+            self.sm,
+            storage,
+            self.pending,
+            Compactor(self.sm, storage, self._wake.set, node_id),
+            t.snapshot_entries,
+            step=self.step_messages,
+            running=lambda: not (self.stopping or self.fatal_error is not None),
+            installed=self.membership.changed,
+        )
         self.snapshot_receiver = SnapshotReceiver(
-            self.me.data_dir / "incoming-snapshots", self._deliver_snapshot
+            self.me.data_dir / "incoming-snapshots", self.snapshots.deliver
         )
         self._tasks: list[asyncio.Task[None]] = []
-        self._seen: tuple[Role, int, NodeId | None] = (self.node.role, self.node.term, None)
         self.stopping = False
         self.fatal_error: BaseException | None = None
-        self._membership_changed()
+        self.membership.changed()
 
     def _initial_voters(self, join: bool) -> tuple[NodeId, ...]:
         """The founders for a brand-new node; none for one that joins (it must never
@@ -193,7 +210,7 @@ class NodeRuntime(LeadershipMixin, MembershipMixin, SnapshotMixin):
                 await asyncio.wait_for(task, timeout=5.0)
         await self.transport.close()
         self._executor.shutdown(wait=True)
-        self.compactor.close()
+        self.snapshots.compactor.close()
         self.snapshot_receiver.close()
         close = getattr(self.storage, "close", None)
         if close is not None:
@@ -231,6 +248,18 @@ class NodeRuntime(LeadershipMixin, MembershipMixin, SnapshotMixin):
         ProposalTimeout when the outcome is unknown."""
         self._check_running()
         entry: Entry = self.node.propose(encode_command(command))
+        return await self._until_applied(entry, timeout)
+
+    async def propose_conf_change(self, change: ConfChange, timeout: float) -> Entry:
+        """Propose a membership change and wait until it is applied here. Raises
+        NotLeader / ProposalDropped / InvalidConfChange before anything was proposed,
+        ProposalOverwritten or ProposalTimeout after."""
+        self._check_running()
+        entry = self.node.propose_conf_change(change)
+        await self._until_applied(entry, timeout)
+        return entry
+
+    async def _until_applied(self, entry: Entry, timeout: float) -> ApplyResult | None:
         deadline = asyncio.get_running_loop().time() + timeout
         future = self.pending.add_proposal(entry, deadline)
         self._wake.set()
@@ -266,6 +295,68 @@ class NodeRuntime(LeadershipMixin, MembershipMixin, SnapshotMixin):
         finally:
             self.pending.reads.pop(request_id, None)
         return index
+
+    # ------------------------------------------------------------------ leadership
+
+    @property
+    def leader_id(self) -> NodeId | None:
+        return self.node.leader_id
+
+    @property
+    def is_leader(self) -> bool:
+        return self.node.role is Role.LEADER
+
+    @property
+    def election_timeout_s(self) -> float:
+        return self.tuning.tick_ms * self.tuning.election_ticks / 1000
+
+    async def wait_for_leader(self, timeout: float) -> NodeId | None:
+        """The known leader, waiting up to `timeout` for one to emerge."""
+        if self.stopping:
+            return self.node.leader_id
+        return await self.leadership.wait_for_leader(timeout)
+
+    def transfer_leadership(self, to: NodeId) -> None:
+        self.node.transfer_leadership(to)
+        self._wake.set()
+
+    def replication(self) -> dict[NodeId, int]:
+        """On the leader, the match index of every member (its own: its last index).
+
+        The core has no public accessor for per-follower progress yet, so this reads
+        its private `_progress` (read-only use)."""
+        if self.node.role is not Role.LEADER:
+            return {}
+        progress = getattr(self.node, "_progress", {})
+        matches = {peer: int(pr.match) for peer, pr in progress.items()}
+        matches[self.node_id] = self.node.log.last_index()
+        return matches
+
+    async def drain(self, timeout: float) -> None:
+        """Before shutdown: hand leadership away (so clients wait one round trip, not an
+        election timeout), give waiting requests a moment, then fail the rest."""
+        if self.node.role is Role.LEADER and len(self.membership.members) > 1:
+            voters = self.node.membership.voters  # a learner cannot take over
+            reachable = sorted(
+                p
+                for p, st in self.transport.peer_status().items()
+                if st["reachable"] and p in voters
+            )
+            if reachable:
+                with contextlib.suppress(Exception):
+                    self.transfer_leadership(reachable[0])
+                    log.info("shutting down: handing leadership to %s", reachable[0])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.pending and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        self.pending.abort_all(RuntimeStopped("the node is shutting down"))
+
+    # ------------------------------------------------------------------ peers
+
+    def admit(self, sender: NodeId, sender_url: str | None) -> str | None:
+        """The peer API asks whether to take messages from `sender` (see MemberView)."""
+        return self.membership.admit(sender, sender_url)
 
     # ------------------------------------------------------------------ the clock
 
@@ -312,8 +403,8 @@ class NodeRuntime(LeadershipMixin, MembershipMixin, SnapshotMixin):
                         # index going out to followers, which nobody waits for).
                         self.pending.answered = False
                         await asyncio.sleep(0)
-                self._snapshot_step()
-                self._observe_leadership()
+                self.snapshots.between_readies()
+                self.leadership.observe()
                 if self.stopping:
                     return
         except asyncio.CancelledError:
@@ -330,7 +421,7 @@ class NodeRuntime(LeadershipMixin, MembershipMixin, SnapshotMixin):
                 transport.send(early)
                 late = [m for m in rd.messages if not isinstance(m, _EARLY)]
         if rd.snapshot is not None:
-            self._install_snapshot(rd.snapshot)
+            self.snapshots.install(rd.snapshot)
         if rd.must_sync:
             await self._persist(rd)
         if late:
@@ -340,7 +431,7 @@ class NodeRuntime(LeadershipMixin, MembershipMixin, SnapshotMixin):
         for rs in rd.read_states:
             self.pending.read_confirmed(rs.request_id, rs.index)
         node.advance(rd)
-        self._snapshot_step()
+        self.snapshots.between_readies()
 
     def _term_durable(self, hard_state: HardState | None) -> bool:
         """True when this Ready does not change the persisted term or vote."""
@@ -382,5 +473,5 @@ class NodeRuntime(LeadershipMixin, MembershipMixin, SnapshotMixin):
             if track:
                 pending.applied(entry, result)
         if conf_changed:
-            self._membership_changed()
+            self.membership.changed()
         pending.applied_up_to(self.sm.applied_index)

@@ -20,7 +20,9 @@ import pytest
 from aiohttp import web
 
 from consensus import AppendEntries, AppendEntriesResponse, Entry, MemoryStorage, RequestVote
-from kvstore.api.kv import BadRequest, make_client_app, parse_key
+from kvstore.api.app import make_client_app
+from kvstore.api.common import BadRequest
+from kvstore.api.kv import parse_key
 from kvstore.api.peer import make_peer_app
 from kvstore.config import ClusterConfig, NodeConfig, Tuning
 from kvstore.peers.transport import Transport, coalesce
@@ -246,7 +248,7 @@ class _LocalCluster:
         disk = self.disks.setdefault(node_id, MemoryStorage())  # survives a restart
         runtime = NodeRuntime(self.config, node_id, disk)
         if self.snapshot_every is not None:
-            runtime.snapshot_every = self.snapshot_every
+            runtime.snapshots.snapshot_every = self.snapshot_every
         runners = []
         for app, port in (
             (make_client_app(runtime, 1 << 21), me.client_port),
