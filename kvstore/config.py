@@ -95,7 +95,19 @@ class ClusterConfig:
 
 
 def load_cluster_config(path: str | Path) -> ClusterConfig:
+    """The whole file, as a node needs it: every key checked, every error naming it."""
     path = Path(path)
+    return _Parser(path).cluster(_read_toml(path))
+
+
+def load_client_urls(path: str | Path) -> list[str]:
+    """The `[[nodes]] client_url` entries, as a client needs them. The same reader and
+    checks as `load_cluster_config`, but a client machine's file may hold only these."""
+    path = Path(path)
+    return _Parser(path).client_urls(_read_toml(path))
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_bytes().decode("utf-8")
     except OSError as exc:
@@ -103,10 +115,9 @@ def load_cluster_config(path: str | Path) -> ClusterConfig:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
     try:
-        doc = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    return _Parser(path).cluster(doc)
 
 
 def parse_url(url: str) -> tuple[str, int]:
@@ -228,7 +239,16 @@ class _Parser:
         tuning = self.tuning(doc.get("tuning", {}))
         return ClusterConfig(name, data_dir, nodes, tuning, self.path)
 
-    def nodes(self, raw: object, data_dir: Path) -> tuple[NodeConfig, ...]:
+    def client_urls(self, doc: dict[str, Any]) -> list[str]:
+        urls = []
+        for i, table in enumerate(self.node_tables(doc.get("nodes"))):
+            where = f"nodes[{i}]"
+            url = self.string(self.required(table, "client_url", where), f"{where}.client_url")
+            self.url(url.rstrip("/"), f"{where}.client_url")  # a client forgives a final /
+            urls.append(url)
+        return urls
+
+    def node_tables(self, raw: object) -> list[dict[str, Any]]:
         if raw is None:
             raise self.fail("nodes", "at least one [[nodes]] entry is required")
         if not isinstance(raw, list):
@@ -237,13 +257,17 @@ class _Parser:
             )
         if not raw:
             raise self.fail("nodes", "at least one [[nodes]] entry is required")
+        for i, table in enumerate(raw):
+            if not isinstance(table, dict):
+                raise self.fail(f"nodes[{i}]", f"expected a table, got {_toml_type(table)}")
+        return raw
+
+    def nodes(self, raw: object, data_dir: Path) -> tuple[NodeConfig, ...]:
         nodes: list[NodeConfig] = []
         ids: dict[str, str] = {}
         addresses: dict[tuple[str, int], str] = {}
-        for i, table in enumerate(raw):
+        for i, table in enumerate(self.node_tables(raw)):
             where = f"nodes[{i}]"
-            if not isinstance(table, dict):
-                raise self.fail(where, f"expected a table, got {_toml_type(table)}")
             self.keys(table, {"id", "client_url", "peer_url", "join"}, where)
             join = table.get("join", False)
             if type(join) is not bool:

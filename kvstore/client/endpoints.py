@@ -1,21 +1,21 @@
 """Where the cluster is: endpoint lists from an argument, KV_ENDPOINTS or cluster.toml.
 
 The order (argument, then the environment, then the file) is the contract's, so
-the library and the `kv` commands find the same cluster. cluster.toml is read
-with tomllib directly so that the client does not depend on the server's config
-module (a client machine needs only the `[[nodes]] client_url` entries).
+the library and the `kv` commands find the same cluster. cluster.toml is read by
+kvstore.config, the same reader the server uses (standard library only), so a file
+means the same thing to a client as to the nodes it describes.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from kvstore.client.errors import EndpointConfigError
+from kvstore.config import ConfigError, load_client_urls
 
 ENV_VAR = "KV_ENDPOINTS"
 DEFAULT_CONFIG = Path("cluster.toml")
@@ -43,26 +43,11 @@ def split_endpoints(value: str | Sequence[str]) -> list[str]:
 
 
 def endpoints_from_config(path: str | os.PathLike[str]) -> list[str]:
-    """Read the client URLs of every `[[nodes]]` entry of a cluster.toml."""
-    config_path = Path(path)
+    """The client URLs of every `[[nodes]]` entry of a cluster.toml."""
     try:
-        data = tomllib.loads(config_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EndpointConfigError(f"cluster config not found: {config_path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EndpointConfigError(f"cannot read cluster config {config_path}: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise EndpointConfigError(f"{config_path}: invalid TOML: {exc}") from None
-    nodes = data.get("nodes")
-    if not isinstance(nodes, list) or not nodes:
-        raise EndpointConfigError(f"{config_path}: no [[nodes]] entries")
-    urls: list[str] = []
-    for index, node in enumerate(nodes):
-        url = node.get("client_url") if isinstance(node, dict) else None
-        if not isinstance(url, str):
-            raise EndpointConfigError(f"{config_path}: nodes[{index}].client_url is missing")
-        urls.append(url)
-    return split_endpoints(urls)
+        return split_endpoints(load_client_urls(path))
+    except ConfigError as exc:
+        raise EndpointConfigError(str(exc)) from None
 
 
 def resolve_endpoints(
