@@ -1,0 +1,369 @@
+"""Wire and disk encoding of messages, entries and hard state (msgpack).
+
+Every value is a msgpack array of positional fields; a message starts with a small
+integer tag naming its type. Field names never travel, so a heartbeat is a dozen
+bytes. Entries inside an AppendEntries travel as three columns (terms, types, data)
+without their indices, which follow from `prev_log_index`: that keeps the hot path
+to a few list comprehensions and one `packb` call.
+
+Decoding is the trust boundary (bytes from a peer or from disk), so it checks every
+field's type and count and turns any failure into `CodecError`. Encoding trusts the
+core's typed dataclasses and checks only what the compact layout relies on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from typing import Any
+
+import msgpack
+
+from consensus.errors import ConsensusError
+from consensus.messages import (
+    AppendEntries,
+    AppendEntriesResponse,
+    InstallSnapshot,
+    Message,
+    RequestVote,
+    RequestVoteResponse,
+    TimeoutNow,
+)
+from consensus.types import Entry, EntryType, HardState, Membership, SnapshotMeta
+
+__all__ = [
+    "CodecError",
+    "decode_entry",
+    "decode_hard_state",
+    "decode_messages",
+    "decode_snapshot_meta",
+    "encode_entry",
+    "encode_hard_state",
+    "encode_messages",
+    "encode_snapshot_meta",
+]
+
+
+class CodecError(ConsensusError):
+    """Bytes that do not decode to a well-formed value, or a value that cannot be encoded."""
+
+
+# Tags are part of the wire format: never renumber, only append.
+_TAG_REQUEST_VOTE = 0
+_TAG_REQUEST_VOTE_RESPONSE = 1
+_TAG_APPEND_ENTRIES = 2
+_TAG_APPEND_ENTRIES_RESPONSE = 3
+_TAG_TIMEOUT_NOW = 4
+_TAG_INSTALL_SNAPSHOT = 5
+
+_ENTRY_TYPES: dict[int, EntryType] = {int(t): t for t in EntryType}
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _encode_request_vote(m: RequestVote) -> list[Any]:
+    return [
+        _TAG_REQUEST_VOTE,
+        m.term,
+        m.sender,
+        m.recipient,
+        m.last_log_index,
+        m.last_log_term,
+        m.pre_vote,
+        m.transfer,
+    ]
+
+
+def _encode_request_vote_response(m: RequestVoteResponse) -> list[Any]:
+    return [_TAG_REQUEST_VOTE_RESPONSE, m.term, m.sender, m.recipient, m.granted, m.pre_vote]
+
+
+def _encode_append_entries(m: AppendEntries) -> list[Any]:
+    entries = m.entries
+    if entries:
+        _check_contiguous(entries, m.prev_log_index + 1)
+    return [
+        _TAG_APPEND_ENTRIES,
+        m.term,
+        m.sender,
+        m.recipient,
+        m.prev_log_index,
+        m.prev_log_term,
+        m.leader_commit,
+        m.read_seq,
+        [e.term for e in entries],
+        [e.type for e in entries],
+        [e.data for e in entries],
+    ]
+
+
+def _check_contiguous(entries: Sequence[Entry], first: int) -> None:
+    """Indices are left off the wire, so they must be exactly first, first + 1, ..."""
+    for offset, entry in enumerate(entries):
+        if entry.index != first + offset:
+            raise CodecError(
+                f"AppendEntries entry {offset} has index {entry.index}, expected "
+                f"{first + offset} (entries must follow prev_log_index without gaps)"
+            )
+
+
+def _encode_append_entries_response(m: AppendEntriesResponse) -> list[Any]:
+    return [
+        _TAG_APPEND_ENTRIES_RESPONSE,
+        m.term,
+        m.sender,
+        m.recipient,
+        m.success,
+        m.match_index,
+        m.conflict_term,
+        m.conflict_index,
+        m.read_seq,
+    ]
+
+
+def _encode_timeout_now(m: TimeoutNow) -> list[Any]:
+    return [_TAG_TIMEOUT_NOW, m.term, m.sender, m.recipient]
+
+
+def _snapshot_fields(meta: SnapshotMeta) -> list[Any]:
+    membership = meta.membership
+    return [meta.index, meta.term, list(membership.voters), list(membership.learners)]
+
+
+def _encode_install_snapshot(m: InstallSnapshot) -> list[Any]:
+    return [_TAG_INSTALL_SNAPSHOT, m.term, m.sender, m.recipient, *_snapshot_fields(m.snapshot)]
+
+
+_ENCODERS: dict[type, Callable[[Any], list[Any]]] = {
+    RequestVote: _encode_request_vote,
+    RequestVoteResponse: _encode_request_vote_response,
+    AppendEntries: _encode_append_entries,
+    AppendEntriesResponse: _encode_append_entries_response,
+    TimeoutNow: _encode_timeout_now,
+    InstallSnapshot: _encode_install_snapshot,
+}
+
+
+def _pack(value: Any, what: str) -> bytes:
+    # A fresh packer per call (not a shared Packer): the storage thread and the event
+    # loop encode concurrently, and a shared one costs the same anyway.
+    try:
+        return msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CodecError(f"cannot encode {what}: {exc}") from exc
+
+
+def encode_messages(msgs: Sequence[Message]) -> bytes:
+    """Encode a batch of messages as one msgpack array, so a sender pays one call per flush."""
+    encoded = []
+    for m in msgs:
+        encoder = _ENCODERS.get(type(m))
+        if encoder is None:
+            raise CodecError(f"cannot encode {type(m).__name__}: not a consensus message")
+        encoded.append(encoder(m))
+    return _pack(encoded, "messages")
+
+
+def encode_entry(e: Entry) -> bytes:
+    """Encode one entry with its index, since on disk it stands alone."""
+    return _pack([e.term, e.index, e.type, e.data], "entry")
+
+
+def encode_hard_state(hs: HardState) -> bytes:
+    return _pack([hs.term, hs.vote, hs.commit], "hard state")
+
+
+def encode_snapshot_meta(meta: SnapshotMeta) -> bytes:
+    return _pack(_snapshot_fields(meta), "snapshot metadata")
+
+
+# --------------------------------------------------------------------------- decoding
+
+# A field kind is the exact Python type msgpack yields for it (so a bool never passes
+# for an int); `None` in a kind tuple means the field may also be nil.
+_Kind = tuple[type, ...]
+_UINT: _Kind = (int,)
+_STR: _Kind = (str,)
+_BOOL: _Kind = (bool,)
+_OPT_STR: _Kind = (str, type(None))
+
+
+def _unpack(data: bytes, what: str) -> Any:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise CodecError(f"cannot decode {what} from {type(data).__name__}, expected bytes")
+    try:
+        return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+    except Exception as exc:  # msgpack reports garbage with several unrelated types
+        raise CodecError(f"cannot decode {what}: {type(exc).__name__}: {exc}") from exc
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_fields(what: str, names: Sequence[str], kinds: Sequence[_Kind], values: Any) -> None:
+    """Reject anything but a list of exactly the expected field kinds."""
+    if type(values) is not list:
+        raise CodecError(f"{what} must be an array, got {type(values).__name__}")
+    if len(values) != len(kinds):
+        raise CodecError(f"{what} must have {len(kinds)} fields, got {len(values)}")
+    for name, kind, value in zip(names, kinds, values, strict=True):
+        if type(value) not in kind:
+            raise CodecError(
+                f"{what} field {name!r} must be {' or '.join(k.__name__ for k in kind)}, "
+                f"got {type(value).__name__} {_describe(value)}"
+            )
+        if kind is _UINT and value < 0:
+            raise CodecError(f"{what} field {name!r} must not be negative, got {value}")
+
+
+class _Layout:
+    """How one message type lies on the wire: its field names and kinds after the tag."""
+
+    __slots__ = ("build", "kinds", "name", "names")
+
+    def __init__(self, cls: type, kinds: Sequence[_Kind], build: Callable[[list[Any]], Any]):
+        self.name = cls.__name__
+        self.kinds = tuple(kinds)
+        self.build = build
+        names = [f.name for f in fields(cls)]
+        if cls is AppendEntries:  # entries travel as three columns at the end
+            names.remove("entries")
+            names += ["entry terms", "entry types", "entry data"]
+        if cls is InstallSnapshot:  # the metadata travels flattened
+            names.remove("snapshot")
+            names += list(_SNAPSHOT_NAMES)
+        self.names = tuple(names)
+        assert len(self.names) == len(self.kinds), cls
+
+
+def _build_append_entries(v: list[Any]) -> AppendEntries:
+    term, sender, recipient, prev_index, prev_term, commit, read_seq, terms, types, datas = v
+    entries = _decode_entry_columns(prev_index + 1, terms, types, datas)
+    return AppendEntries(term, sender, recipient, prev_index, prev_term, entries, commit, read_seq)
+
+
+def _decode_entry_columns(
+    first: int, terms: list[Any], types: list[Any], datas: list[Any]
+) -> tuple[Entry, ...]:
+    """Rebuild entries from the three columns; the hot loop of a follower."""
+    count = len(terms)
+    if len(types) != count or len(datas) != count:
+        raise CodecError(
+            f"AppendEntries entry columns differ in length: {count} terms, "
+            f"{len(types)} types, {len(datas)} data"
+        )
+    entry_types = _ENTRY_TYPES
+    entries = []
+    append = entries.append
+    index = first
+    for term, kind, data in zip(terms, types, datas, strict=True):
+        if type(term) is not int or term < 0:
+            raise CodecError(f"AppendEntries entry {index}: bad term {_describe(term)}")
+        if type(data) is not bytes:
+            raise CodecError(
+                f"AppendEntries entry {index}: data must be bytes, got {_describe(data)}"
+            )
+        entry_type = entry_types.get(kind) if type(kind) is int else None
+        if entry_type is None:
+            raise CodecError(f"AppendEntries entry {index}: unknown entry type {_describe(kind)}")
+        append(Entry(term, index, data, entry_type))
+        index += 1
+    return tuple(entries)
+
+
+_COLUMN: _Kind = (list,)
+_SNAPSHOT_NAMES = ("snapshot index", "snapshot term", "voters", "learners")
+_SNAPSHOT_KINDS = (_UINT, _UINT, _COLUMN, _COLUMN)
+
+
+def _build_snapshot_meta(v: list[Any]) -> SnapshotMeta:
+    index, term, voters, learners = v
+    for name, ids in (("voters", voters), ("learners", learners)):
+        if any(type(node_id) is not str for node_id in ids):
+            raise CodecError(f"snapshot {name} must be node id strings, got {_describe(ids)}")
+    return SnapshotMeta(index, term, Membership(tuple(voters), tuple(learners)))
+
+
+def _build_install_snapshot(v: list[Any]) -> InstallSnapshot:
+    term, sender, recipient, *meta = v
+    return InstallSnapshot(term, sender, recipient, _build_snapshot_meta(meta))
+
+
+_LAYOUTS: dict[int, _Layout] = {
+    _TAG_REQUEST_VOTE: _Layout(
+        RequestVote, [_UINT, _STR, _STR, _UINT, _UINT, _BOOL, _BOOL], lambda v: RequestVote(*v)
+    ),
+    _TAG_REQUEST_VOTE_RESPONSE: _Layout(
+        RequestVoteResponse, [_UINT, _STR, _STR, _BOOL, _BOOL], lambda v: RequestVoteResponse(*v)
+    ),
+    _TAG_APPEND_ENTRIES: _Layout(
+        AppendEntries,
+        [_UINT, _STR, _STR, _UINT, _UINT, _UINT, _UINT, _COLUMN, _COLUMN, _COLUMN],
+        _build_append_entries,
+    ),
+    _TAG_APPEND_ENTRIES_RESPONSE: _Layout(
+        AppendEntriesResponse,
+        [_UINT, _STR, _STR, _BOOL, _UINT, _UINT, _UINT, _UINT],
+        lambda v: AppendEntriesResponse(*v),
+    ),
+    _TAG_TIMEOUT_NOW: _Layout(TimeoutNow, [_UINT, _STR, _STR], lambda v: TimeoutNow(*v)),
+    _TAG_INSTALL_SNAPSHOT: _Layout(
+        InstallSnapshot, [_UINT, _STR, _STR, *_SNAPSHOT_KINDS], _build_install_snapshot
+    ),
+}
+
+
+def _decode_message(position: int, raw: Any) -> Message:
+    if type(raw) is not list or not raw:
+        raise CodecError(f"message {position} must be a non-empty array, got {_describe(raw)}")
+    tag = raw[0]
+    layout = _LAYOUTS.get(tag) if type(tag) is int else None
+    if layout is None:
+        raise CodecError(f"message {position} has unknown type tag {_describe(tag)}")
+    values = raw[1:]
+    _check_fields(f"message {position} ({layout.name})", layout.names, layout.kinds, values)
+    return layout.build(values)
+
+
+def decode_messages(data: bytes) -> list[Message]:
+    """Decode what `encode_messages` produced; anything else raises CodecError."""
+    raw = _unpack(data, "messages")
+    if type(raw) is not list:
+        raise CodecError(f"messages must be an array, got {type(raw).__name__}")
+    return [_decode_message(position, item) for position, item in enumerate(raw)]
+
+
+_ENTRY_NAMES = ("term", "index", "type", "data")
+_ENTRY_KINDS = (_UINT, _UINT, _UINT, (bytes,))
+
+
+def decode_entry(b: bytes) -> Entry:
+    """Decode what `encode_entry` produced; anything else raises CodecError."""
+    raw = _unpack(b, "entry")
+    _check_fields("entry", _ENTRY_NAMES, _ENTRY_KINDS, raw)
+    term, index, kind, data = raw
+    entry_type = _ENTRY_TYPES.get(kind)
+    if entry_type is None:
+        raise CodecError(f"entry {index} has unknown entry type {kind}")
+    return Entry(term, index, data, entry_type)
+
+
+_HARD_STATE_NAMES = ("term", "vote", "commit")
+_HARD_STATE_KINDS = (_UINT, _OPT_STR, _UINT)
+
+
+def decode_hard_state(b: bytes) -> HardState:
+    """Decode what `encode_hard_state` produced; anything else raises CodecError."""
+    raw = _unpack(b, "hard state")
+    _check_fields("hard state", _HARD_STATE_NAMES, _HARD_STATE_KINDS, raw)
+    return HardState(*raw)
+
+
+def decode_snapshot_meta(b: bytes) -> SnapshotMeta:
+    """Decode what `encode_snapshot_meta` produced; anything else raises CodecError."""
+    raw = _unpack(b, "snapshot metadata")
+    _check_fields("snapshot metadata", _SNAPSHOT_NAMES, _SNAPSHOT_KINDS, raw)
+    return _build_snapshot_meta(raw)

@@ -1,0 +1,199 @@
+"""The Raft log as the core sees it: stable entries in storage plus an unstable tail.
+
+The unstable tail holds entries appended in memory that the driver has not yet
+confirmed durable (via `advance`). Keeping the two apart is what lets the core
+hand out exactly the entries that must be persisted next, while reading older
+entries through the storage protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from consensus.errors import CompactedError
+from consensus.storage import Storage, limit_size
+from consensus.types import Entry, SnapshotMeta
+
+
+class RaftLog:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.pending_snapshot: SnapshotMeta | None = None
+        """A snapshot from the leader that the driver has yet to install."""
+        self._unstable: list[Entry] = []
+        self._unstable_offset = storage.last_index() + 1
+        self.committed = storage.initial_state().commit
+        first = storage.first_index()
+        self.applied = first - 1
+        self._applying = self.applied
+        if self.committed < self.applied:
+            self.committed = self.applied
+
+    # --- reading -----------------------------------------------------------------
+
+    def first_index(self) -> int:
+        if self.pending_snapshot is not None:
+            return self.pending_snapshot.index + 1
+        return self.storage.first_index()
+
+    def last_index(self) -> int:
+        if self._unstable:
+            return self._unstable[-1].index
+        return self._unstable_offset - 1
+
+    def last_term(self) -> int:
+        return self.term(self.last_index())
+
+    def term(self, index: int) -> int:
+        """Term of `index`, or 0 when the index is past the end of the log. Raises
+        CompactedError for an index inside the snapshot (its own index is fine)."""
+        if index == 0:
+            return 0  # the empty prefix every log starts from, compacted or not
+        if index >= self._unstable_offset:
+            position = index - self._unstable_offset
+            return self._unstable[position].term if position < len(self._unstable) else 0
+        if self.pending_snapshot is not None:
+            if index == self.pending_snapshot.index:
+                return self.pending_snapshot.term
+            raise CompactedError(f"index {index} is inside the snapshot being installed")
+        if index > self.storage.last_index():
+            return 0
+        return self.storage.term(index)
+
+    def match_term(self, index: int, term: int) -> bool:
+        return index <= self.last_index() and self.term(index) == term
+
+    def entries(self, lo: int, max_bytes: int | None = None) -> list[Entry]:
+        """Entries from `lo` to the end of the log, at most `max_bytes` (but at least one)."""
+        return self.slice(lo, self.last_index() + 1, max_bytes)
+
+    def slice(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
+        """Entries in [lo, hi), reading storage for the stable part and memory for the rest."""
+        if lo >= hi:
+            return []
+        if lo < self.first_index():
+            raise CompactedError(f"index {lo} is compacted (first index {self.first_index()})")
+        result: list[Entry] = []
+        if lo < self._unstable_offset:
+            result = self.storage.entries(lo, min(hi, self._unstable_offset), max_bytes)
+            if len(result) < min(hi, self._unstable_offset) - lo:
+                return result  # the byte limit cut the stable part already
+        if hi > self._unstable_offset:
+            start = max(lo, self._unstable_offset) - self._unstable_offset
+            result = result + self._unstable[start : hi - self._unstable_offset]
+        return limit_size(result, max_bytes)
+
+    def is_up_to_date(self, last_index: int, last_term: int) -> bool:
+        """The election restriction (§5.4.1): is a log ending at (last_index, last_term)
+        at least as up to date as ours?"""
+        our_term = self.last_term()
+        return last_term > our_term or (last_term == our_term and last_index >= self.last_index())
+
+    def first_index_of_term(self, index: int) -> int:
+        """First index of the run of entries sharing the term of `index`, never going
+        below the commit index + 1 (committed entries are never in conflict)."""
+        term = self.term(index)
+        floor = max(self.committed + 1, self.first_index())
+        while index > floor and self.term(index - 1) == term:
+            index -= 1
+        return index
+
+    def last_index_of_term(self, term: int, at_most: int) -> int | None:
+        """Last index <= at_most whose entry has `term`, if the log has any."""
+        index = min(at_most, self.last_index())
+        floor = self.first_index()
+        while index >= floor:
+            entry_term = self.term(index)
+            if entry_term == term:
+                return index
+            if entry_term < term:
+                return None
+            index -= 1
+        return None
+
+    # --- writing -----------------------------------------------------------------
+
+    def append(self, entries: Sequence[Entry]) -> None:
+        """Append entries that follow or overwrite the tail; never touches committed entries."""
+        if not entries:
+            return
+        first = entries[0].index
+        if first <= self.committed:
+            raise AssertionError(f"append at {first} would overwrite committed {self.committed}")
+        if first > self.last_index() + 1:
+            raise AssertionError(f"append at {first} leaves a gap after {self.last_index()}")
+        if first >= self._unstable_offset:
+            del self._unstable[first - self._unstable_offset :]
+        else:
+            # Overwriting stable entries: the new tail starts here and will replace them on disk.
+            self._unstable = []
+            self._unstable_offset = first
+        self._unstable.extend(entries)
+
+    def append_checked(self, entries: Sequence[Entry]) -> None:
+        """Receiver rule 3 and 4 of AppendEntries: skip entries we already hold, truncate
+        at the first conflicting one and append the rest. A shorter, older message
+        therefore never truncates a longer matching log."""
+        for position, entry in enumerate(entries):
+            if entry.index > self.last_index() or self.term(entry.index) != entry.term:
+                self.append(entries[position:])
+                return
+
+    def restore(self, snapshot: SnapshotMeta) -> None:
+        """Replace the whole log by a snapshot from the leader; the driver installs it
+        with the next Ready, and entries after it arrive by AppendEntries."""
+        self.pending_snapshot = snapshot
+        self._unstable = []
+        self._unstable_offset = snapshot.index + 1
+        self.committed = snapshot.index
+        self._applying = snapshot.index
+
+    def snapshot_installed(self, snapshot: SnapshotMeta) -> None:
+        if self.pending_snapshot == snapshot:
+            self.pending_snapshot = None
+        self.applied = max(self.applied, snapshot.index)
+        self._applying = max(self._applying, snapshot.index)
+
+    def commit_to(self, index: int) -> bool:
+        index = min(index, self.last_index())
+        if index > self.committed:
+            self.committed = index
+            return True
+        return False
+
+    # --- the Ready hand-off -------------------------------------------------------
+
+    def unstable_entries(self) -> list[Entry]:
+        return list(self._unstable)
+
+    def last_stable_index(self) -> int:
+        """The last index the driver has confirmed durable."""
+        return self._unstable_offset - 1
+
+    def has_unstable(self) -> bool:
+        return bool(self._unstable)
+
+    def stable_to(self, index: int, term: int) -> None:
+        """The driver made entries up to `index` durable. Ignored when the tail changed
+        meanwhile (the entry at `index` is no longer the one that was persisted)."""
+        if index < self._unstable_offset or self.term(index) != term:
+            return
+        del self._unstable[: index - self._unstable_offset + 1]
+        self._unstable_offset = index + 1
+
+    def committed_not_handed_out(self) -> list[Entry]:
+        """Committed entries the driver has not been given yet."""
+        return self.slice(self._applying + 1, self.committed + 1)
+
+    def has_next_committed(self) -> bool:
+        return self.committed > self._applying
+
+    def next_committed(self, max_bytes: int | None) -> list[Entry]:
+        entries = self.slice(self._applying + 1, self.committed + 1, max_bytes)
+        if entries:
+            self._applying = entries[-1].index
+        return entries
+
+    def applied_to(self, index: int) -> None:
+        self.applied = max(self.applied, index)
+        self._applying = max(self._applying, index)

@@ -1,0 +1,98 @@
+"""Messages between Raft nodes, one frozen dataclass per message of the Raft paper.
+
+Every message carries the sender's term, its sender and its recipient; the core
+applies the common term rules once, before dispatching on the message type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from consensus.types import Entry, NodeId, SnapshotMeta
+
+
+@dataclass(frozen=True, slots=True)
+class RequestVote:
+    """Asks for a vote. With `pre_vote` it only asks whether a vote *would* be granted
+    (PreVote, dissertation §9.6), and `term` is the term the sender would campaign in.
+    `transfer` marks a campaign started by TimeoutNow, which bypasses the leader lease."""
+
+    term: int
+    sender: NodeId
+    recipient: NodeId
+    last_log_index: int
+    last_log_term: int
+    pre_vote: bool = False
+    transfer: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RequestVoteResponse:
+    term: int
+    sender: NodeId
+    recipient: NodeId
+    granted: bool
+    pre_vote: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEntries:
+    """Replicates entries; with no entries it is a heartbeat. `read_seq` numbers the
+    leader's heartbeat rounds so that a quorum of echoes confirms pending ReadIndex reads."""
+
+    term: int
+    sender: NodeId
+    recipient: NodeId
+    prev_log_index: int
+    prev_log_term: int
+    entries: tuple[Entry, ...]
+    leader_commit: int
+    read_seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEntriesResponse:
+    """On success `match_index` is the last index known to match the leader's log.
+    On rejection the follower names the term of its conflicting entry and the first
+    index it holds of that term (or its log length), so the leader skips a whole term."""
+
+    term: int
+    sender: NodeId
+    recipient: NodeId
+    success: bool
+    match_index: int = 0
+    conflict_term: int = 0
+    conflict_index: int = 0
+    read_seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutNow:
+    """Tells the transfer target to campaign at once (leadership transfer, §3.10)."""
+
+    term: int
+    sender: NodeId
+    recipient: NodeId
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSnapshot:
+    """Replaces a follower's log prefix with a snapshot (§5 of the dissertation, ch. 5).
+    The core carries only the metadata; the driver streams the state itself in chunks
+    and steps this message once the follower holds all of it. The follower answers
+    with an AppendEntriesResponse whose match_index is the snapshot's index."""
+
+    term: int
+    sender: NodeId
+    recipient: NodeId
+    snapshot: SnapshotMeta
+
+
+Message = (
+    RequestVote
+    | RequestVoteResponse
+    | AppendEntries
+    | AppendEntriesResponse
+    | TimeoutNow
+    | InstallSnapshot
+)

@@ -1,0 +1,567 @@
+"""RaftNode: the Raft protocol as a pure state machine.
+
+Inputs are `tick`, `step`, `propose`, `read_index` and `transfer_leadership`;
+output is a `Ready` the driver persists, sends and applies before `advance`.
+Term rules common to every role are applied once in `step`, then the message is
+dispatched to the handler of the current role (as etcd-io/raft does). Elections,
+the follower's side and membership live here; the leader's side in consensus.leader.
+"""
+
+from __future__ import annotations
+
+from consensus import quorum
+from consensus.config import Config
+from consensus.errors import NotLeader, ProposalDropped
+from consensus.leader import LeaderMixin
+from consensus.log import RaftLog
+from consensus.membership import (
+    ConfChange,
+    ConfChangeType,
+    InvalidConfChange,
+    apply_change,
+    bootstrap_change,
+    decode_conf_change,
+    encode_conf_change,
+    validate,
+)
+from consensus.messages import (
+    AppendEntries,
+    AppendEntriesResponse,
+    InstallSnapshot,
+    Message,
+    RequestVote,
+    RequestVoteResponse,
+    TimeoutNow,
+)
+from consensus.progress import Progress
+from consensus.read_index import ReadIndexQueue
+from consensus.ready import Ready, Status
+from consensus.storage import Storage
+from consensus.types import (
+    Entry,
+    EntryType,
+    HardState,
+    Membership,
+    NodeId,
+    RandomSource,
+    ReadState,
+    Role,
+    SnapshotMeta,
+)
+
+
+class RaftNode(LeaderMixin):
+    def __init__(self, config: Config, storage: Storage, rng: RandomSource) -> None:
+        self.config = config
+        self.id: NodeId = config.node_id
+        self._rng = rng
+        self.log = RaftLog(storage)
+        snapshot = storage.snapshot_meta()
+        self.membership = snapshot.membership if snapshot else Membership(config.voters)
+        self._conf_index = snapshot.index if snapshot else 0
+        self._pending_conf_index = 0
+        hard_state = storage.initial_state()
+        self.term = hard_state.term
+        self.vote: NodeId | None = hard_state.vote
+        self._prev_hard_state = hard_state
+        self.role = Role.FOLLOWER
+        self.leader_id: NodeId | None = None
+        self._election_elapsed = 0
+        self._heartbeat_elapsed = 0
+        self._randomized_timeout = config.election_tick
+        self._votes: dict[NodeId, bool] = {}
+        self._progress: dict[NodeId, Progress] = {}
+        self._transferee: NodeId | None = None
+        self._reads = ReadIndexQueue()
+        self._replication_pending = False
+        self._msgs: list[Message] = []
+        self._read_states: list[ReadState] = []
+        self._become_follower(self.term, None)
+        if self._is_pristine(storage) and config.voters:
+            self._bootstrap(config.voters)
+        self._apply_conf_changes(self.log.slice(self.log.first_index(), self.log.committed + 1))
+
+    # --- public API ----------------------------------------------------------------
+
+    @property
+    def voters(self) -> tuple[NodeId, ...]:
+        return self.membership.voters
+
+    @property
+    def promotable(self) -> bool:
+        """Only voters campaign; learners, joining and removed nodes never do."""
+        return self.id in self.membership.voters
+
+    @property
+    def commit_index(self) -> int:
+        return self.log.committed
+
+    @property
+    def applied_index(self) -> int:
+        return self.log.applied
+
+    def status(self) -> Status:
+        return Status(
+            id=self.id,
+            role=self.role,
+            term=self.term,
+            leader=self.leader_id,
+            commit_index=self.log.committed,
+            applied_index=self.log.applied,
+            last_index=self.log.last_index(),
+            voters=self.membership.voters,
+            learners=self.membership.learners,
+            first_index=self.log.first_index(),
+        )
+
+    def snapshot_meta(self) -> SnapshotMeta:
+        """Metadata for a snapshot of the state applied so far, for the driver's
+        compaction; valid right after `advance`, when membership matches `applied`."""
+        applied = self.log.applied
+        return SnapshotMeta(applied, self.log.term(applied), self.membership)
+
+    def tick(self) -> None:
+        if self.role is Role.LEADER:
+            self._tick_leader()
+        else:
+            self._tick_election()
+
+    def propose(self, data: bytes) -> Entry:
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        if self._transferee is not None:
+            raise ProposalDropped(f"leadership is being transferred to {self._transferee}")
+        uncommitted = self.log.last_index() - self.log.committed
+        if uncommitted >= self.config.max_uncommitted_entries:
+            raise ProposalDropped(
+                f"{uncommitted} entries await commitment; followers are not keeping up"
+            )
+        entry = Entry(self.term, self.log.last_index() + 1, data)
+        self._append_as_leader(entry)
+        return entry
+
+    def propose_conf_change(self, change: ConfChange) -> Entry:
+        """Append a membership change. One at a time, and only once the leader has
+        committed an entry of its own term; the leader cannot remove itself (transfer
+        leadership first)."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        if self._transferee is not None:
+            raise ProposalDropped(f"leadership is being transferred to {self._transferee}")
+        if not self._committed_in_term():
+            raise ProposalDropped("the leader has not committed an entry of its term yet")
+        if self._pending_conf_index > self.log.applied:
+            raise ProposalDropped("another membership change is still in progress")
+        if change.type is ConfChangeType.REMOVE and change.node_id == self.id:
+            raise InvalidConfChange("the leader cannot remove itself; transfer leadership first")
+        validate(self.membership, change)
+        entry = Entry(
+            self.term, self.log.last_index() + 1, encode_conf_change(change), EntryType.CONF_CHANGE
+        )
+        self._pending_conf_index = entry.index
+        self._append_as_leader(entry)
+        return entry
+
+    def read_index(self, request_id: bytes) -> None:
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        self._reads.request(request_id, self.log.committed, self._committed_in_term())
+
+    def transfer_leadership(self, to: NodeId) -> None:
+        """Hand leadership to `to` (§3.10): catch it up, then tell it to campaign now."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        if to == self.id or to not in self.membership.voters or self._transferee == to:
+            return
+        self._transferee = to
+        self._election_elapsed = 0  # the transfer is abandoned after one election timeout
+        if self._progress[to].match == self.log.last_index():
+            self._send(TimeoutNow(self.term, self.id, to))
+        else:
+            self._send_append(to)
+
+    def step(self, msg: Message) -> None:
+        if msg.recipient != self.id or msg.sender == self.id:
+            return
+        if isinstance(msg, RequestVote) and not self._may_vote_for(msg.sender):
+            return
+        if msg.term > self.term:
+            if not self._accept_higher_term(msg):
+                return
+        elif msg.term < self.term:
+            self._answer_stale(msg)
+            return
+        if isinstance(msg, RequestVote):
+            self._handle_vote_request(msg)
+        elif self.role is Role.LEADER:
+            self._step_leader(msg)
+        elif self.role is Role.FOLLOWER:
+            self._step_follower(msg)
+        else:
+            self._step_campaigner(msg)
+
+    def has_ready(self) -> bool:
+        return bool(
+            self._msgs
+            or self._read_states
+            or self.log.has_unstable()
+            or self.log.has_next_committed()
+            or self._reads.has_unsent()
+            or self._replication_pending
+            or self.log.pending_snapshot is not None
+            or self.term != self._prev_hard_state.term
+            or self.vote != self._prev_hard_state.vote
+        )
+
+    def ready(self) -> Ready:
+        if self.role is Role.LEADER:
+            if self._replication_pending:
+                self._replicate_pending()
+            if self._reads.has_unsent():
+                self._start_read_round()
+        entries = tuple(self.log.unstable_entries())
+        snapshot = self.log.pending_snapshot
+        committed = tuple(self.log.next_committed(self.config.max_batch_bytes))
+        # A restart must not start from an older membership than the one in effect, so
+        # the commit index is saved whenever it covers a membership change.
+        conf_changed = self._apply_conf_changes(committed)
+        ready = Ready(
+            hard_state=self._hard_state_to_save(
+                bool(entries) or snapshot is not None or conf_changed
+            ),
+            entries=entries,
+            messages=tuple(self._msgs),
+            committed=committed,
+            read_states=tuple(self._read_states),
+            snapshot=snapshot,
+        )
+        self._msgs = []
+        self._read_states = []
+        return ready
+
+    def advance(self, ready: Ready) -> None:
+        if ready.snapshot is not None:
+            self.log.snapshot_installed(ready.snapshot)
+        if ready.hard_state is not None:
+            self._prev_hard_state = ready.hard_state
+        if ready.entries:
+            last = ready.entries[-1]
+            self.log.stable_to(last.index, last.term)
+            if self.role is Role.LEADER and self._maybe_commit():
+                self._on_commit()
+        if ready.committed:
+            self.log.applied_to(ready.committed[-1].index)
+
+    # --- start-up ------------------------------------------------------------------------
+
+    @staticmethod
+    def _is_pristine(storage: Storage) -> bool:
+        return (
+            storage.last_index() == 0
+            and storage.snapshot_meta() is None
+            and storage.initial_state().term == 0
+        )
+
+    def _bootstrap(self, voters: tuple[NodeId, ...]) -> None:
+        """Every founding node writes the same committed entry 1 (term 1) naming the
+        founding voters, as etcd does: identical entries keep Log Matching, and the
+        membership history then lives entirely in the log."""
+        data = encode_conf_change(bootstrap_change(voters))
+        self.term = 1
+        self.log.append([Entry(1, 1, data, EntryType.CONF_CHANGE)])
+        self.log.commit_to(1)
+
+    # --- role changes ----------------------------------------------------------------
+
+    def _reset(self, term: int) -> None:
+        if term != self.term:
+            self.term = term
+            self.vote = None
+        self.leader_id = None
+        self._election_elapsed = 0
+        self._heartbeat_elapsed = 0
+        self._randomized_timeout = self._rng.randrange(
+            self.config.election_tick, 2 * self.config.election_tick
+        )
+        self._votes = {}
+        self._progress = {}
+        self._transferee = None
+        self._reads.clear()
+        self._replication_pending = False
+
+    def _become_follower(self, term: int, leader: NodeId | None) -> None:
+        self._reset(term)
+        self.role = Role.FOLLOWER
+        self.leader_id = leader
+
+    def _become_pre_candidate(self) -> None:
+        """PreVote (§9.6): ask first whether an election could be won, without raising
+        the term, so a node returning from a partition cannot depose a healthy leader."""
+        self._votes = {self.id: True}
+        self._transferee = None
+        self.role = Role.PRE_CANDIDATE
+        self.leader_id = None
+
+    def _become_candidate(self) -> None:
+        self._reset(self.term + 1)
+        self.vote = self.id
+        self._votes = {self.id: True}
+        self.role = Role.CANDIDATE
+
+    def _become_leader(self) -> None:
+        self._reset(self.term)
+        self.role = Role.LEADER
+        self.leader_id = self.id
+        next_index = self.log.last_index() + 1
+        # Any change in the log but not yet in effect counts as pending (one at a time).
+        self._pending_conf_index = self.log.last_index()
+        for peer in self.membership.members():
+            progress = Progress(next_index, self.config.max_inflight)
+            progress.recent_active = True
+            self._progress[peer] = progress
+        if self.id in self._progress:
+            self._progress[self.id].become_replicate()
+        # A no-op of the new term lets the leader commit, and so learn the commit
+        # index, without waiting for a client (§8 and Figure 8).
+        self._append_as_leader(Entry(self.term, next_index, b"", EntryType.NOOP))
+
+    def _campaign(self, pre_vote: bool, transfer: bool = False) -> None:
+        if self._committed_conf_change_pending():
+            return  # our membership may be about to change (even to exclude us): apply first
+        if pre_vote:
+            self._become_pre_candidate()
+            vote_term = self.term + 1
+        else:
+            self._become_candidate()
+            vote_term = self.term
+        if quorum.vote_result(self.voters, self._votes) is True:
+            self._won_election()
+            return
+        for peer in self.membership.voters:
+            if peer != self.id:
+                self._send(
+                    RequestVote(
+                        term=vote_term,
+                        sender=self.id,
+                        recipient=peer,
+                        last_log_index=self.log.last_index(),
+                        last_log_term=self.log.last_term(),
+                        pre_vote=pre_vote,
+                        transfer=transfer,
+                    )
+                )
+
+    def _won_election(self) -> None:
+        if self.role is Role.PRE_CANDIDATE:
+            self._campaign(pre_vote=False)
+        else:
+            self._become_leader()
+
+    # --- ticks -----------------------------------------------------------------------
+
+    def _tick_election(self) -> None:
+        self._election_elapsed += 1
+        if self.promotable and self._election_elapsed >= self._randomized_timeout:
+            self._election_elapsed = 0
+            self._campaign(pre_vote=self.config.pre_vote)
+
+    # --- common term rules -------------------------------------------------------------
+
+    def _in_lease(self) -> bool:
+        """Heard from a leader within the election timeout (leader stickiness, §4.2.3)."""
+        return (
+            self.config.check_quorum
+            and self.leader_id is not None
+            and self._election_elapsed < self.config.election_tick
+        )
+
+    def _accept_higher_term(self, msg: Message) -> bool:
+        """Apply the rule 'a higher term makes us a follower', with its exceptions.
+        Returns False when the message must be ignored."""
+        if isinstance(msg, RequestVote):
+            if not msg.transfer and self._in_lease():
+                return False
+            if msg.pre_vote:
+                return True  # a pre-vote never changes our term
+        if isinstance(msg, RequestVoteResponse) and msg.pre_vote and msg.granted:
+            return True  # granted pre-votes carry the term we would campaign in
+        leader = msg.sender if isinstance(msg, (AppendEntries, TimeoutNow)) else None
+        self._become_follower(msg.term, leader)
+        return True
+
+    def _answer_stale(self, msg: Message) -> None:
+        """Tell a node with an old term about ours: a stale leader then steps down, and
+        a pre-candidate learns it cannot win. Everything else from the past is dropped."""
+        if isinstance(msg, AppendEntries):
+            self._send(AppendEntriesResponse(self.term, self.id, msg.sender, success=False))
+        elif isinstance(msg, RequestVote) and msg.pre_vote:
+            self._send(RequestVoteResponse(self.term, self.id, msg.sender, False, pre_vote=True))
+
+    # --- votes ----------------------------------------------------------------------------
+
+    def _may_vote_for(self, candidate: NodeId) -> bool:
+        """Only voters vote, and only for voters: a removed node that missed its removal
+        (or a learner) cannot win a vote, so it cannot disrupt the cluster."""
+        return self.promotable and candidate in self.membership.voters
+
+    def _handle_vote_request(self, msg: RequestVote) -> None:
+        can_vote = (
+            self.vote == msg.sender
+            or (self.vote is None and self.leader_id is None)
+            or (msg.pre_vote and msg.term > self.term)
+        )
+        if can_vote and self.log.is_up_to_date(msg.last_log_index, msg.last_log_term):
+            self._send(RequestVoteResponse(msg.term, self.id, msg.sender, True, msg.pre_vote))
+            if not msg.pre_vote:
+                self._election_elapsed = 0
+                self.vote = msg.sender
+        else:
+            self._send(RequestVoteResponse(self.term, self.id, msg.sender, False, msg.pre_vote))
+
+    def _step_campaigner(self, msg: Message) -> None:
+        """Pre-candidates and candidates count votes; a leader of their term ends the race."""
+        if isinstance(msg, (AppendEntries, InstallSnapshot)):
+            self._become_follower(self.term, msg.sender)
+            self._step_follower(msg)
+        elif isinstance(msg, RequestVoteResponse):
+            if msg.pre_vote != (self.role is Role.PRE_CANDIDATE):
+                return
+            if msg.pre_vote and msg.granted and msg.term != self.term + 1:
+                return  # granted for a pre-campaign we have since abandoned
+            self._votes.setdefault(msg.sender, msg.granted)
+            result = quorum.vote_result(self.voters, self._votes)
+            if result is True:
+                self._won_election()
+            elif result is False:
+                self._become_follower(self.term, None)
+
+    # --- follower -----------------------------------------------------------------------
+
+    def _step_follower(self, msg: Message) -> None:
+        if isinstance(msg, AppendEntries):
+            self._election_elapsed = 0
+            self.leader_id = msg.sender
+            self._handle_append(msg)
+        elif isinstance(msg, InstallSnapshot):
+            self._election_elapsed = 0
+            self.leader_id = msg.sender
+            self._handle_snapshot(msg)
+        elif isinstance(msg, TimeoutNow) and self.promotable:
+            self._campaign(pre_vote=False, transfer=True)
+
+    def _handle_snapshot(self, msg: InstallSnapshot) -> None:
+        snapshot = msg.snapshot
+        if snapshot.index <= self.log.committed:
+            match = self.log.committed
+        elif self.log.match_term(snapshot.index, snapshot.term):
+            # We hold the snapshot's last entry: keep our log, just learn the commit.
+            self.log.commit_to(snapshot.index)
+            match = snapshot.index
+        else:
+            self.log.restore(snapshot)
+            self.membership = snapshot.membership
+            self._conf_index = snapshot.index
+            match = snapshot.index
+        self._send(AppendEntriesResponse(self.term, self.id, msg.sender, True, match_index=match))
+
+    def _handle_append(self, msg: AppendEntries) -> None:
+        prev_index, prev_term, entries = msg.prev_log_index, msg.prev_log_term, msg.entries
+        committed = self.log.committed
+        if prev_index < committed:
+            # Our committed prefix matches every current leader's log: skip the part of
+            # the message it covers (a delayed or duplicated message) and keep the rest.
+            if prev_index + len(entries) <= committed:
+                self._reply_append(msg, True, match_index=committed)
+                return
+            entries = entries[committed - prev_index :]
+            prev_index, prev_term = committed, self.log.term(committed)
+        if self.log.match_term(prev_index, prev_term):
+            last_new = prev_index + len(entries)
+            self.log.append_checked(entries)
+            self.log.commit_to(min(msg.leader_commit, last_new))
+            self._reply_append(msg, True, match_index=last_new)
+            return
+        # Conflict back-off: name the term we hold at prev_log_index and the first index
+        # of that term, so the leader skips the whole term in one round trip.
+        if prev_index > self.log.last_index():
+            conflict_term, conflict_index = 0, self.log.last_index() + 1
+        else:
+            conflict_term = self.log.term(prev_index)
+            conflict_index = self.log.first_index_of_term(prev_index)
+        self._reply_append(
+            msg,
+            False,
+            match_index=prev_index,
+            conflict_term=conflict_term,
+            conflict_index=conflict_index,
+        )
+
+    def _reply_append(self, msg: AppendEntries, success: bool, **fields: int) -> None:
+        self._send(
+            AppendEntriesResponse(
+                self.term, self.id, msg.sender, success, read_seq=msg.read_seq, **fields
+            )
+        )
+
+    # --- membership -----------------------------------------------------------------------
+
+    def _apply_conf_changes(self, entries: tuple[Entry, ...] | list[Entry]) -> bool:
+        """Changes take effect as they are committed (handed out for applying); a node
+        replays those of its committed log at start, so restarts see the same result.
+        Returns whether any change took effect."""
+        changed = False
+        for entry in entries:
+            if entry.type is EntryType.CONF_CHANGE and entry.index > self._conf_index:
+                self._conf_index = entry.index
+                self.membership = apply_change(self.membership, decode_conf_change(entry.data))
+                self._membership_changed()
+                changed = True
+        return changed
+
+    def _committed_conf_change_pending(self) -> bool:
+        """As etcd does, a node does not campaign while a committed membership change
+        has not taken effect yet: it might be campaigning in a configuration that is
+        already gone."""
+        if not self.log.has_next_committed():
+            return False
+        return any(
+            e.type is EntryType.CONF_CHANGE and e.index > self._conf_index
+            for e in self.log.committed_not_handed_out()
+        )
+
+    def _membership_changed(self) -> None:
+        if self.role is not Role.LEADER:
+            if not self.promotable and self.role is not Role.FOLLOWER:
+                self._become_follower(self.term, None)
+            return
+        if not self.promotable:
+            self._become_follower(self.term, None)
+            return
+        members = self.membership.members()
+        for peer in list(self._progress):
+            if peer not in members:
+                del self._progress[peer]
+        for peer in (m for m in members if m not in self._progress):  # in order: replayable
+            progress = Progress(self.log.last_index() + 1, self.config.max_inflight)
+            progress.recent_active = True
+            self._progress[peer] = progress
+            self._replication_pending = True
+        if self._maybe_commit():
+            self._on_commit()
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _send(self, msg: Message) -> None:
+        self._msgs.append(msg)
+
+    def _hard_state_to_save(self, saving_entries: bool) -> HardState | None:
+        """Term and vote must be durable before anything that depends on them is sent.
+        The commit index alone is not worth a sync of its own (it is relearnt from the
+        leader after a restart), so it rides along only when something else is saved."""
+        hard_state = HardState(self.term, self.vote, self.log.committed)
+        previous = self._prev_hard_state
+        if (hard_state.term, hard_state.vote) != (previous.term, previous.vote):
+            return hard_state
+        if saving_entries and hard_state.commit != previous.commit:
+            return hard_state
+        return None

@@ -1,0 +1,111 @@
+"""What a leader knows about each follower, and the flow control that follows from it.
+
+A follower is PROBE while the leader does not know where their logs match: one
+AppendEntries at a time, so a rejection costs one message. Once a response shows
+a match it is REPLICATE: entries are pipelined optimistically, at most
+`max_inflight` messages unacknowledged, so a slow or dead follower never makes the
+leader buffer without bound.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+
+
+class ProgressState(enum.Enum):
+    PROBE = "probe"
+    REPLICATE = "replicate"
+    SNAPSHOT = "snapshot"
+    """The follower needs entries that were compacted: a snapshot is on its way, and
+    nothing else is sent until it answers or the transfer is given up."""
+
+
+class Progress:
+    __slots__ = (
+        "inflight",
+        "match",
+        "match_at_heartbeat",
+        "max_inflight",
+        "next",
+        "pending_snapshot",
+        "probe_sent",
+        "read_ack",
+        "recent_active",
+        "snapshot_heartbeats",
+        "stalled_heartbeats",
+        "state",
+    )
+
+    def __init__(self, next_index: int, max_inflight: int) -> None:
+        self.match = 0
+        self.next = next_index
+        self.state = ProgressState.PROBE
+        self.probe_sent = False
+        self.inflight: deque[int] = deque()
+        self.max_inflight = max_inflight
+        self.recent_active = False
+        self.read_ack = 0
+        self.match_at_heartbeat = 0
+        self.stalled_heartbeats = 0
+        self.pending_snapshot = 0
+        self.snapshot_heartbeats = 0
+
+    def is_paused(self) -> bool:
+        if self.state is ProgressState.PROBE:
+            return self.probe_sent
+        if self.state is ProgressState.SNAPSHOT:
+            return True
+        return len(self.inflight) >= self.max_inflight
+
+    def sent(self, last_index: int | None) -> None:
+        """Record an AppendEntries whose last entry is `last_index` (None when empty)."""
+        if self.state is ProgressState.REPLICATE:
+            if last_index is not None:
+                self.next = last_index + 1
+                self.inflight.append(last_index)
+        else:
+            self.probe_sent = True
+
+    def maybe_update(self, match: int) -> bool:
+        """A success response for `match`; returns whether it told us anything new."""
+        updated = match > self.match
+        if updated:
+            self.match = match
+            self.probe_sent = False
+        self.next = max(self.next, match + 1)
+        while self.inflight and self.inflight[0] <= match:
+            self.inflight.popleft()
+        return updated
+
+    def is_stalled(self, last_index: int) -> bool:
+        """Appends are in flight, the follower lags, and nothing moved since the last
+        heartbeat."""
+        return bool(self.inflight) and self.match == self.match_at_heartbeat < last_index
+
+    def become_probe(self) -> None:
+        self.state = ProgressState.PROBE
+        self.next = self.match + 1
+        self.probe_sent = False
+        self.stalled_heartbeats = 0
+        self.inflight.clear()
+
+    def become_snapshot(self, snapshot_index: int) -> None:
+        self.state = ProgressState.SNAPSHOT
+        self.pending_snapshot = snapshot_index
+        self.snapshot_heartbeats = 0
+        self.inflight.clear()
+
+    def become_replicate(self) -> None:
+        self.state = ProgressState.REPLICATE
+        self.next = self.match + 1
+        self.inflight.clear()
+
+    def is_stale_rejection(self, rejected_index: int) -> bool:
+        """A rejection of an index we already know matches, or not the one we probed,
+        comes from a delayed or duplicated message and must not move `next` back."""
+        if self.state is ProgressState.REPLICATE:
+            return rejected_index <= self.match
+        if self.state is ProgressState.SNAPSHOT:
+            return True
+        return rejected_index != self.next - 1

@@ -1,0 +1,67 @@
+"""ReadIndex (Raft dissertation §6.4) with reads batched into heartbeat rounds.
+
+Reads asked for while no round is open share the next round, so a burst of
+linearizable reads costs one heartbeat round, not one per read. A round with
+sequence number s is confirmed when a quorum (the leader included) has echoed a
+sequence >= s in the current term; every read of that round and of earlier ones
+may then be served at the commit index recorded when it was asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from consensus.types import ReadState
+
+
+@dataclass(slots=True)
+class ReadRound:
+    seq: int
+    reads: list[ReadState] = field(default_factory=list)
+
+
+class ReadIndexQueue:
+    def __init__(self) -> None:
+        self.seq = 0
+        self._waiting_for_commit: list[bytes] = []
+        self._unsent: list[ReadState] = []
+        self._rounds: list[ReadRound] = []
+
+    def request(self, request_id: bytes, commit_index: int, term_committed: bool) -> None:
+        """Queue a read. Until the leader has committed an entry of its own term its
+        commit index may be stale (§6.4 step 1), so the read waits for that first."""
+        if term_committed:
+            self._unsent.append(ReadState(request_id, commit_index))
+        else:
+            self._waiting_for_commit.append(request_id)
+
+    def term_committed(self, commit_index: int) -> None:
+        """The leader's no-op committed: release reads that waited for it."""
+        self._unsent.extend(ReadState(rid, commit_index) for rid in self._waiting_for_commit)
+        self._waiting_for_commit.clear()
+
+    def has_unsent(self) -> bool:
+        return bool(self._unsent)
+
+    def open_round(self) -> int:
+        """Start a round for every unsent read; returns its sequence number."""
+        self.seq += 1
+        self._rounds.append(ReadRound(self.seq, self._unsent))
+        self._unsent = []
+        return self.seq
+
+    def confirm(self, is_confirmed: Callable[[int], bool]) -> list[ReadState]:
+        """Release every round up to the newest one a quorum has confirmed."""
+        confirmed_upto = -1
+        for position, round_ in enumerate(self._rounds):
+            if is_confirmed(round_.seq):
+                confirmed_upto = position
+        released = [read for round_ in self._rounds[: confirmed_upto + 1] for read in round_.reads]
+        del self._rounds[: confirmed_upto + 1]
+        return released
+
+    def clear(self) -> None:
+        self._waiting_for_commit.clear()
+        self._unsent.clear()
+        self._rounds.clear()

@@ -1,0 +1,88 @@
+"""Plain values shared by every part of the consensus core.
+
+Everything here is immutable so that a value handed to the runtime (to persist or
+send) can never be changed behind its back by the core.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+NodeId = str
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre_candidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+class EntryType(enum.IntEnum):
+    """NORMAL carries client data; NOOP is what a new leader appends to commit its term;
+    CONF_CHANGE carries an encoded `membership.ConfChange`."""
+
+    NORMAL = 0
+    NOOP = 1
+    CONF_CHANGE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    term: int
+    index: int
+    data: bytes = b""
+    type: EntryType = EntryType.NORMAL
+
+    def size(self) -> int:
+        """Approximate wire size, used to bound batches in bytes."""
+        return len(self.data) + 24
+
+
+@dataclass(frozen=True, slots=True)
+class HardState:
+    """What must be on disk before any message that depends on it leaves the node."""
+
+    term: int = 0
+    vote: NodeId | None = None
+    commit: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    """A linearizable read may be served once the applied index reaches `index`."""
+
+    request_id: bytes
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """Who votes and who only replicates (learners catching up before promotion)."""
+
+    voters: tuple[NodeId, ...]
+    learners: tuple[NodeId, ...] = ()
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self.voters or node_id in self.learners
+
+    def members(self) -> tuple[NodeId, ...]:
+        return self.voters + self.learners
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotMeta:
+    """The log position a snapshot covers and the membership in force there."""
+
+    index: int
+    term: int
+    membership: Membership
+
+
+class RandomSource(Protocol):
+    """The randomness the core needs, injected so that a seed replays a run exactly;
+    `random.Random(seed)` is one."""
+
+    def randrange(self, start: int, stop: int) -> int: ...

@@ -1,0 +1,46 @@
+"""The client-facing application of a node: every route of the client port in one place."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from kvstore.api.common import LEADER_HEADER, RUNTIME_KEY, error
+from kvstore.api.forwarding import proxy_session
+from kvstore.api.kv import KV_PREFIX, UNSAFE_LOCAL_READS, handle_kv
+from kvstore.api.members import add_member_routes
+from kvstore.api.status import handle_status
+from kvstore.runtime.node import NodeRuntime
+
+log = logging.getLogger(__name__)
+
+
+async def handle_unknown(request: web.Request) -> web.Response:
+    return error(404, "no_such_endpoint", f"no endpoint {request.method} {request.path}")
+
+
+# ---------------------------------------------------------------------- the application
+
+
+async def _add_leader_header(request: web.Request, response: web.StreamResponse) -> None:
+    runtime = request.app.get(RUNTIME_KEY)
+    if runtime is not None and LEADER_HEADER not in response.headers:
+        leader = runtime.leader_id
+        if leader is not None:
+            response.headers[LEADER_HEADER] = leader
+
+
+def make_client_app(runtime: NodeRuntime, client_max_size: int) -> web.Application:
+    """The client API; the caller adds the runtime's own start/stop to `cleanup_ctx`."""
+    app = web.Application(client_max_size=client_max_size)
+    app[RUNTIME_KEY] = runtime
+    if UNSAFE_LOCAL_READS:
+        log.warning("KV_UNSAFE_STALE_READS=1: followers serve stale reads (tests only)")
+    app.cleanup_ctx.append(proxy_session)
+    app.on_response_prepare.append(_add_leader_header)
+    app.router.add_route("*", KV_PREFIX + "{key:.*}", handle_kv)
+    app.router.add_get("/v1/status", handle_status)
+    add_member_routes(app)
+    app.router.add_route("*", "/v1/{tail:.*}", handle_unknown)
+    return app

@@ -1,0 +1,201 @@
+"""The node-to-node endpoints, mounted on the peer_url.
+
+- `POST /raft/messages`: a msgpack batch of consensus messages, or (the transport's
+  way) a long-lived chunked stream of length-prefixed batches;
+- `POST /raft/snapshot`: one checksummed chunk of a snapshot (kvstore.snapshot_transfer);
+  the InstallSnapshot it belongs to is stepped once the whole snapshot is verified.
+
+Senders name their peer_url in `X-Raft-From`; a sender this node does not know yet (a
+member added by an entry it has not applied) is admitted and answered there. A sender
+the log says was removed gets 410 `removed_member`, which tells it to stop.
+
+Bodies are decoded at this trust boundary: garbage, truncated bodies or messages for
+another node answer 400 with a JSON error and change nothing, so a confused or hostile
+peer cannot take the node down. Accepted messages are handed to the runtime, which
+steps the core; the answer (204) does not wait for anything to be persisted, because
+replies travel back as messages of their own through the sender's transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from consensus.codec import CodecError, decode_messages
+from consensus.messages import InstallSnapshot, Message
+from consensus.types import NodeId
+from kvstore.peers.link import FRAME_HEADER, STREAM_CONTENT_TYPE
+from kvstore.peers.snapshot_transfer import (
+    MAX_CHUNK_BYTES,
+    SENDER_URL_HEADER,
+    SNAPSHOT_PATH,
+    ChunkError,
+    SnapshotReceiver,
+    decode_chunk,
+)
+
+log = logging.getLogger(__name__)
+
+MESSAGES_PATH = "/raft/messages"
+DEFAULT_MAX_BODY = 64 << 20
+"""A transport POST carries at most a few MiB; the limit only stops runaway bodies."""
+MAX_FRAME_BYTES = 64 << 20
+ADMITTED, REMOVED, UNKNOWN = None, "removed", "unknown"
+
+
+class MessageSink(Protocol):
+    """What the peer endpoints need from the runtime."""
+
+    node_id: NodeId
+    snapshot_receiver: SnapshotReceiver | None
+
+    def admit(self, sender: NodeId, sender_url: str | None) -> str | None:
+        """None to accept messages from `sender`, else REMOVED or UNKNOWN."""
+        ...
+
+    def step_messages(self, msgs: Sequence[Message]) -> None: ...
+
+
+SINK_KEY = web.AppKey("raft_message_sink", MessageSink)
+STREAMS_KEY = web.AppKey("raft_streams", set[asyncio.Task[Any]])
+
+
+def _error(status: int, code: str, message: str, **extra: object) -> web.Response:
+    return web.json_response({"error": code, "message": message, **extra}, status=status)
+
+
+def _check(sink: MessageSink, msgs: list[Message], sender_url: str | None) -> web.Response | None:
+    """Every message must be for this node and from another member of the cluster."""
+    checked: set[NodeId] = set()
+    for msg in msgs:
+        if msg.recipient != sink.node_id:
+            return _error(
+                400,
+                "wrong_recipient",
+                f"message for {msg.recipient!r} reached node {sink.node_id!r}; "
+                "check that every node uses the same cluster.toml",
+            )
+        if msg.sender in checked:
+            continue
+        verdict = UNKNOWN if msg.sender == sink.node_id else sink.admit(msg.sender, sender_url)
+        if verdict == REMOVED:
+            return _error(
+                410,
+                "removed_member",
+                f"node {msg.sender!r} was removed from the cluster; it must stop",
+            )
+        if verdict is not ADMITTED:
+            return _error(400, "unknown_sender", f"message from unknown node {msg.sender!r}")
+        checked.add(msg.sender)
+    return None
+
+
+def _accept(
+    sink: MessageSink, body: bytes, remote: str | None, sender_url: str | None
+) -> web.Response | None:
+    """Decode, validate and step one batch; a bad batch is rejected as a whole."""
+    try:
+        msgs = decode_messages(body)
+    except CodecError as exc:
+        log.warning("rejecting an undecodable message batch from %s: %s", remote, exc)
+        return _error(400, "bad_messages", str(exc))
+    rejected = _check(sink, msgs, sender_url)
+    if rejected is not None:
+        return rejected
+    if any(type(m) is InstallSnapshot for m in msgs):
+        return _error(400, "bad_messages", f"InstallSnapshot travels on {SNAPSHOT_PATH} only")
+    if msgs:
+        sink.step_messages(msgs)
+    return None
+
+
+async def handle_messages(request: web.Request) -> web.StreamResponse:
+    """One batch (a plain msgpack body), or a stream of length-prefixed batches that
+    lasts as long as the sender's connection (see kvstore.peer_link)."""
+    sink = request.app[SINK_KEY]
+    if request.content_type == STREAM_CONTENT_TYPE:
+        return await _handle_stream(request, sink)
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, "body_too_large", "message batch exceeds the peer body limit")
+    sender_url = request.headers.get(SENDER_URL_HEADER)
+    return _accept(sink, body, request.remote, sender_url) or web.Response(status=204)
+
+
+async def _handle_stream(request: web.Request, sink: MessageSink) -> web.StreamResponse:
+    streams = request.app[STREAMS_KEY]
+    task = asyncio.current_task()
+    assert task is not None
+    streams.add(task)
+    content, header = request.content, FRAME_HEADER
+    sender_url = request.headers.get(SENDER_URL_HEADER)
+    try:
+        while True:
+            try:
+                (size,) = header.unpack(await content.readexactly(header.size))
+                if size > MAX_FRAME_BYTES:
+                    return _error(413, "body_too_large", f"frame of {size} bytes")
+                body = await content.readexactly(size)
+            except asyncio.IncompleteReadError as exc:
+                if exc.partial:
+                    return _error(400, "bad_messages", "the stream ended inside a frame")
+                return web.Response(status=204)  # the sender closed its stream
+            rejected = _accept(sink, body, request.remote, sender_url)
+            if rejected is not None:
+                return rejected
+    except (asyncio.CancelledError, ConnectionError):
+        return web.Response(status=204)  # shutting down, or the sender went away
+    finally:
+        streams.discard(task)
+
+
+async def _end_streams(app: web.Application) -> None:
+    """On shutdown, end the open streams now instead of waiting out the drain timeout."""
+    for task in list(app[STREAMS_KEY]):
+        task.cancel()
+
+
+async def handle_snapshot(request: web.Request) -> web.Response:
+    """One chunk of a snapshot; answers the offset the receiver needs next."""
+    sink = request.app[SINK_KEY]
+    receiver = sink.snapshot_receiver
+    if receiver is None:
+        return _error(503, "unavailable", "this node does not take snapshots")
+    if (request.content_length or 0) > MAX_CHUNK_BYTES + (1 << 16):
+        return _error(413, "body_too_large", "snapshot chunk exceeds the size limit")
+    try:
+        chunk = decode_chunk(await request.read())
+    except ChunkError as exc:
+        return _error(exc.status, exc.code, str(exc), next_offset=exc.next_offset)
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, "body_too_large", "snapshot chunk exceeds the peer body limit")
+    rejected = _check(sink, [chunk.msg], request.headers.get(SENDER_URL_HEADER))
+    if rejected is not None:
+        return rejected
+    try:
+        next_offset, done = await receiver.receive(chunk)
+    except ChunkError as exc:
+        log.warning("refused a snapshot chunk from %s: %s", chunk.msg.sender, exc)
+        return _error(exc.status, exc.code, str(exc), next_offset=exc.next_offset)
+    return web.json_response({"next_offset": next_offset, "done": done})
+
+
+def add_peer_routes(app: web.Application, sink: MessageSink) -> None:
+    """Mount the peer endpoints on `app` (the client app too when both share one URL)."""
+    app[SINK_KEY] = sink
+    app[STREAMS_KEY] = set()
+    app.on_shutdown.append(_end_streams)
+    app.router.add_post(MESSAGES_PATH, handle_messages)
+    app.router.add_post(SNAPSHOT_PATH, handle_snapshot)
+
+
+def make_peer_app(sink: MessageSink, max_body: int = DEFAULT_MAX_BODY) -> web.Application:
+    """A stand-alone application for a peer_url that differs from the client_url."""
+    app = web.Application(client_max_size=max_body)
+    add_peer_routes(app, sink)
+    return app

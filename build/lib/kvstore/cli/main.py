@@ -1,0 +1,34 @@
+"""The `kv` click group: every subcommand lives in a module of its own and is added here."""
+
+from __future__ import annotations
+
+import click
+
+from kvstore.cli.bench import bench_command
+from kvstore.cli.chaos import chaos_command
+from kvstore.cli.client_commands import CLIENT_COMMANDS
+from kvstore.cli.member_commands import MEMBER_COMMANDS
+from kvstore.cli.server_commands import SERVER_COMMANDS
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """A Raft-replicated key-value store: run nodes, read and write keys, measure."""
+
+
+for command in (
+    *SERVER_COMMANDS,
+    *CLIENT_COMMANDS,
+    *MEMBER_COMMANDS,
+    bench_command,
+    chaos_command,
+):
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli(auto_envvar_prefix="KV")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,463 @@
+"""`AsyncKV`, the asyncio client of the replicated key-value store (`KV`, its blocking
+twin, is in kvstore.client.sync_client).
+
+Usage::
+
+    async with AsyncKV(["http://127.0.0.1:8001", "http://127.0.0.1:8002"]) as kv:
+        revision, version = await kv.put("config/flag", b"on")
+        item = await kv.get("config/flag")          # KeyValue(value=b"on", version=1, ...)
+        await kv.update("counter", lambda old: str(int(old or b"0") + 1).encode())
+
+    with KV() as kv:                                 # KV_ENDPOINTS or ./cluster.toml
+        kv.put("a", b"1")
+
+Writes are exactly-once: each carries this client's id and a sequence number,
+and every retry of a write reuses its number, so a retry after a timeout or a
+lost connection cannot apply the write twice. The only write error that leaves
+the outcome open is `OutcomeUnknown`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, Self
+from urllib.parse import quote
+
+import aiohttp
+
+from kvstore.client.endpoints import EndpointsArg, resolve_endpoints
+from kvstore.client.errors import (
+    ClusterUnavailable,
+    InvalidRequest,
+    KVError,
+    NoLeader,
+    NotFound,
+    OutcomeUnknown,
+    VersionMismatch,
+)
+from kvstore.client.http_session import single_send_session
+from kvstore.client.session import LEADER_HEADER, RetryPolicy, WriteSession
+from kvstore.client.transport import Answer, EndpointRouter, MaybeSent, NotSent, send
+from kvstore.client.types import EndpointStatus, KeyValue, NodeStatus, PutResult
+
+__all__ = [
+    "AsyncKV",
+    "ClusterUnavailable",
+    "EndpointStatus",
+    "InvalidRequest",
+    "KVError",
+    "KeyValue",
+    "NoLeader",
+    "NodeStatus",
+    "NotFound",
+    "OutcomeUnknown",
+    "PutResult",
+    "RetryPolicy",
+    "VersionMismatch",
+]
+
+Consistency = Literal["linearizable", "stale"]
+Value = bytes | bytearray | memoryview | str
+UpdateFn = Callable[[bytes | None], bytes | str | Awaitable[bytes | str]]
+
+DEFAULT_TIMEOUT = 15.0
+DEFAULT_ATTEMPT_TIMEOUT = 6.0  # a little above the server's 5 s request timeout, so its 504 wins
+DEFAULT_CONNECT_TIMEOUT = 2.0
+
+
+@dataclass(slots=True)
+class _Request:
+    """One logical request; `seq` is set for writes and stays the same across retries."""
+
+    method: str
+    path: str
+    body: bytes | None = None
+    seq: int | None = None
+    stale: bool = False
+    pinned: str | None = None
+
+    @property
+    def is_write(self) -> bool:
+        return self.seq is not None
+
+
+class AsyncKV:
+    """asyncio client: leader discovery, retries with back-off, exactly-once writes.
+
+    One `aiohttp.ClientSession` is created lazily (inside the running loop) and
+    reused for every call. `timeout` bounds a whole call including its retries;
+    `attempt_timeout` bounds one HTTP attempt. Every method takes a `timeout`
+    keyword that overrides the default for that call.
+    """
+
+    def __init__(
+        self,
+        endpoints: EndpointsArg = None,
+        *,
+        config: str | os.PathLike[str] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        client_id: str | None = None,
+        max_connections: int = 100,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        self._router = EndpointRouter(resolve_endpoints(endpoints, config))
+        self._session_state = WriteSession(client_id)
+        self._timeout = timeout
+        self._attempt_timeout = attempt_timeout
+        self._connect_timeout = connect_timeout
+        self._retry = retry or RetryPolicy()
+        self._max_connections = max_connections
+        self._rng = rng or random.Random()
+        self._sleep = sleep
+        self._http: aiohttp.ClientSession | None = None
+        self._closed = False
+        self._ids_asked: set[str] = set()
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the HTTP session; the client cannot be used afterwards."""
+        self._closed = True
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    @property
+    def client_id(self) -> str:
+        return self._session_state.client_id
+
+    @property
+    def endpoints(self) -> list[str]:
+        """Known node URLs: the configured ones, then members learnt from /v1/status."""
+        return list(self._router.endpoints)
+
+    @property
+    def leader_url(self) -> str | None:
+        """The cached leader URL (None until an answer named a leader this client can map)."""
+        return self._router.leader_url
+
+    @property
+    def first_outstanding(self) -> int:
+        """The lowest write seq not yet answered (what `X-KV-First-Outstanding` carries)."""
+        return self._session_state.first_outstanding
+
+    # ------------------------------------------------------------------- reads
+
+    async def get(
+        self, key: str, consistency: Consistency = "linearizable", *, timeout: float | None = None
+    ) -> KeyValue:
+        """Read a key; raises `NotFound` when it does not exist.
+
+        "stale" reads are served by whichever node is asked, without a quorum
+        check, so they spread over all nodes but may lag behind recent writes.
+        """
+        if consistency not in ("linearizable", "stale"):
+            raise InvalidRequest(f"consistency must be 'linearizable' or 'stale': {consistency!r}")
+        stale = consistency == "stale"
+        path = _key_path(key) + ("?consistency=stale" if stale else "")
+        answer = await self._call(_Request("GET", path, stale=stale), timeout)
+        if answer.status == 404:
+            raise NotFound(key)
+        self._raise_for_answer(answer, key)
+        return KeyValue(
+            key=key,
+            value=answer.body,
+            version=int(answer.headers.get("X-KV-Version", 0)),
+            mod_revision=int(answer.headers.get("X-KV-Mod-Revision", 0)),
+        )
+
+    # ------------------------------------------------------------------ writes
+
+    async def put(
+        self,
+        key: str,
+        value: Value,
+        prev_version: int | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> PutResult:
+        """Write a value; with `prev_version` it is a compare-and-set (0 = create only)."""
+        path = _key_path(key) + _prev_query(prev_version)
+        data = _as_bytes(value)
+        answer = await self._write(_Request("PUT", path, body=data), key, timeout)
+        body = answer.json()
+        return PutResult(int(body.get("revision", 0)), int(body.get("version", 0)))
+
+    async def cas(
+        self, key: str, value: Value, prev_version: int, *, timeout: float | None = None
+    ) -> PutResult:
+        """Compare-and-set: write only if the key's version is `prev_version` (0 = missing)."""
+        return await self.put(key, value, prev_version=prev_version, timeout=timeout)
+
+    async def delete(
+        self, key: str, prev_version: int | None = None, *, timeout: float | None = None
+    ) -> int:
+        """Delete a key and return the new revision; raises `NotFound` when it is missing."""
+        path = _key_path(key) + _prev_query(prev_version)
+        answer = await self._write(_Request("DELETE", path), key, timeout)
+        return int(answer.json().get("revision", 0))
+
+    async def update(
+        self,
+        key: str,
+        fn: UpdateFn,
+        *,
+        max_attempts: int = 16,
+        timeout: float | None = None,
+    ) -> PutResult:
+        """Read-modify-write: apply `fn(old_value or None)` and store it with compare-and-set.
+
+        Another writer getting in between makes the compare-and-set fail; the loop
+        then reads again and recomputes, up to `max_attempts` times (after which
+        the last `VersionMismatch` is raised). `fn` may run several times, so it
+        must not have side effects; it may be a coroutine function.
+        """
+        last: VersionMismatch | None = None
+        for attempt in range(max(1, max_attempts)):
+            if attempt:
+                await self._sleep(self._retry.delay(attempt - 1, self._rng))
+            try:
+                current = await self.get(key, timeout=timeout)
+                old, prev_version = current.value, current.version
+            except NotFound:
+                old, prev_version = None, 0
+            new = fn(old)
+            if inspect.isawaitable(new):
+                new = await new
+            try:
+                return await self.cas(key, new, prev_version, timeout=timeout)
+            except VersionMismatch as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    # ------------------------------------------------------------------ status
+
+    async def status(
+        self, endpoint: str | None = None, *, timeout: float | None = None
+    ) -> NodeStatus:
+        """The /v1/status of `endpoint` (one attempt), or of any reachable node when None."""
+        pinned = endpoint.rstrip("/") if endpoint else None
+        answer = await self._call(_Request("GET", "/v1/status", pinned=pinned), timeout)
+        self._raise_for_answer(answer, None)
+        return self._learn_status(answer)
+
+    async def cluster_status(self, *, timeout: float = 2.0) -> list[EndpointStatus]:
+        """Ask every known node for its status at once; unreachable nodes are rows too.
+
+        Members named by the nodes that answered are asked as well, so a client
+        configured with one URL still sees the whole cluster.
+        """
+        results: dict[str, EndpointStatus] = {}
+        pending = list(self._router.endpoints)
+        while pending:
+            rows = await asyncio.gather(*(self._status_row(url, timeout) for url in pending))
+            results.update((row.endpoint, row) for row in rows)
+            pending = [url for url in self._router.endpoints if url not in results]
+        id_of = self._router.id_of
+        rows: dict[str, EndpointStatus] = {}
+        for r in results.values():
+            node_id = r.node_id or id_of(r.endpoint)
+            key = node_id if r.reachable and node_id else r.endpoint
+            # One row per node even when it is known under two spellings of its URL.
+            if key not in rows or (r.reachable and not rows[key].reachable):
+                rows[key] = EndpointStatus(r.endpoint, node_id, r.status, r.error)
+        return sorted(rows.values(), key=lambda r: (r.node_id or "~", r.endpoint))
+
+    async def _status_row(self, url: str, timeout: float) -> EndpointStatus:
+        try:
+            status = await self.status(url, timeout=timeout)
+        except KVError as exc:
+            return EndpointStatus(url, None, None, exc.message)
+        return EndpointStatus(url, status.id, status)
+
+    # --------------------------------------------------------------- internals
+
+    async def _write(self, request: _Request, key: str, timeout: float | None) -> Answer:
+        """Run a write under a fresh seq, released once it is answered or given up."""
+        request.seq = self._session_state.begin()
+        try:
+            answer = await self._call(request, timeout)
+        finally:
+            self._session_state.finish(request.seq)
+        if answer.status == 404:
+            raise NotFound(key)
+        self._raise_for_answer(answer, key)
+        return answer
+
+    async def _call(self, request: _Request, timeout: float | None) -> Answer:
+        """Send with retries until a definite answer, the attempt budget or the deadline.
+
+        Retried: connection failures (moving to the next node), 503 (never
+        proposed, so always safe) and, for writes, timeouts, lost connections and
+        504 (possibly proposed; safe only because the retry keeps the seq).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self._timeout if timeout is None else timeout)
+        attempts = 1 if request.pinned else self._retry.max_attempts
+        maybe_applied = False  # some attempt of this write may have reached a leader
+        saw_no_leader = False
+        last_error = "no attempt was made"
+        refused_in_a_row = 0
+        for attempt in range(attempts):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            if attempt and refused_in_a_row % len(self._router.endpoints) == 0:
+                # Back off, except while other nodes remain untried after refusals.
+                await self._sleep(min(self._retry.delay(attempt - 1, self._rng), remaining))
+            url = request.pinned or self._router.pick(stale=request.stale)
+            try:
+                answer = await self._attempt(url, request, deadline - loop.time())
+            except NotSent as exc:
+                refused_in_a_row += 1
+                last_error = str(exc)
+                self._router.failed(url)
+                continue
+            except MaybeSent as exc:
+                refused_in_a_row = 0
+                maybe_applied = maybe_applied or request.is_write
+                last_error = str(exc)
+                self._router.failed(url)
+                continue
+            refused_in_a_row = 0
+            await self._learn_leader(url, answer)
+            if answer.status == 503:
+                saw_no_leader = answer.error_code == "no_leader" or saw_no_leader
+                last_error = f"{url}: {answer.error_message}"
+                if answer.headers.get(LEADER_HEADER) is None or self._router.leader_url == url:
+                    self._router.failed(url)  # it knows no leader, or is a leader going away
+                continue
+            if answer.status >= 500:
+                maybe_applied = maybe_applied or request.is_write
+                last_error = f"{url}: {answer.error_message}"
+                self._router.failed(url)
+                continue
+            return answer
+        if maybe_applied:
+            raise OutcomeUnknown(
+                f"write not confirmed, it may or may not have taken effect; last: {last_error}"
+            )
+        if saw_no_leader:
+            raise NoLeader(
+                f"no leader available; last error: {last_error}", status=503, code="no_leader"
+            )
+        raise ClusterUnavailable(f"cluster unavailable; last error: {last_error}")
+
+    async def _attempt(self, url: str, request: _Request, remaining: float) -> Answer:
+        if remaining <= 0:
+            raise NotSent("deadline reached")
+        headers = self._session_state.headers(request.seq) if request.seq is not None else {}
+        return await send(
+            self._ensure_http(),
+            request.method,
+            url,
+            request.path,
+            body=request.body,
+            headers=headers,
+            timeout=min(self._attempt_timeout, remaining),
+            connect_timeout=self._connect_timeout,
+        )
+
+    async def _learn_leader(self, url: str, answer: Answer) -> None:
+        """Follow `X-KV-Leader`; an id this client cannot map yet costs one /v1/status."""
+        leader_id = answer.headers.get(LEADER_HEADER)
+        if not leader_id or self._router.learn_leader(leader_id):
+            return
+        if leader_id in self._ids_asked:
+            return  # asked once already; do not pay a status call on every request
+        self._ids_asked.add(leader_id)
+        try:
+            reply = await send(
+                self._ensure_http(),
+                "GET",
+                url,
+                "/v1/status",
+                body=None,
+                headers={},
+                timeout=min(self._attempt_timeout, 2.0),
+                connect_timeout=self._connect_timeout,
+            )
+        except (NotSent, MaybeSent):
+            return
+        if reply.status == 200:
+            self._learn_status(reply)
+            self._router.learn_leader(leader_id)
+
+    def _learn_status(self, answer: Answer) -> NodeStatus:
+        status = NodeStatus.from_json(answer.endpoint, answer.json())
+        self._router.learn_status(status)
+        return status
+
+    def _raise_for_answer(self, answer: Answer, key: str | None) -> None:
+        """Turn a definite non-200 answer into its typed error."""
+        if answer.status == 200:
+            return
+        code = answer.error_code
+        if answer.status == 409 and code == "version_mismatch":
+            raise VersionMismatch(key or "", int(answer.json().get("version") or 0))
+        if answer.status == 409 and code == "session_expired":
+            raise OutcomeUnknown(
+                "the cluster forgot this client's session; the write's outcome is unknown",
+                status=409,
+                code=code,
+            )
+        if answer.status in (400, 413):
+            raise InvalidRequest(answer.error_message, status=answer.status, code=code)
+        raise KVError(
+            f"unexpected answer HTTP {answer.status}: {answer.error_message}",
+            status=answer.status,
+            code=code,
+        )
+
+    def _ensure_http(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise KVError("client is closed")
+        if self._http is None:
+            connector = aiohttp.TCPConnector(limit=self._max_connections)
+            self._http = single_send_session(connector=connector)
+        return self._http
+
+
+def _key_path(key: str) -> str:
+    """The URL path of a key, percent-encoding every reserved character (including '/')."""
+    if not isinstance(key, str) or not key:
+        raise InvalidRequest(f"a key must be a non-empty string: {key!r}")
+    return "/v1/kv/" + quote(key, safe="")
+
+
+def _prev_query(prev_version: int | None) -> str:
+    if prev_version is None:
+        return ""
+    if isinstance(prev_version, bool) or not isinstance(prev_version, int) or prev_version < 0:
+        raise InvalidRequest(f"prev_version must be an integer >= 0: {prev_version!r}")
+    return f"?prev_version={prev_version}"
+
+
+def _as_bytes(value: Value) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise TypeError(f"a value must be bytes or str, not {type(value).__name__}")

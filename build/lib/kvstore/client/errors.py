@@ -1,0 +1,74 @@
+"""Typed errors of the Python client.
+
+Callers branch on what an error *means* for their data, not on HTTP codes:
+`NotFound` and `VersionMismatch` are answers, `NoLeader` and `ClusterUnavailable`
+mean nothing was written, and `OutcomeUnknown` means a write may or may not have
+taken effect (the one case a caller must never treat as "failed").
+"""
+
+from __future__ import annotations
+
+
+class KVError(Exception):
+    """Base class of every error the client raises.
+
+    `status` and `code` carry the HTTP status and the contract's error code when
+    the error came from an answer of the cluster (None otherwise).
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+
+
+class NotFound(KVError):
+    """The key does not exist (404 `not_found`)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"key not found: {key!r}", status=404, code="not_found")
+        self.key = key
+
+
+class VersionMismatch(KVError):
+    """A compare-and-set saw another version; `current_version` is 0 when the key is missing."""
+
+    def __init__(self, key: str, current_version: int) -> None:
+        super().__init__(
+            f"version mismatch on {key!r}: current version is {current_version}",
+            status=409,
+            code="version_mismatch",
+        )
+        self.key = key
+        self.current_version = current_version
+
+
+class InvalidRequest(KVError):
+    """The request is malformed (400) or too large (413): retrying it cannot help."""
+
+
+class ClusterUnavailable(KVError):
+    """No node gave a usable answer within the retry budget; nothing was written."""
+
+
+class NoLeader(ClusterUnavailable):
+    """Nodes answered, but none knew a leader (503 `no_leader`) until the budget ran out.
+
+    A subclass of `ClusterUnavailable` because, to a caller, both mean "not done,
+    safe to try again later".
+    """
+
+
+class OutcomeUnknown(KVError):
+    """A write may have been applied or not: the cluster never confirmed either way.
+
+    Raised when a write whose earlier attempt may have reached a leader (timeout,
+    lost connection, 504) could not be settled by retrying it under the same
+    sequence number, or when the cluster forgot the client's session (409
+    `session_expired`). Read the key to find out what happened.
+    """
+
+
+class EndpointConfigError(KVError):
+    """No endpoints found: no argument, no KV_ENDPOINTS, no usable cluster.toml."""

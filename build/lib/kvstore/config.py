@@ -1,0 +1,344 @@
+"""Reading and checking cluster.toml.
+
+Everything is checked before a node starts, because a mistake found later (two nodes on
+one port, a typo in a tuning key silently ignored) shows up as a cluster that never
+elects a leader, far from its cause. Every problem is a `ConfigError` whose message is
+one line, `<file>: <key>: <problem>`, so `kv serve` can print it as is.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import tempfile
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+MIB = 1024 * 1024
+
+_NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_URL = re.compile(
+    r"http://(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._-]+)):(?P<port>[0-9]+)"
+)
+
+
+class ConfigError(Exception):
+    """A configuration problem, described on one line (newlines are folded into spaces)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.splitlines()))
+
+
+@dataclass(frozen=True, slots=True)
+class Tuning:
+    """Optional `[tuning]` table; the defaults suit a cluster on one machine or one LAN."""
+
+    tick_ms: int = 10
+    heartbeat_ticks: int = 3
+    election_ticks: int = 15
+    max_inflight: int = 64
+    max_batch_bytes: int = MIB
+    max_key_bytes: int = 1024
+    max_value_bytes: int = MIB
+    request_timeout_ms: int = 5000
+    session_ttl_entries: int = 1_000_000
+    max_sessions: int = 10_000
+    snapshot_entries: int = 10_000
+    """Compact the log into a snapshot once this many applied entries follow the last
+    one: bounds the log (disk, restart replay time) at the cost of one state copy."""
+    snapshot_chunk_bytes: int = MIB
+    """Size of one InstallSnapshot chunk; each is checksummed and a transfer resumes
+    from the last chunk received after a dropped connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    id: str
+    client_url: str
+    peer_url: str
+    client_host: str
+    client_port: int
+    peer_host: str
+    peer_port: int
+    data_dir: Path
+    """The cluster data_dir / id: this node's own files."""
+    join: bool = False
+    """`join = true`: not a founder. The node starts empty and waits to be added
+    (`kv member add`) instead of bootstrapping; founders leave it out of their voters."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    name: str
+    data_dir: Path
+    """Absolute; a relative value in the file is taken from the file's directory."""
+    nodes: tuple[NodeConfig, ...]
+    tuning: Tuning = Tuning()
+    source: Path | None = None
+    """The file this was loaded from, for error messages."""
+
+    @property
+    def founders(self) -> tuple[str, ...]:
+        """The voters a brand-new cluster starts with: every node not marked `join`."""
+        return tuple(n.id for n in self.nodes if not n.join)
+
+    def node(self, node_id: str) -> NodeConfig:
+        for node in self.nodes:
+            if node.id == node_id:
+                return node
+        known = ", ".join(n.id for n in self.nodes)
+        where = f"{self.source}: " if self.source is not None else ""
+        raise ConfigError(f"{where}nodes: unknown node id {node_id!r} (known: {known})")
+
+
+def load_cluster_config(path: str | Path) -> ClusterConfig:
+    """The whole file, as a node needs it: every key checked, every error naming it."""
+    path = Path(path)
+    return _Parser(path).cluster(_read_toml(path))
+
+
+def load_client_urls(path: str | Path) -> list[str]:
+    """The `[[nodes]] client_url` entries, as a client needs them. The same reader and
+    checks as `load_cluster_config`, but a client machine's file may hold only these."""
+    path = Path(path)
+    return _Parser(path).client_urls(_read_toml(path))
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def parse_url(url: str) -> tuple[str, int]:
+    """(host, port) of an `http://host:port` URL; ConfigError (naming the URL) otherwise."""
+    match = _URL.fullmatch(url)
+    port = int(match["port"]) if match else 0
+    if match is None or not 1 <= port <= 65535:
+        raise ConfigError(f"expected http://host:port with a port in 1..65535, got {_show(url)}")
+    host = match["ipv6"] or match["host"]
+    return host.lower(), port
+
+
+def valid_node_id(node_id: object) -> bool:
+    return isinstance(node_id, str) and _NODE_ID.fullmatch(node_id) is not None
+
+
+def member_node_config(node_id: str, client_url: str, peer_url: str, data_root: Path) -> NodeConfig:
+    """A NodeConfig for a member known from the log rather than from cluster.toml."""
+    client_host, client_port = parse_url(client_url)
+    peer_host, peer_port = parse_url(peer_url)
+    return NodeConfig(
+        node_id,
+        client_url,
+        peer_url,
+        client_host,
+        client_port,
+        peer_host,
+        peer_port,
+        data_root / node_id,
+    )
+
+
+def check_data_dir(path: Path) -> None:
+    """Create the directory if needed and prove it takes a new file.
+
+    Writing a probe file is the only check that also catches read-only mounts, ACLs and
+    full quotas the same way the node would meet them later.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"data directory {path}: exists but is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"data directory {path}: exists but is not a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"data directory {path}: cannot create it: {exc.strerror}") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"data directory {path}: not writable: {exc.strerror}") from None
+
+
+def _toml_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, datetime.date | datetime.time):
+        return "a date/time"
+    return type(value).__name__
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class _Parser:
+    """Holds the file path so every error can name it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {key}: {problem}")
+
+    def keys(self, table: dict[str, Any], allowed: set[str], where: str) -> None:
+        for key in table:
+            if key not in allowed:
+                shown = f"{where}.{key}" if where else key
+                raise self.fail(shown, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+
+    def required(self, table: dict[str, Any], key: str, where: str) -> Any:
+        if key not in table:
+            raise self.fail(f"{where}.{key}", "missing required key")
+        return table[key]
+
+    def string(self, value: object, key: str) -> str:
+        if not isinstance(value, str):
+            raise self.fail(key, f"expected a string, got {_toml_type(value)}")
+        if not value:
+            raise self.fail(key, "must not be empty")
+        return value
+
+    def cluster(self, doc: dict[str, Any]) -> ClusterConfig:
+        self.keys(doc, {"cluster", "nodes", "tuning"}, "")
+        if "cluster" not in doc:
+            raise self.fail("cluster", "missing required table [cluster]")
+        table = doc["cluster"]
+        if not isinstance(table, dict):
+            raise self.fail("cluster", f"expected a table, got {_toml_type(table)}")
+        self.keys(table, {"name", "data_dir"}, "cluster")
+        name = self.string(self.required(table, "name", "cluster"), "cluster.name")
+        raw_dir = self.string(self.required(table, "data_dir", "cluster"), "cluster.data_dir")
+        base = self.path.parent / Path(raw_dir).expanduser()
+        data_dir = Path(os.path.abspath(base))
+        nodes = self.nodes(doc.get("nodes"), data_dir)
+        tuning = self.tuning(doc.get("tuning", {}))
+        return ClusterConfig(name, data_dir, nodes, tuning, self.path)
+
+    def client_urls(self, doc: dict[str, Any]) -> list[str]:
+        urls = []
+        for i, table in enumerate(self.node_tables(doc.get("nodes"))):
+            where = f"nodes[{i}]"
+            url = self.string(self.required(table, "client_url", where), f"{where}.client_url")
+            self.url(url.rstrip("/"), f"{where}.client_url")  # a client forgives a final /
+            urls.append(url)
+        return urls
+
+    def node_tables(self, raw: object) -> list[dict[str, Any]]:
+        if raw is None:
+            raise self.fail("nodes", "at least one [[nodes]] entry is required")
+        if not isinstance(raw, list):
+            raise self.fail(
+                "nodes", f"expected an array of tables [[nodes]], got {_toml_type(raw)}"
+            )
+        if not raw:
+            raise self.fail("nodes", "at least one [[nodes]] entry is required")
+        for i, table in enumerate(raw):
+            if not isinstance(table, dict):
+                raise self.fail(f"nodes[{i}]", f"expected a table, got {_toml_type(table)}")
+        return raw
+
+    def nodes(self, raw: object, data_dir: Path) -> tuple[NodeConfig, ...]:
+        nodes: list[NodeConfig] = []
+        ids: dict[str, str] = {}
+        addresses: dict[tuple[str, int], str] = {}
+        for i, table in enumerate(self.node_tables(raw)):
+            where = f"nodes[{i}]"
+            self.keys(table, {"id", "client_url", "peer_url", "join"}, where)
+            join = table.get("join", False)
+            if type(join) is not bool:
+                raise self.fail(f"{where}.join", f"expected a boolean, got {_toml_type(join)}")
+            node_id = self.string(self.required(table, "id", where), f"{where}.id")
+            if not _NODE_ID.fullmatch(node_id):
+                raise self.fail(
+                    f"{where}.id", f"{_show(node_id)} is not 1 to 64 of A-Z a-z 0-9 _ -"
+                )
+            if node_id in ids:
+                raise self.fail(
+                    f"{where}.id", f"duplicate node id {node_id!r} (also {ids[node_id]})"
+                )
+            ids[node_id] = f"{where}.id"
+            client_url = self.string(
+                self.required(table, "client_url", where), f"{where}.client_url"
+            )
+            peer_url = self.string(self.required(table, "peer_url", where), f"{where}.peer_url")
+            client = self.url(client_url, f"{where}.client_url")
+            peer = self.url(peer_url, f"{where}.peer_url")
+            own = {client: f"{where}.client_url", peer: f"{where}.peer_url"}
+            for address, key in own.items():  # one entry when the node shares its URL
+                if address in addresses:
+                    raise self.fail(
+                        key,
+                        f"address {_address(address)} is already used by {addresses[address]}",
+                    )
+            addresses.update(own)
+            nodes.append(
+                NodeConfig(
+                    id=node_id,
+                    client_url=client_url,
+                    peer_url=peer_url,
+                    client_host=client[0],
+                    client_port=client[1],
+                    peer_host=peer[0],
+                    peer_port=peer[1],
+                    data_dir=data_dir / node_id,
+                    join=join,
+                )
+            )
+        if all(node.join for node in nodes):
+            raise self.fail("nodes", "every node has join = true: the cluster needs a founder")
+        return tuple(nodes)
+
+    def url(self, url: str, key: str) -> tuple[str, int]:
+        try:
+            return parse_url(url)
+        except ConfigError as exc:
+            raise self.fail(key, str(exc)) from None
+
+    def tuning(self, table: object) -> Tuning:
+        if not isinstance(table, dict):
+            raise self.fail("tuning", f"expected a table, got {_toml_type(table)}")
+        names = {f.name for f in fields(Tuning)}
+        self.keys(table, names, "tuning")
+        for key, value in table.items():
+            if type(value) is not int:
+                raise self.fail(f"tuning.{key}", f"expected an integer, got {_toml_type(value)}")
+            if value <= 0:
+                raise self.fail(f"tuning.{key}", f"must be a positive integer, got {value}")
+        tuning = Tuning(**table)
+        if tuning.heartbeat_ticks >= tuning.election_ticks:
+            raise self.fail(
+                "tuning.heartbeat_ticks",
+                f"must be less than tuning.election_ticks "
+                f"({tuning.heartbeat_ticks} >= {tuning.election_ticks})",
+            )
+        return tuning
+
+
+def _address(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,65 @@
+"""Who leads, as this node sees it: leader-change logging, waiting for a leader, and
+failing linearizable reads whose leadership was not confirmed before it changed.
+
+An object of its own (owned by NodeRuntime, kvstore.runtime.node) with one input,
+`observe()`, called by the ready loop after every batch of Readys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from consensus import NodeId, RaftNode, Role
+from kvstore.runtime.requests import PendingRequests, ReadAborted
+
+log = logging.getLogger(__name__)
+
+
+class LeadershipWatch:
+    """Follows the core's (role, term, leader) and tells the rest of the node."""
+
+    def __init__(self, node_id: NodeId, node: RaftNode, pending: PendingRequests) -> None:
+        self._node_id = node_id
+        self._node = node
+        self._pending = pending
+        self._seen: tuple[Role, int, NodeId | None] = (node.role, node.term, None)
+        self._leader_known = asyncio.Event()
+
+    async def wait_for_leader(self, timeout: float) -> NodeId | None:
+        """The known leader, waiting up to `timeout` for one to emerge."""
+        if self._node.leader_id is None and timeout > 0:
+            self._leader_known.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._leader_known.wait()
+        return self._node.leader_id
+
+    def observe(self) -> None:
+        """Log leader changes and fail reads whose leadership was not confirmed in time."""
+        node = self._node
+        seen = (node.role, node.term, node.leader_id)
+        if seen == self._seen:
+            return
+        _, old_term, old_leader = self._seen
+        self._seen = seen
+        if node.leader_id is not None:
+            self._leader_known.set()
+        if node.leader_id != old_leader or node.term != old_term:
+            if node.leader_id == self._node_id:
+                log.info("this node is now the leader (term %d)", node.term)
+            elif node.leader_id is not None:
+                log.info("leader is %s (term %d)", node.leader_id, node.term)
+            elif old_leader is not None:
+                log.warning(
+                    "lost leader %s (now %s, term %d): writes wait for an election",
+                    old_leader,
+                    node.role.value,
+                    node.term,
+                )
+        if self._pending.reads:
+            keep = node.term if node.role is Role.LEADER else None
+            self._pending.fail_reads(
+                ReadAborted("leadership changed before the read was confirmed"), keep
+            )

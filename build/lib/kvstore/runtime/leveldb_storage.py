@@ -1,0 +1,340 @@
+"""Stable storage on LevelDB (plyvel): where a node's promises to its peers become durable.
+
+Layout, after hashicorp/raft-boltdb: entry `i` lives under b"e" + the 8-byte big-endian
+`i` (so LevelDB's key order is log order and a range scan is a log slice), the hard state
+under one fixed key. Every value is a 4-byte big-endian CRC32 of the msgpack body followed
+by that body, so a damaged record is reported instead of being replayed as a vote or an
+entry. Everything one Ready makes durable goes in a single synced write batch.
+
+The core asks for terms constantly and for the log tail on every replication round, so
+both are answered from memory: an array of every entry's term, and a bounded cache of the
+newest entries. LevelDB is read only for older entries (a lagging follower).
+
+The latest snapshot (metadata and the state machine's bytes) lives under two more keys;
+entries it covers are deleted in the same batch that stores it.
+
+Threading: the driver runs `save` in a worker thread while the event loop keeps reading
+entries below the ones being written. `save` therefore publishes its cache updates only
+after the batch is on disk, each as one atomic step under the GIL (a new immutable tail
+object, one array slice assignment), never as a sequence of partial mutations. Only one
+`save` may run at a time.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from array import array
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import plyvel
+
+from consensus.codec import (
+    CodecError,
+    decode_entry,
+    decode_hard_state,
+    decode_snapshot_meta,
+    encode_entry,
+    encode_hard_state,
+    encode_snapshot_meta,
+)
+from consensus.errors import CompactedError, ConsensusError, UnavailableError
+from consensus.storage import limit_size
+from consensus.types import Entry, HardState, SnapshotMeta
+
+__all__ = ["CorruptLogError", "LevelDBStorage"]
+
+_ENTRY_PREFIX = b"e"
+_ENTRY_KEY_LEN = len(_ENTRY_PREFIX) + 8
+_HARD_STATE_KEY = b"hardstate"
+_SNAPSHOT_META_KEY = b"snapmeta"
+_SNAPSHOT_DATA_KEY = b"snapdata"
+_CRC = struct.Struct(">I")
+
+
+class CorruptLogError(ConsensusError):
+    """A stored record failed its checksum, does not decode, or the log has a hole.
+
+    Raised rather than repaired: a node that silently dropped a record could forget a
+    vote or an acknowledged entry, which is worse than refusing to start."""
+
+    def __init__(self, path: str, index: int | None, problem: str) -> None:
+        where = f"entry {index}: " if index is not None else ""
+        super().__init__(f"corrupt log in {path}: {where}{problem}")
+        self.path = path
+        self.index = index
+
+
+def _entry_key(index: int) -> bytes:
+    return _ENTRY_PREFIX + index.to_bytes(8, "big")
+
+
+def _seal(body: bytes) -> bytes:
+    return _CRC.pack(zlib.crc32(body)) + body
+
+
+def _open_record(value: bytes) -> bytes:
+    """Return the checked body of a stored value, or raise ValueError saying what is wrong."""
+    if len(value) < _CRC.size:
+        raise ValueError(f"record of {len(value)} bytes is shorter than its checksum")
+    body = value[_CRC.size :]
+    (stored,) = _CRC.unpack_from(value)
+    computed = zlib.crc32(body)
+    if stored != computed:
+        raise ValueError(f"checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")
+    return body
+
+
+@dataclass(frozen=True, slots=True)
+class _Tail:
+    """The newest entries, `start` being the index of entries[0]. Never mutated: `save`
+    swaps in a new one, so a reader holding the old one sees a consistent slice."""
+
+    start: int
+    entries: tuple[Entry, ...]
+    nbytes: int
+
+    def get(self, lo: int, hi: int) -> list[Entry] | None:
+        """Entries [lo, hi) if all of them are cached, else None."""
+        if lo < self.start or hi > self.start + len(self.entries):
+            return None
+        return list(self.entries[lo - self.start : hi - self.start])
+
+    def replaced(self, new: Sequence[Entry], max_entries: int, max_bytes: int) -> _Tail:
+        """The tail after `new` overwrote everything from new[0].index on, trimmed at the
+        front to the limits."""
+        first = new[0].index
+        if first >= self.start:
+            cut = first - self.start
+            kept = self.entries[:cut]
+            nbytes = self.nbytes - sum(e.size() for e in self.entries[cut:])
+            start = self.start
+        else:  # the overwrite reaches below the cache: nothing cached survives
+            kept, nbytes, start = (), 0, first
+        entries = kept + tuple(new)
+        nbytes += sum(e.size() for e in new)
+        drop = 0
+        while len(entries) - drop > max_entries or nbytes > max_bytes:
+            nbytes -= entries[drop].size()
+            drop += 1
+        return _Tail(start + drop, entries[drop:], nbytes)
+
+
+class LevelDBStorage:
+    """`WritableStorage` on a LevelDB directory; open it once per process."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        cache_entries: int = 4096,
+        cache_bytes: int = 16 << 20,
+    ) -> None:
+        """Open (creating if needed) and fully verify the log, so a damaged record stops
+        the node at start rather than surfacing mid-replication."""
+        self._path = str(path)
+        self._cache_entries = cache_entries
+        self._cache_bytes = cache_bytes
+        self._db = plyvel.DB(self._path, create_if_missing=True)
+        try:
+            self._hard_state = self._load_hard_state()
+            self._snapshot = self._load_snapshot_meta()
+            self._base = self._snapshot.index if self._snapshot else 0
+            self._terms, self._tail = self._scan_log()
+        except BaseException:
+            self._db.close()
+            raise
+
+    # ------------------------------------------------------------------ opening
+
+    def _load_hard_state(self) -> HardState:
+        value = self._db.get(_HARD_STATE_KEY)
+        if value is None:
+            return HardState()
+        try:
+            return decode_hard_state(_open_record(value))
+        except (ValueError, CodecError) as exc:
+            raise CorruptLogError(self._path, None, f"hard state: {exc}") from exc
+
+    def _load_snapshot_meta(self) -> SnapshotMeta | None:
+        value = self._db.get(_SNAPSHOT_META_KEY)
+        if value is None:
+            return None
+        try:
+            return decode_snapshot_meta(_open_record(value))
+        except (ValueError, CodecError) as exc:
+            raise CorruptLogError(self._path, None, f"snapshot metadata: {exc}") from exc
+
+    def _scan_log(self) -> tuple[array[int], _Tail]:
+        """Check every record and that indices run on from the snapshot without a hole."""
+        # terms[i] is the term of entry base + i; terms[0] is the snapshot's (0: empty log)
+        terms = array("Q", [self._snapshot.term if self._snapshot else 0])
+        newest: deque[Entry] = deque(maxlen=self._cache_entries)
+        with self._db.iterator(prefix=_ENTRY_PREFIX) as records:
+            for key, value in records:
+                index = self._key_index(key)
+                expected = self._base + len(terms)
+                if index != expected:
+                    raise CorruptLogError(
+                        self._path, expected, f"missing (the next stored entry is {index})"
+                    )
+                entry = self._decode_record(index, value)
+                terms.append(entry.term)
+                newest.append(entry)
+        tail = _Tail(self._base + len(terms), (), 0)
+        if newest:
+            tail = _Tail(newest[0].index, (), 0).replaced(
+                newest, self._cache_entries, self._cache_bytes
+            )
+        return terms, tail
+
+    def _key_index(self, key: bytes) -> int:
+        if len(key) != _ENTRY_KEY_LEN:
+            raise CorruptLogError(self._path, None, f"malformed entry key {key!r}")
+        return int.from_bytes(key[len(_ENTRY_PREFIX) :], "big")
+
+    def _decode_record(self, index: int, value: bytes) -> Entry:
+        try:
+            entry = decode_entry(_open_record(value))
+        except (ValueError, CodecError) as exc:
+            raise CorruptLogError(self._path, index, str(exc)) from exc
+        if entry.index != index:
+            raise CorruptLogError(self._path, index, f"record holds entry {entry.index}")
+        return entry
+
+    # ------------------------------------------------------------------ Storage
+
+    def initial_state(self) -> HardState:
+        return self._hard_state
+
+    def snapshot_meta(self) -> SnapshotMeta | None:
+        return self._snapshot
+
+    def snapshot_data(self) -> bytes | None:
+        value = self._db.get(_SNAPSHOT_DATA_KEY)
+        if value is None:
+            return None
+        try:
+            return _open_record(value)
+        except ValueError as exc:
+            raise CorruptLogError(self._path, None, f"snapshot data: {exc}") from exc
+
+    def first_index(self) -> int:
+        return self._base + 1
+
+    def last_index(self) -> int:
+        return self._base + len(self._terms) - 1
+
+    def term(self, index: int) -> int:
+        if index < self._base:
+            raise CompactedError(f"index {index} is compacted")
+        try:
+            return self._terms[index - self._base]
+        except IndexError:
+            raise UnavailableError(
+                f"index {index} is past the last index {self.last_index()}"
+            ) from None
+
+    def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
+        if lo < self.first_index():
+            raise CompactedError(f"index {lo} is compacted")
+        last = self.last_index()
+        if hi > last + 1:
+            raise UnavailableError(f"index {hi - 1} is past the last index {last}")
+        if lo >= hi:
+            return []
+        cached = self._tail.get(lo, hi)
+        if cached is not None:
+            return limit_size(cached, max_bytes)
+        return self._read_range(lo, hi, max_bytes)
+
+    def _read_range(self, lo: int, hi: int, max_bytes: int | None) -> list[Entry]:
+        """Read [lo, hi) from LevelDB, stopping as soon as the byte budget is spent
+        (the same cut as `limit_size`) so a lagging follower does not decode a huge range."""
+        result: list[Entry] = []
+        total = 0
+        with self._db.iterator(start=_entry_key(lo), stop=_entry_key(hi)) as records:
+            for key, value in records:
+                index = lo + len(result)
+                if self._key_index(key) != index:
+                    raise CorruptLogError(self._path, index, "missing from the log")
+                entry = self._decode_record(index, value)
+                total += entry.size()
+                if max_bytes is not None and total > max_bytes and result:
+                    return result
+                result.append(entry)
+        if len(result) != hi - lo:
+            raise CorruptLogError(self._path, lo + len(result), "missing from the log")
+        return result
+
+    # ------------------------------------------------------------------ WritableStorage
+
+    def save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
+        """Write entries, drop any stored suffix past them, and write the hard state, all in
+        one synced batch: a crash leaves either all of this Ready on disk or none of it."""
+        if hard_state is None and not entries:
+            return
+        old_last = self.last_index()
+        new_terms = self._check_entries(entries, old_last) if entries else None
+        batch = self._db.write_batch(sync=True)
+        for entry in entries:
+            batch.put(_entry_key(entry.index), _seal(encode_entry(entry)))
+        if entries:
+            for index in range(entries[-1].index + 1, old_last + 1):
+                batch.delete(_entry_key(index))
+        if hard_state is not None:
+            batch.put(_HARD_STATE_KEY, _seal(encode_hard_state(hard_state)))
+        batch.write()
+        # Publish only now that the batch is durable; tail before terms, so a reader that
+        # sees the new last index also finds the new entries in the tail.
+        if hard_state is not None:
+            self._hard_state = hard_state
+        if new_terms is not None:
+            self._tail = self._tail.replaced(entries, self._cache_entries, self._cache_bytes)
+            self._terms[entries[0].index - self._base :] = new_terms
+
+    def _check_entries(self, entries: Sequence[Entry], last: int) -> array[int]:
+        """Reject a batch that would leave a hole, before anything is written."""
+        first = entries[0].index
+        if first < self.first_index() or first > last + 1:
+            raise ValueError(f"entries starting at {first} leave a gap or hit the snapshot")
+        for offset, entry in enumerate(entries):
+            if entry.index != first + offset:
+                raise ValueError(f"entry {entry.index} at position {offset} breaks the sequence")
+        try:
+            return array("Q", [entry.term for entry in entries])
+        except OverflowError as exc:
+            raise ValueError(f"entry terms must fit in 64 unsigned bits: {exc}") from exc
+
+    def apply_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        """Store the snapshot and delete the entries it covers in one synced batch; keep
+        the entries after it only if the log holds the snapshot's own entry."""
+        if self._snapshot is not None and meta.index <= self._snapshot.index:
+            raise ValueError(f"snapshot at {meta.index} is not newer than {self._snapshot.index}")
+        last = self.last_index()
+        keeps_tail = meta.index <= last and self.term(meta.index) == meta.term
+        drop_up_to = meta.index if keeps_tail else last
+        batch = self._db.write_batch(sync=True)
+        batch.put(_SNAPSHOT_META_KEY, _seal(encode_snapshot_meta(meta)))
+        batch.put(_SNAPSHOT_DATA_KEY, _seal(data))
+        for index in range(self.first_index(), drop_up_to + 1):
+            batch.delete(_entry_key(index))
+        batch.write()
+        kept = self._terms[meta.index - self._base + 1 :] if keeps_tail else array("Q")
+        tail = self._tail
+        if keeps_tail and tail.start <= meta.index < tail.start + len(tail.entries):
+            cut = meta.index + 1 - tail.start
+            rest = tail.entries[cut:]
+            tail = _Tail(meta.index + 1, rest, sum(e.size() for e in rest))
+        elif not keeps_tail or tail.start <= meta.index:
+            tail = _Tail(meta.index + 1, (), 0)
+        self._snapshot = meta
+        self._base = meta.index
+        self._tail = tail
+        self._terms = array("Q", [meta.term]) + kept
+
+    def close(self) -> None:
+        self._db.close()

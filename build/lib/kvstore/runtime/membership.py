@@ -1,0 +1,88 @@
+"""The node's side of membership: who the members are and where, and whether this
+node itself is still one.
+
+Applied CONF_CHANGE entries update the state machine's member directory; after each
+(and after a snapshot install, and at start) `changed()` re-derives who is where
+(kvstore.runtime.member_view) and re-points the peer links. A node learns that it was
+removed from its own log or from a peer's 410 answer, says so clearly and stops, so it
+can never serve (or campaign) as a member again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+from consensus import NodeId, RaftNode
+from kvstore.config import NodeConfig
+from kvstore.runtime.member_view import MemberView
+from kvstore.state.machine import KVStateMachine
+
+log = logging.getLogger(__name__)
+
+
+class MembershipTracker:
+    """Owned by NodeRuntime; `set_peers` re-points the peer links (the transport)."""
+
+    def __init__(
+        self,
+        me: NodeConfig,
+        node: RaftNode,
+        sm: KVStateMachine,
+        view: MemberView,
+        set_peers: Callable[[Mapping[NodeId, str]], None],
+        on_removed: Callable[[str], None] | None,
+    ) -> None:
+        self._me = me
+        self._node = node
+        self._sm = sm
+        self.view = view
+        self._set_peers = set_peers
+        self._on_removed = on_removed
+        self.removed_reason: str | None = None
+
+    def admit(self, sender: NodeId, sender_url: str | None) -> str | None:
+        """The peer API asks whether to take messages from `sender` (see MemberView)."""
+        verdict = self.view.admit(sender, sender_url)
+        if verdict is None and sender_url and self.view.learn(sender, sender_url):
+            self._set_peers(self.view.peer_urls())
+        return verdict
+
+    def changed(self) -> None:
+        """Re-derive member addresses and peer links after the membership may have
+        changed (a conf change applied, a snapshot installed, start-up)."""
+        removed = self._sm.removed_members
+        self._set_peers(
+            self.view.refresh(self._node.membership, self._sm.member_addresses, removed)
+        )
+        if self._me.id in removed and self._me.id not in self._node.membership:
+            self._removed("the log says so")
+
+    def told_removed(self, peer: NodeId, text: str) -> None:
+        """A peer answered 410 `removed_member` (the transport's callback)."""
+        self._removed(f"{peer} answered: {text.strip()[:200]}")
+
+    def _removed(self, reason: str) -> None:
+        """This node is no longer a member: say so clearly and stop (the server exits)."""
+        if self.removed_reason is not None:
+            return
+        self.removed_reason = reason
+        log.warning(
+            "node %s was removed from the cluster (%s): it no longer serves as a member "
+            "and stops; to add it again, wipe %s and start it with --join, then "
+            "`kv member add`",
+            self._me.id,
+            reason,
+            self._me.data_dir,
+        )
+        if self._on_removed is not None:
+            self._on_removed(reason)
+
+    @property
+    def members(self) -> dict[NodeId, NodeConfig]:
+        """Current members with a known address."""
+        return self.view.members
+
+    @property
+    def member_ids(self) -> frozenset[NodeId]:
+        return frozenset(self.view.known())

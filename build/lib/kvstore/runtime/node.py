@@ -1,0 +1,477 @@
+"""NodeRuntime: the asyncio driver of the pure Raft core on one node.
+
+Only the event loop thread touches the RaftNode. Two tasks drive it:
+- the tick task turns the loop clock into logical ticks (one per `tick_ms`);
+- the ready loop, woken by an Event after every step/propose/tick/read, hands each
+  Ready to the disk, the network and the state machine, then calls `advance`.
+
+Group commit: everything proposed while a Ready is being persisted lands in the next
+Ready, so a busy node makes one fsync per batch, not per request. A leader persists in
+a worker thread, so its loop keeps reading peers and clients while the disk syncs
+(followers persist small Readys inline: see INLINE_PERSIST_FOLLOWER).
+
+Messages wait for the fsync they depend on (votes, acknowledgements), with one
+exception: a leader's AppendEntries of its current, already-durable term go out
+*before* its own fsync (Raft dissertation §10.2.1), so the leader's disk write overlaps
+the round trip to the followers. That is safe because a commit index the core derives
+from the leader's own not-yet-durable entries is only acted on in a later Ready, and
+the ready loop handles Readys strictly one after another.
+
+Snapshots: every `snapshot_entries` applied entries the log is compacted into a state
+machine snapshot without stalling the loop (kvstore.compaction); a follower whose
+entries are gone gets it in chunks over `/raft/snapshot` (kvstore.snapshot_transfer)
+and installs it when the core hands it back in a Ready.
+
+Membership: applied CONF_CHANGE entries update the member directory; the runtime then
+re-derives who is where (kvstore.member_view) and re-points the transport. A node told
+it was removed (by its own log, or by a peer's 410) stops serving as a member.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from consensus import ConfChange, Config, Entry, Message, NodeId, RaftNode, Ready, Role
+from consensus.messages import AppendEntries, TimeoutNow
+from consensus.storage import WritableStorage
+from consensus.types import EntryType, HardState
+from kvstore.config import ClusterConfig, NodeConfig
+from kvstore.peers.snapshot_transfer import SnapshotReceiver
+from kvstore.peers.transport import Transport
+from kvstore.runtime.compaction import Compactor
+from kvstore.runtime.leadership import LeadershipWatch
+from kvstore.runtime.member_view import MemberView
+from kvstore.runtime.membership import MembershipTracker
+from kvstore.runtime.requests import (
+    PendingRequests,
+    ProposalTimeout,
+    RuntimeStopped,
+)
+from kvstore.runtime.snapshots import SnapshotKeeper
+from kvstore.state.commands import Command, encode_command
+from kvstore.state.machine import ApplyResult, KeyValue, KVStateMachine
+
+log = logging.getLogger(__name__)
+
+SLOW_PERSIST_S = 0.1
+"""A Ready that takes longer than this to persist is logged: the disk is the bottleneck."""
+INLINE_PERSIST_LEADER = 0
+INLINE_PERSIST_FOLLOWER = 8
+"""Readys with at most this many entries are persisted on the loop thread, the rest in
+the worker thread. A leader always uses the thread (its loop keeps serving clients and
+stepping acknowledgements while the disk syncs); a lightly loaded follower has nothing
+else to do meanwhile, and the two thread hops cost more than they overlap (measured)."""
+_EARLY = (AppendEntries, TimeoutNow)
+
+
+class NodeRuntime:
+    """Drives one RaftNode; the HTTP and peer layers call into it.
+
+    Its parts are objects of their own: `leadership` (who leads), `membership` (who the
+    members are, and whether this node still is one), `snapshots` (taking and installing
+    them), `pending` (requests waiting for commit or a read index), `transport` (peer
+    links). The runtime owns the event loop side: ticks, the ready loop, and the order
+    in which a Ready is persisted, sent and applied."""
+
+    def __init__(
+        self,
+        cluster: ClusterConfig,
+        node_id: NodeId,
+        storage: WritableStorage,
+        *,
+        rng: random.Random | None = None,
+        on_fatal: Callable[[BaseException], None] | None = None,
+        join: bool = False,
+        on_removed: Callable[[str], None] | None = None,
+    ) -> None:
+        t = cluster.tuning
+        self.cluster, self.tuning, self.node_id = cluster, t, node_id
+        self.me: NodeConfig = cluster.node(node_id)
+        self.storage = storage
+        self.sm = KVStateMachine(
+            session_ttl_entries=t.session_ttl_entries, max_sessions=t.max_sessions
+        )
+        snapshot = storage.snapshot_meta()
+        if snapshot is not None:  # the state machine starts from the last snapshot
+            data = storage.snapshot_data()
+            if data is None:
+                raise RuntimeError(f"storage has snapshot {snapshot} but no snapshot data")
+            self.sm.restore(data)
+        self.node = RaftNode(
+            Config(
+                node_id=node_id,
+                voters=self._initial_voters(join),
+                election_tick=t.election_ticks,
+                heartbeat_tick=t.heartbeat_ticks,
+                max_inflight=t.max_inflight,
+                max_batch_bytes=t.max_batch_bytes,
+            ),
+            storage,
+            rng or random.Random(),
+        )
+        self.pending = PendingRequests()
+        self.leadership = LeadershipWatch(node_id, self.node, self.pending)
+        self.transport = Transport(
+            node_id,
+            {},
+            snapshot_source=lambda meta: self.snapshots.for_peer(meta),
+            self_url=self.me.peer_url,
+            snapshot_chunk_bytes=t.snapshot_chunk_bytes,
+            on_removed=lambda peer, text: self.membership.told_removed(peer, text),
+            max_post_bytes=max(4 * t.max_batch_bytes, 1 << 20),
+            request_timeout=max(0.5, 4 * t.tick_ms * t.election_ticks / 1000),
+        )
+        self.membership = MembershipTracker(
+            self.me,
+            self.node,
+            self.sm,
+            MemberView(node_id, cluster.nodes, cluster.data_dir),
+            self.transport.set_peers,
+            on_removed,
+        )
+        self.last_heard: dict[NodeId, float] = {}
+        """time.monotonic() of the last message from each peer, for `GET /v1/status`."""
+        self._on_fatal = on_fatal
+        self._persisted: HardState = storage.initial_state()
+        self._wake = asyncio.Event()
+        self._read_ids = itertools.count(1)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"persist-{node_id}")
+        self.snapshots = SnapshotKeeper(
+            self.node,
+            self.sm,
+            storage,
+            self.pending,
+            Compactor(self.sm, storage, self._wake.set, node_id),
+            t.snapshot_entries,
+            step=self.step_messages,
+            running=lambda: not (self.stopping or self.fatal_error is not None),
+            installed=self.membership.changed,
+        )
+        self.snapshot_receiver = SnapshotReceiver(
+            self.me.data_dir / "incoming-snapshots", self.snapshots.deliver
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self.stopping = False
+        self.fatal_error: BaseException | None = None
+        self.membership.changed()
+
+    def _initial_voters(self, join: bool) -> tuple[NodeId, ...]:
+        """The founders for a brand-new node; none for one that joins (it must never
+        bootstrap a cluster of its own). With existing data the core ignores this."""
+        storage = self.storage
+        pristine = storage.last_index() == 0 and storage.snapshot_meta() is None
+        joining = join or self.me.join
+        if joining and not pristine:
+            log.info("this node already has data: --join / join = true changes nothing")
+        if joining:
+            return ()
+        return self.cluster.founders
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        await self.transport.start()
+        self._tasks = [
+            asyncio.create_task(self._tick_loop(), name=f"tick-{self.node_id}"),
+            asyncio.create_task(self._ready_loop(), name=f"ready-{self.node_id}"),
+            asyncio.create_task(self._expire_loop(), name=f"expire-{self.node_id}"),
+        ]
+        self._wake.set()  # committed entries from before a restart are replayed at once
+        log.info(
+            "node %s started: term %d, log %d..%d, commit %d, snapshot at %d",
+            self.node_id,
+            self.node.term,
+            self.storage.first_index(),
+            self.storage.last_index(),
+            self._persisted.commit,
+            self.sm.applied_index,
+        )
+
+    async def stop(self) -> None:
+        """Stop ticking, let the ready loop finish the Ready in hand, close the transport
+        and the disk. Idempotent."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.pending.abort_all(RuntimeStopped("the node is shutting down"))
+        self._wake.set()
+        for task in self._tasks:
+            if not task.get_name().startswith("ready-"):
+                task.cancel()  # the ready loop itself finishes the Ready in hand
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, timeout=5.0)
+        await self.transport.close()
+        self._executor.shutdown(wait=True)
+        self.snapshots.compactor.close()
+        self.snapshot_receiver.close()
+        close = getattr(self.storage, "close", None)
+        if close is not None:
+            close()
+        log.info("stopped at term %d, applied index %d", self.node.term, self.sm.applied_index)
+
+    def _fatal(self, exc: BaseException) -> None:
+        if self.fatal_error is None:
+            self.fatal_error = exc
+            log.critical("node %s cannot continue: %s", self.node_id, exc, exc_info=exc)
+            self.pending.abort_all(RuntimeStopped(f"the node hit a fatal error: {exc}"))
+            if self._on_fatal is not None:
+                self._on_fatal(exc)
+
+    def _check_running(self) -> None:
+        if self.stopping or self.fatal_error is not None:
+            raise RuntimeStopped("the node is shutting down")
+
+    # ------------------------------------------------------------------ inputs
+
+    def step_messages(self, msgs: Sequence[Message]) -> None:
+        """Messages from a peer (already checked by the peer API)."""
+        if self.stopping or self.fatal_error is not None:
+            return
+        step = self.node.step
+        for msg in msgs:
+            step(msg)
+        if msgs:
+            self.last_heard[msgs[0].sender] = time.monotonic()
+        self._wake.set()
+
+    async def propose(self, command: Command, timeout: float) -> ApplyResult | None:
+        """Replicate and apply one command. Raises NotLeader / ProposalDropped before
+        anything was proposed, ProposalOverwritten when it definitely failed, and
+        ProposalTimeout when the outcome is unknown."""
+        self._check_running()
+        entry: Entry = self.node.propose(encode_command(command))
+        return await self._until_applied(entry, timeout)
+
+    async def propose_conf_change(self, change: ConfChange, timeout: float) -> Entry:
+        """Propose a membership change and wait until it is applied here. Raises
+        NotLeader / ProposalDropped / InvalidConfChange before anything was proposed,
+        ProposalOverwritten or ProposalTimeout after."""
+        self._check_running()
+        entry = self.node.propose_conf_change(change)
+        await self._until_applied(entry, timeout)
+        return entry
+
+    async def _until_applied(self, entry: Entry, timeout: float) -> ApplyResult | None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        future = self.pending.add_proposal(entry, deadline)
+        self._wake.set()
+        try:
+            return await future  # the expiry task fails it with ProposalTimeout at the deadline
+        except RuntimeStopped as exc:  # proposed, so the outcome stays unknown
+            raise ProposalTimeout(f"entry {entry.index} not applied: {exc}") from None
+        finally:
+            self.pending.forget_proposal(entry.index, future)
+
+    async def read(self, key: str, linearizable: bool, timeout: float) -> KeyValue | None:
+        """Read a key; linearizable reads confirm leadership with a ReadIndex round first.
+        Raises NotLeader, ReadAborted, RuntimeStopped or TimeoutError (at the deadline)."""
+        if not linearizable:
+            return self.sm.get(key)
+        await self.barrier(timeout)
+        return self.sm.get(key)
+
+    async def barrier(self, timeout: float) -> int:
+        """Confirm leadership with a quorum (ReadIndex) and wait until everything
+        committed before the call is applied here; returns the read index. Afterwards
+        the state machine holds every write acknowledged before the call began."""
+        self._check_running()
+        request_id = next(self._read_ids).to_bytes(8, "big")
+        self.node.read_index(request_id)  # raises NotLeader
+        deadline = asyncio.get_running_loop().time() + timeout
+        future = self.pending.add_read(request_id, self.node.term, deadline)
+        self._wake.set()
+        try:
+            index = await future
+            if self.sm.applied_index < index:
+                await self.pending.wait_applied(index, deadline)
+        finally:
+            self.pending.reads.pop(request_id, None)
+        return index
+
+    # ------------------------------------------------------------------ leadership
+
+    @property
+    def leader_id(self) -> NodeId | None:
+        return self.node.leader_id
+
+    @property
+    def is_leader(self) -> bool:
+        return self.node.role is Role.LEADER
+
+    @property
+    def election_timeout_s(self) -> float:
+        return self.tuning.tick_ms * self.tuning.election_ticks / 1000
+
+    async def wait_for_leader(self, timeout: float) -> NodeId | None:
+        """The known leader, waiting up to `timeout` for one to emerge."""
+        if self.stopping:
+            return self.node.leader_id
+        return await self.leadership.wait_for_leader(timeout)
+
+    def transfer_leadership(self, to: NodeId) -> None:
+        self.node.transfer_leadership(to)
+        self._wake.set()
+
+    def replication(self) -> dict[NodeId, int]:
+        """On the leader, the match index of every member (its own: its last index).
+
+        The core has no public accessor for per-follower progress yet, so this reads
+        its private `_progress` (read-only use)."""
+        if self.node.role is not Role.LEADER:
+            return {}
+        progress = getattr(self.node, "_progress", {})
+        matches = {peer: int(pr.match) for peer, pr in progress.items()}
+        matches[self.node_id] = self.node.log.last_index()
+        return matches
+
+    async def drain(self, timeout: float) -> None:
+        """Before shutdown: hand leadership away (so clients wait one round trip, not an
+        election timeout), give waiting requests a moment, then fail the rest."""
+        if self.node.role is Role.LEADER and len(self.membership.members) > 1:
+            voters = self.node.membership.voters  # a learner cannot take over
+            reachable = sorted(
+                p
+                for p, st in self.transport.peer_status().items()
+                if st["reachable"] and p in voters
+            )
+            if reachable:
+                with contextlib.suppress(Exception):
+                    self.transfer_leadership(reachable[0])
+                    log.info("shutting down: handing leadership to %s", reachable[0])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.pending and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        self.pending.abort_all(RuntimeStopped("the node is shutting down"))
+
+    # ------------------------------------------------------------------ peers
+
+    def admit(self, sender: NodeId, sender_url: str | None) -> str | None:
+        """The peer API asks whether to take messages from `sender` (see MemberView)."""
+        return self.membership.admit(sender, sender_url)
+
+    # ------------------------------------------------------------------ the clock
+
+    async def _tick_loop(self) -> None:
+        """One tick per tick_ms of loop time; after a stall at most a few ticks catch up,
+        so a node resumed from SIGSTOP does not fire a burst of elections."""
+        loop = asyncio.get_running_loop()
+        interval = self.tuning.tick_ms / 1000
+        next_at = loop.time() + interval
+        while self.fatal_error is None:
+            delay = next_at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self.node.tick()
+            self._wake.set()
+            next_at += interval
+            now = loop.time()
+            if now - next_at > 3 * interval:
+                next_at = now + interval
+
+    async def _expire_loop(self) -> None:
+        """Enforce request deadlines a few times a second (one timer, not one per request)."""
+        loop = asyncio.get_running_loop()
+        interval = min(0.05, self.tuning.request_timeout_ms / 10_000)
+        while True:
+            await asyncio.sleep(interval)
+            if self.pending:
+                self.pending.expire(loop.time())
+
+    # ------------------------------------------------------------------ the ready loop
+
+    async def _ready_loop(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                node = self.node
+                while node.has_ready():
+                    rd = node.ready()
+                    await self._handle_ready(rd)
+                    if rd.committed and self.pending.answered:
+                        # Let the handlers just resolved write their answers before this
+                        # loop spends system calls on the next Ready (often the commit
+                        # index going out to followers, which nobody waits for).
+                        self.pending.answered = False
+                        await asyncio.sleep(0)
+                self.snapshots.between_readies()
+                self.leadership.observe()
+                if self.stopping:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a disk error or a bug: never keep running half-way
+            self._fatal(exc)
+
+    async def _handle_ready(self, rd: Ready) -> None:
+        node, transport = self.node, self.transport
+        late: Sequence[Message] = rd.messages
+        if rd.messages and node.role is Role.LEADER and self._term_durable(rd.hard_state):
+            early = [m for m in rd.messages if isinstance(m, _EARLY)]
+            if early:
+                transport.send(early)
+                late = [m for m in rd.messages if not isinstance(m, _EARLY)]
+        if rd.snapshot is not None:
+            self.snapshots.install(rd.snapshot)
+        if rd.must_sync:
+            await self._persist(rd)
+        if late:
+            transport.send(late)
+        if rd.committed:
+            self._apply(rd.committed)
+        for rs in rd.read_states:
+            self.pending.read_confirmed(rs.request_id, rs.index)
+        node.advance(rd)
+        self.snapshots.between_readies()
+
+    def _term_durable(self, hard_state: HardState | None) -> bool:
+        """True when this Ready does not change the persisted term or vote."""
+        if hard_state is None:
+            return True
+        persisted = self._persisted
+        return hard_state.term == persisted.term and hard_state.vote == persisted.vote
+
+    async def _persist(self, rd: Ready) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        inline = len(rd.entries) <= (
+            INLINE_PERSIST_LEADER if self.node.role is Role.LEADER else INLINE_PERSIST_FOLLOWER
+        )
+        if not inline:
+            await loop.run_in_executor(self._executor, self.storage.save, rd.hard_state, rd.entries)
+        else:
+            self.storage.save(rd.hard_state, rd.entries)
+        if rd.hard_state is not None:
+            self._persisted = rd.hard_state
+        elapsed = loop.time() - started
+        if elapsed > SLOW_PERSIST_S:
+            log.warning(
+                "slow disk: persisting %d entries took %.0f ms; every write waits for it "
+                "(check the disk holding %s)",
+                len(rd.entries),
+                elapsed * 1000,
+                self.me.data_dir,
+            )
+
+    def _apply(self, entries: Sequence[Entry]) -> None:
+        sm_apply, pending = self.sm.apply, self.pending
+        track = bool(pending.proposals)
+        conf_changed = False
+        for entry in entries:
+            result = sm_apply(entry)
+            if entry.type is EntryType.CONF_CHANGE:
+                conf_changed = True
+            if track:
+                pending.applied(entry, result)
+        if conf_changed:
+            self.membership.changed()
+        pending.applied_up_to(self.sm.applied_index)

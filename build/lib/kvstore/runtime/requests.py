@@ -1,0 +1,178 @@
+"""Client requests waiting on the Raft log, and the errors they can end with.
+
+Kept apart from the runtime so the rules that decide an answer's meaning live in one
+small place: a proposal resolves only when ITS entry (same index AND term) is applied;
+a different entry at its index proves it can never commit (a definite, retryable
+failure); anything else that stops the wait leaves a proposed write's outcome unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from dataclasses import dataclass
+
+from consensus import Entry
+from kvstore.state.machine import ApplyResult
+
+
+class RuntimeUnavailable(Exception):
+    """Base of the runtime's request errors."""
+
+
+class ProposalOverwritten(RuntimeUnavailable):
+    """A different entry was applied at the proposal's index: it can never commit.
+    Definite failure; safe to retry."""
+
+
+class ProposalTimeout(RuntimeUnavailable):
+    """The proposal was handed to the core but not confirmed: its outcome is unknown."""
+
+
+class ReadAborted(RuntimeUnavailable):
+    """A linearizable read lost its leader (or term) before it was confirmed; safe to retry."""
+
+
+class RuntimeStopped(RuntimeUnavailable):
+    """The node is shutting down (or stopped on a fatal error)."""
+
+
+@dataclass(slots=True)
+class _Proposal:
+    term: int
+    future: asyncio.Future[ApplyResult | None]
+    deadline: float
+
+
+@dataclass(slots=True)
+class _PendingRead:
+    term: int
+    future: asyncio.Future[int]
+    deadline: float
+
+
+class PendingRequests:
+    """Futures of proposals (by log index), ReadIndex reads (by request id) and reads
+    waiting for the applied index to catch up. Deadlines are enforced by `expire`, called
+    by one periodic task, which is cheaper than a timer per request."""
+
+    def __init__(self) -> None:
+        self.proposals: dict[int, _Proposal] = {}
+        self.reads: dict[bytes, _PendingRead] = {}
+        self._apply_waiters: list[tuple[int, int, asyncio.Future[None], float]] = []
+        self._seq = itertools.count()
+        self.answered = False
+        """Set when a proposal was settled; the ready loop then yields once."""
+
+    def __bool__(self) -> bool:
+        return bool(self.proposals or self.reads or self._apply_waiters)
+
+    # -------------------------------------------------------------- registering
+
+    def add_proposal(self, entry: Entry, deadline: float) -> asyncio.Future[ApplyResult | None]:
+        future: asyncio.Future[ApplyResult | None] = asyncio.get_running_loop().create_future()
+        self.proposals[entry.index] = _Proposal(entry.term, future, deadline)
+        return future
+
+    def forget_proposal(self, index: int, future: asyncio.Future[ApplyResult | None]) -> None:
+        current = self.proposals.get(index)
+        if current is not None and current.future is future:
+            del self.proposals[index]
+
+    def add_read(self, request_id: bytes, term: int, deadline: float) -> asyncio.Future[int]:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.reads[request_id] = _PendingRead(term, future, deadline)
+        return future
+
+    def wait_applied(self, index: int, deadline: float) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._apply_waiters, (index, next(self._seq), future, deadline))
+        return future
+
+    def expire(self, now: float) -> None:
+        """Fail every wait whose deadline passed: a proposal's outcome is then unknown."""
+        for index in [i for i, p in self.proposals.items() if p.deadline <= now]:
+            proposal = self.proposals.pop(index)
+            if not proposal.future.done():
+                proposal.future.set_exception(
+                    ProposalTimeout(f"entry {index} (term {proposal.term}) not applied in time")
+                )
+        for request_id in [r for r, p in self.reads.items() if p.deadline <= now]:
+            read = self.reads.pop(request_id)
+            if not read.future.done():
+                read.future.set_exception(TimeoutError("the read was not confirmed in time"))
+        if any(w[3] <= now for w in self._apply_waiters):
+            for waiter in self._apply_waiters:
+                if waiter[3] <= now and not waiter[2].done():
+                    waiter[2].set_exception(TimeoutError("the log was not applied in time"))
+            self._apply_waiters = [w for w in self._apply_waiters if not w[2].done()]
+            heapq.heapify(self._apply_waiters)
+
+    # -------------------------------------------------------------- resolving
+
+    def applied(self, entry: Entry, result: ApplyResult | None) -> None:
+        """`entry` was applied with `result`: settle the proposal made at its index."""
+        proposal = self.proposals.pop(entry.index, None)
+        if proposal is None or proposal.future.done():
+            return
+        self.answered = True
+        if proposal.term == entry.term:
+            proposal.future.set_result(result)
+        else:
+            proposal.future.set_exception(
+                ProposalOverwritten(
+                    f"entry {entry.index} of term {proposal.term} was replaced by one of "
+                    f"term {entry.term}; it will never commit"
+                )
+            )
+
+    def applied_up_to(self, applied: int) -> None:
+        waiters = self._apply_waiters
+        while waiters and waiters[0][0] <= applied:
+            future = heapq.heappop(waiters)[2]
+            if not future.done():
+                future.set_result(None)
+
+    def snapshot_installed(self, index: int) -> None:
+        """A snapshot replaced the log up to `index`: proposals there were either in it or
+        overwritten, and nobody can tell which any more."""
+        for entry_index in [i for i in self.proposals if i <= index]:
+            proposal = self.proposals.pop(entry_index)
+            if not proposal.future.done():
+                proposal.future.set_exception(
+                    ProposalTimeout(f"entry {entry_index} was folded into a snapshot")
+                )
+        self.applied_up_to(index)
+
+    def read_confirmed(self, request_id: bytes, index: int) -> None:
+        pending = self.reads.pop(request_id, None)
+        if pending is not None and not pending.future.done():
+            pending.future.set_result(index)
+
+    # -------------------------------------------------------------- failing
+
+    def fail_reads(self, exc: RuntimeUnavailable, keep_term: int | None = None) -> None:
+        """Fail unconfirmed reads, except those asked in `keep_term` (still leader there)."""
+        for request_id, pending in list(self.reads.items()):
+            if keep_term is not None and pending.term == keep_term:
+                continue
+            del self.reads[request_id]
+            if not pending.future.done():
+                pending.future.set_exception(exc)
+
+    def abort_all(self, exc: RuntimeUnavailable) -> None:
+        """Fail everything (shutdown). Proposals fail as ProposalTimeout upstream: a
+        proposed write's outcome stays unknown."""
+        for proposal in self.proposals.values():
+            if not proposal.future.done():
+                proposal.future.set_exception(exc)
+        self.proposals.clear()
+        self.fail_reads(exc)
+        for _, _, future, _ in self._apply_waiters:
+            if not future.done():
+                future.set_exception(exc)
+        self._apply_waiters.clear()
+
+    def counts(self) -> dict[str, int]:
+        return {"pending_proposals": len(self.proposals), "pending_reads": len(self.reads)}

@@ -1,0 +1,114 @@
+"""Snapshots on one node: taking them (compaction) and installing the leader's.
+
+Taking: every `snapshot_every` applied entries, kvstore.runtime.compaction folds the
+state into a snapshot without stalling the loop; `between_readies()` starts and
+finishes that work. Receiving: kvstore.peers.snapshot_transfer hands over a complete,
+verified snapshot; it is decoded off the event loop, then its InstallSnapshot is
+stepped, and the core hands it back in a Ready for `install` (state machine and
+storage, before the entries of that Ready are persisted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+
+from consensus import RaftNode
+from consensus.errors import ConsensusError
+from consensus.messages import InstallSnapshot, Message
+from consensus.storage import WritableStorage
+from consensus.types import SnapshotMeta
+from kvstore.peers.snapshot_transfer import ChunkError
+from kvstore.runtime.compaction import Compactor
+from kvstore.runtime.requests import PendingRequests
+from kvstore.state.machine import KVStateMachine, SnapshotError
+from kvstore.state.snapshot import ParsedState
+
+log = logging.getLogger(__name__)
+
+
+class SnapshotKeeper:
+    """Owned by NodeRuntime. `step` hands a message to the core the way peer messages
+    go; `running` says whether the node still accepts input; `installed` runs after a
+    leader's snapshot replaced the state (the membership may have changed)."""
+
+    def __init__(
+        self,
+        node: RaftNode,
+        sm: KVStateMachine,
+        storage: WritableStorage,
+        pending: PendingRequests,
+        compactor: Compactor,
+        snapshot_every: int,
+        *,
+        step: Callable[[Sequence[Message]], None],
+        running: Callable[[], bool],
+        installed: Callable[[], None],
+    ) -> None:
+        self._node = node
+        self._sm = sm
+        self._storage = storage
+        self._pending = pending
+        self.compactor = compactor
+        self.snapshot_every = snapshot_every
+        self._step = step
+        self._running = running
+        self._installed = installed
+        self._incoming: tuple[SnapshotMeta, bytes, ParsedState] | None = None
+
+    async def deliver(self, msg: InstallSnapshot, data: bytes) -> None:
+        """A complete, verified snapshot arrived: decode it off the loop, then step it."""
+        try:
+            parsed = await asyncio.get_running_loop().run_in_executor(
+                None, KVStateMachine.parse, data
+            )
+        except SnapshotError as exc:
+            log.error("snapshot %d from %s is unusable: %s", msg.snapshot.index, msg.sender, exc)
+            raise ChunkError(400, "bad_snapshot", str(exc)) from None
+        self.receive(msg, data, parsed)
+
+    def receive(self, msg: InstallSnapshot, data: bytes, parsed: ParsedState) -> None:
+        """Keep the decoded state for the Ready that installs it, then step the message
+        that announces it."""
+        if not self._running():
+            return
+        self._incoming = (msg.snapshot, data, parsed)
+        self._step([msg])
+        if self._node.log.pending_snapshot != msg.snapshot:
+            self._incoming = None  # the core did not need it (already has it)
+
+    def between_readies(self) -> None:
+        """Store a finished snapshot, or start one when the log is long. Called between
+        Readys: `node.snapshot_meta()` is valid then, since nothing has called `ready()`
+        since the last `advance`, so the core's membership matches the applied index."""
+        compactor = self.compactor
+        compactor.store_if_ready()
+        if compactor.running or not self._running():
+            return
+        if self._sm.applied_index - self._storage.first_index() < self.snapshot_every:
+            return
+        try:
+            meta = self._node.snapshot_meta()
+        except ConsensusError:
+            return  # a snapshot from the leader is being installed: it will do
+        if meta.index == self._sm.applied_index:
+            compactor.start(meta)
+
+    def install(self, meta: SnapshotMeta) -> None:
+        """The core's Ready asks for the snapshot `meta`: replace state and log prefix."""
+        incoming = self._incoming
+        if incoming is None or incoming[0] != meta:
+            raise RuntimeError(f"the core installs snapshot {meta} but no such data arrived")
+        self._incoming = None
+        self._storage.apply_snapshot(meta, incoming[1])
+        self._sm.install(incoming[2])
+        self._pending.snapshot_installed(meta.index)
+        self._installed()
+        log.info("installed a snapshot from the leader at index %d", meta.index)
+
+    def for_peer(self, meta: SnapshotMeta) -> bytes | None:
+        """The stored snapshot's bytes, if it is still the one the core asked to send."""
+        if self._storage.snapshot_meta() != meta:
+            return None
+        return self._storage.snapshot_data()

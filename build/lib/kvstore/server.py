@@ -1,0 +1,277 @@
+"""Process entry points: `kv serve` (one node) and `kv cluster up` (every node of a file).
+
+Exit codes of `run_node`: 0 after a clean SIGTERM/SIGINT, or when the node learns it
+was removed from the cluster (one line on stderr says so); 2 for a bad config or a
+data dir the node cannot use (one line on stderr, no traceback), 1 when the node
+cannot listen or stops on a fatal error (a disk that fails a write, a corrupt entry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from kvstore.api.app import make_client_app
+from kvstore.api.peer import DEFAULT_MAX_BODY, add_peer_routes, make_peer_app
+from kvstore.config import ClusterConfig, ConfigError, check_data_dir, load_cluster_config
+from kvstore.runtime.leveldb_storage import CorruptLogError, LevelDBStorage
+from kvstore.runtime.node import NodeRuntime
+
+log = logging.getLogger("kvstore.server")
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+DRAIN_TIMEOUT_S = 1.0
+
+
+class StartupError(Exception):
+    """A problem found before serving, with its exit code and a one-line message."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _open_storage(path: Path) -> LevelDBStorage:
+    try:
+        return LevelDBStorage(path)
+    except CorruptLogError as exc:
+        raise StartupError(EXIT_CONFIG, f"data directory unusable: {exc}") from None
+    except Exception as exc:  # plyvel raises IOError for a held lock or a bad directory
+        text = str(exc)
+        if "lock" in text.lower():
+            text = f"{path} is in use by another process ({text})"
+        raise StartupError(EXIT_CONFIG, f"cannot open the log in {path}: {text}") from None
+
+
+def load(config_path: str | Path, node_id: str) -> ClusterConfig:
+    """Load and check everything a node needs before it binds a port."""
+    try:
+        cluster = load_cluster_config(config_path)
+        node = cluster.node(node_id)
+        check_data_dir(node.data_dir)
+    except ConfigError as exc:
+        raise StartupError(EXIT_CONFIG, str(exc)) from None
+    return cluster
+
+
+def run_node(config_path: str | Path, node_id: str, join: bool = False) -> int:
+    """Run one node in the foreground until SIGTERM/SIGINT; returns the exit code.
+    `join`: start empty and wait to be added to an existing cluster (`kv member add`)."""
+    try:
+        cluster = load(config_path, node_id)
+    except StartupError as exc:
+        print(f"kv serve: error: {exc}", file=sys.stderr)
+        return exc.code
+    logging.basicConfig(
+        level=os.environ.get("KV_LOG_LEVEL", "INFO").upper(),
+        format=f"%(asctime)s %(levelname)s {node_id} %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(_serve(cluster, node_id, join))
+    except StartupError as exc:
+        print(f"kv serve: error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _loop_factory():  # type: ignore[no-untyped-def]
+    """uvloop when installed: its faster I/O matters for latency; plain asyncio otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+async def _serve(cluster: ClusterConfig, node_id: str, join: bool = False) -> int:
+    me = cluster.node(node_id)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    storage = _open_storage(me.data_dir / "raft")
+
+    def removed(reason: str) -> None:
+        print(
+            f"kv serve: node {node_id} was removed from the cluster ({reason}); exiting",
+            file=sys.stderr,
+            flush=True,
+        )
+        stop.set()
+
+    try:
+        runtime = NodeRuntime(
+            cluster,
+            node_id,
+            storage,
+            on_fatal=lambda exc: stop.set(),
+            join=join,
+            on_removed=removed,
+        )
+    except Exception as exc:  # a log or snapshot the core or state machine rejects
+        storage.close()
+        raise StartupError(
+            EXIT_CONFIG, f"cannot start from the data in {me.data_dir}: {exc}"
+        ) from None
+    shared = (me.client_host, me.client_port) == (me.peer_host, me.peer_port)
+    max_value = cluster.tuning.max_value_bytes
+    app = make_client_app(runtime, DEFAULT_MAX_BODY if shared else max_value + 1)
+    if shared:
+        add_peer_routes(app, runtime)
+
+    async def runtime_ctx(_app: web.Application) -> AsyncIterator[None]:
+        await runtime.start()
+        yield
+        await runtime.stop()
+
+    async def drain(_app: web.Application) -> None:
+        await runtime.drain(DRAIN_TIMEOUT_S)
+
+    app.cleanup_ctx.append(runtime_ctx)
+    app.on_shutdown.insert(0, drain)  # before a shared app's peer streams are ended
+    runners = [web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)]
+    targets = [(me.client_host, me.client_port)]
+    if not shared:
+        runners.append(web.AppRunner(make_peer_app(runtime), access_log=None, shutdown_timeout=1.0))
+        targets.append((me.peer_host, me.peer_port))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    started: list[web.AppRunner] = []
+    try:
+        for runner, (host, port) in zip(runners, targets, strict=True):
+            await runner.setup()
+            started.append(runner)
+            try:
+                await web.TCPSite(runner, host, port, reuse_address=True, backlog=1024).start()
+            except OSError as exc:
+                raise StartupError(
+                    EXIT_FAILURE, f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+                ) from None
+        log.info(
+            "serving clients on %s, peers on %s, data in %s",
+            me.client_url,
+            me.peer_url,
+            me.data_dir,
+        )
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        for runner in started:  # the client app first: it drains while peers still talk
+            with contextlib.suppress(Exception):
+                await runner.cleanup()
+        if not started:
+            await runtime.stop()
+    return EXIT_FAILURE if runtime.fatal_error is not None else EXIT_OK
+
+
+# ---------------------------------------------------------------------- kv cluster up
+
+
+def _status(url: str, timeout: float = 0.5) -> dict[str, object] | None:
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/v1/status", timeout=timeout) as resp:
+            data = json.loads(resp.read())
+            return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _stop_children(children: dict[str, subprocess.Popen[bytes]], deadline_s: float) -> None:
+    """SIGTERM every child by PID, then SIGKILL whatever is left after the deadline."""
+    for proc in children.values():
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+    end = time.monotonic() + deadline_s
+    for node_id, proc in children.items():
+        try:
+            proc.wait(timeout=max(0.0, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"node {node_id} (pid {proc.pid}) did not stop in time; killing it", flush=True)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+
+
+def cluster_up(config_path: str | Path, wait_leader_s: float = 20.0) -> int:
+    """Start every node of the file as a child `kv serve`, wait for a leader, and stop them
+    all on Ctrl-C/SIGTERM. Returns the exit code."""
+    try:
+        cluster = load_cluster_config(config_path)
+        for node in cluster.nodes:
+            check_data_dir(node.data_dir)
+    except ConfigError as exc:
+        print(f"kv cluster up: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    stopping = False
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for node in cluster.nodes:
+            cmd = [sys.executable, "-m", "kvstore.cli.main", "serve", "--config", str(config_path)]
+            children[node.id] = subprocess.Popen([*cmd, "--node", node.id])
+            print(
+                f"{node.id}: pid {children[node.id].pid}  client {node.client_url}  "
+                f"peer {node.peer_url}",
+                flush=True,
+            )
+        leader = _wait_for_leader(cluster, children, wait_leader_s, lambda: stopping)
+        if leader is not None:
+            print(f"leader: {leader}. Press Ctrl-C to stop the cluster.", flush=True)
+        elif not stopping:
+            print("no leader elected yet; the nodes keep trying (Ctrl-C stops them)", flush=True)
+        reported: set[str] = set()
+        while not stopping:
+            for node_id, proc in children.items():
+                if proc.poll() is not None and node_id not in reported:
+                    reported.add(node_id)
+                    print(f"node {node_id} exited with code {proc.returncode}", flush=True)
+            if len(reported) == len(children):
+                break
+            time.sleep(0.2)
+    finally:
+        print("stopping the cluster", flush=True)
+        _stop_children(children, deadline_s=10.0)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    failed = [n for n, p in children.items() if p.returncode not in (0, -signal.SIGTERM)]
+    return EXIT_FAILURE if failed and not stopping else EXIT_OK
+
+
+def _wait_for_leader(
+    cluster: ClusterConfig,
+    children: dict[str, subprocess.Popen[bytes]],
+    timeout: float,
+    stopping: Callable[[], bool],
+) -> str | None:
+    """The leader once one is elected and every running node answers, else None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stopping():
+        if all(p.poll() is not None for p in children.values()):
+            return None
+        running = [n for n in cluster.nodes if children[n.id].poll() is None]
+        statuses = [_status(node.client_url) for node in running]
+        leaders = [st.get("id") for st in statuses if st and st.get("role") == "leader"]
+        if leaders and all(statuses):
+            return str(leaders[0])
+        time.sleep(0.1)
+    return None

@@ -1,0 +1,304 @@
+"""The key-value state machine that every replica applies the committed log to.
+
+It must be a pure function of the log: no I/O, no clock, no randomness, no iteration
+over anything whose order could differ between replicas. Replicas that applied the same
+entries therefore hold the same keys, revision and sessions, and `snapshot()` yields the
+same bytes on each (the simulator and the tests compare replicas through that).
+
+Membership changes (CONF_CHANGE entries) feed the member directory
+(`kvstore.members`): the addresses of added members and the ids of removed ones, so
+that every replica, and every snapshot, agrees on where the members are.
+
+Exactly-once writes (Raft dissertation §6.3). A command may carry a
+`SessionRef(client_id, seq, first_outstanding)`. Per client id the machine keeps a
+session: the results of that client's requests with seq >= a floor, the floor being the
+highest `first_outstanding` the client has sent (it has seen every answer below it).
+The rules, applied in this order:
+
+1. Idle sessions expire by log position, not time: a session last used at index `u` is
+   dropped when an entry with index > u + session_ttl_entries is applied (any entry,
+   NOOPs included), before that entry's command runs.
+2. A request for a client id with no live session opens one only if its
+   first_outstanding is 1 (the client has had no answer yet, so a concurrent client
+   may send seq 1..n at once, in any order) and the id is not in the record of dropped
+   sessions. Anything else answers `SessionExpiredResult()` and is not applied: a
+   client that has had answers the machine no longer remembers lost its session, and
+   applying could execute one of its requests twice. A client that gets
+   SessionExpired must treat the outcome of that request as unknown and start over
+   with a new client id.
+3. In a live session the floor rises to the request's `first_outstanding` and results
+   below it are forgotten. A seq below the floor answers SessionExpired (its answer
+   was already delivered and forgotten; this is a stale duplicate). A seq with a stored
+   result returns that result (even a failed compare-and-set) without applying. Any
+   other seq is applied and its result stored. Requests of one session may apply out of
+   order; each seq still applies at most once.
+4. At most `max_results_per_session` results are stored per session; storing one more
+   drops the lowest seq and raises the floor above it, so a late retry of it answers
+   SessionExpired instead of being applied again.
+5. At most `max_sessions` sessions live; opening one more drops the least recently used
+   (lowest last-used index, ties by client id).
+
+Every dropped session leaves its client id in a record of the last `max_sessions`
+dropped ids, so that rule 2 catches a retry of seq 1 from a dropped session. The record
+is bounded, so one residual case remains: seq 1 applied, its answer lost, the session
+and then its record entry dropped (after at least session_ttl_entries entries or
+max_sessions other sessions), and only then the retry. Clients retry within seconds, so
+this needs a client to stall for that long; accept it or use a new client id per run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Mapping
+
+from consensus.types import Entry, EntryType
+from kvstore.state.commands import Command, Put, decode_command
+from kvstore.state.members import MemberAddress, MemberDirectory
+from kvstore.state.snapshot import ParsedState, SnapshotView, parse_snapshot
+from kvstore.state.types import (
+    NOT_FOUND,
+    SESSION_EXPIRED,
+    ApplyResult,
+    DeleteResult,
+    KeyValue,
+    NotFoundResult,
+    PutResult,
+    Session,
+    SessionExpiredResult,
+    VersionMismatchResult,
+)
+
+__all__ = [
+    "DEFAULT_MAX_SESSIONS",
+    "DEFAULT_SESSION_TTL_ENTRIES",
+    "ApplyOrderError",
+    "ApplyResult",
+    "DeleteResult",
+    "KVStateMachine",
+    "KeyValue",
+    "NotFoundResult",
+    "PutResult",
+    "SessionExpiredResult",
+    "SnapshotError",
+    "VersionMismatchResult",
+]
+
+DEFAULT_SESSION_TTL_ENTRIES = 1_000_000
+DEFAULT_MAX_SESSIONS = 10_000
+DEFAULT_MAX_RESULTS_PER_SESSION = 4096
+
+
+class ApplyOrderError(RuntimeError):
+    """An entry arrived out of order: a bug in the driver, never a client's fault."""
+
+
+class SnapshotError(ValueError):
+    """Bytes given to restore() are not a snapshot this version wrote."""
+
+
+class KVStateMachine:
+    """Keys, the cluster-wide revision, and exactly-once sessions; see the module docstring."""
+
+    def __init__(
+        self,
+        session_ttl_entries: int = DEFAULT_SESSION_TTL_ENTRIES,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        max_results_per_session: int = DEFAULT_MAX_RESULTS_PER_SESSION,
+    ) -> None:
+        for name, value in (
+            ("session_ttl_entries", session_ttl_entries),
+            ("max_sessions", max_sessions),
+            ("max_results_per_session", max_results_per_session),
+        ):
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        self._ttl = session_ttl_entries
+        self._max_sessions = max_sessions
+        self._max_results = max_results_per_session
+        self._data: dict[str, KeyValue] = {}
+        self._revision = 0
+        self._applied_index = 0
+        # Both kept in drop/use order so the oldest is first; see rules 1 and 5.
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._dropped: OrderedDict[str, int] = OrderedDict()
+        self._directory = MemberDirectory()
+
+    @property
+    def revision(self) -> int:
+        return self._revision
+
+    @property
+    def applied_index(self) -> int:
+        return self._applied_index
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: str) -> KeyValue | None:
+        return self._data.get(key)
+
+    def has_session(self, client_id: str) -> bool:
+        return client_id in self._sessions
+
+    @property
+    def member_addresses(self) -> Mapping[str, MemberAddress]:
+        """Addresses of the members added through the log (founders' are in cluster.toml)."""
+        return self._directory.addresses
+
+    @property
+    def removed_members(self) -> frozenset[str]:
+        """Ids removed through the log and not added again since."""
+        return frozenset(self._directory.removed)
+
+    def reset_members(self) -> None:
+        """Forget the member directory: only for seeding a NEW cluster from a backup
+        (`kv snapshot restore`), whose members are the new cluster.toml's nodes."""
+        self._directory = MemberDirectory()
+
+    def apply(self, entry: Entry) -> ApplyResult | None:
+        """Apply the next committed entry; None for a NOOP or a membership change.
+
+        Raises ApplyOrderError unless entry.index == applied_index + 1, and
+        CommandDecodeError for undecodable data; both leave the state untouched. A
+        committed entry that cannot be decoded means version skew or corruption, and
+        every replica fails on it alike, so stopping is safer than skipping it (skipping
+        would let replicas that can decode it diverge).
+        """
+        index = entry.index
+        if index != self._applied_index + 1:
+            raise ApplyOrderError(
+                f"entry index {index} applied after {self._applied_index}; "
+                f"expected {self._applied_index + 1}"
+            )
+        command = decode_command(entry.data) if entry.type == EntryType.NORMAL else None
+        if entry.type == EntryType.CONF_CHANGE:
+            self._directory.apply(entry.data)
+        self._applied_index = index
+        self._expire_idle_sessions(index)
+        if command is None:
+            return None
+        if command.session is None:
+            return self._execute(command)
+        return self._apply_in_session(command, index)
+
+    def _expire_idle_sessions(self, index: int) -> None:
+        sessions = self._sessions
+        while sessions:
+            client_id, session = next(iter(sessions.items()))
+            if index - session.last_used <= self._ttl:
+                return
+            del sessions[client_id]
+            self._record_dropped(client_id, index)
+
+    def _record_dropped(self, client_id: str, index: int) -> None:
+        self._dropped.pop(client_id, None)
+        self._dropped[client_id] = index
+        while len(self._dropped) > self._max_sessions:
+            self._dropped.popitem(last=False)
+
+    def _apply_in_session(self, command: Command, index: int) -> ApplyResult:
+        ref = command.session
+        assert ref is not None
+        session = self._sessions.get(ref.client_id)
+        if session is None:
+            if ref.first_outstanding != 1 or ref.client_id in self._dropped:
+                return SESSION_EXPIRED
+            session = self._open_session(ref.client_id, index)
+        else:
+            session.last_used = index
+            self._sessions.move_to_end(ref.client_id)
+            if ref.first_outstanding > session.floor:
+                session.forget_below(ref.first_outstanding)
+            if ref.seq < session.floor:
+                return SESSION_EXPIRED
+            stored = session.results.get(ref.seq)
+            if stored is not None:
+                return stored
+        result = self._execute(command)
+        session.remember(ref.seq, result, self._max_results)
+        return result
+
+    def _open_session(self, client_id: str, index: int) -> Session:
+        session = Session(floor=1, last_used=index, results={})
+        self._sessions[client_id] = session
+        while len(self._sessions) > self._max_sessions:
+            oldest, _ = self._sessions.popitem(last=False)
+            self._record_dropped(oldest, index)
+        return session
+
+    def _execute(self, command: Command) -> ApplyResult:
+        current = self._data.get(command.key)
+        current_version = 0 if current is None else current.version
+        if type(command) is Put:
+            if command.prev_version is not None and command.prev_version != current_version:
+                return VersionMismatchResult(current_version)
+            self._revision = revision = self._revision + 1
+            if current is None:
+                kv = KeyValue(command.key, command.value, 1, revision, revision)
+            else:
+                kv = KeyValue(
+                    command.key,
+                    command.value,
+                    current.version + 1,
+                    current.create_revision,
+                    revision,
+                )
+            self._data[command.key] = kv
+            return PutResult(revision, kv.version)
+        # Delete: a missing key is NotFound whatever prev_version says.
+        if current is None:
+            return NOT_FOUND
+        if command.prev_version is not None and command.prev_version != current_version:
+            return VersionMismatchResult(current_version)
+        del self._data[command.key]
+        self._revision += 1
+        return DeleteResult(self._revision)
+
+    def snapshot(self) -> bytes:
+        """Everything, in a canonical order, so equal states give equal bytes."""
+        return self.snapshot_view().serialize()
+
+    def snapshot_view(self) -> SnapshotView:
+        """A consistent picture of the state now, cheap to take (a shallow copy of the
+        keys); `.serialize()` gives the snapshot bytes and may run in another thread."""
+        return SnapshotView.capture(
+            self._applied_index,
+            self._revision,
+            self._data,
+            self._sessions,
+            self._dropped,
+            self._directory,
+        )
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state by a snapshot's; on SnapshotError nothing changes.
+
+        The limits (ttl, max sessions) stay this machine's own; they are re-applied as
+        entries arrive, so a snapshot from a differently configured node still works.
+        """
+        self.install(self.parse(data))
+
+    @staticmethod
+    def parse(data: bytes) -> ParsedState:
+        """Decode snapshot bytes without touching any machine (safe in a worker thread,
+        so a large snapshot does not stall the event loop); raises SnapshotError."""
+        try:
+            return parse_snapshot(data)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise SnapshotError(f"not a valid state machine snapshot: {exc}") from None
+
+    def install(self, state: ParsedState) -> None:
+        """Swap in a state made by `parse` (one step, on the thread that applies)."""
+        (
+            self._applied_index,
+            self._revision,
+            self._data,
+            self._sessions,
+            self._dropped,
+            self._directory,
+        ) = state
+
+    def fingerprint(self) -> str:
+        """A digest of snapshot(): equal for replicas in the same state. Costs a snapshot."""
+        return hashlib.sha256(self.snapshot()).hexdigest()
