@@ -4,25 +4,26 @@ Inputs are `tick`, `step`, `propose`, `read_index` and `transfer_leadership`;
 output is a `Ready` the driver persists, sends and applies before `advance`.
 Term rules common to every role are applied once in `step`, then the message is
 dispatched to the handler of the current role (as etcd-io/raft does). Elections,
-the follower's side and membership live here; the leader's side in consensus.leader.
+the follower's side and membership live here. The leader's side is a
+`consensus.leader.Leadership`, which exists only while this node leads: it owns the
+leader-only state and is handed the log, the membership and the message outbox.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from consensus import quorum
 from consensus.config import Config
-from consensus.errors import NotLeader, ProposalDropped
-from consensus.leader import LeaderMixin
+from consensus.errors import NotLeader
+from consensus.leader import Leadership
 from consensus.log import RaftLog
 from consensus.membership import (
     ConfChange,
-    ConfChangeType,
-    InvalidConfChange,
     apply_change,
     bootstrap_change,
     decode_conf_change,
     encode_conf_change,
-    validate,
 )
 from consensus.messages import (
     AppendEntries,
@@ -33,8 +34,6 @@ from consensus.messages import (
     RequestVoteResponse,
     TimeoutNow,
 )
-from consensus.progress import Progress
-from consensus.read_index import ReadIndexQueue
 from consensus.ready import Ready, Status
 from consensus.storage import Storage
 from consensus.types import (
@@ -50,7 +49,7 @@ from consensus.types import (
 )
 
 
-class RaftNode(LeaderMixin):
+class RaftNode:
     def __init__(self, config: Config, storage: Storage, rng: RandomSource) -> None:
         self.config = config
         self.id: NodeId = config.node_id
@@ -59,7 +58,6 @@ class RaftNode(LeaderMixin):
         snapshot = storage.snapshot_meta()
         self.membership = snapshot.membership if snapshot else Membership(config.voters)
         self._conf_index = snapshot.index if snapshot else 0
-        self._pending_conf_index = 0
         hard_state = storage.initial_state()
         self.term = hard_state.term
         self.vote: NodeId | None = hard_state.vote
@@ -67,13 +65,12 @@ class RaftNode(LeaderMixin):
         self.role = Role.FOLLOWER
         self.leader_id: NodeId | None = None
         self._election_elapsed = 0
-        self._heartbeat_elapsed = 0
         self._randomized_timeout = config.election_tick
         self._votes: dict[NodeId, bool] = {}
-        self._progress: dict[NodeId, Progress] = {}
-        self._transferee: NodeId | None = None
-        self._reads = ReadIndexQueue()
-        self._replication_pending = False
+        self._leadership: Leadership | None = None
+        """Present exactly while role is LEADER."""
+        self._read_seq = 0
+        """The last ReadIndex round number of this node's past terms (see Leadership)."""
         self._msgs: list[Message] = []
         self._read_states: list[ReadState] = []
         self._become_follower(self.term, None)
@@ -121,64 +118,27 @@ class RaftNode(LeaderMixin):
         return SnapshotMeta(applied, self.log.term(applied), self.membership)
 
     def tick(self) -> None:
-        if self.role is Role.LEADER:
-            self._tick_leader()
-        else:
+        if self._leadership is None:
             self._tick_election()
+        elif not self._leadership.tick():
+            self._become_follower(self.term, None)  # CheckQuorum failed
 
     def propose(self, data: bytes) -> Entry:
-        if self.role is not Role.LEADER:
-            raise NotLeader(self.leader_id)
-        if self._transferee is not None:
-            raise ProposalDropped(f"leadership is being transferred to {self._transferee}")
-        uncommitted = self.log.last_index() - self.log.committed
-        if uncommitted >= self.config.max_uncommitted_entries:
-            raise ProposalDropped(
-                f"{uncommitted} entries await commitment; followers are not keeping up"
-            )
-        entry = Entry(self.term, self.log.last_index() + 1, data)
-        self._append_as_leader(entry)
-        return entry
+        """Append a NORMAL entry; its term and index identify the proposal. Raises
+        NotLeader, or ProposalDropped with a DropReason when the leader refuses."""
+        return self._leading().propose(data)
 
     def propose_conf_change(self, change: ConfChange) -> Entry:
-        """Append a membership change. One at a time, and only once the leader has
-        committed an entry of its own term; the leader cannot remove itself (transfer
-        leadership first)."""
-        if self.role is not Role.LEADER:
-            raise NotLeader(self.leader_id)
-        if self._transferee is not None:
-            raise ProposalDropped(f"leadership is being transferred to {self._transferee}")
-        if not self._committed_in_term():
-            raise ProposalDropped("the leader has not committed an entry of its term yet")
-        if self._pending_conf_index > self.log.applied:
-            raise ProposalDropped("another membership change is still in progress")
-        if change.type is ConfChangeType.REMOVE and change.node_id == self.id:
-            raise InvalidConfChange("the leader cannot remove itself; transfer leadership first")
-        validate(self.membership, change)
-        entry = Entry(
-            self.term, self.log.last_index() + 1, encode_conf_change(change), EntryType.CONF_CHANGE
-        )
-        self._pending_conf_index = entry.index
-        self._append_as_leader(entry)
-        return entry
+        """Append a membership change (see Leadership.propose_conf_change). Raises
+        NotLeader, ProposalDropped or InvalidConfChange."""
+        return self._leading().propose_conf_change(change)
 
     def read_index(self, request_id: bytes) -> None:
-        if self.role is not Role.LEADER:
-            raise NotLeader(self.leader_id)
-        self._reads.request(request_id, self.log.committed, self._committed_in_term())
+        self._leading().read_index(request_id)
 
     def transfer_leadership(self, to: NodeId) -> None:
         """Hand leadership to `to` (§3.10): catch it up, then tell it to campaign now."""
-        if self.role is not Role.LEADER:
-            raise NotLeader(self.leader_id)
-        if to == self.id or to not in self.membership.voters or self._transferee == to:
-            return
-        self._transferee = to
-        self._election_elapsed = 0  # the transfer is abandoned after one election timeout
-        if self._progress[to].match == self.log.last_index():
-            self._send(TimeoutNow(self.term, self.id, to))
-        else:
-            self._send_append(to)
+        self._leading().transfer(to)
 
     def step(self, msg: Message) -> None:
         if msg.recipient != self.id or msg.sender == self.id:
@@ -193,8 +153,9 @@ class RaftNode(LeaderMixin):
             return
         if isinstance(msg, RequestVote):
             self._handle_vote_request(msg)
-        elif self.role is Role.LEADER:
-            self._step_leader(msg)
+        elif self._leadership is not None:
+            if isinstance(msg, AppendEntriesResponse):
+                self._leadership.step(msg)
         elif self.role is Role.FOLLOWER:
             self._step_follower(msg)
         else:
@@ -206,19 +167,15 @@ class RaftNode(LeaderMixin):
             or self._read_states
             or self.log.has_unstable()
             or self.log.has_next_committed()
-            or self._reads.has_unsent()
-            or self._replication_pending
+            or (self._leadership is not None and self._leadership.has_ready())
             or self.log.pending_snapshot is not None
             or self.term != self._prev_hard_state.term
             or self.vote != self._prev_hard_state.vote
         )
 
     def ready(self) -> Ready:
-        if self.role is Role.LEADER:
-            if self._replication_pending:
-                self._replicate_pending()
-            if self._reads.has_unsent():
-                self._start_read_round()
+        if self._leadership is not None:
+            self._leadership.flush()
         entries = tuple(self.log.unstable_entries())
         snapshot = self.log.pending_snapshot
         committed = tuple(self.log.next_committed(self.config.max_batch_bytes))
@@ -247,8 +204,8 @@ class RaftNode(LeaderMixin):
         if ready.entries:
             last = ready.entries[-1]
             self.log.stable_to(last.index, last.term)
-            if self.role is Role.LEADER and self._maybe_commit():
-                self._on_commit()
+            if self._leadership is not None:
+                self._leadership.entries_persisted()
         if ready.committed:
             self.log.applied_to(ready.committed[-1].index)
 
@@ -279,15 +236,13 @@ class RaftNode(LeaderMixin):
             self.vote = None
         self.leader_id = None
         self._election_elapsed = 0
-        self._heartbeat_elapsed = 0
         self._randomized_timeout = self._rng.randrange(
             self.config.election_tick, 2 * self.config.election_tick
         )
         self._votes = {}
-        self._progress = {}
-        self._transferee = None
-        self._reads.clear()
-        self._replication_pending = False
+        if self._leadership is not None:
+            self._read_seq = self._leadership.read_seq
+            self._leadership = None  # every leader-only state goes with it
 
     def _become_follower(self, term: int, leader: NodeId | None) -> None:
         self._reset(term)
@@ -298,7 +253,6 @@ class RaftNode(LeaderMixin):
         """PreVote (§9.6): ask first whether an election could be won, without raising
         the term, so a node returning from a partition cannot depose a healthy leader."""
         self._votes = {self.id: True}
-        self._transferee = None
         self.role = Role.PRE_CANDIDATE
         self.leader_id = None
 
@@ -312,18 +266,20 @@ class RaftNode(LeaderMixin):
         self._reset(self.term)
         self.role = Role.LEADER
         self.leader_id = self.id
-        next_index = self.log.last_index() + 1
-        # Any change in the log but not yet in effect counts as pending (one at a time).
-        self._pending_conf_index = self.log.last_index()
-        for peer in self.membership.members():
-            progress = Progress(next_index, self.config.max_inflight)
-            progress.recent_active = True
-            self._progress[peer] = progress
-        if self.id in self._progress:
-            self._progress[self.id].become_replicate()
+        leadership = Leadership(
+            self.id,
+            self.term,
+            self.config,
+            self.log,
+            self.membership,
+            send=self._send,
+            serve_reads=self._serve_reads,
+            read_seq=self._read_seq,
+        )
+        self._leadership = leadership
         # A no-op of the new term lets the leader commit, and so learn the commit
         # index, without waiting for a client (§8 and Figure 8).
-        self._append_as_leader(Entry(self.term, next_index, b"", EntryType.NOOP))
+        leadership.append(Entry(self.term, self.log.last_index() + 1, b"", EntryType.NOOP))
 
     def _campaign(self, pre_vote: bool, transfer: bool = False) -> None:
         if self._committed_conf_change_pending():
@@ -530,29 +486,25 @@ class RaftNode(LeaderMixin):
         )
 
     def _membership_changed(self) -> None:
-        if self.role is not Role.LEADER:
-            if not self.promotable and self.role is not Role.FOLLOWER:
-                self._become_follower(self.term, None)
-            return
-        if not self.promotable:
+        """A node that is no longer a voter stops leading or campaigning."""
+        if not self.promotable and self.role is not Role.FOLLOWER:
             self._become_follower(self.term, None)
-            return
-        members = self.membership.members()
-        for peer in list(self._progress):
-            if peer not in members:
-                del self._progress[peer]
-        for peer in (m for m in members if m not in self._progress):  # in order: replayable
-            progress = Progress(self.log.last_index() + 1, self.config.max_inflight)
-            progress.recent_active = True
-            self._progress[peer] = progress
-            self._replication_pending = True
-        if self._maybe_commit():
-            self._on_commit()
+        elif self._leadership is not None:
+            self._leadership.membership_changed(self.membership)
 
     # --- plumbing -------------------------------------------------------------------------
 
     def _send(self, msg: Message) -> None:
         self._msgs.append(msg)
+
+    def _serve_reads(self, reads: Iterable[ReadState]) -> None:
+        self._read_states.extend(reads)
+
+    def _leading(self) -> Leadership:
+        """The leader's side, for requests only a leader takes."""
+        if self._leadership is None:
+            raise NotLeader(self.leader_id)
+        return self._leadership
 
     def _hard_state_to_save(self, saving_entries: bool) -> HardState | None:
         """Term and vote must be durable before anything that depends on them is sent.
