@@ -33,7 +33,7 @@ from consensus.messages import (
     Message,
     TimeoutNow,
 )
-from consensus.progress import Progress, ProgressState
+from consensus.progress import PeerProgress, Progress, ProgressState
 from consensus.read_index import ReadIndexQueue
 from consensus.types import Entry, EntryType, Membership, NodeId, ReadState
 
@@ -85,6 +85,19 @@ class Leadership:
     def read_seq(self) -> int:
         """The last read round number used (see __init__)."""
         return self._reads.seq
+
+    def progress(self) -> dict[NodeId, PeerProgress]:
+        """Every member's replication progress. The leader's own entry reports its
+        durable log, which is what counts towards commitment."""
+        result = {peer: progress.public() for peer, progress in self._progress.items()}
+        if self.id in result:
+            result[self.id] = PeerProgress(
+                self._log.last_stable_index(),
+                self._log.last_index() + 1,
+                ProgressState.REPLICATE.value,
+                recent_active=True,
+            )
+        return result
 
     def has_ready(self) -> bool:
         """Work that `flush` would turn into messages."""

@@ -11,7 +11,7 @@ leader-only state and is handed the log, the membership and the message outbox.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from consensus import quorum
 from consensus.config import Config
@@ -34,6 +34,7 @@ from consensus.messages import (
     RequestVoteResponse,
     TimeoutNow,
 )
+from consensus.progress import PeerProgress
 from consensus.ready import Ready, Status
 from consensus.storage import Storage
 from consensus.types import (
@@ -110,6 +111,19 @@ class RaftNode:
             learners=self.membership.learners,
             first_index=self.log.first_index(),
         )
+
+    def progress(self) -> Mapping[NodeId, PeerProgress]:
+        """On the leader, every member's replication progress (its own entry: its
+        durable log); empty on any other node. A copy: it does not change later."""
+        return {} if self._leadership is None else self._leadership.progress()
+
+    @property
+    def pending_snapshot(self) -> SnapshotMeta | None:
+        """The snapshot from the leader that the driver must install: set once a stepped
+        InstallSnapshot replaced the log, handed out as `Ready.snapshot`, and cleared by
+        `advance` with that Ready. A driver that streamed the state before stepping the
+        message keeps it only when this names the message's snapshot."""
+        return self.log.pending_snapshot
 
     def snapshot_meta(self) -> SnapshotMeta:
         """Metadata for a snapshot of the state applied so far, for the driver's
