@@ -35,8 +35,8 @@ from consensus.messages import (
     TimeoutNow,
 )
 from consensus.progress import PeerProgress
-from consensus.ready import Ready, Status
-from consensus.storage import Storage
+from consensus.ready import Ready, Status, hard_state_to_save
+from consensus.storage import Storage, is_pristine
 from consensus.types import (
     Entry,
     EntryType,
@@ -75,7 +75,7 @@ class RaftNode:
         self._msgs: list[Message] = []
         self._read_states: list[ReadState] = []
         self._become_follower(self.term, None)
-        if self._is_pristine(storage) and config.voters:
+        if is_pristine(storage) and config.voters:
             self._bootstrap(config.voters)
         self._apply_conf_changes(self.log.slice(self.log.first_index(), self.log.committed + 1))
 
@@ -197,8 +197,10 @@ class RaftNode:
         # the commit index is saved whenever it covers a membership change.
         conf_changed = self._apply_conf_changes(committed)
         ready = Ready(
-            hard_state=self._hard_state_to_save(
-                bool(entries) or snapshot is not None or conf_changed
+            hard_state=hard_state_to_save(
+                HardState(self.term, self.vote, self.log.committed),
+                self._prev_hard_state,
+                saving=bool(entries) or snapshot is not None or conf_changed,
             ),
             entries=entries,
             messages=tuple(self._msgs),
@@ -224,14 +226,6 @@ class RaftNode:
             self.log.applied_to(ready.committed[-1].index)
 
     # --- start-up ------------------------------------------------------------------------
-
-    @staticmethod
-    def _is_pristine(storage: Storage) -> bool:
-        return (
-            storage.last_index() == 0
-            and storage.snapshot_meta() is None
-            and storage.initial_state().term == 0
-        )
 
     def _bootstrap(self, voters: tuple[NodeId, ...]) -> None:
         """Every founding node writes the same committed entry 1 (term 1) naming the
@@ -421,55 +415,26 @@ class RaftNode:
 
     def _handle_snapshot(self, msg: InstallSnapshot) -> None:
         snapshot = msg.snapshot
-        if snapshot.index <= self.log.committed:
-            match = self.log.committed
-        elif self.log.match_term(snapshot.index, snapshot.term):
-            # We hold the snapshot's last entry: keep our log, just learn the commit.
-            self.log.commit_to(snapshot.index)
-            match = snapshot.index
-        else:
-            self.log.restore(snapshot)
+        if self.log.maybe_restore(snapshot):
             self.membership = snapshot.membership
             self._conf_index = snapshot.index
-            match = snapshot.index
+        match = self.log.committed
         self._send(AppendEntriesResponse(self.term, self.id, msg.sender, True, match_index=match))
 
     def _handle_append(self, msg: AppendEntries) -> None:
-        prev_index, prev_term, entries = msg.prev_log_index, msg.prev_log_term, msg.entries
-        committed = self.log.committed
-        if prev_index < committed:
-            # Our committed prefix matches every current leader's log: skip the part of
-            # the message it covers (a delayed or duplicated message) and keep the rest.
-            if prev_index + len(entries) <= committed:
-                self._reply_append(msg, True, match_index=committed)
-                return
-            entries = entries[committed - prev_index :]
-            prev_index, prev_term = committed, self.log.term(committed)
-        if self.log.match_term(prev_index, prev_term):
-            last_new = prev_index + len(entries)
-            self.log.append_checked(entries)
-            self.log.commit_to(min(msg.leader_commit, last_new))
-            self._reply_append(msg, True, match_index=last_new)
-            return
-        # Conflict back-off: name the term we hold at prev_log_index and the first index
-        # of that term, so the leader skips the whole term in one round trip.
-        if prev_index > self.log.last_index():
-            conflict_term, conflict_index = 0, self.log.last_index() + 1
-        else:
-            conflict_term = self.log.term(prev_index)
-            conflict_index = self.log.first_index_of_term(prev_index)
-        self._reply_append(
-            msg,
-            False,
-            match_index=prev_index,
-            conflict_term=conflict_term,
-            conflict_index=conflict_index,
+        result = self.log.maybe_append(
+            msg.prev_log_index, msg.prev_log_term, msg.entries, msg.leader_commit
         )
-
-    def _reply_append(self, msg: AppendEntries, success: bool, **fields: int) -> None:
         self._send(
             AppendEntriesResponse(
-                self.term, self.id, msg.sender, success, read_seq=msg.read_seq, **fields
+                self.term,
+                self.id,
+                msg.sender,
+                result.success,
+                match_index=result.match_index,
+                conflict_term=result.conflict_term,
+                conflict_index=result.conflict_index,
+                read_seq=msg.read_seq,
             )
         )
 
@@ -519,15 +484,3 @@ class RaftNode:
         if self._leadership is None:
             raise NotLeader(self.leader_id)
         return self._leadership
-
-    def _hard_state_to_save(self, saving_entries: bool) -> HardState | None:
-        """Term and vote must be durable before anything that depends on them is sent.
-        The commit index alone is not worth a sync of its own (it is relearnt from the
-        leader after a restart), so it rides along only when something else is saved."""
-        hard_state = HardState(self.term, self.vote, self.log.committed)
-        previous = self._prev_hard_state
-        if (hard_state.term, hard_state.vote) != (previous.term, previous.vote):
-            return hard_state
-        if saving_entries and hard_state.commit != previous.commit:
-            return hard_state
-        return None
