@@ -2,10 +2,18 @@
 
 Nothing in this package does I/O, reads a clock or uses module-level randomness;
 the driver (kvstore.node for real, tests.sim for the simulator) does all of that.
+
+Besides the Ready loop, a driver may read (never through private names):
+- `RaftNode.progress() -> Mapping[NodeId, PeerProgress]`: on the leader, each member's
+  replication progress (`match`, `next`, `state`, `recent_active`); empty elsewhere.
+- `RaftNode.pending_snapshot -> SnapshotMeta | None`: the snapshot from the leader
+  that the driver must install with the next Ready (None when there is none).
+- `ProposalDropped.reason -> DropReason`: why a leader refused a proposal or a
+  membership change (a transfer under way, back-pressure, ...), to answer accordingly.
 """
 
 from consensus.config import Config
-from consensus.errors import ConsensusError, NotLeader, ProposalDropped
+from consensus.errors import ConsensusError, DropReason, NotLeader, ProposalDropped
 from consensus.membership import ConfChange, ConfChangeType, InvalidConfChange
 from consensus.messages import (
     AppendEntries,
@@ -17,6 +25,7 @@ from consensus.messages import (
     TimeoutNow,
 )
 from consensus.node import RaftNode
+from consensus.progress import PeerProgress
 from consensus.ready import Ready, Status
 from consensus.storage import MemoryStorage, Storage, WritableStorage
 from consensus.types import (
@@ -37,6 +46,7 @@ __all__ = [
     "ConfChangeType",
     "Config",
     "ConsensusError",
+    "DropReason",
     "Entry",
     "EntryType",
     "HardState",
@@ -47,6 +57,7 @@ __all__ = [
     "Message",
     "NodeId",
     "NotLeader",
+    "PeerProgress",
     "ProposalDropped",
     "RaftNode",
     "ReadState",

@@ -1,15 +1,31 @@
-"""The leader's half of RaftNode: replication with flow control, commitment, heartbeats,
-CheckQuorum and ReadIndex rounds.
+"""The leader's side of Raft: proposals, replication with flow control, commitment,
+heartbeats, CheckQuorum, leadership transfer and ReadIndex rounds.
 
-It is a mixin so that the protocol reads as one step function per role (as in
-etcd-io/raft) while each module stays small; it works on the state RaftNode owns.
+A `Leadership` exists only while its node leads: RaftNode creates one when it wins an
+election and drops it when it steps down, so state that only means something on a
+leader (per-member progress, heartbeat timers, the transfer target, read rounds)
+cannot outlive the term it belongs to, and every role change resets it by
+construction. It lasts one term at most (any change of term ends it), so the term is
+fixed at creation. It shares the node's log and is given everything else: the
+membership (kept up to date by the node), a callback for outgoing messages and one
+for reads that became safe to serve.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
 
 from consensus import quorum
+from consensus.config import Config
+from consensus.errors import DropReason, ProposalDropped
+from consensus.log import RaftLog
+from consensus.membership import (
+    ConfChange,
+    ConfChangeType,
+    InvalidConfChange,
+    encode_conf_change,
+    validate,
+)
 from consensus.messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -17,44 +33,164 @@ from consensus.messages import (
     Message,
     TimeoutNow,
 )
-from consensus.progress import Progress, ProgressState
-from consensus.types import Entry, NodeId
-
-if TYPE_CHECKING:
-    from consensus.node import RaftNode
+from consensus.progress import PeerProgress, Progress, ProgressState
+from consensus.read_index import ReadIndexQueue
+from consensus.types import Entry, EntryType, Membership, NodeId, ReadState
 
 SNAPSHOT_RETRY_TIMEOUTS = 3
 """Election timeouts a leader waits for a snapshot to be acknowledged before it asks
 the driver to send it again (the driver resumes a transfer still under way)."""
 
 
-class LeaderMixin:
-    def _tick_leader(self: RaftNode) -> None:
+class Leadership:
+    def __init__(
+        self,
+        node_id: NodeId,
+        term: int,
+        config: Config,
+        log: RaftLog,
+        membership: Membership,
+        send: Callable[[Message], None],
+        serve_reads: Callable[[Iterable[ReadState]], None],
+        read_seq: int = 0,
+    ) -> None:
+        """`read_seq` is the last read round number this node used in earlier terms:
+        numbering continues from it, so a round number in a trace names one round."""
+        self.id = node_id
+        self.term = term
+        self._config = config
+        self._log = log
+        self._membership = membership
+        self._send = send
+        self._serve_reads = serve_reads
+        self._heartbeat_elapsed = 0
+        self._election_elapsed = 0
+        self._transferee: NodeId | None = None
+        self._reads = ReadIndexQueue(read_seq)
+        self._replication_pending = False
+        # Any change in the log but not yet in effect counts as pending (one at a time).
+        self._pending_conf_index = log.last_index()
+        self._progress: dict[NodeId, Progress] = {}
+        next_index = log.last_index() + 1
+        for peer in membership.members():
+            progress = Progress(next_index, config.max_inflight)
+            progress.recent_active = True
+            self._progress[peer] = progress
+        if node_id in self._progress:
+            self._progress[node_id].become_replicate()
+
+    # --- what the node reads ------------------------------------------------------------
+
+    @property
+    def read_seq(self) -> int:
+        """The last read round number used (see __init__)."""
+        return self._reads.seq
+
+    def progress(self) -> dict[NodeId, PeerProgress]:
+        """Every member's replication progress. The leader's own entry reports its
+        durable log, which is what counts towards commitment."""
+        result = {peer: progress.public() for peer, progress in self._progress.items()}
+        if self.id in result:
+            result[self.id] = PeerProgress(
+                self._log.last_stable_index(),
+                self._log.last_index() + 1,
+                ProgressState.REPLICATE.value,
+                recent_active=True,
+            )
+        return result
+
+    def has_ready(self) -> bool:
+        """Work that `flush` would turn into messages."""
+        return self._replication_pending or self._reads.has_unsent()
+
+    # --- inputs from the node -----------------------------------------------------------
+
+    def tick(self) -> bool:
+        """Advance the heartbeat and CheckQuorum timers; returns False when the leader
+        must step down because no quorum answered for an election timeout."""
         self._heartbeat_elapsed += 1
         self._election_elapsed += 1
-        if self._election_elapsed >= self.config.election_tick:
+        if self._election_elapsed >= self._config.election_tick:
             self._election_elapsed = 0
-            if self.config.check_quorum and not self._quorum_recently_active():
-                self._become_follower(self.term, None)
-                return
-            self._transferee = None
-        if self._heartbeat_elapsed >= self.config.heartbeat_tick:
+            if self._config.check_quorum and not self._quorum_recently_active():
+                return False
+            self._transferee = None  # a transfer not done in an election timeout failed
+        if self._heartbeat_elapsed >= self._config.heartbeat_tick:
             self._heartbeat_elapsed = 0
             self._broadcast_heartbeat()
+        return True
 
-    def _quorum_recently_active(self: RaftNode) -> bool:
-        """CheckQuorum: a leader that heard from no quorum for an election timeout
-        steps down, so a partitioned leader stops serving and clients move on."""
-        active = [p for p, pr in self._progress.items() if pr.recent_active or p == self.id]
-        for peer, progress in self._progress.items():
-            progress.recent_active = peer == self.id
-        return quorum.has_quorum(self.membership.voters, active)
+    def propose(self, data: bytes) -> Entry:
+        if self._transferee is not None:
+            raise ProposalDropped(
+                DropReason.TRANSFERRING_LEADERSHIP,
+                f"leadership is being transferred to {self._transferee}",
+            )
+        uncommitted = self._log.last_index() - self._log.committed
+        if uncommitted >= self._config.max_uncommitted_entries:
+            raise ProposalDropped(
+                DropReason.TOO_MANY_UNCOMMITTED,
+                f"{uncommitted} entries await commitment; followers are not keeping up",
+            )
+        entry = Entry(self.term, self._log.last_index() + 1, data)
+        self.append(entry)
+        return entry
 
-    # --- leader -------------------------------------------------------------------------
+    def propose_conf_change(self, change: ConfChange) -> Entry:
+        """One change at a time, and only once this leader has committed an entry of its
+        term (otherwise an uncommitted change of an earlier leader could still take
+        effect beside ours). The leader cannot remove itself: transfer leadership first."""
+        if self._transferee is not None:
+            raise ProposalDropped(
+                DropReason.TRANSFERRING_LEADERSHIP,
+                f"leadership is being transferred to {self._transferee}",
+            )
+        if not self.committed_in_term():
+            raise ProposalDropped(
+                DropReason.TERM_NOT_COMMITTED,
+                "the leader has not committed an entry of its term yet",
+            )
+        if self._pending_conf_index > self._log.applied:
+            raise ProposalDropped(
+                DropReason.CONF_CHANGE_PENDING,
+                "another membership change is still in progress",
+            )
+        if change.type is ConfChangeType.REMOVE and change.node_id == self.id:
+            raise InvalidConfChange("the leader cannot remove itself; transfer leadership first")
+        validate(self._membership, change)
+        entry = Entry(
+            self.term,
+            self._log.last_index() + 1,
+            encode_conf_change(change),
+            EntryType.CONF_CHANGE,
+        )
+        self._pending_conf_index = entry.index
+        self.append(entry)
+        return entry
 
-    def _step_leader(self: RaftNode, msg: Message) -> None:
-        if not isinstance(msg, AppendEntriesResponse):
+    def append(self, entry: Entry) -> None:
+        """Append now, replicate at the next `flush`: proposals that arrive together
+        then travel in one AppendEntries per follower instead of one each."""
+        self._log.append([entry])
+        self._replication_pending = True
+
+    def read_index(self, request_id: bytes) -> None:
+        self._reads.request(request_id, self._log.committed, self.committed_in_term())
+
+    def transfer(self, to: NodeId) -> None:
+        """Hand leadership to `to` (§3.10): catch it up, then tell it to campaign now.
+        Proposals are refused meanwhile; the transfer is abandoned after one election
+        timeout."""
+        if to == self.id or to not in self._membership.voters or self._transferee == to:
             return
+        self._transferee = to
+        self._election_elapsed = 0
+        if self._progress[to].match == self._log.last_index():
+            self._send(TimeoutNow(self.term, self.id, to))
+        else:
+            self._send_append(to)
+
+    def step(self, msg: AppendEntriesResponse) -> None:
         progress = self._progress.get(msg.sender)
         if progress is None:
             return  # from a node removed while its answer was on the way
@@ -70,9 +206,70 @@ class LeaderMixin:
             progress.next = next_index
             self._send_append(msg.sender)
 
-    def _handle_append_success(
-        self: RaftNode, peer: NodeId, progress: Progress, match: int
-    ) -> None:
+    def flush(self) -> None:
+        """Called when the node builds a Ready: send entries appended since the last
+        one, then start a heartbeat round for the reads that arrived meanwhile."""
+        if self._replication_pending:
+            self._replication_pending = False
+            for peer in self._progress:
+                if peer != self.id:
+                    while self._send_append(peer, send_if_empty=False):
+                        pass
+        if self._reads.has_unsent():
+            seq = self._reads.open_round()
+            if self._membership.voters == (self.id,):
+                self._release_confirmed_reads()
+            else:
+                self._broadcast_heartbeat(read_seq=seq)
+
+    def entries_persisted(self) -> None:
+        """The driver made our own entries durable: they may complete a quorum now."""
+        self._maybe_commit()
+
+    def membership_changed(self, membership: Membership) -> None:
+        """A change took effect (the node steps down instead when it left the voters):
+        forget removed members, start replicating to new ones, and recount the quorum."""
+        self._membership = membership
+        members = membership.members()
+        for peer in list(self._progress):
+            if peer not in members:
+                del self._progress[peer]
+        for peer in (m for m in members if m not in self._progress):  # in order: replayable
+            progress = Progress(self._log.last_index() + 1, self._config.max_inflight)
+            progress.recent_active = True
+            self._progress[peer] = progress
+            self._replication_pending = True
+        self._maybe_commit()
+
+    # --- commitment ---------------------------------------------------------------------
+
+    def committed_in_term(self) -> bool:
+        return self._log.term(self._log.committed) == self.term
+
+    def _maybe_commit(self) -> None:
+        """Figure 8: only an entry of the leader's own term is committed by counting
+        replicas; earlier entries are committed indirectly with it. Reads that waited
+        for the first commit of the term are released with it."""
+        match = {peer: pr.match for peer, pr in self._progress.items()}
+        # The leader's own copy counts once it is durable (it may go out to followers
+        # before its fsync ends), so two followers can commit without waiting for it.
+        match[self.id] = self._log.last_stable_index()
+        index = quorum.committed_index(self._membership.voters, match)
+        if index > self._log.committed and self._log.term(index) == self.term:
+            self._log.commit_to(index)
+            self._reads.term_committed(self._log.committed)
+
+    def _quorum_recently_active(self) -> bool:
+        """CheckQuorum: a leader that heard from no quorum for an election timeout
+        steps down, so a partitioned leader stops serving and clients move on."""
+        active = [p for p, pr in self._progress.items() if pr.recent_active or p == self.id]
+        for peer, progress in self._progress.items():
+            progress.recent_active = peer == self.id
+        return quorum.has_quorum(self._membership.voters, active)
+
+    # --- replication ----------------------------------------------------------------------
+
+    def _handle_append_success(self, peer: NodeId, progress: Progress, match: int) -> None:
         if progress.maybe_update(match):
             state = progress.state
             snapshot_done = (
@@ -80,75 +277,40 @@ class LeaderMixin:
             )
             if state is ProgressState.PROBE or snapshot_done:
                 progress.become_replicate()
-            if self._maybe_commit():
-                self._on_commit()
-        if self._transferee == peer and progress.match == self.log.last_index():
+            self._maybe_commit()
+        if self._transferee == peer and progress.match == self._log.last_index():
             self._send(TimeoutNow(self.term, self.id, peer))
         while self._send_append(peer, send_if_empty=False):
             pass
 
-    def _next_after_rejection(
-        self: RaftNode, msg: AppendEntriesResponse, progress: Progress
-    ) -> int:
+    def _next_after_rejection(self, msg: AppendEntriesResponse, progress: Progress) -> int:
         next_index = msg.conflict_index
         if msg.conflict_term:
-            ours = self.log.last_index_of_term(msg.conflict_term, msg.match_index)
+            ours = self._log.last_index_of_term(msg.conflict_term, msg.match_index)
             if ours is not None:
                 next_index = ours + 1
         return max(min(next_index, msg.match_index), progress.match + 1)
 
-    def _append_as_leader(self: RaftNode, entry: Entry) -> None:
-        """Append now, replicate at the next `ready()`: proposals that arrive together
-        then travel in one AppendEntries per follower instead of one each."""
-        self.log.append([entry])
-        self._replication_pending = True
-
-    def _replicate_pending(self: RaftNode) -> None:
-        self._replication_pending = False
-        for peer in self._progress:
-            if peer != self.id:
-                while self._send_append(peer, send_if_empty=False):
-                    pass
-
-    def _maybe_commit(self: RaftNode) -> bool:
-        """Figure 8: only an entry of the leader's own term is committed by counting
-        replicas; earlier entries are committed indirectly with it."""
-        match = {peer: pr.match for peer, pr in self._progress.items()}
-        # The leader's own copy counts once it is durable (it may go out to followers
-        # before its fsync ends), so two followers can commit without waiting for it.
-        match[self.id] = self.log.last_stable_index()
-        index = quorum.committed_index(self.membership.voters, match)
-        if index > self.log.committed and self.log.term(index) == self.term:
-            return self.log.commit_to(index)
-        return False
-
-    def _on_commit(self: RaftNode) -> None:
-        if self._committed_in_term():
-            self._reads.term_committed(self.log.committed)
-
-    def _committed_in_term(self: RaftNode) -> bool:
-        return self.log.term(self.log.committed) == self.term
-
-    def _send_append(self: RaftNode, peer: NodeId, send_if_empty: bool = True) -> bool:
+    def _send_append(self, peer: NodeId, send_if_empty: bool = True) -> bool:
         """Send the next batch to `peer` unless flow control says wait; returns whether
         anything was sent."""
         progress = self._progress[peer]
         if progress.is_paused():
             return False
-        if progress.next < self.log.first_index():
+        if progress.next < self._log.first_index():
             self._send_snapshot(peer, progress)
             return False
-        entries = self.log.entries(progress.next, self.config.max_batch_bytes)
+        entries = self._log.entries(progress.next, self._config.max_batch_bytes)
         if not entries and not send_if_empty and progress.state is ProgressState.REPLICATE:
             return False
         self._send_append_entries(
-            peer, progress.next - 1, tuple(entries), self.log.committed, self._reads.seq
+            peer, progress.next - 1, tuple(entries), self._log.committed, self._reads.seq
         )
         progress.sent(entries[-1].index if entries else None)
         return bool(entries)
 
     def _send_append_entries(
-        self: RaftNode,
+        self,
         peer: NodeId,
         prev_index: int,
         entries: tuple[Entry, ...],
@@ -161,29 +323,30 @@ class LeaderMixin:
                 sender=self.id,
                 recipient=peer,
                 prev_log_index=prev_index,
-                prev_log_term=self.log.term(prev_index),
+                prev_log_term=self._log.term(prev_index),
                 entries=entries,
                 leader_commit=leader_commit,
                 read_seq=read_seq,
             )
         )
 
-    def _send_snapshot(self: RaftNode, peer: NodeId, progress: Progress) -> None:
+    def _send_snapshot(self, peer: NodeId, progress: Progress) -> None:
         """The entries this follower needs are compacted: send the snapshot instead."""
-        snapshot = self.log.storage.snapshot_meta()
+        snapshot = self._log.storage.snapshot_meta()
         if snapshot is None:
             raise AssertionError("log is compacted but storage holds no snapshot")
         self._send(InstallSnapshot(self.term, self.id, peer, snapshot))
         progress.become_snapshot(snapshot.index)
 
-    def _broadcast_heartbeat(self: RaftNode, read_seq: int | None = None) -> None:
+    def _broadcast_heartbeat(self, read_seq: int | None = None) -> None:
         """Heartbeats name the follower's known match point, which it always holds, so
         they never trigger a rejection. A follower whose replication made no progress
         for an election timeout while appends were in flight lost one: it is probed
         again. (A shorter window would rewind healthy pipelines whose round trip, or
         fsync, is longer than a heartbeat interval.)"""
-        last_index = self.log.last_index()
-        stall_limit = max(2, -(-self.config.election_tick // self.config.heartbeat_tick))
+        last_index = self._log.last_index()
+        config = self._config
+        stall_limit = max(2, -(-config.election_tick // config.heartbeat_tick))
         for peer, progress in self._progress.items():
             if peer == self.id:
                 continue
@@ -203,27 +366,20 @@ class LeaderMixin:
                 progress.probe_sent = False
                 self._send_append(peer)
             # (0, 0) matches every log: used when the match point is inside the snapshot.
-            prev_index = progress.match if progress.match >= self.log.first_index() - 1 else 0
+            prev_index = progress.match if progress.match >= self._log.first_index() - 1 else 0
             self._send_append_entries(
                 peer,
                 prev_index,
                 (),
-                min(self.log.committed, prev_index),
+                min(self._log.committed, prev_index),
                 self._reads.seq if read_seq is None else read_seq,
             )
 
     # --- ReadIndex ----------------------------------------------------------------------
 
-    def _start_read_round(self: RaftNode) -> None:
-        seq = self._reads.open_round()
-        if self.membership.voters == (self.id,):
-            self._release_confirmed_reads()
-        else:
-            self._broadcast_heartbeat(read_seq=seq)
-
-    def _release_confirmed_reads(self: RaftNode) -> None:
+    def _release_confirmed_reads(self) -> None:
         def confirmed(seq: int) -> bool:
             acked = [p for p, pr in self._progress.items() if p == self.id or pr.read_ack >= seq]
-            return quorum.has_quorum(self.membership.voters, acked)
+            return quorum.has_quorum(self._membership.voters, acked)
 
-        self._read_states.extend(self._reads.confirm(confirmed))
+        self._serve_reads(self._reads.confirm(confirmed))

@@ -9,10 +9,22 @@ entries through the storage protocol.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from consensus.errors import CompactedError
 from consensus.storage import Storage, limit_size
 from consensus.types import Entry, SnapshotMeta
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """A follower's verdict on an AppendEntries: the content of its answer."""
+
+    success: bool
+    match_index: int
+    """On success the last index known to match the leader; else the rejected index."""
+    conflict_term: int = 0
+    conflict_index: int = 0
 
 
 class RaftLog:
@@ -138,6 +150,45 @@ class RaftLog:
             if entry.index > self.last_index() or self.term(entry.index) != entry.term:
                 self.append(entries[position:])
                 return
+
+    def maybe_append(
+        self, prev_index: int, prev_term: int, entries: Sequence[Entry], leader_commit: int
+    ) -> AppendResult:
+        """The receiver side of AppendEntries (§5.3): append when our log holds the
+        leader's (prev_index, prev_term), and learn the leader's commit index."""
+        committed = self.committed
+        if prev_index < committed:
+            # Our committed prefix matches every current leader's log: skip the part of
+            # the message it covers (a delayed or duplicated message) and keep the rest.
+            if prev_index + len(entries) <= committed:
+                return AppendResult(True, match_index=committed)
+            entries = entries[committed - prev_index :]
+            prev_index, prev_term = committed, self.term(committed)
+        if self.match_term(prev_index, prev_term):
+            last_new = prev_index + len(entries)
+            self.append_checked(entries)
+            self.commit_to(min(leader_commit, last_new))
+            return AppendResult(True, match_index=last_new)
+        # Conflict back-off: name the term we hold at prev_log_index and the first index
+        # of that term, so the leader skips the whole term in one round trip.
+        if prev_index > self.last_index():
+            conflict_term, conflict_index = 0, self.last_index() + 1
+        else:
+            conflict_term = self.term(prev_index)
+            conflict_index = self.first_index_of_term(prev_index)
+        return AppendResult(False, prev_index, conflict_term, conflict_index)
+
+    def maybe_restore(self, snapshot: SnapshotMeta) -> bool:
+        """The receiver side of InstallSnapshot: replace the log by `snapshot` unless we
+        hold its last entry already (then keep the log and just learn the commit).
+        Returns whether the log was replaced; `committed` is the match point after."""
+        if snapshot.index <= self.committed:
+            return False
+        if self.match_term(snapshot.index, snapshot.term):
+            self.commit_to(snapshot.index)
+            return False
+        self.restore(snapshot)
+        return True
 
     def restore(self, snapshot: SnapshotMeta) -> None:
         """Replace the whole log by a snapshot from the leader; the driver installs it

@@ -4,25 +4,26 @@ Inputs are `tick`, `step`, `propose`, `read_index` and `transfer_leadership`;
 output is a `Ready` the driver persists, sends and applies before `advance`.
 Term rules common to every role are applied once in `step`, then the message is
 dispatched to the handler of the current role (as etcd-io/raft does). Elections,
-the follower's side and membership live here; the leader's side in consensus.leader.
+the follower's side and membership live here. The leader's side is a
+`consensus.leader.Leadership`, which exists only while this node leads: it owns the
+leader-only state and is handed the log, the membership and the message outbox.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+
 from consensus import quorum
 from consensus.config import Config
-from consensus.errors import NotLeader, ProposalDropped
-from consensus.leader import LeaderMixin
+from consensus.errors import NotLeader
+from consensus.leader import Leadership
 from consensus.log import RaftLog
 from consensus.membership import (
     ConfChange,
-    ConfChangeType,
-    InvalidConfChange,
     apply_change,
     bootstrap_change,
     decode_conf_change,
     encode_conf_change,
-    validate,
 )
 from consensus.messages import (
     AppendEntries,
@@ -33,10 +34,9 @@ from consensus.messages import (
     RequestVoteResponse,
     TimeoutNow,
 )
-from consensus.progress import Progress
-from consensus.read_index import ReadIndexQueue
-from consensus.ready import Ready, Status
-from consensus.storage import Storage
+from consensus.progress import PeerProgress
+from consensus.ready import Ready, Status, hard_state_to_save
+from consensus.storage import Storage, is_pristine
 from consensus.types import (
     Entry,
     EntryType,
@@ -50,7 +50,7 @@ from consensus.types import (
 )
 
 
-class RaftNode(LeaderMixin):
+class RaftNode:
     def __init__(self, config: Config, storage: Storage, rng: RandomSource) -> None:
         self.config = config
         self.id: NodeId = config.node_id
@@ -59,7 +59,6 @@ class RaftNode(LeaderMixin):
         snapshot = storage.snapshot_meta()
         self.membership = snapshot.membership if snapshot else Membership(config.voters)
         self._conf_index = snapshot.index if snapshot else 0
-        self._pending_conf_index = 0
         hard_state = storage.initial_state()
         self.term = hard_state.term
         self.vote: NodeId | None = hard_state.vote
@@ -67,17 +66,16 @@ class RaftNode(LeaderMixin):
         self.role = Role.FOLLOWER
         self.leader_id: NodeId | None = None
         self._election_elapsed = 0
-        self._heartbeat_elapsed = 0
         self._randomized_timeout = config.election_tick
         self._votes: dict[NodeId, bool] = {}
-        self._progress: dict[NodeId, Progress] = {}
-        self._transferee: NodeId | None = None
-        self._reads = ReadIndexQueue()
-        self._replication_pending = False
+        self._leadership: Leadership | None = None
+        """Present exactly while role is LEADER."""
+        self._read_seq = 0
+        """The last ReadIndex round number of this node's past terms (see Leadership)."""
         self._msgs: list[Message] = []
         self._read_states: list[ReadState] = []
         self._become_follower(self.term, None)
-        if self._is_pristine(storage) and config.voters:
+        if is_pristine(storage) and config.voters:
             self._bootstrap(config.voters)
         self._apply_conf_changes(self.log.slice(self.log.first_index(), self.log.committed + 1))
 
@@ -114,6 +112,19 @@ class RaftNode(LeaderMixin):
             first_index=self.log.first_index(),
         )
 
+    def progress(self) -> Mapping[NodeId, PeerProgress]:
+        """On the leader, every member's replication progress (its own entry: its
+        durable log); empty on any other node. A copy: it does not change later."""
+        return {} if self._leadership is None else self._leadership.progress()
+
+    @property
+    def pending_snapshot(self) -> SnapshotMeta | None:
+        """The snapshot from the leader that the driver must install: set once a stepped
+        InstallSnapshot replaced the log, handed out as `Ready.snapshot`, and cleared by
+        `advance` with that Ready. A driver that streamed the state before stepping the
+        message keeps it only when this names the message's snapshot."""
+        return self.log.pending_snapshot
+
     def snapshot_meta(self) -> SnapshotMeta:
         """Metadata for a snapshot of the state applied so far, for the driver's
         compaction; valid right after `advance`, when membership matches `applied`."""
@@ -121,64 +132,27 @@ class RaftNode(LeaderMixin):
         return SnapshotMeta(applied, self.log.term(applied), self.membership)
 
     def tick(self) -> None:
-        if self.role is Role.LEADER:
-            self._tick_leader()
-        else:
+        if self._leadership is None:
             self._tick_election()
+        elif not self._leadership.tick():
+            self._become_follower(self.term, None)  # CheckQuorum failed
 
     def propose(self, data: bytes) -> Entry:
-        if self.role is not Role.LEADER:
-            raise NotLeader(self.leader_id)
-        if self._transferee is not None:
-            raise ProposalDropped(f"leadership is being transferred to {self._transferee}")
-        uncommitted = self.log.last_index() - self.log.committed
-        if uncommitted >= self.config.max_uncommitted_entries:
-            raise ProposalDropped(
-                f"{uncommitted} entries await commitment; followers are not keeping up"
-            )
-        entry = Entry(self.term, self.log.last_index() + 1, data)
-        self._append_as_leader(entry)
-        return entry
+        """Append a NORMAL entry; its term and index identify the proposal. Raises
+        NotLeader, or ProposalDropped with a DropReason when the leader refuses."""
+        return self._leading().propose(data)
 
     def propose_conf_change(self, change: ConfChange) -> Entry:
-        """Append a membership change. One at a time, and only once the leader has
-        committed an entry of its own term; the leader cannot remove itself (transfer
-        leadership first)."""
-        if self.role is not Role.LEADER:
-            raise NotLeader(self.leader_id)
-        if self._transferee is not None:
-            raise ProposalDropped(f"leadership is being transferred to {self._transferee}")
-        if not self._committed_in_term():
-            raise ProposalDropped("the leader has not committed an entry of its term yet")
-        if self._pending_conf_index > self.log.applied:
-            raise ProposalDropped("another membership change is still in progress")
-        if change.type is ConfChangeType.REMOVE and change.node_id == self.id:
-            raise InvalidConfChange("the leader cannot remove itself; transfer leadership first")
-        validate(self.membership, change)
-        entry = Entry(
-            self.term, self.log.last_index() + 1, encode_conf_change(change), EntryType.CONF_CHANGE
-        )
-        self._pending_conf_index = entry.index
-        self._append_as_leader(entry)
-        return entry
+        """Append a membership change (see Leadership.propose_conf_change). Raises
+        NotLeader, ProposalDropped or InvalidConfChange."""
+        return self._leading().propose_conf_change(change)
 
     def read_index(self, request_id: bytes) -> None:
-        if self.role is not Role.LEADER:
-            raise NotLeader(self.leader_id)
-        self._reads.request(request_id, self.log.committed, self._committed_in_term())
+        self._leading().read_index(request_id)
 
     def transfer_leadership(self, to: NodeId) -> None:
         """Hand leadership to `to` (§3.10): catch it up, then tell it to campaign now."""
-        if self.role is not Role.LEADER:
-            raise NotLeader(self.leader_id)
-        if to == self.id or to not in self.membership.voters or self._transferee == to:
-            return
-        self._transferee = to
-        self._election_elapsed = 0  # the transfer is abandoned after one election timeout
-        if self._progress[to].match == self.log.last_index():
-            self._send(TimeoutNow(self.term, self.id, to))
-        else:
-            self._send_append(to)
+        self._leading().transfer(to)
 
     def step(self, msg: Message) -> None:
         if msg.recipient != self.id or msg.sender == self.id:
@@ -193,8 +167,9 @@ class RaftNode(LeaderMixin):
             return
         if isinstance(msg, RequestVote):
             self._handle_vote_request(msg)
-        elif self.role is Role.LEADER:
-            self._step_leader(msg)
+        elif self._leadership is not None:
+            if isinstance(msg, AppendEntriesResponse):
+                self._leadership.step(msg)
         elif self.role is Role.FOLLOWER:
             self._step_follower(msg)
         else:
@@ -206,19 +181,15 @@ class RaftNode(LeaderMixin):
             or self._read_states
             or self.log.has_unstable()
             or self.log.has_next_committed()
-            or self._reads.has_unsent()
-            or self._replication_pending
+            or (self._leadership is not None and self._leadership.has_ready())
             or self.log.pending_snapshot is not None
             or self.term != self._prev_hard_state.term
             or self.vote != self._prev_hard_state.vote
         )
 
     def ready(self) -> Ready:
-        if self.role is Role.LEADER:
-            if self._replication_pending:
-                self._replicate_pending()
-            if self._reads.has_unsent():
-                self._start_read_round()
+        if self._leadership is not None:
+            self._leadership.flush()
         entries = tuple(self.log.unstable_entries())
         snapshot = self.log.pending_snapshot
         committed = tuple(self.log.next_committed(self.config.max_batch_bytes))
@@ -226,8 +197,10 @@ class RaftNode(LeaderMixin):
         # the commit index is saved whenever it covers a membership change.
         conf_changed = self._apply_conf_changes(committed)
         ready = Ready(
-            hard_state=self._hard_state_to_save(
-                bool(entries) or snapshot is not None or conf_changed
+            hard_state=hard_state_to_save(
+                HardState(self.term, self.vote, self.log.committed),
+                self._prev_hard_state,
+                saving=bool(entries) or snapshot is not None or conf_changed,
             ),
             entries=entries,
             messages=tuple(self._msgs),
@@ -247,20 +220,12 @@ class RaftNode(LeaderMixin):
         if ready.entries:
             last = ready.entries[-1]
             self.log.stable_to(last.index, last.term)
-            if self.role is Role.LEADER and self._maybe_commit():
-                self._on_commit()
+            if self._leadership is not None:
+                self._leadership.entries_persisted()
         if ready.committed:
             self.log.applied_to(ready.committed[-1].index)
 
     # --- start-up ------------------------------------------------------------------------
-
-    @staticmethod
-    def _is_pristine(storage: Storage) -> bool:
-        return (
-            storage.last_index() == 0
-            and storage.snapshot_meta() is None
-            and storage.initial_state().term == 0
-        )
 
     def _bootstrap(self, voters: tuple[NodeId, ...]) -> None:
         """Every founding node writes the same committed entry 1 (term 1) naming the
@@ -279,15 +244,13 @@ class RaftNode(LeaderMixin):
             self.vote = None
         self.leader_id = None
         self._election_elapsed = 0
-        self._heartbeat_elapsed = 0
         self._randomized_timeout = self._rng.randrange(
             self.config.election_tick, 2 * self.config.election_tick
         )
         self._votes = {}
-        self._progress = {}
-        self._transferee = None
-        self._reads.clear()
-        self._replication_pending = False
+        if self._leadership is not None:
+            self._read_seq = self._leadership.read_seq
+            self._leadership = None  # every leader-only state goes with it
 
     def _become_follower(self, term: int, leader: NodeId | None) -> None:
         self._reset(term)
@@ -298,7 +261,6 @@ class RaftNode(LeaderMixin):
         """PreVote (§9.6): ask first whether an election could be won, without raising
         the term, so a node returning from a partition cannot depose a healthy leader."""
         self._votes = {self.id: True}
-        self._transferee = None
         self.role = Role.PRE_CANDIDATE
         self.leader_id = None
 
@@ -312,18 +274,20 @@ class RaftNode(LeaderMixin):
         self._reset(self.term)
         self.role = Role.LEADER
         self.leader_id = self.id
-        next_index = self.log.last_index() + 1
-        # Any change in the log but not yet in effect counts as pending (one at a time).
-        self._pending_conf_index = self.log.last_index()
-        for peer in self.membership.members():
-            progress = Progress(next_index, self.config.max_inflight)
-            progress.recent_active = True
-            self._progress[peer] = progress
-        if self.id in self._progress:
-            self._progress[self.id].become_replicate()
+        leadership = Leadership(
+            self.id,
+            self.term,
+            self.config,
+            self.log,
+            self.membership,
+            send=self._send,
+            serve_reads=self._serve_reads,
+            read_seq=self._read_seq,
+        )
+        self._leadership = leadership
         # A no-op of the new term lets the leader commit, and so learn the commit
         # index, without waiting for a client (§8 and Figure 8).
-        self._append_as_leader(Entry(self.term, next_index, b"", EntryType.NOOP))
+        leadership.append(Entry(self.term, self.log.last_index() + 1, b"", EntryType.NOOP))
 
     def _campaign(self, pre_vote: bool, transfer: bool = False) -> None:
         if self._committed_conf_change_pending():
@@ -451,55 +415,26 @@ class RaftNode(LeaderMixin):
 
     def _handle_snapshot(self, msg: InstallSnapshot) -> None:
         snapshot = msg.snapshot
-        if snapshot.index <= self.log.committed:
-            match = self.log.committed
-        elif self.log.match_term(snapshot.index, snapshot.term):
-            # We hold the snapshot's last entry: keep our log, just learn the commit.
-            self.log.commit_to(snapshot.index)
-            match = snapshot.index
-        else:
-            self.log.restore(snapshot)
+        if self.log.maybe_restore(snapshot):
             self.membership = snapshot.membership
             self._conf_index = snapshot.index
-            match = snapshot.index
+        match = self.log.committed
         self._send(AppendEntriesResponse(self.term, self.id, msg.sender, True, match_index=match))
 
     def _handle_append(self, msg: AppendEntries) -> None:
-        prev_index, prev_term, entries = msg.prev_log_index, msg.prev_log_term, msg.entries
-        committed = self.log.committed
-        if prev_index < committed:
-            # Our committed prefix matches every current leader's log: skip the part of
-            # the message it covers (a delayed or duplicated message) and keep the rest.
-            if prev_index + len(entries) <= committed:
-                self._reply_append(msg, True, match_index=committed)
-                return
-            entries = entries[committed - prev_index :]
-            prev_index, prev_term = committed, self.log.term(committed)
-        if self.log.match_term(prev_index, prev_term):
-            last_new = prev_index + len(entries)
-            self.log.append_checked(entries)
-            self.log.commit_to(min(msg.leader_commit, last_new))
-            self._reply_append(msg, True, match_index=last_new)
-            return
-        # Conflict back-off: name the term we hold at prev_log_index and the first index
-        # of that term, so the leader skips the whole term in one round trip.
-        if prev_index > self.log.last_index():
-            conflict_term, conflict_index = 0, self.log.last_index() + 1
-        else:
-            conflict_term = self.log.term(prev_index)
-            conflict_index = self.log.first_index_of_term(prev_index)
-        self._reply_append(
-            msg,
-            False,
-            match_index=prev_index,
-            conflict_term=conflict_term,
-            conflict_index=conflict_index,
+        result = self.log.maybe_append(
+            msg.prev_log_index, msg.prev_log_term, msg.entries, msg.leader_commit
         )
-
-    def _reply_append(self, msg: AppendEntries, success: bool, **fields: int) -> None:
         self._send(
             AppendEntriesResponse(
-                self.term, self.id, msg.sender, success, read_seq=msg.read_seq, **fields
+                self.term,
+                self.id,
+                msg.sender,
+                result.success,
+                match_index=result.match_index,
+                conflict_term=result.conflict_term,
+                conflict_index=result.conflict_index,
+                read_seq=msg.read_seq,
             )
         )
 
@@ -530,38 +465,22 @@ class RaftNode(LeaderMixin):
         )
 
     def _membership_changed(self) -> None:
-        if self.role is not Role.LEADER:
-            if not self.promotable and self.role is not Role.FOLLOWER:
-                self._become_follower(self.term, None)
-            return
-        if not self.promotable:
+        """A node that is no longer a voter stops leading or campaigning."""
+        if not self.promotable and self.role is not Role.FOLLOWER:
             self._become_follower(self.term, None)
-            return
-        members = self.membership.members()
-        for peer in list(self._progress):
-            if peer not in members:
-                del self._progress[peer]
-        for peer in (m for m in members if m not in self._progress):  # in order: replayable
-            progress = Progress(self.log.last_index() + 1, self.config.max_inflight)
-            progress.recent_active = True
-            self._progress[peer] = progress
-            self._replication_pending = True
-        if self._maybe_commit():
-            self._on_commit()
+        elif self._leadership is not None:
+            self._leadership.membership_changed(self.membership)
 
     # --- plumbing -------------------------------------------------------------------------
 
     def _send(self, msg: Message) -> None:
         self._msgs.append(msg)
 
-    def _hard_state_to_save(self, saving_entries: bool) -> HardState | None:
-        """Term and vote must be durable before anything that depends on them is sent.
-        The commit index alone is not worth a sync of its own (it is relearnt from the
-        leader after a restart), so it rides along only when something else is saved."""
-        hard_state = HardState(self.term, self.vote, self.log.committed)
-        previous = self._prev_hard_state
-        if (hard_state.term, hard_state.vote) != (previous.term, previous.vote):
-            return hard_state
-        if saving_entries and hard_state.commit != previous.commit:
-            return hard_state
-        return None
+    def _serve_reads(self, reads: Iterable[ReadState]) -> None:
+        self._read_states.extend(reads)
+
+    def _leading(self) -> Leadership:
+        """The leader's side, for requests only a leader takes."""
+        if self._leadership is None:
+            raise NotLeader(self.leader_id)
+        return self._leadership

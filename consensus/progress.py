@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from dataclasses import dataclass
 
 
 class ProgressState(enum.Enum):
@@ -19,6 +20,21 @@ class ProgressState(enum.Enum):
     SNAPSHOT = "snapshot"
     """The follower needs entries that were compacted: a snapshot is on its way, and
     nothing else is sent until it answers or the transfer is given up."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerProgress:
+    """A read-only copy of what the leader knows about one member, for drivers and
+    operators (e.g. to promote a learner once `match` reached the commit index)."""
+
+    match: int
+    """The highest index known to be stored on the member."""
+    next: int
+    """The next index the leader will send it."""
+    state: str
+    """"probe", "replicate" or "snapshot" (see ProgressState)."""
+    recent_active: bool
+    """Heard from since the last CheckQuorum round (every election timeout)."""
 
 
 class Progress:
@@ -50,6 +66,9 @@ class Progress:
         self.stalled_heartbeats = 0
         self.pending_snapshot = 0
         self.snapshot_heartbeats = 0
+
+    def public(self) -> PeerProgress:
+        return PeerProgress(self.match, self.next, self.state.value, self.recent_active)
 
     def is_paused(self) -> bool:
         if self.state is ProgressState.PROBE:

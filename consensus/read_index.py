@@ -22,8 +22,9 @@ class ReadRound:
 
 
 class ReadIndexQueue:
-    def __init__(self) -> None:
-        self.seq = 0
+    def __init__(self, seq: int = 0) -> None:
+        self.seq = seq
+        """The number of the last round opened; the next one is seq + 1."""
         self._waiting_for_commit: list[bytes] = []
         self._unsent: list[ReadState] = []
         self._rounds: list[ReadRound] = []
@@ -60,8 +61,3 @@ class ReadIndexQueue:
         released = [read for round_ in self._rounds[: confirmed_upto + 1] for read in round_.reads]
         del self._rounds[: confirmed_upto + 1]
         return released
-
-    def clear(self) -> None:
-        self._waiting_for_commit.clear()
-        self._unsent.clear()
-        self._rounds.clear()

@@ -33,6 +33,18 @@ class Ready:
         return self.hard_state is not None or bool(self.entries)
 
 
+def hard_state_to_save(current: HardState, saved: HardState, saving: bool) -> HardState | None:
+    """What a Ready carries as `hard_state`, given what was saved last. Term and vote
+    must be durable before anything that depends on them is sent. The commit index
+    alone is not worth a sync of its own (it is relearnt from the leader after a
+    restart), so it rides along only when something else is `saving`."""
+    if (current.term, current.vote) != (saved.term, saved.vote):
+        return current
+    if saving and current.commit != saved.commit:
+        return current
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Status:
     """A read-only view of a node for `kv status` and for tests."""

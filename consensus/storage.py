@@ -131,3 +131,12 @@ class MemoryStorage:
             self._entries.extend(entries)
         if hard_state is not None:
             self.hard_state = hard_state
+
+
+def is_pristine(storage: Storage) -> bool:
+    """Nothing was ever saved: a founding node writes its bootstrap entry here."""
+    return (
+        storage.last_index() == 0
+        and storage.snapshot_meta() is None
+        and storage.initial_state().term == 0
+    )

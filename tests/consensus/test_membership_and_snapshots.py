@@ -7,6 +7,7 @@ import pytest
 from consensus import (
     ConfChange,
     ConfChangeType,
+    DropReason,
     InstallSnapshot,
     InvalidConfChange,
     ProposalDropped,
@@ -94,8 +95,9 @@ def test_membership_change_waits_for_the_leaders_first_commit_in_its_term() -> N
                 for reply in cluster.process_ready(msg.recipient):
                     node.step(reply)
         node.tick()
-    with pytest.raises(ProposalDropped):
+    with pytest.raises(ProposalDropped) as caught:
         node.propose_conf_change(ConfChange(ConfChangeType.REMOVE, "c"))
+    assert caught.value.reason is DropReason.TERM_NOT_COMMITTED
 
 
 def test_only_one_membership_change_at_a_time() -> None:
@@ -103,8 +105,9 @@ def test_only_one_membership_change_at_a_time() -> None:
     cluster.elect("a")
     leader = cluster.nodes["a"]
     leader.propose_conf_change(add_learner("d"))
-    with pytest.raises(ProposalDropped):
+    with pytest.raises(ProposalDropped) as caught:
         leader.propose_conf_change(add_learner("e"))
+    assert caught.value.reason is DropReason.CONF_CHANGE_PENDING
     settle(cluster, "a")
     leader.propose_conf_change(add_learner("e"))
 

@@ -7,6 +7,7 @@ import pytest
 from consensus import (
     AppendEntries,
     AppendEntriesResponse,
+    DropReason,
     Entry,
     EntryType,
     Message,
@@ -273,8 +274,10 @@ def test_leadership_transfer_refuses_proposals_while_it_runs() -> None:
     cluster.nodes["a"].propose(b"behind")
     cluster.deliver_all()
     cluster.nodes["a"].transfer_leadership("b")
-    with pytest.raises(ProposalDropped):
+    with pytest.raises(ProposalDropped) as caught:
         cluster.nodes["a"].propose(b"x")
+    assert caught.value.reason is DropReason.TRANSFERRING_LEADERSHIP
+    assert "transferred to b" in str(caught.value)
 
 
 def test_single_node_cluster_elects_itself_and_commits() -> None:
@@ -329,5 +332,7 @@ def test_uncommitted_entries_are_bounded() -> None:
     leader = cluster.nodes["a"]
     for _ in range(5):
         leader.propose(b"x")
-    with pytest.raises(ProposalDropped):
+    with pytest.raises(ProposalDropped) as caught:
         leader.propose(b"one too many")
+    assert caught.value.reason is DropReason.TOO_MANY_UNCOMMITTED
+    assert "5 entries await commitment" in str(caught.value)

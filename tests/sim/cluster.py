@@ -390,7 +390,7 @@ class Cluster(ReadyDriver):
             ready = [
                 n
                 for n in node.membership.learners
-                if n in node._progress and node._progress[n].match >= node.commit_index
+                if n in node.progress() and node.progress()[n].match >= node.commit_index
             ]
             if ready:
                 nid = self.rng.choice(ready)
