@@ -321,16 +321,9 @@ class NodeRuntime:
         self._wake.set()
 
     def replication(self) -> dict[NodeId, int]:
-        """On the leader, the match index of every member (its own: its last index).
-
-        The core has no public accessor for per-follower progress yet, so this reads
-        its private `_progress` (read-only use)."""
-        if self.node.role is not Role.LEADER:
-            return {}
-        progress = getattr(self.node, "_progress", {})
-        matches = {peer: int(pr.match) for peer, pr in progress.items()}
-        matches[self.node_id] = self.node.log.last_index()
-        return matches
+        """On the leader, the match index of every member (its own: its durable log);
+        empty elsewhere."""
+        return {peer: pr.match for peer, pr in self.node.progress().items()}
 
     async def drain(self, timeout: float) -> None:
         """Before shutdown: hand leadership away (so clients wait one round trip, not an

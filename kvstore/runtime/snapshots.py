@@ -75,7 +75,7 @@ class SnapshotKeeper:
             return
         self._incoming = (msg.snapshot, data, parsed)
         self._step([msg])
-        if self._node.log.pending_snapshot != msg.snapshot:
+        if self._node.pending_snapshot != msg.snapshot:
             self._incoming = None  # the core did not need it (already has it)
 
     def between_readies(self) -> None:
