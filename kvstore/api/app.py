@@ -8,9 +8,12 @@ from aiohttp import web
 
 from kvstore.api.common import LEADER_HEADER, RUNTIME_KEY, error
 from kvstore.api.forwarding import proxy_session
+from kvstore.api.health import add_health_routes
 from kvstore.api.kv import KV_PREFIX, UNSAFE_LOCAL_READS, handle_kv
 from kvstore.api.members import add_member_routes
+from kvstore.api.metrics import add_metrics
 from kvstore.api.status import handle_status
+from kvstore.api.status_page import add_status_page_routes
 from kvstore.runtime.node import NodeRuntime
 
 log = logging.getLogger(__name__)
@@ -42,5 +45,8 @@ def make_client_app(runtime: NodeRuntime, client_max_size: int) -> web.Applicati
     app.router.add_route("*", KV_PREFIX + "{key:.*}", handle_kv)
     app.router.add_get("/v1/status", handle_status)
     add_member_routes(app)
+    add_metrics(app)
+    add_health_routes(app)
+    add_status_page_routes(app)
     app.router.add_route("*", "/v1/{tail:.*}", handle_unknown)
     return app

@@ -27,3 +27,15 @@ def error(status: int, code: str, message: str, **extra: object) -> web.Response
 def json_text(text: str, status: int = 200) -> web.Response:
     """A JSON answer already encoded (the hot path formats small answers by hand)."""
     return web.Response(text=text, status=status, content_type=JSON_TYPE)
+
+
+def check_query(request: web.Request, allowed: frozenset[str] = frozenset()) -> None:
+    """The contract's rule for every endpoint: an unknown or repeated query parameter is
+    refused with 400 naming it, so a typo never changes what a request means."""
+    seen: set[str] = set()
+    for name in request.query:
+        if name not in allowed:
+            raise BadRequest(400, "bad_query", f"unknown query parameter {name!r}")
+        if name in seen:
+            raise BadRequest(400, "bad_query", f"query parameter {name!r} given twice")
+        seen.add(name)

@@ -23,6 +23,7 @@ from typing import Any
 
 from consensus.storage import WritableStorage
 from consensus.types import SnapshotMeta
+from kvstore.runtime.stats import RuntimeStats
 from kvstore.state.machine import KVStateMachine
 from kvstore.state.snapshot import SnapshotView
 
@@ -40,10 +41,12 @@ class Compactor:
         storage: WritableStorage,
         wake: Callable[[], None],
         name: str,
+        stats: RuntimeStats,
     ) -> None:
         self._sm = sm
         self._storage = storage
         self._wake = wake
+        self._stats = stats
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"snapshot-{name}")
         self._job: _Job | None = None
         self._capture_s = 0.0
@@ -85,6 +88,7 @@ class Compactor:
         started = time.perf_counter()
         self._storage.apply_snapshot(meta, data)
         store_s = time.perf_counter() - started
+        self._stats.snapshot_seconds.observe(self._capture_s + serialize_s + store_s)
         self.last = {
             "index": meta.index,
             "term": meta.term,

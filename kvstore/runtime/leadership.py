@@ -13,6 +13,7 @@ import logging
 
 from consensus import NodeId, RaftNode, Role
 from kvstore.runtime.requests import PendingRequests, ReadAborted
+from kvstore.runtime.stats import RuntimeStats
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +21,15 @@ log = logging.getLogger(__name__)
 class LeadershipWatch:
     """Follows the core's (role, term, leader) and tells the rest of the node."""
 
-    def __init__(self, node_id: NodeId, node: RaftNode, pending: PendingRequests) -> None:
+    def __init__(
+        self, node_id: NodeId, node: RaftNode, pending: PendingRequests, stats: RuntimeStats
+    ) -> None:
         self._node_id = node_id
         self._node = node
         self._pending = pending
+        self._stats = stats
+        self.handing_to: NodeId | None = None
+        """Set when this leader starts a leadership transfer, so the change has a cause."""
         self._seen: tuple[Role, int, NodeId | None] = (node.role, node.term, None)
         self._leader_known = asyncio.Event()
 
@@ -46,6 +52,9 @@ class LeadershipWatch:
         self._seen = seen
         if node.leader_id is not None:
             self._leader_known.set()
+        if node.leader_id != old_leader:
+            self._stats.leader_changed(node.term, node.leader_id, self._cause(old_leader, old_term))
+            self.handing_to = None
         if node.leader_id != old_leader or node.term != old_term:
             if node.leader_id == self._node_id:
                 log.info("this node is now the leader (term %d)", node.term)
@@ -63,3 +72,22 @@ class LeadershipWatch:
             self._pending.fail_reads(
                 ReadAborted("leadership changed before the read was confirmed"), keep
             )
+
+    def _cause(self, old_leader: NodeId | None, old_term: int) -> str:
+        """Why the leader changed, as far as this node can tell from its own view."""
+        node, me = self._node, self._node_id
+        new = node.leader_id
+        if new is not None:
+            if self.handing_to == new:
+                return f"leadership handed over by this node (term {node.term})"
+            winner = "this node" if new == me else new
+            return f"{winner} won the election for term {node.term}"
+        if old_leader == me:
+            if node.term > old_term:
+                return f"stepped down: saw the higher term {node.term}"
+            return "stepped down: no word from a quorum for an election timeout"
+        if node.role in (Role.CANDIDATE, Role.PRE_CANDIDATE):
+            if old_leader is None:
+                return "election timeout: no leader known"
+            return f"election timeout: no heartbeat from {old_leader}"
+        return f"another node started the election for term {node.term}"

@@ -55,6 +55,7 @@ from kvstore.runtime.requests import (
     RuntimeStopped,
 )
 from kvstore.runtime.snapshots import SnapshotKeeper
+from kvstore.runtime.stats import RuntimeStats
 from kvstore.state.commands import Command, encode_command
 from kvstore.state.machine import ApplyResult, KeyValue, KVStateMachine
 
@@ -117,7 +118,9 @@ class NodeRuntime:
             rng or random.Random(),
         )
         self.pending = PendingRequests()
-        self.leadership = LeadershipWatch(node_id, self.node, self.pending)
+        self.stats = RuntimeStats()
+        """Counters and histograms for `GET /metrics` (kvstore.api.metrics)."""
+        self.leadership = LeadershipWatch(node_id, self.node, self.pending, self.stats)
         self.transport = Transport(
             node_id,
             {},
@@ -148,7 +151,7 @@ class NodeRuntime:
             self.sm,
             storage,
             self.pending,
-            Compactor(self.sm, storage, self._wake.set, node_id),
+            Compactor(self.sm, storage, self._wake.set, node_id, self.stats),
             t.snapshot_entries,
             step=self.step_messages,
             running=lambda: not (self.stopping or self.fatal_error is not None),
@@ -260,11 +263,14 @@ class NodeRuntime:
         return entry
 
     async def _until_applied(self, entry: Entry, timeout: float) -> ApplyResult | None:
-        deadline = asyncio.get_running_loop().time() + timeout
-        future = self.pending.add_proposal(entry, deadline)
+        started = asyncio.get_running_loop().time()
+        future = self.pending.add_proposal(entry, started + timeout)
         self._wake.set()
+        self.stats.proposals += 1
         try:
-            return await future  # the expiry task fails it with ProposalTimeout at the deadline
+            result = await future  # the expiry task fails it with ProposalTimeout at the deadline
+            self.stats.commit_latency.observe(asyncio.get_running_loop().time() - started)
+            return result
         except RuntimeStopped as exc:  # proposed, so the outcome stays unknown
             raise ProposalTimeout(f"entry {entry.index} not applied: {exc}") from None
         finally:
@@ -318,6 +324,7 @@ class NodeRuntime:
 
     def transfer_leadership(self, to: NodeId) -> None:
         self.node.transfer_leadership(to)
+        self.leadership.handing_to = to
         self._wake.set()
 
     def replication(self) -> dict[NodeId, int]:
@@ -414,7 +421,9 @@ class NodeRuntime:
                 transport.send(early)
                 late = [m for m in rd.messages if not isinstance(m, _EARLY)]
         if rd.snapshot is not None:
+            started = time.perf_counter()
             self.snapshots.install(rd.snapshot)
+            self.stats.snapshot_install_seconds.observe(time.perf_counter() - started)
         if rd.must_sync:
             await self._persist(rd)
         if late:
@@ -446,6 +455,7 @@ class NodeRuntime:
         if rd.hard_state is not None:
             self._persisted = rd.hard_state
         elapsed = loop.time() - started
+        self.stats.persisted(elapsed, len(rd.entries))
         if elapsed > SLOW_PERSIST_S:
             log.warning(
                 "slow disk: persisting %d entries took %.0f ms; every write waits for it "
@@ -467,4 +477,5 @@ class NodeRuntime:
                 pending.applied(entry, result)
         if conf_changed:
             self.membership.changed()
+        self.stats.applied_entries += len(entries)
         pending.applied_up_to(self.sm.applied_index)
