@@ -274,7 +274,7 @@ class NodeRuntime:
         except RuntimeStopped as exc:  # proposed, so the outcome stays unknown
             raise ProposalTimeout(f"entry {entry.index} not applied: {exc}") from None
         finally:
-            self.pending.forget_proposal(entry.index, future)
+            self.pending.forget_proposal(entry, future)
 
     async def read(self, key: str, linearizable: bool, timeout: float) -> KeyValue | None:
         """Read a key; linearizable reads confirm leadership with a ReadIndex round first.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from consensus import Entry
@@ -40,6 +41,7 @@ class RuntimeStopped(RuntimeUnavailable):
 
 @dataclass(slots=True)
 class _Proposal:
+    index: int
     term: int
     future: asyncio.Future[ApplyResult | None]
     deadline: float
@@ -53,12 +55,17 @@ class _PendingRead:
 
 
 class PendingRequests:
-    """Futures of proposals (by log index), ReadIndex reads (by request id) and reads
-    waiting for the applied index to catch up. Deadlines are enforced by `expire`, called
-    by one periodic task, which is cheaper than a timer per request."""
+    """Futures of proposals (by log index, then term), ReadIndex reads (by request id)
+    and reads waiting for the applied index to catch up. Deadlines are enforced by
+    `expire`, called by one periodic task, which is cheaper than a timer per request.
+
+    Why (index, term): a leader that lost office, had its uncommitted suffix cut and
+    leads again may propose at an index it proposed at before. Both waits stay: the
+    first is not yet dead (another node may still hold its entry and commit it as a
+    later leader), so only the entry applied at that index decides between them."""
 
     def __init__(self) -> None:
-        self.proposals: dict[int, _Proposal] = {}
+        self.proposals: dict[int, dict[int, _Proposal]] = {}
         self.reads: dict[bytes, _PendingRead] = {}
         self._apply_waiters: list[tuple[int, int, asyncio.Future[None], float]] = []
         self._seq = itertools.count()
@@ -72,13 +79,28 @@ class PendingRequests:
 
     def add_proposal(self, entry: Entry, deadline: float) -> asyncio.Future[ApplyResult | None]:
         future: asyncio.Future[ApplyResult | None] = asyncio.get_running_loop().create_future()
-        self.proposals[entry.index] = _Proposal(entry.term, future, deadline)
+        at_index = self.proposals.setdefault(entry.index, {})
+        at_index[entry.term] = _Proposal(entry.index, entry.term, future, deadline)
         return future
 
-    def forget_proposal(self, index: int, future: asyncio.Future[ApplyResult | None]) -> None:
-        current = self.proposals.get(index)
+    def forget_proposal(self, entry: Entry, future: asyncio.Future[ApplyResult | None]) -> None:
+        at_index = self.proposals.get(entry.index)
+        current = None if at_index is None else at_index.get(entry.term)
         if current is not None and current.future is future:
-            del self.proposals[index]
+            del at_index[entry.term]  # type: ignore[index]
+            if not at_index:
+                del self.proposals[entry.index]
+
+    def _take_proposals(self, keep: Callable[[_Proposal], bool]) -> list[_Proposal]:
+        """Remove and return every proposal `keep` rejects."""
+        taken: list[_Proposal] = []
+        for index in list(self.proposals):
+            at_index = self.proposals[index]
+            for term in [t for t, p in at_index.items() if not keep(p)]:
+                taken.append(at_index.pop(term))
+            if not at_index:
+                del self.proposals[index]
+        return taken
 
     def add_read(self, request_id: bytes, term: int, deadline: float) -> asyncio.Future[int]:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -92,11 +114,12 @@ class PendingRequests:
 
     def expire(self, now: float) -> None:
         """Fail every wait whose deadline passed: a proposal's outcome is then unknown."""
-        for index in [i for i, p in self.proposals.items() if p.deadline <= now]:
-            proposal = self.proposals.pop(index)
+        for proposal in self._take_proposals(lambda p: p.deadline > now):
             if not proposal.future.done():
                 proposal.future.set_exception(
-                    ProposalTimeout(f"entry {index} (term {proposal.term}) not applied in time")
+                    ProposalTimeout(
+                        f"entry {proposal.index} (term {proposal.term}) not applied in time"
+                    )
                 )
         for request_id in [r for r, p in self.reads.items() if p.deadline <= now]:
             read = self.reads.pop(request_id)
@@ -112,20 +135,24 @@ class PendingRequests:
     # -------------------------------------------------------------- resolving
 
     def applied(self, entry: Entry, result: ApplyResult | None) -> None:
-        """`entry` was applied with `result`: settle the proposal made at its index."""
-        proposal = self.proposals.pop(entry.index, None)
-        if proposal is None or proposal.future.done():
+        """`entry` was applied with `result`: settle every proposal made at its index
+        (the one of its term succeeded; any other can never commit)."""
+        at_index = self.proposals.pop(entry.index, None)
+        if at_index is None:
             return
         self.answered = True
-        if proposal.term == entry.term:
-            proposal.future.set_result(result)
-        else:
-            proposal.future.set_exception(
-                ProposalOverwritten(
-                    f"entry {entry.index} of term {proposal.term} was replaced by one of "
-                    f"term {entry.term}; it will never commit"
+        for proposal in at_index.values():
+            if proposal.future.done():
+                continue
+            if proposal.term == entry.term:
+                proposal.future.set_result(result)
+            else:
+                proposal.future.set_exception(
+                    ProposalOverwritten(
+                        f"entry {entry.index} of term {proposal.term} was replaced by one of "
+                        f"term {entry.term}; it will never commit"
+                    )
                 )
-            )
 
     def applied_up_to(self, applied: int) -> None:
         waiters = self._apply_waiters
@@ -137,11 +164,10 @@ class PendingRequests:
     def snapshot_installed(self, index: int) -> None:
         """A snapshot replaced the log up to `index`: proposals there were either in it or
         overwritten, and nobody can tell which any more."""
-        for entry_index in [i for i in self.proposals if i <= index]:
-            proposal = self.proposals.pop(entry_index)
+        for proposal in self._take_proposals(lambda p: p.index > index):
             if not proposal.future.done():
                 proposal.future.set_exception(
-                    ProposalTimeout(f"entry {entry_index} was folded into a snapshot")
+                    ProposalTimeout(f"entry {proposal.index} was folded into a snapshot")
                 )
         self.applied_up_to(index)
 
@@ -164,10 +190,9 @@ class PendingRequests:
     def abort_all(self, exc: RuntimeUnavailable) -> None:
         """Fail everything (shutdown). Proposals fail as ProposalTimeout upstream: a
         proposed write's outcome stays unknown."""
-        for proposal in self.proposals.values():
+        for proposal in self._take_proposals(lambda p: False):
             if not proposal.future.done():
                 proposal.future.set_exception(exc)
-        self.proposals.clear()
         self.fail_reads(exc)
         for _, _, future, _ in self._apply_waiters:
             if not future.done():
@@ -175,4 +200,7 @@ class PendingRequests:
         self._apply_waiters.clear()
 
     def counts(self) -> dict[str, int]:
-        return {"pending_proposals": len(self.proposals), "pending_reads": len(self.reads)}
+        return {
+            "pending_proposals": sum(len(p) for p in self.proposals.values()),
+            "pending_reads": len(self.reads),
+        }
