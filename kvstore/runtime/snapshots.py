@@ -55,7 +55,10 @@ class SnapshotKeeper:
         self._step = step
         self._running = running
         self._installed = installed
-        self._incoming: tuple[SnapshotMeta, bytes, ParsedState] | None = None
+        self._incoming: dict[SnapshotMeta, tuple[bytes, ParsedState]] = {}
+        """Received snapshots by their metadata; only the one the core will install is
+        kept. Keyed, not one slot: another delivery (an older snapshot from a newer
+        leader, a stale-term one) may arrive between the step and the Ready."""
 
     async def deliver(self, msg: InstallSnapshot, data: bytes) -> None:
         """A complete, verified snapshot arrived: decode it off the loop, then step it."""
@@ -73,10 +76,19 @@ class SnapshotKeeper:
         that announces it."""
         if not self._running():
             return
-        self._incoming = (msg.snapshot, data, parsed)
+        self._incoming[msg.snapshot] = (data, parsed)
         self._step([msg])
-        if self._node.pending_snapshot != msg.snapshot:
-            self._incoming = None  # the core did not need it (already has it)
+        self._keep_pending()
+
+    def _keep_pending(self) -> None:
+        """Drop every held snapshot but the one the core's next Ready will install."""
+        pending = self._node.log.pending_snapshot
+        for meta in [m for m in self._incoming if m != pending]:
+            del self._incoming[meta]
+
+    def holding(self) -> tuple[SnapshotMeta, ...]:
+        """The snapshots held for an install (for tests and status)."""
+        return tuple(self._incoming)
 
     def between_readies(self) -> None:
         """Store a finished snapshot, or start one when the log is long. Called between
@@ -97,12 +109,13 @@ class SnapshotKeeper:
 
     def install(self, meta: SnapshotMeta) -> None:
         """The core's Ready asks for the snapshot `meta`: replace state and log prefix."""
-        incoming = self._incoming
-        if incoming is None or incoming[0] != meta:
+        incoming = self._incoming.pop(meta, None)
+        if incoming is None:
             raise RuntimeError(f"the core installs snapshot {meta} but no such data arrived")
-        self._incoming = None
-        self._storage.apply_snapshot(meta, incoming[1])
-        self._sm.install(incoming[2])
+        self._incoming.clear()
+        data, parsed = incoming
+        self._storage.apply_snapshot(meta, data)
+        self._sm.install(parsed)
         self._pending.snapshot_installed(meta.index)
         self._installed()
         log.info("installed a snapshot from the leader at index %d", meta.index)

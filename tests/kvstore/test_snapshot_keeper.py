@@ -1,0 +1,102 @@
+"""SnapshotKeeper: a second snapshot delivery before the install never knocks the node
+out (issue 10, item 2).
+
+A lagging follower holds snapshot S1 (stepped, so the core's next Ready installs it)
+when another delivery arrives: an older snapshot from a newer leader, or a stale-term
+one from a deposed leader. The core keeps S1 pending; the keeper must still have S1's
+data when the Ready asks for it, or the install fails and the node exits.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from consensus import Config, Entry, MemoryStorage, RaftNode
+from consensus.messages import InstallSnapshot
+from consensus.types import Membership, SnapshotMeta
+from kvstore.runtime.compaction import Compactor
+from kvstore.runtime.requests import PendingRequests
+from kvstore.runtime.snapshots import SnapshotKeeper
+from kvstore.state.commands import Put, encode_command
+from kvstore.state.machine import KVStateMachine
+from kvstore.state.snapshot import ParsedState
+
+VOTERS = ("n1", "n2", "n3")
+
+
+def _snapshot(index: int, term: int) -> tuple[SnapshotMeta, bytes, ParsedState]:
+    """A leader's state after `index` puts, as the transfer would hand it over."""
+    sm = KVStateMachine()
+    for i in range(1, index + 1):
+        sm.apply(Entry(term, i, encode_command(Put(f"k{i}", b"v%d" % i))))
+    data = sm.snapshot()
+    return SnapshotMeta(index, term, Membership(VOTERS)), data, KVStateMachine.parse(data)
+
+
+class _Follower:
+    def __init__(self) -> None:
+        self.storage = MemoryStorage()
+        self.node = RaftNode(Config("n2", ()), self.storage, random.Random(1))
+        self.sm = KVStateMachine()
+        self.keeper = SnapshotKeeper(
+            self.node,
+            self.sm,
+            self.storage,
+            PendingRequests(),
+            Compactor(self.sm, self.storage, lambda: None, "n2"),
+            10_000,
+            step=lambda msgs: [self.node.step(m) for m in msgs],
+            running=lambda: True,
+            installed=lambda: None,
+        )
+
+    def deliver(self, term: int, sender: str, snap: tuple[SnapshotMeta, bytes, ParsedState]):  # type: ignore[no-untyped-def]
+        meta, data, parsed = snap
+        self.keeper.receive(InstallSnapshot(term, sender, "n2", meta), data, parsed)
+
+    def run_ready(self) -> SnapshotMeta | None:
+        """What the runtime's ready loop does with the snapshot part of a Ready."""
+        rd = self.node.ready()
+        if rd.snapshot is not None:
+            self.keeper.install(rd.snapshot)
+        self.node.advance(rd)
+        return rd.snapshot
+
+
+@pytest.mark.parametrize(
+    ("term", "sender", "index", "snap_term"),
+    [(4, "n3", 5, 2), (2, "n3", 5, 2), (3, "n1", 10, 3)],
+    ids=["older-from-newer-leader", "stale-term", "duplicate"],
+)
+async def test_a_second_delivery_before_the_install_keeps_the_first(
+    term: int, sender: str, index: int, snap_term: int
+) -> None:
+    follower = _Follower()
+    first = _snapshot(10, 3)
+    follower.deliver(3, "n1", first)
+    follower.deliver(term, sender, _snapshot(index, snap_term))
+    installed = follower.run_ready()  # before the fix: RuntimeError, the node exits
+    assert installed == first[0]
+    assert follower.sm.applied_index == 10 and follower.sm.get("k10") is not None
+    assert follower.storage.snapshot_meta() == first[0]
+
+
+async def test_a_newer_snapshot_replaces_the_pending_one() -> None:
+    follower = _Follower()
+    follower.deliver(3, "n1", _snapshot(10, 3))
+    newer = _snapshot(20, 4)
+    follower.deliver(4, "n3", newer)
+    assert follower.run_ready() == newer[0]
+    assert follower.sm.applied_index == 20
+    assert follower.keeper.holding() == (), "a snapshot nobody will install is still held"
+
+
+async def test_held_snapshots_are_released_once_installed() -> None:
+    follower = _Follower()
+    follower.deliver(3, "n1", _snapshot(10, 3))
+    follower.deliver(2, "n3", _snapshot(5, 2))
+    assert follower.keeper.holding() == (SnapshotMeta(10, 3, Membership(VOTERS)),)
+    follower.run_ready()
+    assert follower.keeper.holding() == ()
