@@ -84,8 +84,9 @@ async def _forward(
     *,
     is_write: bool,
 ) -> web.StreamResponse | None:
-    """Proxy to the leader. None when the connection never opened, so nothing was sent;
-    any later failure leaves a write's outcome unknown (504)."""
+    """Proxy to the leader. None when the connection never opened, so nothing was sent
+    (refused, or a connect timeout: aiohttp's ConnectionTimeoutError is not a
+    ClientConnectorError); any later failure leaves a write's outcome unknown (504)."""
     hops = request.headers.get(HOPS_HEADER, "0")
     hops_n = int(hops) if hops.isdigit() else MAX_HOPS
     if hops_n >= MAX_HOPS:
@@ -109,7 +110,7 @@ async def _forward(
             out = {h: resp.headers[h] for h in _PASS_BACK if h in resp.headers}
             out.setdefault(LEADER_HEADER, leader)
             return web.Response(status=resp.status, body=data, headers=out)
-    except aiohttp.ClientConnectorError:
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
         return None
     except (TimeoutError, aiohttp.ClientError) as exc:
         if is_write:

@@ -52,6 +52,11 @@ from their own state without asking the leader, so `kv chaos` can be shown to ca
 the stale reads this causes. Never set it on a real cluster."""
 
 
+_BACK_PRESSURE = "await commitment"
+"""How the core words the refusal at max_uncommitted_entries (ProposalDropped has no
+reason field on main yet; the core-api branch adds DropReason, which should replace
+this match once it lands)."""
+
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _UINT = re.compile(r"[0-9]{1,18}")
 
@@ -218,11 +223,13 @@ async def _write(
                 result = await runtime.propose(cmd, deadline - loop.time())
             except NotLeader:
                 continue
-            except ProposalDropped:
-                await asyncio.sleep(runtime.tuning.tick_ms / 1000)  # a transfer is under way
+            except ProposalDropped as exc:
+                await asyncio.sleep(runtime.tuning.tick_ms / 1000)  # both kinds clear soon
                 if loop.time() < deadline:
                     continue
-                return error(503, "no_leader", "leadership is being transferred; not proposed")
+                if _BACK_PRESSURE in str(exc):
+                    return error(503, "overloaded", f"{exc}; not proposed")
+                return error(503, "no_leader", f"{exc}; not proposed")
             except ProposalOverwritten:
                 if loop.time() < deadline:
                     continue  # it can never commit, so proposing again is safe
