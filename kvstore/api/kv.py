@@ -17,7 +17,7 @@ from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
-from consensus import NotLeader, ProposalDropped
+from consensus import DropReason, NotLeader, ProposalDropped
 from kvstore.api.common import (
     RUNTIME_KEY,
     SESSION_HEADERS,
@@ -51,11 +51,6 @@ UNSAFE_LOCAL_READS = os.environ.get("KV_UNSAFE_STALE_READS") == "1"
 from their own state without asking the leader, so `kv chaos` can be shown to catch
 the stale reads this causes. Never set it on a real cluster."""
 
-
-_BACK_PRESSURE = "await commitment"
-"""How the core words the refusal at max_uncommitted_entries (ProposalDropped has no
-reason field on main yet; the core-api branch adds DropReason, which should replace
-this match once it lands)."""
 
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _UINT = re.compile(r"[0-9]{1,18}")
@@ -227,7 +222,7 @@ async def _write(
                 await asyncio.sleep(runtime.tuning.tick_ms / 1000)  # both kinds clear soon
                 if loop.time() < deadline:
                     continue
-                if _BACK_PRESSURE in str(exc):
+                if exc.reason is DropReason.TOO_MANY_UNCOMMITTED:
                     return error(503, "overloaded", f"{exc}; not proposed")
                 return error(503, "no_leader", f"{exc}; not proposed")
             except ProposalOverwritten:

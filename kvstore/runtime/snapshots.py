@@ -82,7 +82,7 @@ class SnapshotKeeper:
 
     def _keep_pending(self) -> None:
         """Drop every held snapshot but the one the core's next Ready will install."""
-        pending = self._node.log.pending_snapshot
+        pending = self._node.pending_snapshot
         for meta in [m for m in self._incoming if m != pending]:
             del self._incoming[meta]
 

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import functools
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,7 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from consensus import Config
 from kvstore.api.forwarding import HOPS_HEADER
+from kvstore.runtime import node as node_module
 from tests.kvstore.test_runtime import _LocalCluster
 
 pytestmark = pytest.mark.timeout(60)
@@ -83,20 +85,28 @@ async def test_a_connect_timeout_to_the_leader_is_not_an_unknown_outcome(
     assert status == 404
 
 
-async def test_back_pressure_says_what_it_is(cluster: _LocalCluster) -> None:
-    leader = await cluster.leader()
-    runtime = cluster.nodes[leader].runtime
+async def test_back_pressure_says_what_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # One uncommitted entry is the limit; without CheckQuorum the leader keeps its
-    # office while its followers are gone, so nothing commits and nothing steps down.
-    runtime.node.config = dataclasses.replace(
-        runtime.node.config, max_uncommitted_entries=1, check_quorum=False
-    )
-    for node_id in [n for n in cluster.nodes if n != leader]:
-        await cluster.stop(node_id)
-    first = asyncio.create_task(cluster.call(leader, "PUT", "/v1/kv/a", b"1"))
-    await asyncio.sleep(0.05)
-    status, _, body = await cluster.call(leader, "PUT", "/v1/kv/b", b"2")
-    answer = json.loads(body)
-    assert status == 503 and answer["error"] == "overloaded", body
-    assert "transfer" not in answer["message"]
-    assert (await first)[0] == 504  # the first one was proposed: unknown
+    # office once its followers are gone, so nothing commits and nothing steps down.
+    config = functools.partial(Config, max_uncommitted_entries=1, check_quorum=False)
+    monkeypatch.setattr(node_module, "Config", config)
+    cluster = _LocalCluster(tmp_path, request_timeout_ms=800)
+    try:
+        for node_id in ("n1", "n2", "n3"):
+            await cluster.start(node_id)
+        leader = await cluster.leader()
+        status, _, _ = await cluster.call(leader, "PUT", "/v1/kv/first", b"0")
+        assert status == 200
+        for node_id in [n for n in cluster.nodes if n != leader]:
+            await cluster.stop(node_id)
+        first = asyncio.create_task(cluster.call(leader, "PUT", "/v1/kv/a", b"1"))
+        await asyncio.sleep(0.05)
+        status, _, body = await cluster.call(leader, "PUT", "/v1/kv/b", b"2")
+        answer = json.loads(body)
+        assert status == 503 and answer["error"] == "overloaded", body
+        assert "transfer" not in answer["message"]
+        assert (await first)[0] == 504  # the first one was proposed: unknown
+    finally:
+        await cluster.close()
