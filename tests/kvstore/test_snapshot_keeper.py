@@ -19,6 +19,7 @@ from consensus.types import Membership, SnapshotMeta
 from kvstore.runtime.compaction import Compactor
 from kvstore.runtime.requests import PendingRequests
 from kvstore.runtime.snapshots import SnapshotKeeper
+from kvstore.runtime.stats import RuntimeStats
 from kvstore.state.commands import Put, encode_command
 from kvstore.state.machine import KVStateMachine
 from kvstore.state.snapshot import ParsedState
@@ -45,7 +46,7 @@ class _Follower:
             self.sm,
             self.storage,
             PendingRequests(),
-            Compactor(self.sm, self.storage, lambda: None, "n2"),
+            Compactor(self.sm, self.storage, lambda: None, "n2", RuntimeStats()),
             10_000,
             step=lambda msgs: [self.node.step(m) for m in msgs],
             running=lambda: True,
