@@ -20,6 +20,8 @@ from typing import Any
 MIB = 1024 * 1024
 
 _NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_LISTEN = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._-]+)):(?P<port>[0-9]+)")
+LOG_FORMATS = ("text", "json")
 _URL = re.compile(
     r"http://(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._-]+)):(?P<port>[0-9]+)"
 )
@@ -68,6 +70,18 @@ class NodeConfig:
     join: bool = False
     """`join = true`: not a founder. The node starts empty and waits to be added
     (`kv member add`) instead of bootstrapping; founders leave it out of their voters."""
+    listen_client: tuple[str, int] | None = None
+    listen_peer: tuple[str, int] | None = None
+    """`listen_client`/`listen_peer = "host:port"`: where to bind when that differs from
+    the advertised URL (a container binds 0.0.0.0 and advertises its DNS name)."""
+
+    @property
+    def client_bind(self) -> tuple[str, int]:
+        return self.listen_client or (self.client_host, self.client_port)
+
+    @property
+    def peer_bind(self) -> tuple[str, int]:
+        return self.listen_peer or (self.peer_host, self.peer_port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +93,8 @@ class ClusterConfig:
     tuning: Tuning = Tuning()
     source: Path | None = None
     """The file this was loaded from, for error messages."""
+    log_format: str = "text"
+    """`[cluster] log_format`: "text" (for people) or "json" (one object a line)."""
 
     @property
     def founders(self) -> tuple[str, ...]:
@@ -230,14 +246,19 @@ class _Parser:
         table = doc["cluster"]
         if not isinstance(table, dict):
             raise self.fail("cluster", f"expected a table, got {_toml_type(table)}")
-        self.keys(table, {"name", "data_dir"}, "cluster")
+        self.keys(table, {"name", "data_dir", "log_format"}, "cluster")
         name = self.string(self.required(table, "name", "cluster"), "cluster.name")
         raw_dir = self.string(self.required(table, "data_dir", "cluster"), "cluster.data_dir")
         base = self.path.parent / Path(raw_dir).expanduser()
         data_dir = Path(os.path.abspath(base))
         nodes = self.nodes(doc.get("nodes"), data_dir)
         tuning = self.tuning(doc.get("tuning", {}))
-        return ClusterConfig(name, data_dir, nodes, tuning, self.path)
+        log_format = self.string(table.get("log_format", "text"), "cluster.log_format")
+        if log_format not in LOG_FORMATS:
+            raise self.fail(
+                "cluster.log_format", f"expected one of {LOG_FORMATS}, got {_show(log_format)}"
+            )
+        return ClusterConfig(name, data_dir, nodes, tuning, self.path, log_format)
 
     def client_urls(self, doc: dict[str, Any]) -> list[str]:
         urls = []
@@ -268,7 +289,11 @@ class _Parser:
         addresses: dict[tuple[str, int], str] = {}
         for i, table in enumerate(self.node_tables(raw)):
             where = f"nodes[{i}]"
-            self.keys(table, {"id", "client_url", "peer_url", "join"}, where)
+            self.keys(
+                table,
+                {"id", "client_url", "peer_url", "join", "listen_client", "listen_peer"},
+                where,
+            )
             join = table.get("join", False)
             if type(join) is not bool:
                 raise self.fail(f"{where}.join", f"expected a boolean, got {_toml_type(join)}")
@@ -296,6 +321,7 @@ class _Parser:
                         f"address {_address(address)} is already used by {addresses[address]}",
                     )
             addresses.update(own)
+            listen_client, listen_peer = self.listens(table, where, client == peer)
             nodes.append(
                 NodeConfig(
                     id=node_id,
@@ -307,11 +333,45 @@ class _Parser:
                     peer_port=peer[1],
                     data_dir=data_dir / node_id,
                     join=join,
+                    listen_client=listen_client,
+                    listen_peer=listen_peer,
                 )
             )
         if all(node.join for node in nodes):
             raise self.fail("nodes", "every node has join = true: the cluster needs a founder")
         return tuple(nodes)
+
+    def listens(
+        self, table: dict[str, Any], where: str, shared: bool
+    ) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
+        """The optional bind addresses; one listener serves both APIs exactly when the
+        two URLs are the same, so the binds must agree with that."""
+        found: dict[str, tuple[str, int] | None] = {}
+        for name in ("listen_client", "listen_peer"):
+            key = f"{where}.{name}"
+            raw = table.get(name)
+            found[name] = None if raw is None else self.listen(self.string(raw, key), key)
+        client, peer = found["listen_client"], found["listen_peer"]
+        if shared:
+            if peer is not None and peer != client:
+                raise self.fail(
+                    f"{where}.listen_peer",
+                    "client_url and peer_url are the same, so one listener serves both: "
+                    "set only listen_client",
+                )
+            peer = client
+        if not shared and client is not None and client == peer:
+            raise self.fail(
+                f"{where}.listen_peer", "must differ from listen_client when the URLs differ"
+            )
+        return client, peer
+
+    def listen(self, value: str, key: str) -> tuple[str, int]:
+        match = _LISTEN.fullmatch(value)
+        port = int(match["port"]) if match else 0
+        if match is None or not 1 <= port <= 65535:
+            raise self.fail(key, f"expected host:port with a port in 1..65535, got {_show(value)}")
+        return (match["ipv6"] or match["host"]).lower(), port
 
     def url(self, url: str, key: str) -> tuple[str, int]:
         try:

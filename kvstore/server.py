@@ -27,6 +27,7 @@ from kvstore.api.app import make_client_app
 from kvstore.api.peer import DEFAULT_MAX_BODY, add_peer_routes, make_peer_app
 from kvstore.config import ClusterConfig, ConfigError, check_data_dir, load_cluster_config
 from kvstore.runtime.leveldb_storage import CorruptLogError, LevelDBStorage
+from kvstore.runtime.log_format import NodeContext, configure_logging
 from kvstore.runtime.node import NodeRuntime
 
 log = logging.getLogger("kvstore.server")
@@ -66,22 +67,23 @@ def load(config_path: str | Path, node_id: str) -> ClusterConfig:
     return cluster
 
 
-def run_node(config_path: str | Path, node_id: str, join: bool = False) -> int:
+def run_node(
+    config_path: str | Path, node_id: str, join: bool = False, log_format: str | None = None
+) -> int:
     """Run one node in the foreground until SIGTERM/SIGINT; returns the exit code.
-    `join`: start empty and wait to be added to an existing cluster (`kv member add`)."""
+    `join`: start empty and wait to be added to an existing cluster (`kv member add`).
+    `log_format`: "text" or "json"; None takes `[cluster] log_format` from the file."""
     try:
         cluster = load(config_path, node_id)
     except StartupError as exc:
         print(f"kv serve: error: {exc}", file=sys.stderr)
         return exc.code
-    logging.basicConfig(
-        level=os.environ.get("KV_LOG_LEVEL", "INFO").upper(),
-        format=f"%(asctime)s %(levelname)s {node_id} %(name)s: %(message)s",
-        stream=sys.stderr,
+    context = configure_logging(
+        node_id, log_format or cluster.log_format, os.environ.get("KV_LOG_LEVEL", "INFO").upper()
     )
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(_serve(cluster, node_id, join))
+            return runner.run(_serve(cluster, node_id, join, context))
     except StartupError as exc:
         print(f"kv serve: error: {exc}", file=sys.stderr)
         return exc.code
@@ -98,7 +100,9 @@ def _loop_factory():  # type: ignore[no-untyped-def]
     return uvloop.new_event_loop
 
 
-async def _serve(cluster: ClusterConfig, node_id: str, join: bool = False) -> int:
+async def _serve(
+    cluster: ClusterConfig, node_id: str, join: bool = False, context: NodeContext | None = None
+) -> int:
     me = cluster.node(node_id)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -126,6 +130,8 @@ async def _serve(cluster: ClusterConfig, node_id: str, join: bool = False) -> in
         raise StartupError(
             EXIT_CONFIG, f"cannot start from the data in {me.data_dir}: {exc}"
         ) from None
+    if context is not None:
+        context.follow(runtime.node)
     shared = (me.client_host, me.client_port) == (me.peer_host, me.peer_port)
     max_value = cluster.tuning.max_value_bytes
     app = make_client_app(runtime, DEFAULT_MAX_BODY if shared else max_value + 1)
@@ -143,10 +149,10 @@ async def _serve(cluster: ClusterConfig, node_id: str, join: bool = False) -> in
     app.cleanup_ctx.append(runtime_ctx)
     app.on_shutdown.insert(0, drain)  # before a shared app's peer streams are ended
     runners = [web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)]
-    targets = [(me.client_host, me.client_port)]
+    targets = [me.client_bind]
     if not shared:
         runners.append(web.AppRunner(make_peer_app(runtime), access_log=None, shutdown_timeout=1.0))
-        targets.append((me.peer_host, me.peer_port))
+        targets.append(me.peer_bind)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -162,9 +168,10 @@ async def _serve(cluster: ClusterConfig, node_id: str, join: bool = False) -> in
                     EXIT_FAILURE, f"cannot listen on {host}:{port}: {exc.strerror or exc}"
                 ) from None
         log.info(
-            "serving clients on %s, peers on %s, data in %s",
+            "serving clients on %s, peers on %s (listening on %s), data in %s",
             me.client_url,
             me.peer_url,
+            ", ".join(f"{host}:{port}" for host, port in targets),
             me.data_dir,
         )
         await stop.wait()

@@ -31,11 +31,18 @@ config_option = click.option(
     help="Join an existing cluster: start empty and wait for `kv member add` instead of "
     "founding a cluster (ignored, with a log line, when the node already has data).",
 )
-def serve_command(config_path: str, node_id: str, join: bool) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="text (the default) or json: one object a line with node id, term and role. "
+    "Overrides `log_format` under [cluster].",
+)
+def serve_command(config_path: str, node_id: str, join: bool, log_format: str | None) -> None:
     """Run one node in the foreground until SIGTERM/SIGINT."""
     from kvstore.server import run_node
 
-    sys.exit(run_node(config_path, node_id, join))
+    sys.exit(run_node(config_path, node_id, join, log_format))
 
 
 @click.group("cluster")

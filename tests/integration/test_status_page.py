@@ -54,7 +54,7 @@ def test_status_page_shows_the_cluster(cluster: Cluster, browser, tmp_path: Path
             return found if len(found) == 3 else None
 
         wait.until(rows)
-        wait.until(lambda d: d.find_element(By.ID, "writes-now").text not in ("–", "0.0"))
+        wait.until(lambda d: d.find_element(By.ID, "writes-now").text not in ("\u2013", "0.0"))
         wait.until(lambda d: "/" in d.find_element(By.ID, "latency-now").text)
         for chart in ("writes-chart", "latency-chart"):  # a few seconds of lines drawn
             wait.until(
