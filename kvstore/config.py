@@ -54,6 +54,9 @@ class Tuning:
     snapshot_chunk_bytes: int = MIB
     """Size of one InstallSnapshot chunk; each is checksummed and a transfer resumes
     from the last chunk received after a dropped connection."""
+    history_revisions: int = 10_000
+    """Revisions of change history kept (kvstore.state.history): reads at an older
+    `revision=R`, and paged reads that take longer than this many writes, answer 410."""
 
 
 @dataclass(frozen=True, slots=True)

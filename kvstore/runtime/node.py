@@ -97,7 +97,9 @@ class NodeRuntime:
         self.me: NodeConfig = cluster.node(node_id)
         self.storage = storage
         self.sm = KVStateMachine(
-            session_ttl_entries=t.session_ttl_entries, max_sessions=t.max_sessions
+            session_ttl_entries=t.session_ttl_entries,
+            max_sessions=t.max_sessions,
+            history_revisions=t.history_revisions,
         )
         snapshot = storage.snapshot_meta()
         if snapshot is not None:  # the state machine starts from the last snapshot

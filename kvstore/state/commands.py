@@ -6,6 +6,10 @@ one. The wire form is a msgpack array, tag first, fields positional and the sess
 flattened in (or left off), because it is written once per write and read on every
 replica: short and cheap to decode beats self-describing.
 
+Tags: 1 put and 2 delete (with prev_version) are the original forms and are still what
+a put or delete without `prev_revision` encodes to, so older replicas read them; 3 and 4
+are put and delete with `prev_revision`; 5 is a transaction.
+
 Invariants are checked when a command is built, so a bad client header fails at the
 HTTP layer (as a ValueError) instead of reaching the log, where every replica would
 have to deal with it.
@@ -14,15 +18,22 @@ have to deal with it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any, TypeAlias
 
 import msgpack
+
+from kvstore.state.keyrange import Cursor, KeyRange, RangeQuery
 
 MAX_CLIENT_ID_LENGTH = 128
 """Session client ids are held in memory by every replica, so their size is bounded."""
 
 _PUT = 1
 _DELETE = 2
+_PUT_REV = 3
+_DELETE_REV = 4
+_TXN = 5
+_OP_PUT, _OP_DELETE_RANGE, _OP_RANGE = range(3)
 
 
 class CommandDecodeError(ValueError):
@@ -61,44 +72,168 @@ class SessionRef:
             )
 
 
-def _check_common(key: object, prev_version: object, session: object) -> None:
+def _check_common(
+    key: object, prev_version: object, session: object, prev_revision: object = None
+) -> None:
     if not isinstance(key, str):
         raise ValueError(f"key must be a string, got {type(key).__name__}")
-    if prev_version is not None and (not _is_int(prev_version) or prev_version < 0):
-        raise ValueError(f"prev_version must be None or an integer >= 0, got {prev_version!r}")
+    for name, prev in (("prev_version", prev_version), ("prev_revision", prev_revision)):
+        if prev is not None and (not _is_int(prev) or prev < 0):
+            raise ValueError(f"{name} must be None or an integer >= 0, got {prev!r}")
     if session is not None and not isinstance(session, SessionRef):
         raise ValueError(f"session must be a SessionRef or None, got {type(session).__name__}")
 
 
 @dataclass(frozen=True, slots=True)
 class Put:
-    """Write `value` under `key`; with `prev_version` set, only if the key is at that version
-    (0: only if the key does not exist)."""
+    """Write `value` under `key`; with `prev_revision` set, only if the key's mod_revision
+    is that (0: only if the key does not exist), which no delete and re-create can fake;
+    with `prev_version`, only if the key is at that version (kept for compatibility:
+    a re-created key restarts at version 1, so it can pass against another incarnation)."""
 
     key: str
     value: bytes
     prev_version: int | None = None
     session: SessionRef | None = None
+    prev_revision: int | None = None
 
     def __post_init__(self) -> None:
-        _check_common(self.key, self.prev_version, self.session)
+        _check_common(self.key, self.prev_version, self.session, self.prev_revision)
         if not isinstance(self.value, bytes):
             raise ValueError(f"value must be bytes, got {type(self.value).__name__}")
 
 
 @dataclass(frozen=True, slots=True)
 class Delete:
-    """Remove `key`; with `prev_version` set, only if the key is at that version."""
+    """Remove `key`; with `prev_version` / `prev_revision` set, only if the key is at that
+    version / mod_revision."""
 
     key: str
     prev_version: int | None = None
     session: SessionRef | None = None
+    prev_revision: int | None = None
 
     def __post_init__(self) -> None:
-        _check_common(self.key, self.prev_version, self.session)
+        _check_common(self.key, self.prev_version, self.session, self.prev_revision)
 
 
-Command: TypeAlias = Put | Delete
+class Target(IntEnum):
+    """What a transaction compare looks at (a missing key has version, create_revision
+    and mod_revision 0, and no value: every value compare on it is false)."""
+
+    VERSION = 0
+    CREATE_REVISION = 1
+    MOD_REVISION = 2
+    VALUE = 3
+    EXISTS = 4
+
+
+class Op(IntEnum):
+    EQ = 0
+    NE = 1
+    LT = 2
+    GT = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    """`<target of key> <op> operand`: an int for the numbers, bytes for VALUE, and a
+    bool for EXISTS (with = or != only)."""
+
+    key: str
+    target: Target
+    op: Op
+    operand: int | bytes | bool
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, str):
+            raise ValueError("compare key must be a string")
+        if type(self.target) is not Target or type(self.op) is not Op:
+            raise ValueError("compare target and op must be a Target and an Op")
+        operand = self.operand
+        if self.target is Target.VALUE:
+            ok = type(operand) is bytes
+        elif self.target is Target.EXISTS:
+            ok = type(operand) is bool and self.op in (Op.EQ, Op.NE)
+        else:
+            ok = _is_int(operand) and operand >= 0  # type: ignore[operator]
+        if not ok:
+            raise ValueError(f"bad operand {operand!r} for a {self.target.name} compare")
+
+
+@dataclass(frozen=True, slots=True)
+class TxnPut:
+    key: str
+    value: bytes
+
+    def __post_init__(self) -> None:
+        _check_common(self.key, None, None)
+        if not isinstance(self.value, bytes):
+            raise ValueError(f"value must be bytes, got {type(self.value).__name__}")
+
+
+@dataclass(frozen=True, slots=True)
+class TxnDeleteRange:
+    keys: KeyRange
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.keys, KeyRange):
+            raise ValueError("a delete needs a KeyRange")
+
+
+@dataclass(frozen=True, slots=True)
+class TxnRange:
+    """A read inside a transaction: it sees the writes of the operations before it."""
+
+    query: RangeQuery
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.query, RangeQuery) or self.query.revision:
+            raise ValueError("a read inside a transaction reads the current revision")
+
+
+TxnOp: TypeAlias = TxnPut | TxnDeleteRange | TxnRange
+
+
+@dataclass(frozen=True, slots=True)
+class Txn:
+    """If every compare holds, run `success`, else `failure`; all in one log entry.
+
+    A branch may not write one key twice (put twice, or put and delete): with one
+    revision for the whole transaction, the history could not order the two."""
+
+    compares: tuple[Compare, ...]
+    success: tuple[TxnOp, ...]
+    failure: tuple[TxnOp, ...] = ()
+    session: SessionRef | None = None
+
+    def __post_init__(self) -> None:
+        if not all(isinstance(c, Compare) for c in self.compares):
+            raise ValueError("compares must be Compare values")
+        for branch in (self.success, self.failure):
+            if not all(isinstance(op, TxnPut | TxnDeleteRange | TxnRange) for op in branch):
+                raise ValueError("operations must be TxnPut, TxnDeleteRange or TxnRange")
+            _check_no_double_write(branch)
+        if self.session is not None and not isinstance(self.session, SessionRef):
+            raise ValueError("session must be a SessionRef or None")
+
+    @property
+    def writes(self) -> bool:
+        """Whether either branch may change the store (else it can be served as a read)."""
+        return any(type(op) is not TxnRange for op in (*self.success, *self.failure))
+
+
+def _check_no_double_write(branch: tuple[TxnOp, ...]) -> None:
+    puts = [op.key for op in branch if type(op) is TxnPut]
+    if len(set(puts)) != len(puts):
+        raise ValueError("a transaction branch puts the same key twice")
+    deletes = [op.keys for op in branch if type(op) is TxnDeleteRange]
+    for key in puts:
+        if any(key in keys for keys in deletes):
+            raise ValueError(f"a transaction branch both puts and deletes {key!r}")
+
+
+Command: TypeAlias = Put | Delete | Txn
 
 
 def encode_command(cmd: Command) -> bytes:
@@ -107,8 +242,19 @@ def encode_command(cmd: Command) -> bytes:
     fields: list[Any]
     if type(cmd) is Put:
         fields = [_PUT, cmd.key, cmd.value, cmd.prev_version]
+        if cmd.prev_revision is not None:
+            fields = [_PUT_REV, cmd.key, cmd.value, cmd.prev_version, cmd.prev_revision]
     elif type(cmd) is Delete:
         fields = [_DELETE, cmd.key, cmd.prev_version]
+        if cmd.prev_revision is not None:
+            fields = [_DELETE_REV, cmd.key, cmd.prev_version, cmd.prev_revision]
+    elif type(cmd) is Txn:
+        fields = [
+            _TXN,
+            [(c.key, int(c.target), int(c.op), c.operand) for c in cmd.compares],
+            [_encode_op(op) for op in cmd.success],
+            [_encode_op(op) for op in cmd.failure],
+        ]
     else:
         raise TypeError(f"not a command: {type(cmd).__name__}")
     s = cmd.session
@@ -135,6 +281,46 @@ def decode_command(data: bytes) -> Command:
         if tag == _DELETE and n in (3, 6):
             session = SessionRef(*fields[3:]) if n == 6 else None
             return Delete(fields[1], fields[2], session)
-    except ValueError as exc:
+        if tag == _PUT_REV and n in (5, 8):
+            session = SessionRef(*fields[5:]) if n == 8 else None
+            return Put(fields[1], fields[2], fields[3], session, fields[4])
+        if tag == _DELETE_REV and n in (4, 7):
+            session = SessionRef(*fields[4:]) if n == 7 else None
+            return Delete(fields[1], fields[2], session, fields[3])
+        if tag == _TXN and n in (4, 7):
+            session = SessionRef(*fields[4:]) if n == 7 else None
+            compares = tuple(
+                Compare(key, Target(target), Op(op), operand)
+                for key, target, op, operand in fields[1]
+            )
+            success = tuple(_decode_op(*op) for op in fields[2])
+            failure = tuple(_decode_op(*op) for op in fields[3])
+            return Txn(compares, success, failure, session)
+    except (ValueError, TypeError) as exc:
         raise CommandDecodeError(f"malformed command: {exc}") from None
     raise CommandDecodeError(f"unknown command tag {tag} with {n} fields")
+
+
+def _encode_op(op: TxnOp) -> tuple[Any, ...]:
+    if type(op) is TxnPut:
+        return (_OP_PUT, op.key, op.value)
+    if type(op) is TxnDeleteRange:
+        return (_OP_DELETE_RANGE, op.keys.start, op.keys.end)
+    assert type(op) is TxnRange
+    q = op.query
+    after = None if q.after is None else (q.after.mod_revision, q.after.key)
+    flags = (q.keys_only, q.count_only, q.newest_first)
+    return (_OP_RANGE, q.keys.start, q.keys.end, q.limit, *flags, after)
+
+
+def _decode_op(tag: int, *fields: Any) -> TxnOp:
+    if tag == _OP_PUT and len(fields) == 2:
+        return TxnPut(*fields)
+    if tag == _OP_DELETE_RANGE and len(fields) == 2:
+        return TxnDeleteRange(KeyRange(*fields))
+    if tag == _OP_RANGE and len(fields) == 7:
+        start, end, limit, keys_only, count_only, newest_first, after = fields
+        cursor = None if after is None else Cursor(*after)
+        keys = KeyRange(start, end)
+        return TxnRange(RangeQuery(keys, 0, limit, keys_only, count_only, newest_first, cursor))
+    raise ValueError(f"unknown transaction operation {tag!r} with {len(fields)} fields")

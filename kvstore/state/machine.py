@@ -5,6 +5,13 @@ over anything whose order could differ between replicas. Replicas that applied t
 entries therefore hold the same keys, revision and sessions, and `snapshot()` yields the
 same bytes on each (the simulator and the tests compare replicas through that).
 
+The keys live in a KeySpace (kvstore.state.keyspace: keys in byte order, the revision,
+and the history of recent changes, kvstore.state.history); range reads are in
+kvstore.state.range and transactions in kvstore.state.txn. Compare-and-set comes in two
+kinds: `prev_revision` (the key's mod_revision, 0 = must not exist) is safe against a
+delete and re-create in between (ABA); `prev_version` is kept for compatibility and is
+not (a re-created key restarts at version 1).
+
 Membership changes (CONF_CHANGE entries) feed the member directory
 (`kvstore.members`): the addresses of added members and the ids of removed ones, so
 that every replica, and every snapshot, agrees on where the members are.
@@ -53,8 +60,13 @@ from collections import OrderedDict
 from collections.abc import Mapping
 
 from consensus.types import Entry, EntryType
-from kvstore.state.commands import Command, Put, decode_command
+from kvstore.state import txn as txn_executor
+from kvstore.state.commands import Command, Delete, Put, Txn, decode_command
+from kvstore.state.history import DEFAULT_HISTORY_REVISIONS, History
+from kvstore.state.keyrange import RangeQuery
+from kvstore.state.keyspace import KeySpace
 from kvstore.state.members import MemberAddress, MemberDirectory
+from kvstore.state.range import run_range
 from kvstore.state.snapshot import ParsedState, SnapshotView, parse_snapshot
 from kvstore.state.types import (
     NOT_FOUND,
@@ -64,12 +76,16 @@ from kvstore.state.types import (
     KeyValue,
     NotFoundResult,
     PutResult,
+    RangeResult,
+    RevisionMismatchResult,
     Session,
     SessionExpiredResult,
+    TxnResult,
     VersionMismatchResult,
 )
 
 __all__ = [
+    "DEFAULT_HISTORY_REVISIONS",
     "DEFAULT_MAX_SESSIONS",
     "DEFAULT_SESSION_TTL_ENTRIES",
     "ApplyOrderError",
@@ -79,8 +95,11 @@ __all__ = [
     "KeyValue",
     "NotFoundResult",
     "PutResult",
+    "RangeResult",
+    "RevisionMismatchResult",
     "SessionExpiredResult",
     "SnapshotError",
+    "TxnResult",
     "VersionMismatchResult",
 ]
 
@@ -105,19 +124,21 @@ class KVStateMachine:
         session_ttl_entries: int = DEFAULT_SESSION_TTL_ENTRIES,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         max_results_per_session: int = DEFAULT_MAX_RESULTS_PER_SESSION,
+        history_revisions: int = DEFAULT_HISTORY_REVISIONS,
     ) -> None:
         for name, value in (
             ("session_ttl_entries", session_ttl_entries),
             ("max_sessions", max_sessions),
             ("max_results_per_session", max_results_per_session),
+            ("history_revisions", history_revisions),
         ):
             if type(value) is not int or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         self._ttl = session_ttl_entries
         self._max_sessions = max_sessions
         self._max_results = max_results_per_session
-        self._data: dict[str, KeyValue] = {}
-        self._revision = 0
+        self._history_revisions = history_revisions
+        self._space = KeySpace(History(history_revisions))
         self._applied_index = 0
         # Both kept in drop/use order so the oldest is first; see rules 1 and 5.
         self._sessions: OrderedDict[str, Session] = OrderedDict()
@@ -126,17 +147,33 @@ class KVStateMachine:
 
     @property
     def revision(self) -> int:
-        return self._revision
+        return self._space.revision
 
     @property
     def applied_index(self) -> int:
         return self._applied_index
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self._space.data)
 
     def get(self, key: str) -> KeyValue | None:
-        return self._data.get(key)
+        return self._space.get(key)
+
+    def range(self, query: RangeQuery) -> RangeResult:
+        """A range read (kvstore.state.range); raises Compacted / FutureRevision."""
+        return run_range(self._space, query)
+
+    def read_txn(self, txn: Txn) -> TxnResult:
+        """A transaction without writes, served without the log (after a ReadIndex when
+        it must be linearizable): running it changes nothing."""
+        if txn.writes:
+            raise ValueError("a transaction that writes must go through the log")
+        return txn_executor.execute(self._space, txn)
+
+    @property
+    def history(self) -> History:
+        """The retained change events (kvstore.state.history), e.g. for watches."""
+        return self._space.history
 
     def has_session(self, client_id: str) -> bool:
         return client_id in self._sessions
@@ -228,32 +265,23 @@ class KVStateMachine:
         return session
 
     def _execute(self, command: Command) -> ApplyResult:
-        current = self._data.get(command.key)
-        current_version = 0 if current is None else current.version
+        if type(command) is Txn:
+            return txn_executor.execute(self._space, command)
+        space = self._space
+        current = space.get(command.key)
+        if type(command) is Delete and current is None:
+            return NOT_FOUND  # a missing key is NotFound whatever the preconditions say
+        mismatch = _precondition_failure(command, current)
+        if mismatch is not None:
+            return mismatch
+        revision = space.revision + 1
         if type(command) is Put:
-            if command.prev_version is not None and command.prev_version != current_version:
-                return VersionMismatchResult(current_version)
-            self._revision = revision = self._revision + 1
-            if current is None:
-                kv = KeyValue(command.key, command.value, 1, revision, revision)
-            else:
-                kv = KeyValue(
-                    command.key,
-                    command.value,
-                    current.version + 1,
-                    current.create_revision,
-                    revision,
-                )
-            self._data[command.key] = kv
+            kv = space.put(command.key, command.value, revision)
+            space.commit(revision)
             return PutResult(revision, kv.version)
-        # Delete: a missing key is NotFound whatever prev_version says.
-        if current is None:
-            return NOT_FOUND
-        if command.prev_version is not None and command.prev_version != current_version:
-            return VersionMismatchResult(current_version)
-        del self._data[command.key]
-        self._revision += 1
-        return DeleteResult(self._revision)
+        space.delete(command.key, revision)
+        space.commit(revision)
+        return DeleteResult(revision)
 
     def snapshot(self) -> bytes:
         """Everything, in a canonical order, so equal states give equal bytes."""
@@ -264,8 +292,7 @@ class KVStateMachine:
         keys); `.serialize()` gives the snapshot bytes and may run in another thread."""
         return SnapshotView.capture(
             self._applied_index,
-            self._revision,
-            self._data,
+            self._space,
             self._sessions,
             self._dropped,
             self._directory,
@@ -279,12 +306,11 @@ class KVStateMachine:
         """
         self.install(self.parse(data))
 
-    @staticmethod
-    def parse(data: bytes) -> ParsedState:
-        """Decode snapshot bytes without touching any machine (safe in a worker thread,
-        so a large snapshot does not stall the event loop); raises SnapshotError."""
+    def parse(self, data: bytes) -> ParsedState:
+        """Decode snapshot bytes without touching the machine's state (safe in a worker
+        thread, so a large snapshot does not stall the event loop); raises SnapshotError."""
         try:
-            return parse_snapshot(data)
+            return parse_snapshot(data, self._history_revisions)
         except (ValueError, TypeError, KeyError) as exc:
             raise SnapshotError(f"not a valid state machine snapshot: {exc}") from None
 
@@ -292,13 +318,26 @@ class KVStateMachine:
         """Swap in a state made by `parse` (one step, on the thread that applies)."""
         (
             self._applied_index,
-            self._revision,
-            self._data,
+            self._space,
             self._sessions,
             self._dropped,
             self._directory,
         ) = state
+        self._space.history.trim(self._space.revision)  # this node's own window
 
     def fingerprint(self) -> str:
         """A digest of snapshot(): equal for replicas in the same state. Costs a snapshot."""
         return hashlib.sha256(self.snapshot()).hexdigest()
+
+
+def _precondition_failure(
+    command: Put | Delete, current: KeyValue | None
+) -> VersionMismatchResult | RevisionMismatchResult | None:
+    """The answer of a failed compare-and-set, None when the preconditions hold."""
+    version = 0 if current is None else current.version
+    if command.prev_version is not None and command.prev_version != version:
+        return VersionMismatchResult(version)
+    mod_revision = 0 if current is None else current.mod_revision
+    if command.prev_revision is not None and command.prev_revision != mod_revision:
+        return RevisionMismatchResult(mod_revision)
+    return None

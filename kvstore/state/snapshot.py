@@ -6,24 +6,29 @@ would stall every write for that long. The keys dict holds immutable KeyValues, 
 shallow copy of the dict is a consistent picture of the applied state; sessions are
 mutable, so they are encoded at capture time (they are few and small).
 
-Format 2 is a msgpack array `[2, applied_index, revision, keys, sessions, dropped,
-members, removed]`; format 1 (without the member directory) is still read.
+Format 3 is a msgpack array `[3, applied_index, revision, keys, sessions, dropped,
+members, removed, compact_revision, events]`: format 2 plus the retained change history
+(kvstore.state.history). Format 2 (without the history) and format 1 (without the
+member directory either) are still read; their history starts empty at their revision.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import msgpack
 
+from kvstore.state.history import History
+from kvstore.state.keyspace import KeySpace
 from kvstore.state.members import MemberDirectory
-from kvstore.state.types import KeyValue, Session, decode_result, encode_result, ints
+from kvstore.state.types import KeyValue, Session, decode_kv, decode_result, encode_result, ints
 
-SNAPSHOT_FORMAT = 2
+SNAPSHOT_FORMAT = 3
 PACK_BATCH = 2000
-_FORMATS = {1: 6, 2: 8}  # format -> array length
+_FORMATS = {1: 6, 2: 8, 3: 10}  # format -> array length
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,16 +38,17 @@ class SnapshotView:
     applied_index: int
     revision: int
     data: dict[str, KeyValue]
+    ordered: list[str]
     sessions: list[Any]
     dropped: list[tuple[str, int]]
     directory: MemberDirectory
+    history: History
 
     @classmethod
     def capture(
         cls,
         applied_index: int,
-        revision: int,
-        data: dict[str, KeyValue],
+        space: KeySpace,
         sessions: OrderedDict[str, Session],
         dropped: OrderedDict[str, int],
         directory: MemberDirectory,
@@ -58,11 +64,13 @@ class SnapshotView:
         ]
         return cls(
             applied_index,
-            revision,
-            dict(data),
+            space.revision,
+            dict(space.data),
+            list(space.keys),
             encoded,
             list(dropped.items()),
             directory.copy(),
+            space.history.copy(),
         )
 
     def serialize(self) -> bytes:
@@ -73,11 +81,12 @@ class SnapshotView:
         stall; batches of PACK_BATCH keys let it in between. The bytes are the same
         as one `packb` of the whole array."""
         data = self.data
-        ordered = sorted(data)
+        ordered = self.ordered
         packer = msgpack.Packer(use_bin_type=True)
         members, removed = self.directory.to_wire()
+        compact_revision, events = self.history.to_wire()
         parts = [
-            packer.pack_array_header(8),
+            packer.pack_array_header(_FORMATS[SNAPSHOT_FORMAT]),
             packer.pack(SNAPSHOT_FORMAT),
             packer.pack(self.applied_index),
             packer.pack(self.revision),
@@ -91,22 +100,23 @@ class SnapshotView:
             header = len(packer.pack_array_header(len(batch)))
             parts.append(packer.pack(batch)[header:])
         parts += [packer.pack(v) for v in (self.sessions, self.dropped, members, removed)]
+        parts += [packer.pack(compact_revision), packer.pack(events)]
         return b"".join(parts)
 
 
 ParsedState = tuple[
     int,
-    int,
-    dict[str, KeyValue],
+    KeySpace,
     OrderedDict[str, Session],
     OrderedDict[str, int],
     MemberDirectory,
 ]
 
 
-def parse_snapshot(data: bytes) -> ParsedState:
+def parse_snapshot(data: bytes, history_revisions: int) -> ParsedState:
     """Decode and check snapshot bytes; raises ValueError/TypeError/KeyError on garbage.
-    Pure, so it may run in a worker thread before the state is swapped in."""
+    Pure, so it may run in a worker thread before the state is swapped in.
+    `history_revisions` is the window of the machine that will hold the state."""
     # Read with an Unpacker, a key at a time: one `unpackb` of 100,000 keys holds the
     # GIL for tens of ms, and a joining node's event loop must keep answering the leader.
     unpacker = msgpack.Unpacker(raw=False, use_list=False, max_buffer_size=max(1, len(data)))
@@ -118,16 +128,24 @@ def parse_snapshot(data: bytes) -> ParsedState:
             raise ValueError("unknown snapshot format")
         applied_index, revision = ints((unpacker.unpack(), unpacker.unpack()), 2)
         kvs: dict[str, KeyValue] = {}
+        ordered: list[str] = []
         for _ in range(unpacker.read_array_header()):
-            key, value, *numbers = unpacker.unpack()
-            if type(key) is not str or type(value) is not bytes or key in kvs:
-                raise ValueError(f"bad key record for {key!r}")
-            kvs[key] = KeyValue(key, value, *ints(numbers, 3))
+            kv = decode_kv(unpacker.unpack())
+            if kv.key in kvs:
+                raise ValueError(f"duplicate key record {kv.key!r}")
+            kvs[kv.key] = kv
+            ordered.append(kv.key)
         sessions, dropped, *rest = (unpacker.unpack() for _ in range(length - 4))
         _expect_end(unpacker)
     except msgpack.UnpackException as exc:  # OutOfData and friends are not ValueErrors
         raise ValueError(f"bad msgpack: {exc}") from None
-    directory = MemberDirectory.from_wire(*rest) if fmt >= 2 else MemberDirectory()
+    directory = MemberDirectory.from_wire(*rest[:2]) if fmt >= 2 else MemberDirectory()
+    if fmt >= 3:
+        history = History.from_wire(history_revisions, *rest[2:])
+        if history.compact_revision > revision:
+            raise ValueError("history compacted beyond the snapshot's revision")
+    else:
+        history = History(history_revisions, revision)
 
     parsed: list[tuple[str, Session]] = []
     for client_id, floor, last_used, results in sessions:
@@ -148,7 +166,10 @@ def parse_snapshot(data: bytes) -> ParsedState:
         if type(client_id) is not str or client_id in gone:
             raise ValueError(f"bad dropped-session record {client_id!r}")
         gone[client_id] = ints((index,), 1)[0]
-    return applied_index, revision, kvs, live, gone, directory
+    if any(a > b for a, b in pairwise(ordered)):
+        ordered.sort()  # this version writes keys in order; accept any order all the same
+    space = KeySpace(history, revision, kvs, ordered)
+    return applied_index, space, live, gone, directory
 
 
 def _expect_end(unpacker: msgpack.Unpacker) -> None:

@@ -1,7 +1,15 @@
 """Values of the key-value state machine: keys, apply results and client sessions.
 
-Kept apart from `kvstore.state_machine` so the snapshot codec (`kvstore.sm_snapshot`)
-can share them without an import cycle; `kvstore.state_machine` re-exports them.
+Kept apart from `kvstore.state.machine` so the snapshot codec (`kvstore.state.snapshot`)
+and the range, txn and history modules can share them without an import cycle;
+`kvstore.state.machine` re-exports them.
+
+Revisions (as in etcd): the store's `revision` counts applied write commands (a
+transaction that changes anything is one). Every key carries the revision that created
+it (`create_revision`, reset when the key is deleted and created again), the revision of
+its last change (`mod_revision`) and `version`, the number of writes since its creation.
+`mod_revision` is what a compare-and-set without ABA compares: it never repeats for a
+key, while `version` restarts at 1 on re-creation.
 """
 
 from __future__ import annotations
@@ -43,12 +51,54 @@ class VersionMismatchResult:
 
 
 @dataclass(frozen=True, slots=True)
+class RevisionMismatchResult:
+    current_revision: int
+    """The key's mod_revision; 0 when the key does not exist."""
+
+
+@dataclass(frozen=True, slots=True)
+class RangeResult:
+    """Keys of a range read at `revision`; `count` is how many keys the whole range held
+    (whatever the limit), `more` whether keys beyond the returned ones remain."""
+
+    revision: int
+    kvs: tuple[KeyValue, ...]
+    count: int
+    more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteRangeResult:
+    revision: int
+    deleted: int
+
+
+OpResult: TypeAlias = PutResult | DeleteRangeResult | RangeResult
+
+
+@dataclass(frozen=True, slots=True)
+class TxnResult:
+    """Which branch ran (`succeeded`: the compares held, so `then` ran) and each of its
+    operations' results, in order; `revision` is the store's revision after it."""
+
+    succeeded: bool
+    revision: int
+    results: tuple[OpResult, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class SessionExpiredResult:
     """The request was not applied now, and whether it was applied before is unknown."""
 
 
 ApplyResult: TypeAlias = (
-    PutResult | DeleteResult | NotFoundResult | VersionMismatchResult | SessionExpiredResult
+    PutResult
+    | DeleteResult
+    | NotFoundResult
+    | VersionMismatchResult
+    | RevisionMismatchResult
+    | TxnResult
+    | SessionExpiredResult
 )
 
 NOT_FOUND = NotFoundResult()
@@ -80,9 +130,12 @@ class Session:
 
 
 _RESULT_PUT, _RESULT_DELETE, _RESULT_NOT_FOUND, _RESULT_MISMATCH = range(4)
+_RESULT_REV_MISMATCH, _RESULT_TXN = 4, 5
+_OP_PUT, _OP_DELETE_RANGE, _OP_RANGE = range(3)
 
 
-def encode_result(result: ApplyResult) -> tuple[int, ...]:
+def encode_result(result: ApplyResult) -> tuple[Any, ...]:
+    """The stored form of a session's result (in snapshots): a tag and its fields."""
     if type(result) is PutResult:
         return (_RESULT_PUT, result.revision, result.version)
     if type(result) is DeleteResult:
@@ -91,10 +144,49 @@ def encode_result(result: ApplyResult) -> tuple[int, ...]:
         return (_RESULT_NOT_FOUND,)
     if type(result) is VersionMismatchResult:
         return (_RESULT_MISMATCH, result.current_version)
+    if type(result) is RevisionMismatchResult:
+        return (_RESULT_REV_MISMATCH, result.current_revision)
+    if type(result) is TxnResult:
+        ops = [_encode_op_result(r) for r in result.results]
+        return (_RESULT_TXN, int(result.succeeded), result.revision, ops)
     raise TypeError(f"cannot store result {result!r}")  # SessionExpired is never stored
 
 
-def decode_result(tag: int, *fields: int) -> ApplyResult:
+def _encode_op_result(result: OpResult) -> tuple[Any, ...]:
+    if type(result) is PutResult:
+        return (_OP_PUT, result.revision, result.version)
+    if type(result) is DeleteRangeResult:
+        return (_OP_DELETE_RANGE, result.revision, result.deleted)
+    if type(result) is RangeResult:
+        kvs = [encode_kv(kv) for kv in result.kvs]
+        return (_OP_RANGE, result.revision, result.count, int(result.more), kvs)
+    raise TypeError(f"not an operation result: {result!r}")
+
+
+def _decode_op_result(tag: int, *fields: Any) -> OpResult:
+    if tag == _OP_PUT:
+        return PutResult(*ints(fields, 2))
+    if tag == _OP_DELETE_RANGE:
+        return DeleteRangeResult(*ints(fields, 2))
+    if tag == _OP_RANGE and len(fields) == 4:
+        revision, count, more = ints(fields[:3], 3)
+        kvs = tuple(decode_kv(record) for record in fields[3])
+        return RangeResult(revision, kvs, count, bool(more))
+    raise ValueError(f"bad stored operation result {(tag, *fields)!r}")
+
+
+def encode_kv(kv: KeyValue) -> tuple[str, bytes, int, int, int]:
+    return (kv.key, kv.value, kv.version, kv.create_revision, kv.mod_revision)
+
+
+def decode_kv(record: Any) -> KeyValue:
+    key, value, *numbers = record
+    if type(key) is not str or type(value) is not bytes:
+        raise ValueError(f"bad key record for {key!r}")
+    return KeyValue(key, value, *ints(numbers, 3))
+
+
+def decode_result(tag: int, *fields: Any) -> ApplyResult:
     if tag == _RESULT_PUT:
         return PutResult(*ints(fields, 2))
     if tag == _RESULT_DELETE:
@@ -103,6 +195,12 @@ def decode_result(tag: int, *fields: int) -> ApplyResult:
         return NOT_FOUND
     if tag == _RESULT_MISMATCH:
         return VersionMismatchResult(*ints(fields, 1))
+    if tag == _RESULT_REV_MISMATCH:
+        return RevisionMismatchResult(*ints(fields, 1))
+    if tag == _RESULT_TXN and len(fields) == 3:
+        succeeded, revision = ints(fields[:2], 2)
+        ops = tuple(_decode_op_result(*op) for op in fields[2])
+        return TxnResult(bool(succeeded), revision, ops)
     raise ValueError(f"bad stored result {(tag, *fields)!r}")
 
 

@@ -3,10 +3,12 @@ deterministic across replicas).
 
 In KV mode (`SimConfig.kv`) every node applies its committed entries to a real
 `KVStateMachine` with tiny limits, so sessions expire (by log position) and are evicted
-(least recently used) all the time. Proposals become encoded KV commands on a few keys,
-most in a session, and some are RETRIES: the same (client, seq) proposed again as a new
-entry, as a client does after a timeout. Payloads that are not commands (the liveness
-phase's) reach the KV machine as NOOPs at their index, so indexes stay aligned.
+(least recently used) all the time. Proposals become encoded KV commands on a few keys
+(puts and deletes, with prev_version or prev_revision, and transactions with compares,
+puts, delete-ranges and reads), most in a session, and some are RETRIES: the same
+(client, seq) proposed again as a new entry, as a client does after a timeout. Payloads
+that are not commands (the liveness phase's) reach the KV machine as NOOPs at their index,
+so indexes stay aligned.
 
 The checks (`Checkers.on_kv_apply` / `on_kv_snapshot`): nodes that applied up to the same
 index hold the same `fingerprint()` (keys, revision and sessions), snapshots hold it too,
@@ -24,17 +26,28 @@ from consensus import Entry, EntryType
 from kvstore.state.commands import (
     Command,
     CommandDecodeError,
+    Compare,
     Delete,
+    Op,
     Put,
     SessionRef,
+    Target,
+    Txn,
+    TxnDeleteRange,
+    TxnOp,
+    TxnPut,
+    TxnRange,
     decode_command,
     encode_command,
 )
+from kvstore.state.keyrange import KeyRange, RangeQuery
 from kvstore.state.machine import KVStateMachine
 
 SESSION_TTL_ENTRIES = 20
 MAX_SESSIONS = 3
 MAX_RESULTS_PER_SESSION = 4
+HISTORY_REVISIONS = 8
+"""Tiny, so the history is trimmed all the time (and snapshots carry a trimmed one)."""
 KEYS = ("a", "b", "c", "d")
 MAX_CLIENTS = 5
 """More live clients than MAX_SESSIONS, so LRU eviction happens."""
@@ -45,6 +58,7 @@ def new_kv() -> KVStateMachine:
         session_ttl_entries=SESSION_TTL_ENTRIES,
         max_sessions=MAX_SESSIONS,
         max_results_per_session=MAX_RESULTS_PER_SESSION,
+        history_revisions=HISTORY_REVISIONS,
     )
 
 
@@ -89,17 +103,52 @@ class KVWorkload:
             return rng.choice(self.recent)  # a retry after a timeout: same (client, seq)
         key = rng.choice(KEYS)
         prev_version = rng.choice((None, None, None, 0, 1, 2))
+        prev_revision = rng.choice((None, None, None, 0, 1, 5, 9))
         session = self._session() if rng.random() < 0.8 else None
         command: Command
-        if rng.random() < 0.25:
-            command = Delete(key, prev_version, session)
+        roll = rng.random()
+        if roll < 0.25:
+            command = Txn(
+                tuple(self._compare() for _ in range(rng.randint(0, 2))),
+                self._branch(),
+                self._branch(),
+                session,
+            )
+        elif roll < 0.45:
+            command = Delete(key, prev_version, session, prev_revision)
         else:
             self.values += 1
-            command = Put(key, f"v{self.values}".encode(), prev_version, session)
+            command = Put(key, f"v{self.values}".encode(), prev_version, session, prev_revision)
         data = encode_command(command)
         if session is not None:
             self.recent.append(data)
         return data
+
+    def _compare(self) -> Compare:
+        rng = self.rng
+        key, op = rng.choice(KEYS), rng.choice(list(Op))
+        target = rng.choice(list(Target))
+        if target is Target.VALUE:
+            return Compare(key, target, op, f"v{rng.randint(0, self.values)}".encode())
+        if target is Target.EXISTS:
+            return Compare(key, target, rng.choice((Op.EQ, Op.NE)), rng.random() < 0.5)
+        return Compare(key, target, op, rng.randint(0, 6))
+
+    def _branch(self) -> tuple[TxnOp, ...]:
+        """Up to three operations; puts on distinct keys that no delete in it covers."""
+        rng = self.rng
+        ops: list[TxnOp] = []
+        puts = rng.sample(KEYS, rng.randint(0, 2))
+        for key in puts:
+            self.values += 1
+            ops.append(TxnPut(key, f"v{self.values}".encode()))
+        keys = KeyRange.single(rng.choice(KEYS)) if rng.random() < 0.5 else KeyRange("b", "d")
+        if rng.random() < 0.4:
+            ops.append(TxnRange(RangeQuery(keys, limit=rng.randint(0, 2))))
+        elif rng.random() < 0.5 and not any(k in keys for k in puts):
+            ops.append(TxnDeleteRange(keys))
+        rng.shuffle(ops)
+        return tuple(ops)
 
     def _session(self) -> SessionRef:
         rng = self.rng
