@@ -40,6 +40,9 @@ SNAPSHOT_PATH = "/v1/snapshot"
 ADD_TIMEOUT_S = 60.0
 """Default deadline of an add (catch-up included); `?timeout=SECONDS` overrides it."""
 REMOVE_TIMEOUT_S = 30.0
+UNREACHABLE_AFTER_S = 2.0
+"""How long a new learner may stay unreachable before an add reports it (the peer link
+retries with back-off meanwhile, so one refused connection at the start is forgiven)."""
 LOCK_KEY = web.AppKey("membership_lock", asyncio.Lock)
 
 Action = Callable[[], Awaitable[web.StreamResponse]]
@@ -243,15 +246,39 @@ def _check_addresses_free(runtime: NodeRuntime, node_id: str, address: MemberAdd
 
 
 async def _wait_caught_up(runtime: NodeRuntime, node_id: str, deadline: float) -> None:
-    """Until the learner's log reaches the leader's commit index as of now."""
+    """Until the learner's log reaches the leader's commit index as of now.
+
+    A learner the leader has never reached for UNREACHABLE_AFTER_S (nothing listening
+    there, the node not started) is refused at once rather than waited for: it could
+    never catch up, and the operator should hear why.
+    """
     loop = asyncio.get_running_loop()
     target = runtime.node.commit_index
+    started = loop.time()
     while True:
         if not runtime.is_leader:
             raise NotLeader(runtime.leader_id)
         match = runtime.replication().get(node_id, 0)
         if match >= target:
             return
+        link = runtime.transport.peer_status().get(node_id, {})
+        if (
+            match == 0
+            and link.get("reachable") is False
+            and loop.time() - started >= UNREACHABLE_AFTER_S
+        ):
+            peer_url = runtime.transport.peers().get(node_id, "?")
+            raise Refused(
+                error(
+                    409,
+                    "member_unreachable",
+                    f"{node_id} is unreachable from the leader {runtime.node_id} at {peer_url} "
+                    f"({link.get('last_error') or 'no connection'}); it was added as a "
+                    "learner and stays one until it is started or removed",
+                    state="learner",
+                    peer_url=peer_url,
+                )
+            )
         if loop.time() >= deadline:
             raise Refused(
                 error(

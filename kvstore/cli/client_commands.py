@@ -39,28 +39,37 @@ EXIT_NO = 1
 EXIT_UNAVAILABLE = 2
 
 
-def endpoint_options(func: F) -> F:
-    """The options every client command shares: where the cluster is, and how long to wait."""
-    func = click.option(
-        "--timeout",
-        type=click.FloatRange(min=0.1),
-        default=10.0,
-        show_default=True,
-        help="Seconds one command may take, retries included.",
-    )(func)
-    func = click.option(
-        "--config",
-        "config",
-        type=click.Path(dir_okay=False, path_type=Path),
-        default=None,
-        help="cluster.toml to read [[nodes]] client_url from (default ./cluster.toml).",
-    )(func)
-    return click.option(
-        "--endpoints",
-        default=None,
-        metavar="URL,URL",
-        help=f"Client URLs of the nodes (else ${ENV_VAR}, else --config / ./cluster.toml).",
-    )(func)
+def timed_endpoint_options(default_timeout: float) -> Callable[[F], F]:
+    """The options every client command shares: where the cluster is, and how long the
+    whole command may take (`default_timeout` for commands that legitimately take long,
+    such as a snapshot; shown in --help, and honoured exactly when given)."""
+
+    def decorate(func: F) -> F:
+        func = click.option(
+            "--timeout",
+            type=click.FloatRange(min=0.1),
+            default=default_timeout,
+            show_default=True,
+            help="Seconds the command may take, retries included.",
+        )(func)
+        func = click.option(
+            "--config",
+            "config",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="cluster.toml to read [[nodes]] client_url from (default ./cluster.toml).",
+        )(func)
+        return click.option(
+            "--endpoints",
+            default=None,
+            metavar="URL,URL",
+            help=f"Client URLs of the nodes (else ${ENV_VAR}, else --config / ./cluster.toml).",
+        )(func)
+
+    return decorate
+
+
+endpoint_options = timed_endpoint_options(10.0)
 
 
 def fail(code: int, message: str) -> NoReturn:
@@ -198,7 +207,8 @@ def status_command(as_json: bool, **params: Any) -> None:
     else:
         click.echo(format_table(STATUS_COLUMNS, [status_cells(r) for r in rows]))
     if not any(r.reachable for r in rows):
-        fail(EXIT_UNAVAILABLE, "cluster unavailable: no node answered /v1/status")
+        reasons = "; ".join(r.error or r.endpoint for r in rows)
+        fail(EXIT_UNAVAILABLE, f"cluster unavailable: no node answered /v1/status: {reasons}")
 
 
 async def _cluster_status(kv: AsyncKV, *, timeout: float) -> list[EndpointStatus]:

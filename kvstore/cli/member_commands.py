@@ -8,10 +8,8 @@ change is unknown.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -23,81 +21,23 @@ from kvstore.cli.client_commands import (
     endpoint_options,
     fail,
     format_table,
+    run_client,
+    timed_endpoint_options,
 )
-from kvstore.client.endpoints import resolve_endpoints
-from kvstore.client.errors import EndpointConfigError
+from kvstore.client import AsyncKV, MemberList, MemberUnreachable
 
 
-class _NotSent(Exception):
-    """No connection could be opened: the request never reached a node."""
-
-
-def _call(
-    params: dict[str, Any],
-    method: str,
-    path: str,
-    body: bytes | None = None,
-    timeout: float | None = None,
-) -> tuple[int, bytes]:
-    """Send to the first node that accepts a connection; (status, body)."""
-    try:
-        endpoints = resolve_endpoints(params["endpoints"], params["config"])
-    except EndpointConfigError as exc:
-        fail(EXIT_UNAVAILABLE, exc.message)
-    errors = []
-    for url in endpoints:
-        try:
-            return _send(url, method, path, body, timeout or params["timeout"])
-        except _NotSent as exc:
-            errors.append(f"{url}: {exc}")
-        except (OSError, http.client.HTTPException) as exc:
-            what = "outcome unknown" if method != "GET" else "failed"
-            fail(EXIT_UNAVAILABLE, f"{method} {path} on {url}: {what}: {exc}")
-    fail(EXIT_UNAVAILABLE, "cluster unavailable: " + "; ".join(errors))
-
-
-def _send(
-    url: str, method: str, path: str, body: bytes | None, timeout: float
-) -> tuple[int, bytes]:
-    parts = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(
-        parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout
-    )
-    try:
-        try:
-            conn.connect()
-        except OSError as exc:
-            raise _NotSent(str(exc)) from None
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        conn.request(method, path, body=body, headers=headers)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
-
-
-def _json_or_fail(status: int, body: bytes) -> dict[str, Any]:
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        doc = {"error": "unexpected", "message": body[:200].decode("utf-8", "replace")}
-    if status != 200:
-        code = EXIT_UNAVAILABLE if status in (503, 504) else EXIT_NO
-        fail(code, f"{doc.get('error', status)}: {doc.get('message', '')}")
-    return doc
-
-
-def _member_table(doc: dict[str, Any]) -> str:
+def _member_table(members: MemberList) -> str:
     header = ("ID", "ROLE", "CLIENT_URL", "PEER_URL", "MATCH")
     rows = [
         (
-            str(m["id"]),
-            str(m["role"]) + (" (leader)" if m["id"] == doc.get("leader") else ""),
-            str(m.get("client_url") or "?"),
-            str(m.get("peer_url") or "?"),
-            str(m.get("match_index", "-")),
+            m.id,
+            m.role + (" (leader)" if m.id == members.leader else ""),
+            m.client_url or "?",
+            m.peer_url or "?",
+            "-" if m.match_index is None else str(m.match_index),
         )
-        for m in doc.get("members", [])
+        for m in members.members
     ]
     return format_table(header, rows)
 
@@ -116,9 +56,8 @@ def member_group() -> None:
 @endpoint_options
 def member_list(as_json: bool, stale: bool, **params: Any) -> None:
     """Members with role and URLs; MATCH is the leader's replication index of each."""
-    path = "/v1/members" + ("?consistency=stale" if stale else "")
-    doc = _json_or_fail(*_call(params, "GET", path))
-    click.echo(json.dumps(doc, indent=2) if as_json else _member_table(doc))
+    members = run_client(params, lambda kv: kv.members(stale=stale))
+    click.echo(json.dumps(members.raw, indent=2) if as_json else _member_table(members))
 
 
 @member_group.command("add")
@@ -126,21 +65,37 @@ def member_list(as_json: bool, stale: bool, **params: Any) -> None:
 @click.option("--peer-url", required=True, help="The new node's peer_url (http://host:port).")
 @click.option("--client-url", required=True, help="The new node's client_url.")
 @click.option(
-    "--wait",
-    type=click.FloatRange(min=1),
-    default=60.0,
-    show_default=True,
-    help="Seconds to wait for the new node to catch up before it is promoted.",
+    "--remove-if-unreachable",
+    is_flag=True,
+    help="If the leader cannot reach the new node, remove the learner again.",
 )
-@endpoint_options
-def member_add(node_id: str, peer_url: str, client_url: str, wait: float, **params: Any) -> None:
+@timed_endpoint_options(60.0)
+def member_add(
+    node_id: str, peer_url: str, client_url: str, remove_if_unreachable: bool, **params: Any
+) -> None:
     """Add ID as a learner, wait until it has caught up, then make it a voter.
 
-    Start the new node first with `kv serve --join`. If the wait runs out the node
-    stays a learner and keeps catching up: run the same command again to promote it."""
-    body = json.dumps({"id": node_id, "client_url": client_url, "peer_url": peer_url}).encode()
-    path = f"/v1/members?timeout={wait:g}"
-    doc = _json_or_fail(*_call(params, "POST", path, body, timeout=wait + 10))
+    Start the new node first with `kv serve --join`. The leader waits for the catch-up
+    within --timeout; if that runs out the node stays a learner and keeps catching up:
+    run the same command again to promote it. A node the leader cannot reach is
+    reported at once; it stays a learner unless --remove-if-unreachable is given."""
+
+    async def add(kv: AsyncKV) -> tuple[MemberList | None, str]:
+        try:
+            return await kv.add_member(node_id, client_url, peer_url), ""
+        except MemberUnreachable as exc:
+            if not remove_if_unreachable:
+                raise MemberUnreachable(
+                    f"{exc.message}; start it with `kv serve --join`, or remove the learner "
+                    f"with `kv member remove {node_id}` (or add with --remove-if-unreachable)"
+                ) from None
+            await kv.remove_member(node_id)
+            return None, exc.message
+
+    members, unreachable = run_client(params, add)
+    if members is None:
+        fail(EXIT_NO, f"{unreachable}; the learner {node_id} was removed again")
+    doc = members.raw
     took = f" after catching up in {doc['caught_up_s']}s" if "caught_up_s" in doc else ""
     already = " (it already was)" if doc.get("already") else ""
     click.echo(f"{node_id} is a voter{already}{took}")
@@ -148,11 +103,10 @@ def member_add(node_id: str, peer_url: str, client_url: str, wait: float, **para
 
 @member_group.command("remove")
 @click.argument("node_id", metavar="ID")
-@endpoint_options
+@timed_endpoint_options(35.0)
 def member_remove(node_id: str, **params: Any) -> None:
     """Remove ID; if it leads, leadership moves to the most up-to-date voter first."""
-    path = "/v1/members/" + urllib.parse.quote(node_id, safe="")
-    _json_or_fail(*_call(params, "DELETE", path, timeout=max(params["timeout"], 35.0)))
+    run_client(params, lambda kv: kv.remove_member(node_id))
     click.echo(f"{node_id} removed")
 
 
@@ -166,7 +120,7 @@ def snapshot_group() -> None:
 
 @snapshot_group.command("save")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@endpoint_options
+@timed_endpoint_options(60.0)
 def snapshot_save(file: Path, **params: Any) -> None:
     """Write a consistent backup of the whole cluster state to FILE.
 
@@ -174,9 +128,7 @@ def snapshot_save(file: Path, **params: Any) -> None:
     every write acknowledged before the command started."""
     from kvstore.runtime.backup import BackupError, decode_backup
 
-    status, blob = _call(params, "GET", "/v1/snapshot", timeout=max(params["timeout"], 60.0))
-    if status != 200:
-        _json_or_fail(status, blob)
+    blob = run_client(params, lambda kv: kv.snapshot())
     try:
         backup = decode_backup(blob)
     except BackupError as exc:

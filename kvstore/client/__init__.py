@@ -10,6 +10,7 @@ from kvstore.client.errors import (
     EndpointConfigError,
     InvalidRequest,
     KVError,
+    MemberUnreachable,
     NoLeader,
     NotFound,
     OutcomeUnknown,
@@ -17,7 +18,7 @@ from kvstore.client.errors import (
 )
 from kvstore.client.session import RetryPolicy
 from kvstore.client.sync_client import KV
-from kvstore.client.types import EndpointStatus, KeyValue, NodeStatus, PutResult
+from kvstore.client.types import EndpointStatus, KeyValue, MemberList, NodeStatus, PutResult
 
 __all__ = [
     "KV",
@@ -29,6 +30,8 @@ __all__ = [
     "InvalidRequest",
     "KVError",
     "KeyValue",
+    "MemberList",
+    "MemberUnreachable",
     "NoLeader",
     "NodeStatus",
     "NotFound",

@@ -21,30 +21,33 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import os
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Self
 from urllib.parse import quote
 
 import aiohttp
 
+from kvstore.client.attempts import UNAVAILABLE, AttemptSettings, Dispatcher
+from kvstore.client.attempts import Request as _Request
 from kvstore.client.endpoints import EndpointsArg, resolve_endpoints
 from kvstore.client.errors import (
     ClusterUnavailable,
     InvalidRequest,
     KVError,
+    MemberUnreachable,
     NoLeader,
     NotFound,
     OutcomeUnknown,
     VersionMismatch,
 )
 from kvstore.client.http_session import single_send_session
-from kvstore.client.session import LEADER_HEADER, RetryPolicy, WriteSession
-from kvstore.client.transport import Answer, EndpointRouter, MaybeSent, NotSent, send
-from kvstore.client.types import EndpointStatus, KeyValue, NodeStatus, PutResult
+from kvstore.client.session import RetryPolicy, WriteSession
+from kvstore.client.transport import Answer, EndpointRouter
+from kvstore.client.types import EndpointStatus, KeyValue, MemberList, NodeStatus, PutResult
 
 __all__ = [
     "AsyncKV",
@@ -66,25 +69,14 @@ Consistency = Literal["linearizable", "stale"]
 Value = bytes | bytearray | memoryview | str
 UpdateFn = Callable[[bytes | None], bytes | str | Awaitable[bytes | str]]
 
+MEMBERS_PATH = "/v1/members"
+SNAPSHOT_PATH = "/v1/snapshot"
+NOT_OURS = "not a pyraftkv endpoint (its answer lacks the pyraftkv headers)"
+
 DEFAULT_TIMEOUT = 15.0
 DEFAULT_ATTEMPT_TIMEOUT = 6.0  # a little above the server's 5 s request timeout, so its 504 wins
 DEFAULT_CONNECT_TIMEOUT = 2.0
-
-
-@dataclass(slots=True)
-class _Request:
-    """One logical request; `seq` is set for writes and stays the same across retries."""
-
-    method: str
-    path: str
-    body: bytes | None = None
-    seq: int | None = None
-    stale: bool = False
-    pinned: str | None = None
-
-    @property
-    def is_write(self) -> bool:
-        return self.seq is not None
+DEFAULT_HEDGE_DELAY = 1.0  # a node silent this long is probably hung: ask the next one too
 
 
 class AsyncKV:
@@ -92,8 +84,10 @@ class AsyncKV:
 
     One `aiohttp.ClientSession` is created lazily (inside the running loop) and
     reused for every call. `timeout` bounds a whole call including its retries;
-    `attempt_timeout` bounds one HTTP attempt. Every method takes a `timeout`
-    keyword that overrides the default for that call.
+    `attempt_timeout` bounds one HTTP attempt; an attempt without an answer after
+    `hedge_delay` (at most a third of the call's timeout) is hedged on the next node,
+    so one hung node never holds a call up. Every method takes a `timeout` keyword
+    that overrides the default for that call.
     """
 
     def __init__(
@@ -104,6 +98,7 @@ class AsyncKV:
         timeout: float = DEFAULT_TIMEOUT,
         attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        hedge_delay: float = DEFAULT_HEDGE_DELAY,
         retry: RetryPolicy | None = None,
         client_id: str | None = None,
         max_connections: int = 100,
@@ -113,15 +108,16 @@ class AsyncKV:
         self._router = EndpointRouter(resolve_endpoints(endpoints, config))
         self._session_state = WriteSession(client_id)
         self._timeout = timeout
-        self._attempt_timeout = attempt_timeout
-        self._connect_timeout = connect_timeout
         self._retry = retry or RetryPolicy()
         self._max_connections = max_connections
         self._rng = rng or random.Random()
         self._sleep = sleep
         self._http: aiohttp.ClientSession | None = None
         self._closed = False
-        self._ids_asked: set[str] = set()
+        settings = AttemptSettings(attempt_timeout, connect_timeout, hedge_delay, self._retry)
+        self._dispatch = Dispatcher(
+            self._router, self._session_state, settings, self._ensure_http, self._rng, sleep
+        )
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -177,9 +173,11 @@ class AsyncKV:
         stale = consistency == "stale"
         path = _key_path(key) + ("?consistency=stale" if stale else "")
         answer = await self._call(_Request("GET", path, stale=stale), timeout)
-        if answer.status == 404:
+        if answer.status == 404 and answer.error_code == "not_found":
             raise NotFound(key)
         self._raise_for_answer(answer, key)
+        if "X-KV-Version" not in answer.headers:
+            raise ClusterUnavailable(f"{answer.endpoint}: {NOT_OURS}")
         return KeyValue(
             key=key,
             value=answer.body,
@@ -269,10 +267,17 @@ class AsyncKV:
         Members named by the nodes that answered are asked as well, so a client
         configured with one URL still sees the whole cluster.
         """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         results: dict[str, EndpointStatus] = {}
         pending = list(self._router.endpoints)
         while pending:
-            rows = await asyncio.gather(*(self._status_row(url, timeout) for url in pending))
+            left = deadline - loop.time()
+            if left <= 0:  # members learnt late: the time is up, show them as not asked
+                late = (EndpointStatus(url, None, None, "out of time") for url in pending)
+                results.update((row.endpoint, row) for row in late)
+                break
+            rows = await asyncio.gather(*(self._status_row(url, left) for url in pending))
             results.update((row.endpoint, row) for row in rows)
             pending = [url for url in self._router.endpoints if url not in results]
         id_of = self._router.id_of
@@ -288,9 +293,49 @@ class AsyncKV:
     async def _status_row(self, url: str, timeout: float) -> EndpointStatus:
         try:
             status = await self.status(url, timeout=timeout)
-        except KVError as exc:
-            return EndpointStatus(url, None, None, exc.message)
+        except KVError as exc:  # one node asked: its reason without the generic prefix
+            return EndpointStatus(url, None, None, exc.message.removeprefix(UNAVAILABLE))
         return EndpointStatus(url, status.id, status)
+
+    # ---------------------------------------------------------------- members
+
+    async def members(self, *, stale: bool = False, timeout: float | None = None) -> MemberList:
+        """The members as the leader sees them (with `stale`, as the node asked sees them)."""
+        path = MEMBERS_PATH + ("?consistency=stale" if stale else "")
+        answer = await self._call(_Request("GET", path, stale=stale), timeout)
+        self._raise_for_answer(answer, None)
+        return MemberList.from_json(answer.json())
+
+    async def add_member(
+        self, node_id: str, client_url: str, peer_url: str, *, timeout: float | None = None
+    ) -> MemberList:
+        """Add a node as a learner, wait until it has caught up, then make it a voter.
+
+        The leader waits for the catch-up a little less than `timeout`, so its answer
+        arrives before this call gives up. Raises `MemberUnreachable` when the leader
+        cannot reach the new node (it stays a learner until it is started or removed).
+        """
+        budget = self._timeout if timeout is None else timeout
+        body = json.dumps({"id": node_id, "client_url": client_url, "peer_url": peer_url})
+        path = f"{MEMBERS_PATH}?timeout={_server_wait(budget):g}"
+        answer = await self._call(_Request("POST", path, body=body.encode(), once=True), budget)
+        self._raise_for_answer(answer, None)
+        return MemberList.from_json(answer.json())
+
+    async def remove_member(self, node_id: str, *, timeout: float | None = None) -> MemberList:
+        """Remove a member; the leader first hands its office over if it is the one removed."""
+        budget = self._timeout if timeout is None else timeout
+        path = f"{MEMBERS_PATH}/{quote(node_id, safe='')}?timeout={_server_wait(budget):g}"
+        answer = await self._call(_Request("DELETE", path, once=True), budget)
+        self._raise_for_answer(answer, None)
+        return MemberList.from_json(answer.json())
+
+    async def snapshot(self, *, timeout: float | None = None) -> bytes:
+        """A consistent backup of the whole state, taken by the leader (the backup format
+        of kvstore.runtime.backup; `kv snapshot save` checks and stores it)."""
+        answer = await self._call(_Request("GET", SNAPSHOT_PATH), timeout)
+        self._raise_for_answer(answer, None)
+        return answer.body
 
     # --------------------------------------------------------------- internals
 
@@ -301,114 +346,17 @@ class AsyncKV:
             answer = await self._call(request, timeout)
         finally:
             self._session_state.finish(request.seq)
-        if answer.status == 404:
+        if answer.status == 404 and answer.error_code == "not_found":
             raise NotFound(key)
         self._raise_for_answer(answer, key)
         return answer
 
     async def _call(self, request: _Request, timeout: float | None) -> Answer:
-        """Send with retries until a definite answer, the attempt budget or the deadline.
-
-        Retried: connection failures (moving to the next node), 503 (never
-        proposed, so always safe) and, for writes, timeouts, lost connections and
-        504 (possibly proposed; safe only because the retry keeps the seq).
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (self._timeout if timeout is None else timeout)
-        attempts = 1 if request.pinned else self._retry.max_attempts
-        maybe_applied = False  # some attempt of this write may have reached a leader
-        saw_no_leader = False
-        last_error = "no attempt was made"
-        refused_in_a_row = 0
-        for attempt in range(attempts):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            if attempt and refused_in_a_row % len(self._router.endpoints) == 0:
-                # Back off, except while other nodes remain untried after refusals.
-                await self._sleep(min(self._retry.delay(attempt - 1, self._rng), remaining))
-            url = request.pinned or self._router.pick(stale=request.stale)
-            try:
-                answer = await self._attempt(url, request, deadline - loop.time())
-            except NotSent as exc:
-                refused_in_a_row += 1
-                last_error = str(exc)
-                self._router.failed(url)
-                continue
-            except MaybeSent as exc:
-                refused_in_a_row = 0
-                maybe_applied = maybe_applied or request.is_write
-                last_error = str(exc)
-                self._router.failed(url)
-                continue
-            refused_in_a_row = 0
-            await self._learn_leader(url, answer)
-            if answer.status == 503:
-                saw_no_leader = answer.error_code == "no_leader" or saw_no_leader
-                last_error = f"{url}: {answer.error_message}"
-                if answer.headers.get(LEADER_HEADER) is None or self._router.leader_url == url:
-                    self._router.failed(url)  # it knows no leader, or is a leader going away
-                continue
-            if answer.status >= 500:
-                maybe_applied = maybe_applied or request.is_write
-                last_error = f"{url}: {answer.error_message}"
-                self._router.failed(url)
-                continue
-            return answer
-        if maybe_applied:
-            raise OutcomeUnknown(
-                f"write not confirmed, it may or may not have taken effect; last: {last_error}"
-            )
-        if saw_no_leader:
-            raise NoLeader(
-                f"no leader available; last error: {last_error}", status=503, code="no_leader"
-            )
-        raise ClusterUnavailable(f"cluster unavailable; last error: {last_error}")
-
-    async def _attempt(self, url: str, request: _Request, remaining: float) -> Answer:
-        if remaining <= 0:
-            raise NotSent("deadline reached")
-        headers = self._session_state.headers(request.seq) if request.seq is not None else {}
-        return await send(
-            self._ensure_http(),
-            request.method,
-            url,
-            request.path,
-            body=request.body,
-            headers=headers,
-            timeout=min(self._attempt_timeout, remaining),
-            connect_timeout=self._connect_timeout,
-        )
-
-    async def _learn_leader(self, url: str, answer: Answer) -> None:
-        """Follow `X-KV-Leader`; an id this client cannot map yet costs one /v1/status."""
-        leader_id = answer.headers.get(LEADER_HEADER)
-        if not leader_id or self._router.learn_leader(leader_id):
-            return
-        if leader_id in self._ids_asked:
-            return  # asked once already; do not pay a status call on every request
-        self._ids_asked.add(leader_id)
-        try:
-            reply = await send(
-                self._ensure_http(),
-                "GET",
-                url,
-                "/v1/status",
-                body=None,
-                headers={},
-                timeout=min(self._attempt_timeout, 2.0),
-                connect_timeout=self._connect_timeout,
-            )
-        except (NotSent, MaybeSent):
-            return
-        if reply.status == 200:
-            self._learn_status(reply)
-            self._router.learn_leader(leader_id)
+        """Send `request` (see kvstore.client.attempts for the retry and hedging rules)."""
+        return await self._dispatch.call(request, self._timeout if timeout is None else timeout)
 
     def _learn_status(self, answer: Answer) -> NodeStatus:
-        status = NodeStatus.from_json(answer.endpoint, answer.json())
-        self._router.learn_status(status)
-        return status
+        return self._dispatch.learn_status(answer)
 
     def _raise_for_answer(self, answer: Answer, key: str | None) -> None:
         """Turn a definite non-200 answer into its typed error."""
@@ -423,6 +371,8 @@ class AsyncKV:
                 status=409,
                 code=code,
             )
+        if answer.status == 409 and code == "member_unreachable":
+            raise MemberUnreachable(answer.error_message, status=409, code=code)
         if answer.status in (400, 413):
             raise InvalidRequest(answer.error_message, status=answer.status, code=code)
         raise KVError(
@@ -438,6 +388,12 @@ class AsyncKV:
             connector = aiohttp.TCPConnector(limit=self._max_connections)
             self._http = single_send_session(connector=connector)
         return self._http
+
+
+def _server_wait(budget: float) -> float:
+    """How long the leader may work on a membership change within a call of `budget`
+    seconds: less, so its answer (even a refusal) arrives before the client gives up."""
+    return round(max(0.1, min(budget - 1.0, budget * 0.9)), 3)
 
 
 def _key_path(key: str) -> str:

@@ -24,11 +24,18 @@ EndpointsArg = str | Sequence[str] | None
 
 
 def normalize_url(url: str) -> str:
-    """Strip blanks and trailing slashes and insist on an http(s) URL with a host."""
+    """Strip blanks and trailing slashes and insist on an http(s) URL with a host and a
+    valid port, so a typo is refused here with its reason instead of deep in aiohttp."""
     cleaned = url.strip().rstrip("/")
     parts = urlsplit(cleaned)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise EndpointConfigError(f"not an http(s) endpoint URL: {url!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is not None and not 0 < port < 65536:
+        raise EndpointConfigError(f"bad endpoint URL {url!r}: the port must be 1..65535")
     return cleaned
 
 

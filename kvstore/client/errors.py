@@ -72,3 +72,9 @@ class OutcomeUnknown(KVError):
 
 class EndpointConfigError(KVError):
     """No endpoints found: no argument, no KV_ENDPOINTS, no usable cluster.toml."""
+
+
+class MemberUnreachable(KVError):
+    """The leader cannot reach a node being added, so it cannot catch up (409
+    `member_unreachable`). The node was added as a learner and stays one until it is
+    started (`kv serve --join`) or removed."""

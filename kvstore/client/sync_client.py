@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+import weakref
 from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
@@ -50,6 +51,10 @@ class KV:
         self._thread.start()
         self._lock = threading.Lock()
         self._closed = False
+        # Runs at close(), when the KV is garbage-collected, or at interpreter exit,
+        # whichever comes first, so a forgotten client still closes its connections
+        # instead of leaving aiohttp to warn about an unclosed session.
+        self._finalizer = weakref.finalize(self, _shut_down, self._async, self._loop, self._thread)
 
     def _run(self, coro: Coroutine[Any, Any, R]) -> R:
         if self._closed:
@@ -69,6 +74,10 @@ class KV:
     update = _blocking(AsyncKV.update)
     status = _blocking(AsyncKV.status)
     cluster_status = _blocking(AsyncKV.cluster_status)
+    members = _blocking(AsyncKV.members)
+    add_member = _blocking(AsyncKV.add_member)
+    remove_member = _blocking(AsyncKV.remove_member)
+    snapshot = _blocking(AsyncKV.snapshot)
 
     @property
     def client_id(self) -> str:
@@ -85,13 +94,8 @@ class KV:
     def close(self) -> None:
         """Close the connections and stop the loop thread (idempotent)."""
         with self._lock:
-            if self._closed:
-                return
-            asyncio.run_coroutine_threadsafe(self._async.close(), self._loop).result()
             self._closed = True
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
-            self._loop.close()
+            self._finalizer()
 
     def __enter__(self) -> Self:
         return self
@@ -103,3 +107,21 @@ class KV:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _shut_down(client: AsyncKV, loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+    """Close `client`'s session on its loop, then stop the loop and its thread.
+
+    A finalizer: it must not refer to the `KV` itself. Called from the loop thread (a
+    KV dropped inside a callback) it cannot wait for the loop, so it only schedules.
+    """
+    if loop.is_closed():
+        return
+    if threading.current_thread() is thread:
+        loop.create_task(client.close()).add_done_callback(lambda _: loop.stop())
+        return
+    if thread.is_alive():
+        asyncio.run_coroutine_threadsafe(client.close(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+    loop.close()

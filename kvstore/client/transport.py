@@ -27,11 +27,20 @@ _CONNECT_TIMEOUT_ERRORS: tuple[type[BaseException], ...] = tuple(
 )
 
 
-class NotSent(Exception):
+class _AttemptFailed(Exception):
+    """One attempt failed; `reason` says why in a few words, `endpoint` where."""
+
+    def __init__(self, endpoint: str, reason: str) -> None:
+        super().__init__(f"{endpoint}: {reason}")
+        self.endpoint = endpoint
+        self.reason = reason
+
+
+class NotSent(_AttemptFailed):
     """The request never reached a node (connection refused, connect timeout): safe to resend."""
 
 
-class MaybeSent(Exception):
+class MaybeSent(_AttemptFailed):
     """The request may have reached a node (read timeout, connection lost mid-way)."""
 
 
@@ -79,21 +88,29 @@ async def send(
     Raises `NotSent` or `MaybeSent` instead of aiohttp's many errors.
     """
     url = endpoint + path
-    client_timeout = aiohttp.ClientTimeout(
-        total=timeout, sock_connect=min(timeout, connect_timeout)
-    )
+    connect_within = min(timeout, connect_timeout)
+    client_timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_within)
     try:
         async with session.request(
             method, URL(url, encoded=True), data=body, headers=headers, timeout=client_timeout
         ) as resp:
             payload = await resp.read()
             return Answer(endpoint, resp.status, resp.headers, payload)
+    except aiohttp.ClientConnectorCertificateError as exc:
+        raise NotSent(endpoint, f"certificate problem: {exc.certificate_error}") from exc
+    except aiohttp.ClientSSLError as exc:
+        raise NotSent(endpoint, f"TLS problem: {_reason(exc)}") from exc
+    except aiohttp.InvalidURL as exc:
+        raise NotSent(endpoint, f"invalid URL: {exc}") from exc
     except _CONNECT_TIMEOUT_ERRORS as exc:
-        raise NotSent(f"{endpoint}: cannot connect ({_reason(exc)})") from exc
+        reason = _reason(exc)
+        if reason == "connect timeout":
+            reason = f"no connection within {connect_within:.2g} s"
+        raise NotSent(endpoint, reason) from exc
     except TimeoutError as exc:  # asyncio.TimeoutError is this since 3.11
-        raise MaybeSent(f"{endpoint}: no answer within {timeout:.3g}s") from exc
+        raise MaybeSent(endpoint, f"no answer within {timeout:.2g} s") from exc
     except (aiohttp.ClientError, OSError) as exc:
-        raise MaybeSent(f"{endpoint}: connection lost ({_reason(exc)})") from exc
+        raise MaybeSent(endpoint, f"connection lost ({_reason(exc)})") from exc
 
 
 def _reason(exc: BaseException) -> str:
@@ -103,6 +120,8 @@ def _reason(exc: BaseException) -> str:
         return "connection refused"
     if isinstance(cause, TimeoutError):
         return "connect timeout"
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
     return str(cause) or type(cause).__name__
 
 
@@ -124,12 +143,19 @@ class EndpointRouter:
         self._cursor = 0
         self._stale_cursor = 0
 
-    def pick(self, *, stale: bool = False) -> str:
+    def pick(self, *, stale: bool = False, avoid: frozenset[str] | set[str] = frozenset()) -> str:
+        """The node for the next attempt, other than those in `avoid` (attempts running)
+        while there is another; the leader first unless it is a stale read."""
+        if not stale and self.leader_url and self.leader_url not in avoid:
+            return self.leader_url
+        count = len(self.endpoints)
+        start = self._stale_cursor if stale else self._cursor
+        free = (i for i in range(count) if self.endpoints[(start + i) % count] not in avoid)
+        offset = next(free, 0)
+        url = self.endpoints[(start + offset) % count]
         if stale:
-            url = self.endpoints[self._stale_cursor % len(self.endpoints)]
-            self._stale_cursor += 1
-            return url
-        return self.leader_url or self.endpoints[self._cursor % len(self.endpoints)]
+            self._stale_cursor = start + offset + 1
+        return url
 
     def failed(self, url: str) -> None:
         """`url` did not answer usefully: forget it as leader and move to the next node."""

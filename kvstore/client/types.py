@@ -62,6 +62,42 @@ class NodeStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class MemberRow:
+    """One member as /v1/members lists it; `match_index` is the leader's replication index."""
+
+    id: str
+    role: str
+    client_url: str | None
+    peer_url: str | None
+    match_index: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class MemberList:
+    """The answer of /v1/members (and of adding or removing one); `raw` keeps every field."""
+
+    leader: str | None
+    members: tuple[MemberRow, ...]
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> MemberList:
+        rows = tuple(
+            MemberRow(
+                str(m.get("id")),
+                str(m.get("role", "?")),
+                m.get("client_url"),
+                m.get("peer_url"),
+                m.get("match_index"),
+            )
+            for m in data.get("members") or []
+            if isinstance(m, dict)
+        )
+        leader = data.get("leader")
+        return cls(str(leader) if leader else None, rows, data)
+
+
+@dataclass(frozen=True, slots=True)
 class EndpointStatus:
     """One row of a cluster-wide status: the node's status, or why it could not be had."""
 

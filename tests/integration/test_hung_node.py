@@ -1,0 +1,85 @@
+"""One node SIGSTOPped: every `kv` client command still answers within its --timeout.
+
+A stopped process keeps its listening socket, so the kernel accepts connections and
+nobody answers: the worst kind of dead node for a client. These tests put such a node
+first in --endpoints (where a naive client goes first) and check that each command
+succeeds through the healthy nodes within --timeout plus a small margin (the margin is
+the interpreter's start-up), and that with only the stopped node to ask, each fails
+within --timeout with a message naming it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import Cluster
+
+TIMEOUT_S = 4.0
+MARGIN_S = 2.5
+"""Python start-up and imports of a `kv` process on a loaded two-core machine."""
+
+
+@pytest.fixture
+def paused_follower(cluster: Cluster) -> Iterator[str]:
+    """A follower, SIGSTOPped for the whole test (resumed before teardown)."""
+    leader = cluster.wait_leader()
+    follower = next(n for n in cluster.nodes if n != leader)
+    cluster.pause(follower)
+    try:
+        yield follower
+    finally:
+        cluster.resume(follower)
+
+
+def timed_kv(cluster: Cluster, *args: str) -> tuple[float, int, str, str]:
+    started = time.monotonic()
+    done = cluster.kv(*args, timeout=60)
+    return time.monotonic() - started, done.returncode, done.stdout, done.stderr
+
+
+def client_commands(tmp: Path) -> list[list[str]]:
+    return [
+        ["put", "hung/a", "1"],
+        ["get", "hung/a"],
+        ["delete", "hung/a"],
+        ["status"],
+        ["member", "list"],
+        ["snapshot", "save", str(tmp / "backup.snap")],
+    ]
+
+
+def test_every_command_succeeds_past_a_paused_first_endpoint(
+    cluster: Cluster, paused_follower: str, tmp_path: Path
+) -> None:
+    others = [n for n in cluster.nodes if n != paused_follower]
+    endpoints = cluster.endpoints([paused_follower, *others])  # the stopped node first
+    for args in client_commands(tmp_path):
+        took, code, out, err = timed_kv(
+            cluster, *args, "--endpoints", endpoints, "--timeout", str(TIMEOUT_S)
+        )
+        assert code == 0, (args, out, err)
+        assert took < TIMEOUT_S + MARGIN_S, (args, took, err)
+        assert "Traceback" not in err
+        if args[0] == "status":
+            assert "unreachable" in out and cluster.url(paused_follower) in out
+    assert (tmp_path / "backup.snap").stat().st_size > 0
+
+
+def test_with_only_the_paused_node_each_command_names_it_within_the_timeout(
+    cluster: Cluster, paused_follower: str, tmp_path: Path
+) -> None:
+    url = cluster.url(paused_follower)
+    timeout = 1.0
+    for args in client_commands(tmp_path):
+        took, code, out, err = timed_kv(
+            cluster, *args, "--endpoints", url, "--timeout", str(timeout)
+        )
+        assert code == 2, (args, out, err)
+        assert took < timeout + MARGIN_S, (args, took, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in err, (args, err)
+        assert url in lines[0] and "no answer within 1 s" in lines[0], (args, err)
