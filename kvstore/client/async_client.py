@@ -375,11 +375,8 @@ class AsyncKV:
             raise MemberUnreachable(answer.error_message, status=409, code=code)
         if answer.status in (400, 413):
             raise InvalidRequest(answer.error_message, status=answer.status, code=code)
-        raise KVError(
-            f"unexpected answer HTTP {answer.status}: {answer.error_message}",
-            status=answer.status,
-            code=code,
-        )
+        what = f"{code}: {answer.error_message}" if code else f"HTTP {answer.status}"
+        raise KVError(f"{answer.endpoint} answered {what}", status=answer.status, code=code)
 
     def _ensure_http(self) -> aiohttp.ClientSession:
         if self._closed:

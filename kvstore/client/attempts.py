@@ -23,7 +23,7 @@ import aiohttp
 
 from kvstore.client.errors import ClusterUnavailable, NoLeader, OutcomeUnknown
 from kvstore.client.session import LEADER_HEADER, RetryPolicy, WriteSession
-from kvstore.client.transport import Answer, EndpointRouter, MaybeSent, NotSent, send
+from kvstore.client.transport import Answer, EndpointRouter, MaybeSent, NotSent, seconds, send
 from kvstore.client.types import NodeStatus
 
 UNAVAILABLE = "cluster unavailable: "
@@ -182,7 +182,7 @@ class Dispatcher:
         for task, (url, start) in inflight.items():
             if not task.done():
                 task.cancel()
-                progress.record(url, f"no answer within {now - start:.2g} s")
+                progress.record(url, f"no answer within {seconds(now - start)} s")
             elif not isinstance(task.exception(), NotSent):
                 progress.record(url, "answered too late")
             else:
@@ -274,14 +274,16 @@ class Dispatcher:
         return answer
 
     def _failure(self, progress: _Progress, budget: float) -> Exception:
-        what = progress.summary()
+        what, within = progress.summary(), f"within {seconds(budget)} s"
         if progress.maybe_applied:
             return OutcomeUnknown(
-                f"not confirmed within {budget:g} s, it may or may not have taken effect: {what}"
+                f"not confirmed {within}, it may or may not have taken effect: {what}"
             )
         if progress.saw_no_leader:
             return NoLeader(
-                f"no leader available within {budget:g} s: {what}", status=503, code="no_leader"
+                f"no leader available within {seconds(budget)} s: {what}",
+                status=503,
+                code="no_leader",
             )
         return ClusterUnavailable(UNAVAILABLE + what)
 

@@ -105,12 +105,17 @@ async def send(
     except _CONNECT_TIMEOUT_ERRORS as exc:
         reason = _reason(exc)
         if reason == "connect timeout":
-            reason = f"no connection within {connect_within:.2g} s"
+            reason = f"no connection within {seconds(connect_within)} s"
         raise NotSent(endpoint, reason) from exc
     except TimeoutError as exc:  # asyncio.TimeoutError is this since 3.11
-        raise MaybeSent(endpoint, f"no answer within {timeout:.2g} s") from exc
+        raise MaybeSent(endpoint, f"no answer within {seconds(timeout)} s") from exc
     except (aiohttp.ClientError, OSError) as exc:
         raise MaybeSent(endpoint, f"connection lost ({_reason(exc)})") from exc
+
+
+def seconds(value: float) -> str:
+    """A duration for a message: "1" for 0.998, "0.5", "2.5" (tenths at most)."""
+    return f"{value:.1f}".removesuffix(".0")
 
 
 def _reason(exc: BaseException) -> str:
