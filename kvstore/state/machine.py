@@ -306,11 +306,12 @@ class KVStateMachine:
         """
         self.install(self.parse(data))
 
-    def parse(self, data: bytes) -> ParsedState:
-        """Decode snapshot bytes without touching the machine's state (safe in a worker
-        thread, so a large snapshot does not stall the event loop); raises SnapshotError."""
+    @staticmethod
+    def parse(data: bytes) -> ParsedState:
+        """Decode snapshot bytes without touching any machine (safe in a worker thread,
+        so a large snapshot does not stall the event loop); raises SnapshotError."""
         try:
-            return parse_snapshot(data, self._history_revisions)
+            return parse_snapshot(data)
         except (ValueError, TypeError, KeyError) as exc:
             raise SnapshotError(f"not a valid state machine snapshot: {exc}") from None
 
@@ -323,7 +324,9 @@ class KVStateMachine:
             self._dropped,
             self._directory,
         ) = state
-        self._space.history.trim(self._space.revision)  # this node's own window
+        history = self._space.history
+        history.window = self._history_revisions  # this node's own window, as for sessions
+        history.trim(self._space.revision)
 
     def fingerprint(self) -> str:
         """A digest of snapshot(): equal for replicas in the same state. Costs a snapshot."""

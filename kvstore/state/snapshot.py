@@ -21,7 +21,7 @@ from typing import Any
 
 import msgpack
 
-from kvstore.state.history import History
+from kvstore.state.history import DEFAULT_HISTORY_REVISIONS, History
 from kvstore.state.keyspace import KeySpace
 from kvstore.state.members import MemberDirectory
 from kvstore.state.types import KeyValue, Session, decode_kv, decode_result, encode_result, ints
@@ -113,10 +113,10 @@ ParsedState = tuple[
 ]
 
 
-def parse_snapshot(data: bytes, history_revisions: int) -> ParsedState:
+def parse_snapshot(data: bytes) -> ParsedState:
     """Decode and check snapshot bytes; raises ValueError/TypeError/KeyError on garbage.
-    Pure, so it may run in a worker thread before the state is swapped in.
-    `history_revisions` is the window of the machine that will hold the state."""
+    Pure, so it may run in a worker thread before the state is swapped in. The history
+    gets the default window; the machine that installs the state sets its own."""
     # Read with an Unpacker, a key at a time: one `unpackb` of 100,000 keys holds the
     # GIL for tens of ms, and a joining node's event loop must keep answering the leader.
     unpacker = msgpack.Unpacker(raw=False, use_list=False, max_buffer_size=max(1, len(data)))
@@ -141,11 +141,11 @@ def parse_snapshot(data: bytes, history_revisions: int) -> ParsedState:
         raise ValueError(f"bad msgpack: {exc}") from None
     directory = MemberDirectory.from_wire(*rest[:2]) if fmt >= 2 else MemberDirectory()
     if fmt >= 3:
-        history = History.from_wire(history_revisions, *rest[2:])
+        history = History.from_wire(DEFAULT_HISTORY_REVISIONS, *rest[2:])
         if history.compact_revision > revision:
             raise ValueError("history compacted beyond the snapshot's revision")
     else:
-        history = History(history_revisions, revision)
+        history = History(DEFAULT_HISTORY_REVISIONS, revision)
 
     parsed: list[tuple[str, Session]] = []
     for client_id, floor, last_used, results in sessions:
