@@ -4,8 +4,9 @@ A change is an entry of type CONF_CHANGE. It takes effect on a node when the nod
 learns that the entry is committed, and a leader accepts a new change only when
 the previous one has taken effect and it has committed an entry of its own term
 (the fix for the single-server change bug found after the dissertation). Adding a
-server happens in two steps: it joins as a learner, which replicates but neither
-votes nor counts for quorum, and is promoted once it has caught up.
+server happens in two steps: it joins as a learner, which replicates but does not
+count for quorum, and is promoted once it has caught up. (A learner still answers vote
+requests: it may have been promoted without knowing it yet; see RaftNode.)
 """
 
 from __future__ import annotations

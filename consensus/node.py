@@ -157,7 +157,7 @@ class RaftNode:
     def step(self, msg: Message) -> None:
         if msg.recipient != self.id or msg.sender == self.id:
             return
-        if isinstance(msg, RequestVote) and not self._may_vote_for(msg.sender):
+        if isinstance(msg, RequestVote) and not self._may_consider(msg):
             return
         if msg.term > self.term:
             if not self._accept_higher_term(msg):
@@ -347,6 +347,12 @@ class RaftNode:
                 return False
             if msg.pre_vote:
                 return True  # a pre-vote never changes our term
+            # Only a leader's message or a granted vote restarts the election timer
+            # (§3.4): a candidate that cannot win must not postpone our campaign forever.
+            timer = self._election_elapsed, self._randomized_timeout
+            self._become_follower(msg.term, None)
+            self._election_elapsed, self._randomized_timeout = timer
+            return True
         if isinstance(msg, RequestVoteResponse) and msg.pre_vote and msg.granted:
             return True  # granted pre-votes carry the term we would campaign in
         leader = msg.sender if isinstance(msg, (AppendEntries, TimeoutNow)) else None
@@ -363,10 +369,16 @@ class RaftNode:
 
     # --- votes ----------------------------------------------------------------------------
 
-    def _may_vote_for(self, candidate: NodeId) -> bool:
-        """Only voters vote, and only for voters: a removed node that missed its removal
-        (or a learner) cannot win a vote, so it cannot disrupt the cluster."""
-        return self.promotable and candidate in self.membership.voters
+    def _may_consider(self, msg: RequestVote) -> bool:
+        """Any node votes, whatever its configuration says (as in etcd-io/raft): a
+        learner may not know yet that it was promoted. A candidate we know as a learner,
+        or not at all, may be a voter we have not heard of; one that missed its own
+        removal has a log behind ours once the cluster wrote past it. Such a stranger is
+        ignored: it could not get our vote, is not our voter, and changing term for it
+        would depose a healthy leader even without PreVote and CheckQuorum."""
+        if msg.sender in self.membership:
+            return True
+        return self.log.is_up_to_date(msg.last_log_index, msg.last_log_term)
 
     def _handle_vote_request(self, msg: RequestVote) -> None:
         can_vote = (

@@ -121,8 +121,13 @@ def test_leader_cannot_remove_itself_and_strangers_cannot_be_removed() -> None:
         cluster.nodes["a"].propose_conf_change(ConfChange(ConfChangeType.REMOVE, "zz"))
 
 
-def test_removed_node_cannot_disrupt_the_cluster() -> None:
-    cluster = ScriptedCluster()
+@pytest.mark.parametrize(
+    ("pre_vote", "check_quorum"), [(True, True), (True, False), (False, True), (False, False)]
+)
+def test_removed_node_cannot_disrupt_the_cluster(pre_vote: bool, check_quorum: bool) -> None:
+    """Also without PreVote and CheckQuorum: a candidate outside the voter's
+    configuration whose log is behind cannot even make it change term."""
+    cluster = ScriptedCluster(pre_vote=pre_vote, check_quorum=check_quorum)
     cluster.elect("a")
     leader = cluster.nodes["a"]
     cluster.isolate("c")  # c never learns that it was removed
@@ -136,6 +141,66 @@ def test_removed_node_cannot_disrupt_the_cluster() -> None:
         cluster.tick("a")
         cluster.deliver_all()
     assert leader.role is Role.LEADER and leader.term == term
+
+
+def run(cluster: ScriptedCluster, ids: tuple[str, ...], ticks: int) -> None:
+    """Let time pass on `ids` together, delivering everything after each tick."""
+    for _ in range(ticks):
+        for node_id in ids:
+            cluster.tick(node_id)
+        cluster.deliver_all()
+
+
+def test_a_learner_promoted_without_knowing_it_votes() -> None:
+    """etcd-io/raft's example (and soak seed 2383): the promotion of c commits on {a, b}
+    before c hears of it; when a fails, only b can win, and it needs c's vote."""
+    cluster = ScriptedCluster(ids=("a", "b", "c"), joining=("c",))
+    cluster.elect("a")
+    leader = cluster.nodes["a"]
+    leader.propose_conf_change(add_learner("c"))
+    settle(cluster, "a")
+    cluster.isolate("c")
+    leader.propose_conf_change(ConfChange(ConfChangeType.PROMOTE, "c"))
+    settle(cluster, "a")
+    assert cluster.nodes["b"].membership.voters == ("a", "b", "c")
+    assert cluster.nodes["c"].membership.learners == ("c",)
+    cluster.heal()
+    cluster.isolate("a")
+    run(cluster, ("b", "c"), 8 * leader.config.election_tick)
+    assert cluster.nodes["b"].role is Role.LEADER, "the learner must vote for b"
+    assert cluster.nodes["c"].membership.voters == ("a", "b", "c")
+
+
+@pytest.mark.parametrize("c_misses", ["promotion", "addition"])
+def test_a_voter_votes_for_a_candidate_whose_promotion_it_has_not_learned(
+    c_misses: str,
+) -> None:
+    """The mirror case: d knows it was promoted, c does not (c sees a learner, or a
+    stranger when it missed the addition too). With a down, d holds the newest log, so
+    only d can win, and it needs c's vote."""
+    cluster = ScriptedCluster(ids=("a", "b", "c", "d"), joining=("d",))
+    cluster.elect("a")
+    leader = cluster.nodes["a"]
+    if c_misses == "addition":
+        cluster.isolate("c")
+    leader.propose_conf_change(add_learner("d"))
+    settle(cluster, "a")
+    cluster.isolate("c")
+    leader.propose_conf_change(ConfChange(ConfChangeType.PROMOTE, "d"))
+    settle(cluster, "a")
+    assert cluster.nodes["d"].membership.voters == ("a", "b", "c", "d")
+    assert "d" not in cluster.nodes["c"].membership.voters
+    cluster.cut_links.add(("a", "b"))
+    entry = leader.propose(b"on a and d only")
+    settle(cluster, "a")
+    assert leader.commit_index < entry.index, "3 of 4 are needed"
+    cluster.heal()
+    cluster.isolate("a")
+    run(cluster, ("b", "c", "d"), 10 * leader.config.election_tick)
+    new_leader = cluster.nodes["d"]
+    assert new_leader.role is Role.LEADER, "c must vote for d"
+    assert new_leader.commit_index > entry.index
+    assert cluster.nodes["c"].membership.voters == ("a", "b", "c", "d")
 
 
 def test_membership_survives_a_restart() -> None:

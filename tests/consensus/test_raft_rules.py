@@ -145,6 +145,30 @@ def test_without_prevote_a_returning_node_disrupts_the_leader() -> None:
     assert cluster.nodes["a"].term > term
 
 
+def test_a_candidate_that_cannot_win_does_not_postpone_an_election() -> None:
+    """Only a leader's message or a granted vote restarts the election timer (§3.4).
+    Found by hypothesis: without PreVote, a voter with a stale log campaigning more
+    often than its peer's election timeout kept the only electable node from ever
+    campaigning, and the two stayed candidates for ever."""
+    cluster = ScriptedCluster(pre_vote=False, check_quorum=False)
+    cluster.elect("a")
+    cluster.isolate("c")
+    cluster.nodes["a"].propose(b"c misses this")
+    cluster.deliver_all()
+    cluster.heal()
+    cluster.isolate("a")
+    follower, stale = cluster.nodes["b"], cluster.nodes["c"]
+    stale_term = follower.term
+    for tick in range(4 * follower.config.election_tick):
+        if tick % 4 == 0 and follower.role is not Role.LEADER:
+            stale_term += 1  # c campaigns every 4 ticks, scripted by hand
+            last_index, last_term = stale.log.last_index(), stale.log.last_term()
+            follower.step(RequestVote(stale_term, "c", "b", last_index, last_term))
+        follower.tick()
+        cluster.deliver_all()
+    assert follower.role is Role.LEADER, "b must campaign despite c's requests"
+
+
 def test_read_index_refused_before_the_leaders_first_commit_in_its_term() -> None:
     cluster = ScriptedCluster()
     cluster.drop = lambda msg: isinstance(msg, AppendEntries) and bool(msg.entries)

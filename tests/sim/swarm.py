@@ -340,7 +340,9 @@ def _progress_mark(cluster: Cluster) -> tuple[int, int, int]:
 
 def _liveness_failure(cluster: Cluster, what: str) -> None:
     status = "; ".join(
-        str(h.node.status()) if h.node is not None else f"{h.nid} down"
+        f"{h.node.status()} last_term={h.node.log.last_term()}"
+        if h.node is not None
+        else f"{h.nid} down"
         for h in cluster.hosts.values()
     )
     raise SimFailure(f"liveness violated: {what}\nstatus: {status}\n{cluster.context()}")
