@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: cluster test lint soak clean
+.PHONY: cluster test lint soak clean image
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ lint: $(STAMP)
 
 soak: $(STAMP)
 	$(BIN)/python -m tests.sim.soak --seeds $${SEEDS:-2000}
+
+# The node image (Dockerfile); needs docker or podman: `make image ENGINE=podman`.
+ENGINE ?= docker
+IMAGE ?= pyraftkv
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+image:
+	$(ENGINE) build -t $(IMAGE):$(VERSION) -t $(IMAGE):latest .
 
 clean:
 	rm -rf $(VENV) data
