@@ -115,6 +115,9 @@ def test_statefulset_pods_form_a_cluster_and_scale(pods: Pods) -> None:
     joiner = tomllib.loads(preview.stdout)["nodes"][3]
     assert joiner["id"] == "kv-3" and joiner["join"] is True
     pods.start(3)
+    wait_until(  # the leader refuses to add a learner it cannot reach
+        lambda: request(pods.url(3), "GET", "/livez", timeout=2).status == 200, 20, "kv-3 up"
+    )
     added = subprocess.run(
         [
             sys.executable, "-m", "kvstore.cli.main", "member", "add", "kv-3",
