@@ -5,22 +5,37 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
-from kvstore.api.common import LEADER_HEADER, RUNTIME_KEY, error
+from kvstore.api.common import LEADER_HEADER, RUNTIME_KEY, error, strict
 from kvstore.api.forwarding import proxy_session
 from kvstore.api.health import add_health_routes
-from kvstore.api.kv import KV_PREFIX, UNSAFE_LOCAL_READS, handle_kv
+from kvstore.api.kv import KV_PREFIX, handle_kv
 from kvstore.api.members import add_member_routes
 from kvstore.api.metrics import add_metrics
+from kvstore.api.range import handle_range
+from kvstore.api.serve import UNSAFE_LOCAL_READS
 from kvstore.api.status import handle_status
 from kvstore.api.status_page import add_status_page_routes
+from kvstore.api.txn import handle_txn
 from kvstore.runtime.node import NodeRuntime
 
 log = logging.getLogger(__name__)
 
 
-async def handle_unknown(request: web.Request) -> web.Response:
-    return error(404, "no_such_endpoint", f"no endpoint {request.method} {request.path}")
+@web.middleware
+async def json_routing_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Unknown paths and methods answer in the JSON error shape like every other error."""
+    try:
+        return await handler(request)
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        message = f"{request.method} is not allowed on {request.path} (allowed: {allowed})"
+        answer = error(405, "method_not_allowed", message)
+        answer.headers["Allow"] = allowed
+        return answer
+    except web.HTTPNotFound:
+        return error(404, "no_such_endpoint", f"no endpoint {request.method} {request.path}")
 
 
 # ---------------------------------------------------------------------- the application
@@ -36,17 +51,18 @@ async def _add_leader_header(request: web.Request, response: web.StreamResponse)
 
 def make_client_app(runtime: NodeRuntime, client_max_size: int) -> web.Application:
     """The client API; the caller adds the runtime's own start/stop to `cleanup_ctx`."""
-    app = web.Application(client_max_size=client_max_size)
+    app = web.Application(client_max_size=client_max_size, middlewares=[json_routing_errors])
     app[RUNTIME_KEY] = runtime
     if UNSAFE_LOCAL_READS:
         log.warning("KV_UNSAFE_STALE_READS=1: followers serve stale reads (tests only)")
     app.cleanup_ctx.append(proxy_session)
     app.on_response_prepare.append(_add_leader_header)
+    app.router.add_get(KV_PREFIX, handle_range)  # before the key route: an empty key
     app.router.add_route("*", KV_PREFIX + "{key:.*}", handle_kv)
-    app.router.add_get("/v1/status", handle_status)
+    app.router.add_post("/v1/txn", handle_txn)
+    app.router.add_get("/v1/status", strict(handle_status))
     add_member_routes(app)
     add_metrics(app)
     add_health_routes(app)
     add_status_page_routes(app)
-    app.router.add_route("*", "/v1/{tail:.*}", handle_unknown)
     return app

@@ -18,7 +18,14 @@ from kvstore.client.http_session import single_send_session
 from kvstore.runtime.node import NodeRuntime
 
 HOPS_HEADER = "X-KV-Forwarded"
-_PASS_BACK = ("Content-Type", "X-KV-Version", "X-KV-Mod-Revision", LEADER_HEADER)
+_PASS_BACK = (
+    "Content-Type",
+    "X-KV-Version",
+    "X-KV-Create-Revision",
+    "X-KV-Mod-Revision",
+    "X-KV-Revision",
+    LEADER_HEADER,
+)
 MAX_HOPS = 2
 """A forwarded request is forwarded at most once more (the leader moved meanwhile)."""
 
@@ -91,7 +98,8 @@ async def _forward(
     hops_n = int(hops) if hops.isdigit() else MAX_HOPS
     if hops_n >= MAX_HOPS:
         return error(503, "no_leader", "the leader moved while the request was forwarded")
-    headers = {h: request.headers[h] for h in SESSION_HEADERS if h in request.headers}
+    passed = (*SESSION_HEADERS, "Accept")
+    headers = {h: request.headers[h] for h in passed if h in request.headers}
     headers[HOPS_HEADER] = str(hops_n + 1)
     if body:
         headers["Content-Type"] = "application/octet-stream"

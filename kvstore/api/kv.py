@@ -1,44 +1,38 @@
-"""The client HTTP API of the contract, served by every node.
+"""`/v1/kv/{key}`: one key's GET, PUT and DELETE (ranges: kvstore.api.range).
 
-The leader proposes writes and serves reads itself; a follower forwards writes and
-linearizable reads to the leader's client_url and passes the answer through, so a
-client may talk to any node. The answer codes keep one promise above all: 503 only
-for a request that was never proposed (safe to retry), 504 `timeout` for a write that
-was (or may have been) proposed and is not confirmed, whatever happened to the leader.
+Where requests are served (leader, forwarding, the 503/504 promise) is kvstore.api.serve.
+A single-key GET answers the raw value as its body with the key's numbers in headers:
+`X-KV-Version`, `X-KV-Create-Revision`, `X-KV-Mod-Revision`, and `X-KV-Revision`, the
+store revision the answer reflects.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import re
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
-from consensus import DropReason, NotLeader, ProposalDropped
 from kvstore.api.common import (
+    CONSISTENCY,
     RUNTIME_KEY,
     SESSION_HEADERS,
     BadRequest,
     error,
     json_text,
+    query_values,
+    uint,
 )
-from kvstore.api.forwarding import forward_to_leader
+from kvstore.api.serve import serve_read, serve_write
 from kvstore.runtime.node import NodeRuntime
-from kvstore.runtime.requests import (
-    ProposalOverwritten,
-    ProposalTimeout,
-    ReadAborted,
-    RuntimeStopped,
-)
-from kvstore.state.commands import Command, Delete, Put, SessionRef
+from kvstore.state.commands import Delete, Put, SessionRef
 from kvstore.state.machine import (
     ApplyResult,
     DeleteResult,
     NotFoundResult,
     PutResult,
+    RevisionMismatchResult,
     SessionExpiredResult,
     VersionMismatchResult,
 )
@@ -46,10 +40,9 @@ from kvstore.state.machine import (
 log = logging.getLogger(__name__)
 
 KV_PREFIX = "/v1/kv/"
-UNSAFE_LOCAL_READS = os.environ.get("KV_UNSAFE_STALE_READS") == "1"
-"""Deliberately unsafe, for tests only: followers answer default (linearizable) reads
-from their own state without asking the leader, so `kv chaos` can be shown to catch
-the stale reads this causes. Never set it on a real cluster."""
+REVISION_HEADER = "X-KV-Revision"
+KEY_HEADERS = ("X-KV-Version", "X-KV-Create-Revision", "X-KV-Mod-Revision", REVISION_HEADER)
+_WRITE_QUERY = {"prev_version": uint, "prev_revision": uint}
 
 
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -75,15 +68,6 @@ def parse_key(raw_path: str, max_key_bytes: int) -> str:
             400, "key_too_large", f"the key is {len(key_bytes)} bytes, limit {max_key_bytes}"
         )
     return key
-
-
-def parse_prev_version(request: web.Request) -> int | None:
-    raw = request.query.get("prev_version")
-    if raw is None:
-        return None
-    if not _UINT.fullmatch(raw):
-        raise BadRequest(400, "bad_prev_version", "prev_version must be an integer >= 0")
-    return int(raw)
 
 
 def parse_session(request: web.Request) -> SessionRef | None:
@@ -122,6 +106,13 @@ def result_response(result: ApplyResult | None) -> web.Response:
         return json_text(f'{{"revision":{result.revision}}}')
     if type(result) is NotFoundResult:
         return error(404, "not_found", "no such key")
+    if type(result) is RevisionMismatchResult:
+        return error(
+            409,
+            "revision_mismatch",
+            f"the key is at mod_revision {result.current_revision}",
+            mod_revision=result.current_revision,
+        )
     if type(result) is VersionMismatchResult:
         return error(
             409,
@@ -149,20 +140,20 @@ async def handle_kv(request: web.Request) -> web.StreamResponse:
     try:
         key = parse_key(request.raw_path, tuning.max_key_bytes)
         if method == "GET":
-            consistency = request.query.get("consistency", "linearizable")
-            if consistency not in ("linearizable", "stale"):
-                raise BadRequest(
-                    400, "bad_consistency", "consistency must be stale or linearizable"
-                )
-            return await _get(request, runtime, key, consistency == "stale")
-        if method == "PUT":
-            prev = parse_prev_version(request)
+            stale = query_values(request, {"consistency": CONSISTENCY}).get("consistency")
+            return await serve_read(
+                request, runtime, lambda: _key_answer(runtime, key), stale=stale == "stale"
+            )
+        if method in ("PUT", "DELETE"):
+            prev = query_values(request, _WRITE_QUERY)
             session = parse_session(request)
-            body = await read_value(request, tuning.max_value_bytes)
-            return await _write(request, runtime, Put(key, body, prev, session), body)
-        if method == "DELETE":
-            cmd = Delete(key, parse_prev_version(request), parse_session(request))
-            return await _write(request, runtime, cmd, b"")
+            version, revision = prev.get("prev_version"), prev.get("prev_revision")
+            if method == "DELETE":
+                cmd, body = Delete(key, version, session, revision), b""
+            else:
+                body = await read_value(request, tuning.max_value_bytes)
+                cmd = Put(key, body, version, session, revision)
+            return await serve_write(request, runtime, cmd, body, result_response)
     except BadRequest as exc:
         return error(exc.status, exc.code, exc.message)
     return error(
@@ -170,72 +161,18 @@ async def handle_kv(request: web.Request) -> web.StreamResponse:
     )
 
 
-async def _get(
-    request: web.Request, runtime: NodeRuntime, key: str, stale: bool
-) -> web.StreamResponse:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + runtime.tuning.request_timeout_ms / 1000
-    stale = stale or (UNSAFE_LOCAL_READS and not runtime.is_leader)
-    while True:
-        if stale or runtime.is_leader:
-            try:
-                kv = await runtime.read(key, not stale, deadline - loop.time())
-            except NotLeader:
-                continue  # lost office between the check and the call: forward instead
-            except ReadAborted:
-                if loop.time() < deadline:
-                    continue
-                return error(503, "no_leader", "leadership changed during the read; retry")
-            except TimeoutError:
-                return error(504, "timeout", "the read was not confirmed by a quorum in time")
-            except RuntimeStopped as exc:
-                return error(503, "unavailable", str(exc))
-            if kv is None:
-                return error(404, "not_found", "no such key")
-            return web.Response(
-                body=kv.value,
-                content_type="application/octet-stream",
-                headers={
-                    "X-KV-Version": str(kv.version),
-                    "X-KV-Mod-Revision": str(kv.mod_revision),
-                },
-            )
-        answer = await forward_to_leader(
-            request, runtime, b"", deadline, is_write=False, unserved="the read was not served"
-        )
-        if answer is not None:
-            return answer
-
-
-async def _write(
-    request: web.Request, runtime: NodeRuntime, cmd: Command, body: bytes
-) -> web.StreamResponse:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + runtime.tuning.request_timeout_ms / 1000
-    while True:
-        if runtime.is_leader:
-            try:
-                result = await runtime.propose(cmd, deadline - loop.time())
-            except NotLeader:
-                continue
-            except ProposalDropped as exc:
-                await asyncio.sleep(runtime.tuning.tick_ms / 1000)  # both kinds clear soon
-                if loop.time() < deadline:
-                    continue
-                if exc.reason is DropReason.TOO_MANY_UNCOMMITTED:
-                    return error(503, "overloaded", f"{exc}; not proposed")
-                return error(503, "no_leader", f"{exc}; not proposed")
-            except ProposalOverwritten:
-                if loop.time() < deadline:
-                    continue  # it can never commit, so proposing again is safe
-                return error(503, "no_leader", "the proposal was dropped by a leader change")
-            except ProposalTimeout as exc:
-                return error(504, "timeout", f"outcome unknown: {exc}")
-            except RuntimeStopped as exc:
-                return error(503, "unavailable", f"not proposed: {exc}")
-            return result_response(result)
-        answer = await forward_to_leader(
-            request, runtime, body, deadline, is_write=True, unserved="the write was not proposed"
-        )
-        if answer is not None:
-            return answer
+def _key_answer(runtime: NodeRuntime, key: str) -> web.StreamResponse:
+    sm = runtime.sm
+    kv = sm.get(key)
+    if kv is None:
+        return error(404, "not_found", "no such key", revision=sm.revision)
+    return web.Response(
+        body=kv.value,
+        content_type="application/octet-stream",
+        headers={
+            "X-KV-Version": str(kv.version),
+            "X-KV-Create-Revision": str(kv.create_revision),
+            "X-KV-Mod-Revision": str(kv.mod_revision),
+            REVISION_HEADER: str(sm.revision),
+        },
+    )

@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from consensus import ConfChange, ConfChangeType, InvalidConfChange, NotLeader, ProposalDropped
-from kvstore.api.common import RUNTIME_KEY, error
+from kvstore.api.common import CONSISTENCY, RUNTIME_KEY, error, strict, text
 from kvstore.api.forwarding import forward_to_leader
 from kvstore.config import ConfigError, parse_url, valid_node_id
 from kvstore.runtime.backup import encode_backup
@@ -396,7 +396,8 @@ async def handle_snapshot(request: web.Request) -> web.StreamResponse:
 
 def add_member_routes(app: web.Application) -> None:
     app[LOCK_KEY] = asyncio.Lock()
-    app.router.add_route("GET", MEMBERS_PATH, handle_members)
-    app.router.add_route("POST", MEMBERS_PATH, handle_members)
-    app.router.add_route("*", MEMBERS_PATH + "/{node_id}", handle_member)
-    app.router.add_get(SNAPSHOT_PATH, handle_snapshot)
+    timeout = {"timeout": text}  # its value is checked by _timeout
+    app.router.add_route("GET", MEMBERS_PATH, strict(handle_members, {"consistency": CONSISTENCY}))
+    app.router.add_route("POST", MEMBERS_PATH, strict(handle_members, timeout))
+    app.router.add_route("DELETE", MEMBERS_PATH + "/{node_id}", strict(handle_member, timeout))
+    app.router.add_get(SNAPSHOT_PATH, strict(handle_snapshot))

@@ -1,0 +1,112 @@
+"""Where a request is served: the read and write loops every data endpoint shares.
+
+The leader proposes writes and serves reads itself; a follower forwards writes and
+linearizable reads to the leader's client_url and passes the answer through, so a
+client may talk to any node. The answer codes keep one promise above all: 503 only
+for a request that was never proposed (safe to retry), 504 `timeout` for a write that
+was (or may have been) proposed and is not confirmed, whatever happened to the leader.
+One loop for single keys, ranges and transactions, so that promise is kept in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+
+from aiohttp import web
+
+from consensus import DropReason, NotLeader, ProposalDropped
+from kvstore.api.common import error
+from kvstore.api.forwarding import forward_to_leader
+from kvstore.runtime.node import NodeRuntime
+from kvstore.runtime.requests import (
+    ProposalOverwritten,
+    ProposalTimeout,
+    ReadAborted,
+    RuntimeStopped,
+)
+from kvstore.state.commands import Command
+from kvstore.state.machine import ApplyResult
+
+UNSAFE_LOCAL_READS = os.environ.get("KV_UNSAFE_STALE_READS") == "1"
+"""Deliberately unsafe, for tests only: followers answer default (linearizable) reads
+from their own state without asking the leader, so `kv chaos` can be shown to catch
+the stale reads this causes. Never set it on a real cluster."""
+
+
+async def serve_read(
+    request: web.Request,
+    runtime: NodeRuntime,
+    answer: Callable[[], web.StreamResponse],
+    *,
+    stale: bool,
+) -> web.StreamResponse:
+    """`answer()` from this node's state: at once when `stale`, after a ReadIndex round
+    on the leader otherwise (then the state holds every write acknowledged before the
+    request began); a follower forwards a linearizable read to the leader."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + runtime.tuning.request_timeout_ms / 1000
+    stale = stale or (UNSAFE_LOCAL_READS and not runtime.is_leader)
+    while True:
+        if stale:
+            return answer()
+        if runtime.is_leader:
+            try:
+                await runtime.barrier(deadline - loop.time())
+            except NotLeader:
+                continue  # lost office between the check and the call: forward instead
+            except ReadAborted:
+                if loop.time() < deadline:
+                    continue
+                return error(503, "no_leader", "leadership changed during the read; retry")
+            except TimeoutError:
+                return error(504, "timeout", "the read was not confirmed by a quorum in time")
+            except RuntimeStopped as exc:
+                return error(503, "unavailable", str(exc))
+            return answer()
+        forwarded = await forward_to_leader(
+            request, runtime, b"", deadline, is_write=False, unserved="the read was not served"
+        )
+        if forwarded is not None:
+            return forwarded
+
+
+async def serve_write(
+    request: web.Request,
+    runtime: NodeRuntime,
+    cmd: Command,
+    body: bytes,
+    respond: Callable[[ApplyResult | None], web.StreamResponse],
+) -> web.StreamResponse:
+    """Propose `cmd` on the leader (forward `body` from a follower) and `respond` to its
+    result once applied."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + runtime.tuning.request_timeout_ms / 1000
+    while True:
+        if runtime.is_leader:
+            try:
+                result = await runtime.propose(cmd, deadline - loop.time())
+            except NotLeader:
+                continue
+            except ProposalDropped as exc:
+                await asyncio.sleep(runtime.tuning.tick_ms / 1000)  # both kinds clear soon
+                if loop.time() < deadline:
+                    continue
+                if exc.reason is DropReason.TOO_MANY_UNCOMMITTED:
+                    return error(503, "overloaded", f"{exc}; not proposed")
+                return error(503, "no_leader", f"{exc}; not proposed")
+            except ProposalOverwritten:
+                if loop.time() < deadline:
+                    continue  # it can never commit, so proposing again is safe
+                return error(503, "no_leader", "the proposal was dropped by a leader change")
+            except ProposalTimeout as exc:
+                return error(504, "timeout", f"outcome unknown: {exc}")
+            except RuntimeStopped as exc:
+                return error(503, "unavailable", f"not proposed: {exc}")
+            return respond(result)
+        answer = await forward_to_leader(
+            request, runtime, body, deadline, is_write=True, unserved="the write was not proposed"
+        )
+        if answer is not None:
+            return answer
