@@ -8,10 +8,12 @@ from kvstore.cli.bench import bench_command
 from kvstore.cli.chaos import chaos_command
 from kvstore.cli.client_commands import CLIENT_COMMANDS
 from kvstore.cli.member_commands import MEMBER_COMMANDS
+from kvstore.cli.ops_commands import add_ops_commands
 from kvstore.cli.server_commands import SERVER_COMMANDS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pyraftkv", prog_name="kv")
 def cli() -> None:
     """A Raft-replicated key-value store: run nodes, read and write keys, measure."""
 
@@ -24,6 +26,7 @@ for command in (
     chaos_command,
 ):
     cli.add_command(command)
+add_ops_commands(cli)
 
 
 def main() -> None:

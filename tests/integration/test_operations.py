@@ -6,12 +6,15 @@ In the `integration` xdist group with the other real-cluster tests (see test_clu
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.harness import Cluster, wait_until
+from tests.integration.harness import Cluster, child_env, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("integration")]
 
@@ -131,3 +134,36 @@ def test_readyz_follows_contact_with_the_quorum(cluster: Cluster) -> None:
     for path in ("/readyz?verbose=1", "/livez?x=1", "/metrics?name=kv_raft_term"):
         reply = cluster.http(lonely, "GET", path)
         assert reply.status == 400 and reply.json()["error"] == "bad_query", (path, reply.body)
+
+
+def test_kv_status_watch_refreshes_until_interrupted(cluster: Cluster) -> None:
+    leader = cluster.wait_leader()
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "kvstore.cli.main", "status", "--watch", "0.2"),
+            *("--endpoints", cluster.endpoints()),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        while sum(line.startswith("kv status, every 0.2s") for line in lines) < 3:
+            line = proc.stdout.readline()
+            assert line, (
+                f"kv status --watch ended early: {proc.stderr.read() if proc.stderr else ''}"
+            )
+            lines.append(line)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    tables = "".join(lines).split("kv status, every 0.2s")[1:3]
+    for table in tables:  # each refresh is the whole table
+        rows = [r for r in table.splitlines() if r.startswith("n")]
+        assert sorted(r.split()[0] for r in rows) == sorted(cluster.nodes)
+        assert [r.split()[1] for r in rows].count("leader") == 1
+        assert any(r.split()[0] == leader and r.split()[1] == "leader" for r in rows)
