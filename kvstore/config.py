@@ -57,6 +57,11 @@ class Tuning:
     history_revisions: int = 10_000
     """Revisions of change history kept (kvstore.state.history): reads at an older
     `revision=R`, and paged reads that take longer than this many writes, answer 410."""
+    watch_buffer_bytes: int = 4 * MIB
+    """Changes one watcher may have waiting for its reader; a reader further behind is
+    cut off (it resumes from its last revision) instead of holding the node's memory."""
+    watch_progress_ms: int = 5000
+    """An idle watch hears the current revision this often (and a dead reader is found)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from kvstore.api.serve import UNSAFE_LOCAL_READS
 from kvstore.api.status import handle_status
 from kvstore.api.status_page import add_status_page_routes
 from kvstore.api.txn import handle_txn
+from kvstore.api.watch import add_watch_routes
 from kvstore.runtime.node import NodeRuntime
 
 log = logging.getLogger(__name__)
@@ -65,4 +66,5 @@ def make_client_app(runtime: NodeRuntime, client_max_size: int) -> web.Applicati
     add_metrics(app)
     add_health_routes(app)
     add_status_page_routes(app)
+    add_watch_routes(app)
     return app

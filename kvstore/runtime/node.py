@@ -56,6 +56,7 @@ from kvstore.runtime.requests import (
 )
 from kvstore.runtime.snapshots import SnapshotKeeper
 from kvstore.runtime.stats import RuntimeStats
+from kvstore.runtime.watch_hub import WatchHub
 from kvstore.state.commands import Command, encode_command
 from kvstore.state.machine import ApplyResult, KeyValue, KVStateMachine
 
@@ -120,6 +121,8 @@ class NodeRuntime:
             rng or random.Random(),
         )
         self.pending = PendingRequests()
+        self.watches = WatchHub(self.sm, t.watch_buffer_bytes)
+        """Every watch served by this node, fed after each applied batch."""
         self.stats = RuntimeStats()
         """Counters and histograms for `GET /metrics` (kvstore.api.metrics)."""
         self.leadership = LeadershipWatch(node_id, self.node, self.pending, self.stats)
@@ -206,6 +209,7 @@ class NodeRuntime:
             return
         self.stopping = True
         self.pending.abort_all(RuntimeStopped("the node is shutting down"))
+        self.watches.close()
         self._wake.set()
         for task in self._tasks:
             if not task.get_name().startswith("ready-"):
@@ -432,6 +436,7 @@ class NodeRuntime:
             transport.send(late)
         if rd.committed:
             self._apply(rd.committed)
+        self.watches.advance()
         for rs in rd.read_states:
             self.pending.read_confirmed(rs.request_id, rs.index)
         node.advance(rd)

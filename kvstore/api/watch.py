@@ -1,0 +1,273 @@
+"""`GET /v1/watch`: the changes to a key or a prefix, from a revision on, as they apply.
+
+Any node serves a watch from its own applied state (kvstore.runtime.watch_hub), with
+no trip to the leader: the stream is exactly the committed history, one message per
+revision, so the node's freshness only decides *when* a change arrives, never *which*.
+
+Two forms of the same thing:
+- Server-Sent Events (the default): `id:` is the revision, so a browser's EventSource
+  (or any client) resumes with `Last-Event-ID` and gets the rest with no gap and no
+  repeat. Changes come as unnamed events (`onmessage`), `progress` events carry the
+  revision when nothing changed for a while, and a final `cancelled` event says why
+  the stream ends (a reader too slow, history compacted, the node stopping) and where
+  to resume.
+- Long poll (`wait=` seconds, as Consul's blocking queries): answers at once with the
+  changes after `start_revision` when there are some, else waits up to `wait` for the
+  first; `next_revision` in the answer is the `start_revision` of the next poll.
+
+A start older than the retained history answers 410 `compacted` with the oldest
+revision still readable: the client re-lists (a range read) and watches from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from kvstore.api.common import RUNTIME_KEY, BadRequest, check_query, error
+from kvstore.runtime.node import NodeRuntime
+from kvstore.runtime.watch_hub import (
+    COMPACTED,
+    SHUTDOWN,
+    Changes,
+    Ended,
+    Item,
+    Selector,
+    Watcher,
+)
+from kvstore.state.history import Compacted, Event, EventKind
+from kvstore.state.types import KeyValue
+
+WATCH_PATH = "/v1/watch"
+ALLOWED = frozenset({"key", "prefix", "start_revision", "prev_kv", "wait"})
+MAX_WAIT_S = 300.0
+"""Longest long poll; a client that wants longer simply polls again."""
+MAX_POLL_EVENTS = 1000
+"""Events in one long-poll answer at most (whole revisions); the rest come next poll."""
+COALESCE_BYTES = 64 * 1024
+"""Ready changes are written to a stream together up to about this size (one syscall)."""
+WRITE_TIMEOUT_S = 30.0
+"""A stream write blocked this long (the reader stopped reading) ends the stream."""
+RETRY_MS = 1000
+"""What an EventSource waits before reconnecting on its own."""
+
+_UINT = re.compile(r"[0-9]{1,18}")
+_WAIT = re.compile(r"([0-9]{1,6}(?:\.[0-9]{1,3})?)s?")
+
+
+@dataclass(frozen=True, slots=True)
+class WatchRequest:
+    selector: Selector
+    start_revision: int | None
+    prev_kv: bool
+    wait: float | None
+    """Seconds to wait in the long-poll form; None for a stream."""
+
+
+def parse_watch(request: web.Request, max_key_bytes: int) -> WatchRequest:
+    """The query, strictly: exactly one of key/prefix, integers where integers go."""
+    check_query(request, ALLOWED)
+    query = request.query
+    key, prefix = query.get("key"), query.get("prefix")
+    if (key is None) == (prefix is None):
+        raise BadRequest(400, "bad_query", "give exactly one of 'key' and 'prefix'")
+    name = key if key is not None else prefix
+    assert name is not None
+    if len(name.encode("utf-8")) > max_key_bytes:
+        raise BadRequest(400, "key_too_large", f"the key or prefix exceeds {max_key_bytes} bytes")
+    if key == "":
+        raise BadRequest(400, "bad_key", "the key must not be empty (use prefix= for all keys)")
+    start = _uint(query.get("start_revision"), "start_revision")
+    last_id = _uint(request.headers.get("Last-Event-ID"), "Last-Event-ID")
+    if last_id is not None:  # what an EventSource saw last wins over its original URL
+        start = max(start or 0, last_id + 1)
+    if start == 0:
+        raise BadRequest(400, "bad_start_revision", "start_revision must be >= 1")
+    prev_kv = query.get("prev_kv", "false")
+    if prev_kv not in ("true", "false"):
+        raise BadRequest(400, "bad_prev_kv", "prev_kv must be 'true' or 'false'")
+    wait: float | None = None
+    raw_wait = query.get("wait")
+    if raw_wait is not None:
+        match = _WAIT.fullmatch(raw_wait)
+        if match is None or float(match.group(1)) > MAX_WAIT_S:
+            raise BadRequest(400, "bad_wait", f"wait must be seconds between 0 and {MAX_WAIT_S:g}")
+        wait = float(match.group(1))
+    return WatchRequest(Selector(key=key, prefix=prefix), start, prev_kv == "true", wait)
+
+
+def _uint(raw: str | None, name: str) -> int | None:
+    if raw is None:
+        return None
+    if not _UINT.fullmatch(raw):
+        raise BadRequest(400, f"bad_{name.lower().replace('-', '_')}", f"{name} must be an integer")
+    return int(raw)
+
+
+# ---------------------------------------------------------------------- the JSON shape
+
+
+def kv_json(kv: KeyValue) -> dict[str, Any]:
+    """A key as JSON; the value as text when it is UTF-8, else base64 in `value_b64`."""
+    out: dict[str, Any] = {"key": kv.key}
+    try:
+        out["value"] = kv.value.decode("utf-8")
+    except UnicodeDecodeError:
+        out["value_b64"] = base64.b64encode(kv.value).decode("ascii")
+    out.update(version=kv.version, create_revision=kv.create_revision, mod_revision=kv.mod_revision)
+    return out
+
+
+def event_json(event: Event, prev_kv: bool) -> dict[str, Any]:
+    out = {"type": "put" if event.kind is EventKind.PUT else "delete", **kv_json(event.kv)}
+    if prev_kv:
+        out["prev"] = None if event.prev is None else kv_json(event.prev)
+    return out
+
+
+def _changes_json(changes: Changes, prev_kv: bool) -> str:
+    events = [event_json(e, prev_kv) for e in changes.events]
+    return json.dumps({"revision": changes.revision, "events": events}, separators=(",", ":"))
+
+
+def _ended_json(ended: Ended) -> dict[str, Any]:
+    messages = {
+        "slow": "the reader fell too far behind; watch again from next_revision",
+        COMPACTED: "the history needed to continue is compacted; re-list, then watch",
+        SHUTDOWN: "the node is stopping; watch again (on any node) from next_revision",
+    }
+    out: dict[str, Any] = {
+        "reason": ended.reason,
+        "next_revision": ended.next_revision,
+        "message": messages[ended.reason],
+    }
+    if ended.reason == COMPACTED:
+        out["compact_revision"] = ended.compact_revision
+    return out
+
+
+def _compacted(exc: Compacted) -> web.Response:
+    return error(
+        410,
+        "compacted",
+        f"{exc}; re-list (a range read at revision >= {exc.compact_revision}) and watch "
+        "from the revision it returns + 1",
+        compact_revision=exc.compact_revision,
+    )
+
+
+# ---------------------------------------------------------------------- the handler
+
+
+async def handle_watch(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME_KEY]
+    try:
+        wr = parse_watch(request, runtime.tuning.max_key_bytes)
+    except BadRequest as exc:
+        return error(exc.status, exc.code, exc.message)
+    try:
+        watcher = runtime.watches.watch(wr.selector, wr.start_revision)
+    except Compacted as exc:
+        return _compacted(exc)
+    try:
+        if wr.wait is not None:
+            return await _long_poll(runtime, watcher, wr, wr.wait)
+        return await _stream(request, runtime, watcher, wr)
+    finally:
+        watcher.close()
+
+
+async def _long_poll(
+    runtime: NodeRuntime, watcher: Watcher, wr: WatchRequest, wait: float
+) -> web.Response:
+    item: Item | None = await watcher.next(wait)
+    events: list[dict[str, Any]] = []
+    while type(item) is Changes:
+        events += (event_json(e, wr.prev_kv) for e in item.events)
+        if len(events) >= MAX_POLL_EVENTS:
+            break
+        item = watcher.poll()
+    if not events and type(item) is Ended:
+        if item.reason == COMPACTED:
+            return _compacted(Compacted(item.next_revision - 1, item.compact_revision))
+        if item.reason == SHUTDOWN:
+            return error(503, "unavailable", "the node is stopping; poll another node")
+    progress = watcher.progress()
+    next_revision = watcher.next_revision
+    if progress is not None:
+        next_revision = max(next_revision, progress.revision + 1)
+    body = {"revision": runtime.watches.revision, "next_revision": next_revision, "events": events}
+    return web.json_response(body, headers={"X-KV-Revision": str(runtime.watches.revision)})
+
+
+async def _stream(
+    request: web.Request, runtime: NodeRuntime, watcher: Watcher, wr: WatchRequest
+) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",  # a proxy in front must not hold the stream back
+        }
+    )
+    await response.prepare(request)
+    try:
+        await _events(response, runtime, watcher, wr)
+    except (TimeoutError, ConnectionError):
+        response.force_close()  # the reader is gone or stuck; it resumes from its last id
+    return response
+
+
+async def _events(
+    response: web.StreamResponse, runtime: NodeRuntime, watcher: Watcher, wr: WatchRequest
+) -> None:
+    created = {"start_revision": watcher.next_revision, "revision": runtime.watches.revision}
+    await _write(response, f"retry: {RETRY_MS}\nevent: created\ndata: {json.dumps(created)}\n\n")
+    interval = runtime.tuning.watch_progress_ms / 1000
+    while True:
+        item = await watcher.next(interval)
+        if item is None:
+            progress = watcher.progress()
+            if progress is None:  # still waiting to reach the start: keep the line alive
+                await _write(response, ": waiting\n\n")
+            else:
+                data = json.dumps({"revision": progress.revision})
+                await _write(
+                    response, f"id: {progress.revision}\nevent: progress\ndata: {data}\n\n"
+                )
+            continue
+        parts: list[str] = []
+        size = 0
+        while type(item) is Changes:
+            text = f"id: {item.revision}\ndata: {_changes_json(item, wr.prev_kv)}\n\n"
+            parts.append(text)
+            size += len(text)
+            if size >= COALESCE_BYTES:
+                break
+            item = watcher.poll()
+        if parts:
+            await _write(response, "".join(parts))
+        if type(item) is Ended:
+            data = json.dumps(_ended_json(item))
+            await _write(response, f"event: cancelled\ndata: {data}\n\n")
+            return
+
+
+async def _write(response: web.StreamResponse, text: str) -> None:
+    """One write to the stream; raises TimeoutError when the reader stopped reading
+    (the connection is then dropped and the reader resumes from its last id)."""
+    await asyncio.wait_for(response.write(text.encode("utf-8")), WRITE_TIMEOUT_S)
+
+
+def add_watch_routes(app: web.Application) -> None:
+    async def end_watches(app: web.Application) -> None:
+        app[RUNTIME_KEY].watches.close()  # let every stream finish before the server stops
+
+    app.router.add_get(WATCH_PATH, handle_watch)
+    app.on_shutdown.append(end_watches)
