@@ -90,8 +90,8 @@ def parse_watch(request: web.Request, max_key_bytes: int) -> WatchRequest:
     if start == 0:
         raise BadRequest(400, "bad_start_revision", "start_revision must be >= 1")
     prev_kv = query.get("prev_kv", "false")
-    if prev_kv not in ("true", "false"):
-        raise BadRequest(400, "bad_prev_kv", "prev_kv must be 'true' or 'false'")
+    if prev_kv not in ("", "true", "1", "false", "0"):
+        raise BadRequest(400, "bad_prev_kv", "prev_kv must be true or false")
     wait: float | None = None
     raw_wait = query.get("wait")
     if raw_wait is not None:
@@ -99,7 +99,8 @@ def parse_watch(request: web.Request, max_key_bytes: int) -> WatchRequest:
         if match is None or float(match.group(1)) > MAX_WAIT_S:
             raise BadRequest(400, "bad_wait", f"wait must be seconds between 0 and {MAX_WAIT_S:g}")
         wait = float(match.group(1))
-    return WatchRequest(Selector(key=key, prefix=prefix), start, prev_kv == "true", wait)
+    with_prev = prev_kv in ("", "true", "1")
+    return WatchRequest(Selector(key=key, prefix=prefix), start, with_prev, wait)
 
 
 def _uint(raw: str | None, name: str) -> int | None:
@@ -114,14 +115,14 @@ def _uint(raw: str | None, name: str) -> int | None:
 
 
 def kv_json(kv: KeyValue) -> dict[str, Any]:
-    """A key as JSON; the value as text when it is UTF-8, else base64 in `value_b64`."""
-    out: dict[str, Any] = {"key": kv.key}
-    try:
-        out["value"] = kv.value.decode("utf-8")
-    except UnicodeDecodeError:
-        out["value_b64"] = base64.b64encode(kv.value).decode("ascii")
-    out.update(version=kv.version, create_revision=kv.create_revision, mod_revision=kv.mod_revision)
-    return out
+    """A key as JSON, the value in base64 (as range reads answer it)."""
+    return {
+        "key": kv.key,
+        "version": kv.version,
+        "create_revision": kv.create_revision,
+        "mod_revision": kv.mod_revision,
+        "value": base64.b64encode(kv.value).decode("ascii"),
+    }
 
 
 def event_json(event: Event, prev_kv: bool) -> dict[str, Any]:

@@ -7,6 +7,7 @@ kvstore.api, consensus, plyvel), so `pip install pyraftkv` without extras is eno
 from kvstore.client.async_client import AsyncKV, Consistency
 from kvstore.client.errors import (
     ClusterUnavailable,
+    Compacted,
     EndpointConfigError,
     InvalidRequest,
     KVError,
@@ -19,11 +20,13 @@ from kvstore.client.errors import (
 from kvstore.client.session import RetryPolicy
 from kvstore.client.sync_client import KV
 from kvstore.client.types import EndpointStatus, KeyValue, MemberList, NodeStatus, PutResult
+from kvstore.client.watch import PrevValue, Watch, WatchEvent, WatchProgress
 
 __all__ = [
     "KV",
     "AsyncKV",
     "ClusterUnavailable",
+    "Compacted",
     "Consistency",
     "EndpointConfigError",
     "EndpointStatus",
@@ -36,7 +39,11 @@ __all__ = [
     "NodeStatus",
     "NotFound",
     "OutcomeUnknown",
+    "PrevValue",
     "PutResult",
     "RetryPolicy",
     "VersionMismatch",
+    "Watch",
+    "WatchEvent",
+    "WatchProgress",
 ]

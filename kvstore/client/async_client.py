@@ -48,6 +48,7 @@ from kvstore.client.http_session import single_send_session
 from kvstore.client.session import RetryPolicy, WriteSession
 from kvstore.client.transport import Answer, EndpointRouter
 from kvstore.client.types import EndpointStatus, KeyValue, MemberList, NodeStatus, PutResult
+from kvstore.client.watch import DEFAULT_GIVE_UP_AFTER, DEFAULT_IDLE_TIMEOUT, Watch
 
 __all__ = [
     "AsyncKV",
@@ -377,6 +378,35 @@ class AsyncKV:
             raise InvalidRequest(answer.error_message, status=answer.status, code=code)
         what = f"{code}: {answer.error_message}" if code else f"HTTP {answer.status}"
         raise KVError(f"{answer.endpoint} answered {what}", status=answer.status, code=code)
+
+    # ------------------------------------------------------------------ watch
+
+    def watch(
+        self,
+        *,
+        key: str | None = None,
+        prefix: str | None = None,
+        start_revision: int | None = None,
+        prev_kv: bool = False,
+        progress: bool = False,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        give_up_after: float = DEFAULT_GIVE_UP_AFTER,
+    ) -> Watch:
+        """Every change to `key` or under `prefix` from `start_revision` (default: the
+        next one), in revision order, across reconnects and nodes; raises `Compacted`
+        only when that history is gone (kvstore.client.watch). `async for` over it."""
+        return Watch(
+            self._ensure_http,
+            self._router,
+            key=key,
+            prefix=prefix,
+            start_revision=start_revision,
+            prev_kv=prev_kv,
+            progress=progress,
+            idle_timeout=idle_timeout,
+            give_up_after=give_up_after,
+            rng=self._rng,
+        )
 
     def _ensure_http(self) -> aiohttp.ClientSession:
         if self._closed:

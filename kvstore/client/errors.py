@@ -70,6 +70,16 @@ class OutcomeUnknown(KVError):
     """
 
 
+class Compacted(KVError):
+    """The changes asked for are older than the history the cluster keeps (410
+    `compacted`): list again (a range read) and watch from the revision it returns.
+    `compact_revision` is the oldest revision still readable."""
+
+    def __init__(self, message: str, compact_revision: int) -> None:
+        super().__init__(message, status=410, code="compacted")
+        self.compact_revision = compact_revision
+
+
 class EndpointConfigError(KVError):
     """No endpoints found: no argument, no KV_ENDPOINTS, no usable cluster.toml."""
 

@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 from kvstore.client.async_client import AsyncKV
+from kvstore.client.blocking_watch import BlockingWatch
 from kvstore.client.endpoints import EndpointsArg
 from kvstore.client.errors import KVError
 
@@ -78,6 +79,12 @@ class KV:
     add_member = _blocking(AsyncKV.add_member)
     remove_member = _blocking(AsyncKV.remove_member)
     snapshot = _blocking(AsyncKV.snapshot)
+
+    def watch(self, **options: Any) -> BlockingWatch:
+        """`AsyncKV.watch` as a blocking iterator (same keyword arguments)."""
+        if self._closed:
+            raise KVError("client is closed")
+        return BlockingWatch(self._async.watch(**options), self._loop)
 
     @property
     def client_id(self) -> str:

@@ -1,0 +1,67 @@
+"""`KV.watch`: the asyncio watch (kvstore.client.watch) as a plain iterator for threads.
+
+Each `next()` runs one step of the async watch on the `KV`'s private loop and waits for
+it, so the reconnect and resume logic exists once. A watch belongs to the thread that
+iterates it; other threads may keep using the same `KV` meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from kvstore.client.watch import Watch, WatchEvent, WatchProgress
+
+R = TypeVar("R")
+
+
+class BlockingWatch:
+    """Iterate for WatchEvent (and WatchProgress when asked); `close()` (or `with`)
+    ends it. `next_revision` is where it stands, as for the async watch."""
+
+    def __init__(self, watch: Watch, loop: asyncio.AbstractEventLoop) -> None:
+        self._watch, self._loop = watch, loop
+        self._closed = False
+
+    @property
+    def next_revision(self) -> int | None:
+        return self._watch.next_revision
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> WatchEvent | WatchProgress:
+        if self._closed:
+            raise StopIteration
+        try:
+            return self._run(self._watch.__anext__())
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def _run(self, coro: Coroutine[Any, Any, R]) -> R:
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # e.g. KeyboardInterrupt: do not leave the step running
+            raise
+
+    def close(self) -> None:
+        """Stop the watch and close its connection (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            if not self._loop.is_closed():
+                self._run(self._watch.aclose())
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
