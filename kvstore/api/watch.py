@@ -22,7 +22,6 @@ revision still readable: the client re-lists (a range read) and watches from the
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import re
 from dataclasses import dataclass
@@ -30,7 +29,16 @@ from typing import Any
 
 from aiohttp import web
 
-from kvstore.api.common import RUNTIME_KEY, BadRequest, check_query, error
+from kvstore.api.common import (
+    RUNTIME_KEY,
+    BadRequest,
+    error,
+    flag,
+    query_values,
+    text,
+    uint,
+)
+from kvstore.api.range import kv_json
 from kvstore.runtime.node import NodeRuntime
 from kvstore.runtime.watch_hub import (
     COMPACTED,
@@ -42,10 +50,8 @@ from kvstore.runtime.watch_hub import (
     Watcher,
 )
 from kvstore.state.history import Compacted, Event, EventKind
-from kvstore.state.types import KeyValue
 
 WATCH_PATH = "/v1/watch"
-ALLOWED = frozenset({"key", "prefix", "start_revision", "prev_kv", "wait"})
 MAX_WAIT_S = 300.0
 """Longest long poll; a client that wants longer simply polls again."""
 MAX_POLL_EVENTS = 1000
@@ -57,7 +63,6 @@ WRITE_TIMEOUT_S = 30.0
 RETRY_MS = 1000
 """What an EventSource waits before reconnecting on its own."""
 
-_UINT = re.compile(r"[0-9]{1,18}")
 _WAIT = re.compile(r"([0-9]{1,6}(?:\.[0-9]{1,3})?)s?")
 
 
@@ -70,65 +75,54 @@ class WatchRequest:
     """Seconds to wait in the long-poll form; None for a stream."""
 
 
+def _wait(raw: str) -> float:
+    """Seconds, optionally with an `s` (as Consul writes them), at most MAX_WAIT_S."""
+    match = _WAIT.fullmatch(raw)
+    if match is None or float(match.group(1)) > MAX_WAIT_S:
+        raise ValueError(f"expected seconds between 0 and {MAX_WAIT_S:g}, got {raw!r}")
+    return float(match.group(1))
+
+
+_QUERY = {
+    "key": text,
+    "prefix": text,
+    "start_revision": uint,
+    "prev_kv": flag,
+    "wait": _wait,
+}
+
+
 def parse_watch(request: web.Request, max_key_bytes: int) -> WatchRequest:
     """The query, strictly: exactly one of key/prefix, integers where integers go."""
-    check_query(request, ALLOWED)
-    query = request.query
-    key, prefix = query.get("key"), query.get("prefix")
+    q = query_values(request, _QUERY)
+    key, prefix = q.get("key"), q.get("prefix")
     if (key is None) == (prefix is None):
         raise BadRequest(400, "bad_query", "give exactly one of 'key' and 'prefix'")
-    name = key if key is not None else prefix
-    assert name is not None
-    if len(name.encode("utf-8")) > max_key_bytes:
+    if len((key or prefix or "").encode("utf-8", "surrogatepass")) > max_key_bytes:
         raise BadRequest(400, "key_too_large", f"the key or prefix exceeds {max_key_bytes} bytes")
     if key == "":
         raise BadRequest(400, "bad_key", "the key must not be empty (use prefix= for all keys)")
-    start = _uint(query.get("start_revision"), "start_revision")
-    last_id = _uint(request.headers.get("Last-Event-ID"), "Last-Event-ID")
-    if last_id is not None:  # what an EventSource saw last wins over its original URL
-        start = max(start or 0, last_id + 1)
+    start = q.get("start_revision")
+    raw_id = request.headers.get("Last-Event-ID")
+    if raw_id is not None:  # what an EventSource saw last wins over its original URL
+        try:
+            start = max(start or 0, uint(raw_id) + 1)
+        except ValueError as exc:
+            raise BadRequest(400, "bad_last_event_id", f"Last-Event-ID: {exc}") from None
     if start == 0:
         raise BadRequest(400, "bad_start_revision", "start_revision must be >= 1")
-    prev_kv = query.get("prev_kv", "false")
-    if prev_kv not in ("", "true", "1", "false", "0"):
-        raise BadRequest(400, "bad_prev_kv", "prev_kv must be true or false")
-    wait: float | None = None
-    raw_wait = query.get("wait")
-    if raw_wait is not None:
-        match = _WAIT.fullmatch(raw_wait)
-        if match is None or float(match.group(1)) > MAX_WAIT_S:
-            raise BadRequest(400, "bad_wait", f"wait must be seconds between 0 and {MAX_WAIT_S:g}")
-        wait = float(match.group(1))
-    with_prev = prev_kv in ("", "true", "1")
-    return WatchRequest(Selector(key=key, prefix=prefix), start, with_prev, wait)
-
-
-def _uint(raw: str | None, name: str) -> int | None:
-    if raw is None:
-        return None
-    if not _UINT.fullmatch(raw):
-        raise BadRequest(400, f"bad_{name.lower().replace('-', '_')}", f"{name} must be an integer")
-    return int(raw)
+    selector = Selector(key=key, prefix=prefix)
+    return WatchRequest(selector, start, q.get("prev_kv", False), q.get("wait"))
 
 
 # ---------------------------------------------------------------------- the JSON shape
 
 
-def kv_json(kv: KeyValue) -> dict[str, Any]:
-    """A key as JSON, the value in base64 (as range reads answer it)."""
-    return {
-        "key": kv.key,
-        "version": kv.version,
-        "create_revision": kv.create_revision,
-        "mod_revision": kv.mod_revision,
-        "value": base64.b64encode(kv.value).decode("ascii"),
-    }
-
-
 def event_json(event: Event, prev_kv: bool) -> dict[str, Any]:
-    out = {"type": "put" if event.kind is EventKind.PUT else "delete", **kv_json(event.kv)}
+    kind = "put" if event.kind is EventKind.PUT else "delete"
+    out = {"type": kind, **kv_json(event.kv, keys_only=False)}
     if prev_kv:
-        out["prev"] = None if event.prev is None else kv_json(event.prev)
+        out["prev"] = None if event.prev is None else kv_json(event.prev, keys_only=False)
     return out
 
 

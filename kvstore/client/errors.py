@@ -75,8 +75,15 @@ class Compacted(KVError):
     `compacted`): list again (a range read) and watch from the revision it returns.
     `compact_revision` is the oldest revision still readable."""
 
-    def __init__(self, message: str, compact_revision: int) -> None:
-        super().__init__(message, status=410, code="compacted")
+    def __init__(
+        self,
+        message: str,
+        *,
+        compact_revision: int = 0,
+        status: int | None = 410,
+        code: str | None = "compacted",
+    ) -> None:
+        super().__init__(message, status=status, code=code)
         self.compact_revision = compact_revision
 
 

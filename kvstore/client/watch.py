@@ -190,7 +190,8 @@ class Watch:
             return []
         if event == "cancelled":
             if body.get("reason") == "compacted":
-                raise Compacted(body.get("message", "compacted"), int(body["compact_revision"]))
+                message, compact = body.get("message", "compacted"), int(body["compact_revision"])
+                raise Compacted(message, compact_revision=compact)
             raise _Reconnect(f"stream cancelled: {body.get('reason')}")
         return []
 
@@ -204,7 +205,7 @@ async def _refuse(resp: aiohttp.ClientResponse) -> None:
     body = body if isinstance(body, dict) else {}
     message = str(body.get("message") or body.get("error") or f"HTTP {resp.status}")
     if resp.status == 410:
-        raise Compacted(message, int(body.get("compact_revision") or 0))
+        raise Compacted(message, compact_revision=int(body.get("compact_revision") or 0))
     if resp.status == 400:
         raise InvalidRequest(message, status=400, code=body.get("error"))
     raise _Reconnect(message)
