@@ -319,7 +319,9 @@ class AsyncKV:
         budget = self._timeout if timeout is None else timeout
         body = json.dumps({"id": node_id, "client_url": client_url, "peer_url": peer_url})
         path = f"{MEMBERS_PATH}?timeout={_server_wait(budget):g}"
-        answer = await self._call(_Request("POST", path, body=body.encode(), once=True), budget)
+        answer = await self._call(
+            _Request("POST", path, body=body.encode(), once=True, slow=True), budget
+        )
         self._raise_for_answer(answer, None)
         return MemberList.from_json(answer.json())
 
@@ -327,14 +329,14 @@ class AsyncKV:
         """Remove a member; the leader first hands its office over if it is the one removed."""
         budget = self._timeout if timeout is None else timeout
         path = f"{MEMBERS_PATH}/{quote(node_id, safe='')}?timeout={_server_wait(budget):g}"
-        answer = await self._call(_Request("DELETE", path, once=True), budget)
+        answer = await self._call(_Request("DELETE", path, once=True, slow=True), budget)
         self._raise_for_answer(answer, None)
         return MemberList.from_json(answer.json())
 
     async def snapshot(self, *, timeout: float | None = None) -> bytes:
         """A consistent backup of the whole state, taken by the leader (the backup format
         of kvstore.runtime.backup; `kv snapshot save` checks and stores it)."""
-        answer = await self._call(_Request("GET", SNAPSHOT_PATH), timeout)
+        answer = await self._call(_Request("GET", SNAPSHOT_PATH, slow=True), timeout)
         self._raise_for_answer(answer, None)
         return answer.body
 

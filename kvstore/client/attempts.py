@@ -42,6 +42,9 @@ class Request:
     once: bool = False
     """Not a write with a seq, yet not to be repeated once it may have reached a node
     (a membership change: a second copy would only queue behind the first)."""
+    slow: bool = False
+    """The answer may take longer than an attempt timeout (a catch-up the leader waits
+    for, a large snapshot): an attempt may use the whole budget. Hedging still applies."""
 
     @property
     def is_write(self) -> bool:
@@ -216,7 +219,9 @@ class Dispatcher:
                 request.path,
                 body=request.body,
                 headers=headers,
-                timeout=min(self.settings.attempt_timeout, remaining),
+                timeout=remaining
+                if request.slow
+                else min(self.settings.attempt_timeout, remaining),
                 connect_timeout=self.settings.connect_timeout,
             )
         )
