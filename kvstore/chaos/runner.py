@@ -39,7 +39,7 @@ from kvstore.chaos.nemesis import (
     named_schedule,
     random_schedule,
 )
-from kvstore.chaos.report import build_summary, plot_latency
+from kvstore.chaos.report import build_summary, is_available, plot_latency
 from kvstore.chaos.workload import Workload, WorkloadConfig
 from kvstore.config import Tuning, load_cluster_config
 
@@ -167,11 +167,11 @@ async def run_chaos(
         await cluster.stop()
 
     checks, explanation = _judge(ops, node_states, leader, opts.check_time_limit_s, reasons)
-    ok = sum(1 for op in ops if op.outcome == "ok")
+    ok = sum(1 for op in ops if is_available(op))
     if ok < opts.min_ok_ops or ok < opts.min_ok_share * max(1, len(ops)):
         reasons.append(
-            f"too few successful operations to judge: {ok} ok of {len(ops)} "
-            f"(need >= {opts.min_ok_ops} and >= {opts.min_ok_share:.0%})"
+            f"too few answered operations to judge: {ok} answered (ok or a definite no) "
+            f"of {len(ops)} (need >= {opts.min_ok_ops} and >= {opts.min_ok_share:.0%})"
         )
     verdict = "FAIL" if reasons else "PASS"
     summary = build_summary(

@@ -174,8 +174,9 @@ def chaos_command(
     click.echo(
         f"ops: {ops['total']} (ok {by['ok']}, fail {by['fail']}, unknown {by['unknown']}); "
         f"faults: {len(summary['faults'])} over {summary['faulted_seconds']:.1f} s; "
-        f"ok share during faults {_pct(avail['during_faults']['ok_share'])}, "
-        f"outside {_pct(avail['outside_faults']['ok_share'])}; "
+        f"available (ok or a definite no) during faults "
+        f"{_pct(avail['during_faults']['availability'])}, "
+        f"outside {_pct(avail['outside_faults']['availability'])}; "
         f"checker {checks['checker_seconds']:.2f} s"
     )
     click.echo(f"outputs: {result.run_dir}/ (history.jsonl, summary.json, latency.png)")
