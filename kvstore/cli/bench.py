@@ -1,8 +1,10 @@
 """`kv bench`: a time-bounded load generator for this store or, for comparison, etcd.
 
 Loads are bounded on purpose: a run lasts `--duration` seconds (at most an
-hour) plus the per-operation timeout, and only loopback URLs are accepted, so
-the command cannot be turned on someone else's service by a typo.
+hour) plus the per-operation timeout, and only loopback URLs are accepted unless
+`--allow-remote` says otherwise, so the command cannot be turned on someone
+else's service by a typo. A run writes under its own prefix (bench/<run id>/)
+and deletes its keys at the end (unless `--keep-keys`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -17,7 +20,7 @@ from typing import Any
 
 import click
 
-from kvstore.cli.bench_worker import BenchSpec, prefill, run_workers
+from kvstore.cli.bench_worker import BenchSpec, cleanup, prefill, run_workers
 from kvstore.cli.client_commands import EXIT_UNAVAILABLE, fail
 from kvstore.client.endpoints import is_loopback_url, resolve_endpoints, split_endpoints
 from kvstore.client.errors import KVError
@@ -61,8 +64,10 @@ class ProgressBar:
             sys.stderr.flush()
 
 
-def bench_endpoints(target: str, endpoints: str | None, config: Path | None) -> list[str]:
-    """Find the URLs to load and refuse any that is not on this machine."""
+def bench_endpoints(
+    target: str, endpoints: str | None, config: Path | None, allow_remote: bool = False
+) -> list[str]:
+    """Find the URLs to load and refuse any that is not on this machine (unless allowed)."""
     try:
         if target == "etcd":
             urls = split_endpoints(endpoints or DEFAULT_ETCD_ENDPOINTS)
@@ -71,11 +76,11 @@ def bench_endpoints(target: str, endpoints: str | None, config: Path | None) -> 
     except KVError as exc:
         fail(EXIT_UNAVAILABLE, exc.message)
     remote = [url for url in urls if not is_loopback_url(url)]
-    if remote:
+    if remote and not allow_remote:
         fail(
             EXIT_UNAVAILABLE,
             f"refusing to load non-loopback endpoints {', '.join(remote)}: "
-            "kv bench only targets 127.0.0.1 / localhost",
+            "kv bench targets 127.0.0.1 / localhost unless --allow-remote is given",
         )
     return urls
 
@@ -159,6 +164,16 @@ def bench_endpoints(target: str, endpoints: str | None, config: Path | None) -> 
     show_default=True,
     help="Seconds one operation may take, retries included.",
 )
+@click.option(
+    "--allow-remote",
+    is_flag=True,
+    help="Also load endpoints that are not on this machine (a staging cluster, say).",
+)
+@click.option(
+    "--keep-keys",
+    is_flag=True,
+    help="Leave the run's keys (bench/<run id>/...) in place instead of deleting them.",
+)
 @click.option("--seed", type=int, default=None, help="Seed of the key and op choices.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option(
@@ -180,6 +195,8 @@ def bench_command(
     endpoints: str | None,
     config: Path | None,
     timeout: float,
+    allow_remote: bool,
+    keep_keys: bool,
     seed: int | None,
     as_json: bool,
     progress: bool | None,
@@ -187,7 +204,7 @@ def bench_command(
     """Load the cluster (or a local etcd) for a fixed time; report ops/s and latencies."""
     spec = BenchSpec(
         target=target,
-        endpoints=tuple(bench_endpoints(target, endpoints, config)),
+        endpoints=tuple(bench_endpoints(target, endpoints, config, allow_remote)),
         workload=workload,
         concurrency=concurrency,
         duration=duration,
@@ -197,14 +214,19 @@ def bench_command(
         read_fraction=read_fraction,
         timeout=timeout,
         seed=random.randrange(2**32) if seed is None else seed,
+        prefix=f"bench/{secrets.token_hex(4)}/",
     )
-    if prefill and workload != "write":
-        _prefill(spec)
-    bar = ProgressBar(duration, sys.stderr.isatty() if progress is None else progress)
     try:
-        result, failures = run_workers(spec, processes, bar.update)
+        if prefill and workload != "write":
+            _prefill(spec)
+        bar = ProgressBar(duration, sys.stderr.isatty() if progress is None else progress)
+        try:
+            result, failures = run_workers(spec, processes, bar.update)
+        finally:
+            bar.close()
     finally:
-        bar.close()
+        if not keep_keys:
+            _cleanup(spec)
     for failure in failures:
         click.echo(f"kv bench: worker failed: {failure}", err=True)
     settings: dict[str, Any] = {
@@ -222,6 +244,24 @@ def bench_command(
         fail(
             EXIT_UNAVAILABLE,
             "no operation succeeded: is the cluster up at " + ",".join(spec.endpoints) + "?",
+        )
+
+
+def _cleanup(spec: BenchSpec) -> None:
+    """Delete the run's keys; say on stderr what is left if that fails."""
+    if spec.keys > MAX_PREFILL_KEYS:
+        click.echo(
+            f"kv bench: keys under {spec.prefix} left in place: {spec.keys} keys are too "
+            "many to delete one by one",
+            err=True,
+        )
+        return
+    deleted, error = asyncio.run(cleanup(spec, max(60.0, spec.duration)))
+    if error is not None or deleted < spec.keys:
+        click.echo(
+            f"kv bench: could not delete every key under {spec.prefix} "
+            f"({error or 'out of time'}; {deleted} of {spec.keys} done)",
+            err=True,
         )
 
 

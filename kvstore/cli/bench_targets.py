@@ -31,6 +31,10 @@ class Target(Protocol):
         """Read a key; False when it does not exist."""
         ...
 
+    async def delete(self, key: str) -> None:
+        """Delete a key; a key that does not exist is no error."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -57,6 +61,14 @@ class KvTarget:
         except KVError as exc:
             raise BenchOpError(type(exc).__name__) from exc
         return True
+
+    async def delete(self, key: str) -> None:
+        try:
+            await self._kv.delete(key)
+        except NotFound:
+            return
+        except KVError as exc:
+            raise BenchOpError(type(exc).__name__) from exc
 
     async def close(self) -> None:
         await self._kv.close()
@@ -89,6 +101,9 @@ class EtcdTarget:
             payload["serializable"] = True
         body = await self._post("/v3/kv/range", payload)
         return bool(body.get("kvs"))
+
+    async def delete(self, key: str) -> None:
+        await self._post("/v3/kv/deleterange", {"key": _b64(key.encode())})
 
     async def close(self) -> None:
         if self._http is not None:

@@ -17,7 +17,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -44,6 +44,9 @@ class BenchSpec:
     read_fraction: float
     timeout: float
     seed: int
+    prefix: str = "bench/"
+    """Every key of the run starts with it: run-specific, so the run's keys can be
+    told apart from anything else in the cluster and removed at the end."""
 
 
 class CounterLike(Protocol):
@@ -59,8 +62,8 @@ class _Counter:
         self.value = 0
 
 
-def key_name(index: int) -> str:
-    return f"bench/{index:08d}"
+def key_name(spec: BenchSpec, index: int) -> str:
+    return f"{spec.prefix}{index:08d}"
 
 
 def _target(spec: BenchSpec) -> Target:
@@ -86,7 +89,7 @@ async def run_load(spec: BenchSpec, counter: CounterLike, worker_index: int) -> 
 
     async def one_stream(rng: random.Random) -> None:
         while loop.time() < deadline:
-            key = key_name(rng.randrange(spec.keys))
+            key = key_name(spec, rng.randrange(spec.keys))
             op = "read" if rng.random() < read_fraction else "write"
             began = time.perf_counter()
             try:
@@ -111,32 +114,44 @@ async def run_load(spec: BenchSpec, counter: CounterLike, worker_index: int) -> 
 
 
 async def prefill(spec: BenchSpec, limit_s: float) -> tuple[int, str | None]:
-    """Write every key once so reads measure hits.
+    """Write every key once so reads measure hits (see `_every_key`)."""
+    value = random.Random(spec.seed).randbytes(spec.value_size)
+    return await _every_key(spec, limit_s, lambda target, key: target.put(key, value))
 
-    Returns how many keys were written and the first error: the first failure
-    stops the prefill, so a cluster that is down is reported in seconds.
+
+async def cleanup(spec: BenchSpec, limit_s: float) -> tuple[int, str | None]:
+    """Delete every key of the run's key space, so a benchmark leaves nothing behind."""
+    return await _every_key(spec, limit_s, lambda target, key: target.delete(key))
+
+
+async def _every_key(
+    spec: BenchSpec, limit_s: float, action: Callable[[Target, str], Awaitable[None]]
+) -> tuple[int, str | None]:
+    """Apply `action` to every key of the key space, `concurrency` at a time.
+
+    Returns how many keys were done and the first error: the first failure stops the
+    pass, so a cluster that is down is reported in seconds.
     """
     target = _target(spec)
-    value = random.Random(spec.seed).randbytes(spec.value_size)
     next_key = 0
     done = 0
     error: str | None = None
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit_s
 
-    async def writer() -> None:
+    async def worker() -> None:
         nonlocal next_key, done, error
         while next_key < spec.keys and error is None and loop.time() < deadline:
             index, next_key = next_key, next_key + 1
             try:
-                await target.put(key_name(index), value)
+                await action(target, key_name(spec, index))
             except BenchOpError as exc:
                 error = error or exc.kind
             else:
                 done += 1
 
     try:
-        await asyncio.gather(*(writer() for _ in range(min(spec.concurrency, spec.keys))))
+        await asyncio.gather(*(worker() for _ in range(min(spec.concurrency, spec.keys))))
     finally:
         await target.close()
     return done, error

@@ -795,7 +795,11 @@ def test_bench_kv_mixed_json() -> None:
         assert report["not_found"] == 0  # prefilled
         assert report["errors"] == {}
         assert set(report["latency_ms"]) == {"p50", "p90", "p99", "max", "mean"}
-        assert len(cluster.store) == 20
+        written = {s.raw_path for s in cluster.kv_requests("PUT")}
+        prefixes = {path.rsplit("%2F", 1)[0] for path in written}
+        assert len(written) == 20 and len(prefixes) == 1  # bench/<run id>/00000000..19
+        assert cluster.store == {}  # and deleted at the end
+        assert {s.raw_path for s in cluster.kv_requests("DELETE")} == written
 
 
 @dataclass
@@ -804,6 +808,7 @@ class FakeEtcd:
 
     store: dict[str, str] = field(default_factory=dict)
     serializable: list[bool] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
 
     def app(self) -> web.Application:
         async def put(request: web.Request) -> web.Response:
@@ -818,9 +823,16 @@ class FakeEtcd:
                 return web.json_response({"kvs": [{"key": body["key"]}], "count": "1"})
             return web.json_response({"header": {}})
 
+        async def delete_range(request: web.Request) -> web.Response:
+            body = await request.json()
+            self.deleted.append(body["key"])
+            self.store.pop(body["key"], None)
+            return web.json_response({"header": {}})
+
         app = web.Application()
         app.router.add_post("/v3/kv/put", put)
         app.router.add_post("/v3/kv/range", range_)
+        app.router.add_post("/v3/kv/deleterange", delete_range)
         return app
 
 
@@ -856,7 +868,9 @@ def test_bench_etcd_target_stale_reads_text_output() -> None:
         loop.close()
     assert result.exit_code == 0, result.output
     assert "ops/s" in result.stdout and "p99" in result.stdout
-    assert base64.b64encode(b"bench/00000004").decode() in etcd.store
+    keys = [base64.b64decode(key) for key in etcd.deleted]
+    assert len(keys) == 5 and all(k.startswith(b"bench/") for k in keys)
+    assert keys[4].endswith(b"/00000004") and etcd.store == {}
     assert etcd.serializable and all(etcd.serializable)
 
 
