@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
+from json_errors import json_errors
 
 from kvstore import AsyncKV, ClusterUnavailable, NotFound, OutcomeUnknown, VersionMismatch
 
@@ -63,10 +64,17 @@ def quantity(request: web.Request, body: dict[str, Any] | None = None) -> int:
     try:
         qty = int(raw)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise web.HTTPBadRequest(text='{"error": "qty must be an integer"}') from None
+        raise bad_request("qty must be an integer") from None
     if qty < 0:
-        raise web.HTTPBadRequest(text='{"error": "qty must be >= 0"}')
+        raise bad_request("qty must be >= 0")
     return qty
+
+
+def bad_request(message: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(
+        text=json.dumps({"error": "bad_quantity", "message": message}),
+        content_type="application/json",
+    )
 
 
 def kv_unavailable(exc: Exception) -> web.Response:
@@ -136,7 +144,7 @@ async def health(request: web.Request) -> web.Response:
 
 
 def make_app(endpoints: str | None = None, config: str | None = None) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[json_errors])
 
     async def kv_client(app: web.Application) -> AsyncIterator[None]:
         async with AsyncKV(endpoints, config=config) as kv:

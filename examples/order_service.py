@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from json_errors import json_errors
 
 from kvstore import AsyncKV, ClusterUnavailable, NotFound, OutcomeUnknown
 
@@ -101,7 +102,7 @@ async def health(request: web.Request) -> web.Response:
 def make_app(
     inventory_url: str, endpoints: str | None = None, config: str | None = None
 ) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[json_errors])
     app[INVENTORY_KEY] = inventory_url.rstrip("/")
 
     async def clients(app: web.Application) -> AsyncIterator[None]:

@@ -106,6 +106,20 @@ async def test_concurrent_orders_never_oversell(
             assert r.status == 200, await r.text()
         async with http.post(f"{order_url}/orders", json={"sku": "nope", "qty": 1}) as r:
             assert r.status == 404
+        # Every answer is JSON, refusals and unknown routes included.
+        for method, url in [
+            ("POST", f"{inventory_url}/reserve/widget?qty=x"),
+            ("POST", f"{inventory_url}/stock/widget?qty=-1"),
+            ("GET", f"{inventory_url}/no/such/route"),
+            ("GET", f"{order_url}/no/such/route"),
+            ("POST", f"{order_url}/orders/x"),
+        ]:
+            async with http.request(method, url) as r:
+                assert r.status in (400, 404, 405), (url, r.status)
+                assert r.content_type == "application/json", (url, await r.text())
+                assert "error" in await r.json()
+        async with http.post(f"{inventory_url}/stock/widget", data=b"{not json") as r:
+            assert (r.status, r.content_type) == (400, "application/json")
 
         async def place(qty: int) -> tuple[int, dict[str, object]]:
             async with http.post(f"{order_url}/orders", json={"sku": "widget", "qty": qty}) as r:
