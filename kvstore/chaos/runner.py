@@ -40,6 +40,7 @@ from kvstore.chaos.nemesis import (
     random_schedule,
 )
 from kvstore.chaos.report import build_summary, is_available, plot_latency
+from kvstore.chaos.watchers import WATCH_TUNING, Watchers, check_watchers, read_history
 from kvstore.chaos.workload import Workload, WorkloadConfig
 from kvstore.config import Tuning, load_cluster_config
 
@@ -69,6 +70,8 @@ class RunOptions:
     min_ok_share: float = 0.30
     leader_timeout_s: float = 30.0
     recovery_timeout_s: float = 30.0
+    workload: str = "kv"
+    """"watch": also run watchers (kvstore.chaos.watchers) and check their streams."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,8 @@ async def run_chaos(
         layout, tuning = layout_from_config(load_cluster_config(opts.config_path))
     else:
         layout, tuning = fresh_layout(opts.nodes), dict(CHAOS_TUNING)
+    if opts.workload == "watch":
+        tuning = {**WATCH_TUNING, **tuning}
     run_dir.mkdir(parents=True, exist_ok=True)
     if opts.schedule:
         schedule = named_schedule(opts.schedule, seed, opts.duration)
@@ -149,24 +154,38 @@ async def run_chaos(
     now = monotonic_clock()
     nemesis = Nemesis(cluster, schedule, now)
     end_of_run = 0.0
+    watchers: Watchers | None = None
+    watch_stats: dict[str, Any] | None = None
     try:
         await cluster.start()
         if await _started(cluster, opts.leader_timeout_s, reasons):
             now = nemesis.now = monotonic_clock()  # time 0 = the workload's start
-            workload = Workload([cluster.client_url(n) for n in cluster.ids], now, wl_config)
+            urls = [cluster.client_url(n) for n in cluster.ids]
+            workload = Workload(urls, now, wl_config)
             ops = workload.ops
+            if opts.workload == "watch":
+                watchers = Watchers(urls, seed)
+                watchers.start()
             end_of_run = await _play(opts, workload, nemesis, now, progress)
             try:
                 statuses = await cluster.wait_recovered(opts.recovery_timeout_s)
                 leader = next(iter(statuses.values())).get("leader")
                 node_states = await _final_states(cluster, list(wl_config.keys))
+                if watchers is not None:
+                    watch_stats = await _judge_watchers(
+                        cluster, watchers, ops, node_states, leader, reasons
+                    )
             except (TimeoutError, RuntimeError, OSError, aiohttp.ClientError) as exc:
                 reasons.append(f"no recovery after healing: {exc}")
                 await _dump_state(cluster, run_dir / "stuck-state.json")
     finally:
+        if watchers is not None:
+            await watchers.stop()
         await cluster.stop()
 
     checks, explanation = _judge(ops, node_states, leader, opts.check_time_limit_s, reasons)
+    if watch_stats is not None:
+        checks["watch"] = watch_stats
     ok = sum(1 for op in ops if is_available(op))
     if ok < opts.min_ok_ops or ok < opts.min_ok_share * max(1, len(ops)):
         reasons.append(
@@ -221,6 +240,32 @@ async def _play(
         await nemesis.heal_all()
         await asyncio.wait_for(wl_task, workload.config.op_timeout_s + 10.0)
     return now()
+
+
+async def _judge_watchers(
+    cluster: LocalCluster,
+    watchers: Watchers,
+    ops: list[Operation],
+    node_states: NodeStates,
+    leader: str | None,
+    reasons: list[str],
+) -> dict[str, Any]:
+    """After recovery: let the watchers catch up, then compare them with the history
+    every node holds (kvstore.chaos.watchers). Returns what the summary shows of it."""
+    histories = {}
+    for node_id in cluster.ids:
+        _, histories[node_id] = await read_history(cluster.session, cluster.client_url(node_id))
+    last = max((c[0] for h in histories.values() for c in h), default=0)
+    await watchers.caught_up(last, timeout=30.0)
+    final = node_states.get(leader or "", next(iter(node_states.values()), {}))
+    problems = watchers.errors + check_watchers(histories, watchers.streams, ops, final)
+    reasons += [f"watch: {p}" for p in problems]
+    return {
+        "history_revision": last,
+        "changes_received": [len(s) for s in watchers.streams],
+        "reconnects": watchers.reconnects,
+        "problems": problems,
+    }
 
 
 async def _dump_state(cluster: LocalCluster, path: Path) -> None:

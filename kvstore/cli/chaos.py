@@ -85,6 +85,14 @@ class _ProgressLine:
     help="A named schedule instead: mixed, leader-churn, partitions, flaky-network.",
 )
 @click.option("--seed", type=int, default=None, help="Seed of the schedule and workload.")
+@click.option(
+    "--workload",
+    type=click.Choice(["kv", "watch"]),
+    default="kv",
+    show_default=True,
+    help="watch: also follow every change with watchers on several nodes and check that "
+    "each one saw exactly the committed history.",
+)
 @click.option("--clients", type=click.IntRange(min=1), default=6, show_default=True)
 @click.option(
     "--nodes",
@@ -119,6 +127,7 @@ def chaos_command(
     kinds: str,
     schedule: str | None,
     seed: int | None,
+    workload: str,
     clients: int,
     nodes: int,
     out_dir: Path | None,
@@ -154,6 +163,7 @@ def chaos_command(
         out_dir=out_dir,
         extra_env=_parse_env(node_env),
         rate_per_client=rate,
+        workload=workload,
     )
     line = _ProgressLine()
     try:
@@ -179,9 +189,16 @@ def chaos_command(
         f"outside {_pct(avail['outside_faults']['availability'])}; "
         f"checker {checks['checker_seconds']:.2f} s"
     )
+    watch = checks.get("watch")
+    if watch is not None:
+        click.echo(
+            f"watchers: {watch['changes_received']} changes received of "
+            f"{watch['history_revision']} revisions, reconnects {watch['reconnects']}"
+        )
     click.echo(f"outputs: {result.run_dir}/ (history.jsonl, summary.json, latency.png)")
     if result.passed:
-        click.echo("PASS: linearizable, converged, every acknowledged write accounted for")
+        extra = "; every watcher saw exactly the committed history" if watch else ""
+        click.echo(f"PASS: linearizable, converged, every acknowledged write accounted for{extra}")
         return
     for reason in result.reasons:
         click.echo(f"FAIL: {reason}")

@@ -110,6 +110,8 @@ class Watch:
         self._rng = rng or random.Random()
         self._cursor = self._rng.randrange(len(router.endpoints))  # spread watchers over nodes
         self._heard = False
+        self.reconnects = 0
+        """How many times the stream was resumed (on another node, or the same)."""
         self._items = self._run()
 
     def __aiter__(self) -> Watch:
@@ -145,6 +147,7 @@ class Watch:
             failing_since = now if failing_since is None else failing_since
             if now - failing_since > self._give_up_after:
                 raise ClusterUnavailable(f"watch could not continue; last error: {last_error}")
+            self.reconnects += 1
             if failures:
                 delay = min(_BACKOFF_MAX, 0.05 * 2**failures)
                 await asyncio.sleep(delay * (0.5 + self._rng.random()))
