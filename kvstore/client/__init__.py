@@ -15,10 +15,13 @@ from kvstore.client.errors import (
     NoLeader,
     NotFound,
     OutcomeUnknown,
+    RevisionMismatch,
     VersionMismatch,
 )
+from kvstore.client.ranges import RangeIterator
 from kvstore.client.session import RetryPolicy
 from kvstore.client.sync_client import KV
+from kvstore.client.txn import Cmp, Compare, Deleted, Op, RangePage, TxnBuilder, TxnResponse
 from kvstore.client.types import EndpointStatus, KeyValue, MemberList, NodeStatus, PutResult
 from kvstore.client.watch import PrevValue, Watch, WatchEvent, WatchProgress
 
@@ -26,8 +29,11 @@ __all__ = [
     "KV",
     "AsyncKV",
     "ClusterUnavailable",
+    "Cmp",
     "Compacted",
+    "Compare",
     "Consistency",
+    "Deleted",
     "EndpointConfigError",
     "EndpointStatus",
     "InvalidRequest",
@@ -38,10 +44,16 @@ __all__ = [
     "NoLeader",
     "NodeStatus",
     "NotFound",
+    "Op",
     "OutcomeUnknown",
     "PrevValue",
     "PutResult",
+    "RangeIterator",
+    "RangePage",
     "RetryPolicy",
+    "RevisionMismatch",
+    "TxnBuilder",
+    "TxnResponse",
     "VersionMismatch",
     "Watch",
     "WatchEvent",

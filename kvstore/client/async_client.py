@@ -26,11 +26,12 @@ import os
 import random
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, Unpack
 from urllib.parse import quote
 
 import aiohttp
 
+from kvstore.client.answers import raise_for_answer
 from kvstore.client.attempts import UNAVAILABLE, AttemptSettings, Dispatcher
 from kvstore.client.attempts import Request as _Request
 from kvstore.client.endpoints import EndpointsArg, resolve_endpoints
@@ -38,15 +39,24 @@ from kvstore.client.errors import (
     ClusterUnavailable,
     InvalidRequest,
     KVError,
-    MemberUnreachable,
     NoLeader,
     NotFound,
     OutcomeUnknown,
+    RevisionMismatch,
     VersionMismatch,
 )
 from kvstore.client.http_session import single_send_session
+from kvstore.client.paths import Value, as_bytes, key_path, prev_query
+from kvstore.client.ranges import (
+    DEFAULT_PAGE_SIZE,
+    Pager,
+    RangeIterator,
+    RangeOptions,
+    RangeSpec,
+)
 from kvstore.client.session import RetryPolicy, WriteSession
 from kvstore.client.transport import Answer, EndpointRouter
+from kvstore.client.txn import Document, RangePage, TxnBuilder, TxnResponse, writes
 from kvstore.client.types import EndpointStatus, KeyValue, MemberList, NodeStatus, PutResult
 from kvstore.client.watch import DEFAULT_GIVE_UP_AFTER, DEFAULT_IDLE_TIMEOUT, Watch
 
@@ -63,16 +73,17 @@ __all__ = [
     "OutcomeUnknown",
     "PutResult",
     "RetryPolicy",
+    "RevisionMismatch",
     "VersionMismatch",
 ]
 
 Consistency = Literal["linearizable", "stale"]
-Value = bytes | bytearray | memoryview | str
 UpdateFn = Callable[[bytes | None], bytes | str | Awaitable[bytes | str]]
 
 MEMBERS_PATH = "/v1/members"
 SNAPSHOT_PATH = "/v1/snapshot"
 NOT_OURS = "not a pyraftkv endpoint (its answer lacks the pyraftkv headers)"
+_MISSING: Any = object()
 
 DEFAULT_TIMEOUT = 15.0
 DEFAULT_ATTEMPT_TIMEOUT = 6.0  # a little above the server's 5 s request timeout, so its 504 wins
@@ -162,9 +173,15 @@ class AsyncKV:
     # ------------------------------------------------------------------- reads
 
     async def get(
-        self, key: str, consistency: Consistency = "linearizable", *, timeout: float | None = None
+        self,
+        key: str,
+        consistency: Consistency = "linearizable",
+        *,
+        default: Any = _MISSING,
+        timeout: float | None = None,
     ) -> KeyValue:
-        """Read a key; raises `NotFound` when it does not exist.
+        """Read a key; raises `NotFound` when it does not exist, unless a `default` is
+        given, which is then returned instead.
 
         "stale" reads are served by whichever node is asked, without a quorum
         check, so they spread over all nodes but may lag behind recent writes.
@@ -172,11 +189,13 @@ class AsyncKV:
         if consistency not in ("linearizable", "stale"):
             raise InvalidRequest(f"consistency must be 'linearizable' or 'stale': {consistency!r}")
         stale = consistency == "stale"
-        path = _key_path(key) + ("?consistency=stale" if stale else "")
+        path = key_path(key) + ("?consistency=stale" if stale else "")
         answer = await self._call(_Request("GET", path, stale=stale), timeout)
         if answer.status == 404 and answer.error_code == "not_found":
+            if default is not _MISSING:
+                return default  # type: ignore[no-any-return]
             raise NotFound(key)
-        self._raise_for_answer(answer, key)
+        raise_for_answer(answer, key)
         if "X-KV-Version" not in answer.headers:
             raise ClusterUnavailable(f"{answer.endpoint}: {NOT_OURS}")
         return KeyValue(
@@ -184,7 +203,72 @@ class AsyncKV:
             value=answer.body,
             version=int(answer.headers.get("X-KV-Version", 0)),
             mod_revision=int(answer.headers.get("X-KV-Mod-Revision", 0)),
+            create_revision=int(answer.headers.get("X-KV-Create-Revision", 0)),
         )
+
+    async def range_page(
+        self,
+        *,
+        limit: int | None = None,
+        continue_token: str | None = None,
+        timeout: float | None = None,
+        **options: Unpack[RangeOptions],
+    ) -> RangePage:
+        """One page of a range read: `prefix=`, or `start=` to `end=` exclusive (no end:
+        to the last key); `keys_only`, `count_only`, `newest_first`, `revision`,
+        `consistency`. `RangePage.next` asks for the following page at the same
+        revision. Raises `Compacted` for a revision older than the retained history."""
+        return await self._page(RangeSpec.of(options), limit, continue_token, timeout)
+
+    def range(
+        self,
+        start: str | None = None,
+        end: str | None = None,
+        *,
+        limit: int | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        timeout: float | None = None,
+        **options: Unpack[RangeOptions],
+    ) -> RangeIterator:
+        """`async for kv in kv.range("a", "m")` (no range: every key), options as for
+        `range_page`: a page at a time, all pages at ONE revision (the iterator's
+        `.revision`), at most `limit` keys. `timeout` bounds each page."""
+        if start is None and options.get("prefix") is None:
+            start = ""
+        spec = RangeSpec.of({**options, "start": start, "end": end})
+        return RangeIterator(
+            lambda p: self._page(spec, p.next_limit, p.token, timeout), Pager(limit, page_size)
+        )
+
+    async def _page(
+        self, spec: RangeSpec, limit: int | None, token: str | None, timeout: float | None
+    ) -> RangePage:
+        request = _Request("GET", spec.path(limit, token), stale=spec.stale)
+        answer = await self._call(request, timeout)
+        raise_for_answer(answer, None)
+        return RangePage.from_json(answer.json())
+
+    def get_prefix(self, prefix: str, **options: Any) -> RangeIterator:
+        """`async for kv in kv.get_prefix("orders/")`: `range(prefix=...)`."""
+        return self.range(prefix=prefix, **options)
+
+    # ------------------------------------------------------------------ transactions
+
+    def txn(self) -> TxnBuilder[Awaitable[TxnResponse]]:
+        """`await kv.txn().if_(...).then(...).else_(...).commit()`; see kvstore.client.txn."""
+        return TxnBuilder(lambda doc, timeout: self.run_txn(doc, timeout=timeout))
+
+    async def run_txn(self, document: Document, *, timeout: float | None = None) -> TxnResponse:
+        """Send a transaction document (the JSON of POST /v1/txn). One with writes is
+        exactly-once like a put; a failed compare is `succeeded=False`, not an error."""
+        body = json.dumps(document).encode()
+        request = _Request("POST", "/v1/txn", body=body)
+        if writes(document):
+            answer = await self._write(request, "", timeout)
+        else:
+            answer = await self._call(request, timeout)
+            raise_for_answer(answer, None)
+        return TxnResponse.from_json(answer.json())
 
     # ------------------------------------------------------------------ writes
 
@@ -194,11 +278,14 @@ class AsyncKV:
         value: Value,
         prev_version: int | None = None,
         *,
+        prev_revision: int | None = None,
         timeout: float | None = None,
     ) -> PutResult:
-        """Write a value; with `prev_version` it is a compare-and-set (0 = create only)."""
-        path = _key_path(key) + _prev_query(prev_version)
-        data = _as_bytes(value)
+        """Write a value. With `prev_revision` it is a compare-and-set on the key's
+        mod_revision (0 = create only), safe against a delete and re-create in between;
+        `prev_version` compares the version, which restarts at 1 on re-creation (ABA)."""
+        path = key_path(key) + prev_query(prev_version, prev_revision)
+        data = as_bytes(value)
         answer = await self._write(_Request("PUT", path, body=data), key, timeout)
         body = answer.json()
         return PutResult(int(body.get("revision", 0)), int(body.get("version", 0)))
@@ -210,10 +297,16 @@ class AsyncKV:
         return await self.put(key, value, prev_version=prev_version, timeout=timeout)
 
     async def delete(
-        self, key: str, prev_version: int | None = None, *, timeout: float | None = None
+        self,
+        key: str,
+        prev_version: int | None = None,
+        *,
+        prev_revision: int | None = None,
+        timeout: float | None = None,
     ) -> int:
-        """Delete a key and return the new revision; raises `NotFound` when it is missing."""
-        path = _key_path(key) + _prev_query(prev_version)
+        """Delete a key and return the new revision; raises `NotFound` when it is missing.
+        `prev_revision` / `prev_version` make it conditional, as for `put`."""
+        path = key_path(key) + prev_query(prev_version, prev_revision)
         answer = await self._write(_Request("DELETE", path), key, timeout)
         return int(answer.json().get("revision", 0))
 
@@ -259,7 +352,7 @@ class AsyncKV:
         """The /v1/status of `endpoint` (one attempt), or of any reachable node when None."""
         pinned = endpoint.rstrip("/") if endpoint else None
         answer = await self._call(_Request("GET", "/v1/status", pinned=pinned), timeout)
-        self._raise_for_answer(answer, None)
+        raise_for_answer(answer, None)
         return self._learn_status(answer)
 
     async def cluster_status(self, *, timeout: float = 2.0) -> list[EndpointStatus]:
@@ -304,7 +397,7 @@ class AsyncKV:
         """The members as the leader sees them (with `stale`, as the node asked sees them)."""
         path = MEMBERS_PATH + ("?consistency=stale" if stale else "")
         answer = await self._call(_Request("GET", path, stale=stale), timeout)
-        self._raise_for_answer(answer, None)
+        raise_for_answer(answer, None)
         return MemberList.from_json(answer.json())
 
     async def add_member(
@@ -322,7 +415,7 @@ class AsyncKV:
         answer = await self._call(
             _Request("POST", path, body=body.encode(), once=True, slow=True), budget
         )
-        self._raise_for_answer(answer, None)
+        raise_for_answer(answer, None)
         return MemberList.from_json(answer.json())
 
     async def remove_member(self, node_id: str, *, timeout: float | None = None) -> MemberList:
@@ -330,14 +423,14 @@ class AsyncKV:
         budget = self._timeout if timeout is None else timeout
         path = f"{MEMBERS_PATH}/{quote(node_id, safe='')}?timeout={_server_wait(budget):g}"
         answer = await self._call(_Request("DELETE", path, once=True, slow=True), budget)
-        self._raise_for_answer(answer, None)
+        raise_for_answer(answer, None)
         return MemberList.from_json(answer.json())
 
     async def snapshot(self, *, timeout: float | None = None) -> bytes:
         """A consistent backup of the whole state, taken by the leader (the backup format
         of kvstore.runtime.backup; `kv snapshot save` checks and stores it)."""
         answer = await self._call(_Request("GET", SNAPSHOT_PATH, slow=True), timeout)
-        self._raise_for_answer(answer, None)
+        raise_for_answer(answer, None)
         return answer.body
 
     # --------------------------------------------------------------- internals
@@ -351,7 +444,7 @@ class AsyncKV:
             self._session_state.finish(request.seq)
         if answer.status == 404 and answer.error_code == "not_found":
             raise NotFound(key)
-        self._raise_for_answer(answer, key)
+        raise_for_answer(answer, key)
         return answer
 
     async def _call(self, request: _Request, timeout: float | None) -> Answer:
@@ -360,26 +453,6 @@ class AsyncKV:
 
     def _learn_status(self, answer: Answer) -> NodeStatus:
         return self._dispatch.learn_status(answer)
-
-    def _raise_for_answer(self, answer: Answer, key: str | None) -> None:
-        """Turn a definite non-200 answer into its typed error."""
-        if answer.status == 200:
-            return
-        code = answer.error_code
-        if answer.status == 409 and code == "version_mismatch":
-            raise VersionMismatch(key or "", int(answer.json().get("version") or 0))
-        if answer.status == 409 and code == "session_expired":
-            raise OutcomeUnknown(
-                "the cluster forgot this client's session; the write's outcome is unknown",
-                status=409,
-                code=code,
-            )
-        if answer.status == 409 and code == "member_unreachable":
-            raise MemberUnreachable(answer.error_message, status=409, code=code)
-        if answer.status in (400, 413):
-            raise InvalidRequest(answer.error_message, status=answer.status, code=code)
-        what = f"{code}: {answer.error_message}" if code else f"HTTP {answer.status}"
-        raise KVError(f"{answer.endpoint} answered {what}", status=answer.status, code=code)
 
     # ------------------------------------------------------------------ watch
 
@@ -423,26 +496,3 @@ def _server_wait(budget: float) -> float:
     """How long the leader may work on a membership change within a call of `budget`
     seconds: less, so its answer (even a refusal) arrives before the client gives up."""
     return round(max(0.1, min(budget - 1.0, budget * 0.9)), 3)
-
-
-def _key_path(key: str) -> str:
-    """The URL path of a key, percent-encoding every reserved character (including '/')."""
-    if not isinstance(key, str) or not key:
-        raise InvalidRequest(f"a key must be a non-empty string: {key!r}")
-    return "/v1/kv/" + quote(key, safe="")
-
-
-def _prev_query(prev_version: int | None) -> str:
-    if prev_version is None:
-        return ""
-    if isinstance(prev_version, bool) or not isinstance(prev_version, int) or prev_version < 0:
-        raise InvalidRequest(f"prev_version must be an integer >= 0: {prev_version!r}")
-    return f"?prev_version={prev_version}"
-
-
-def _as_bytes(value: Value) -> bytes:
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
-    raise TypeError(f"a value must be bytes or str, not {type(value).__name__}")

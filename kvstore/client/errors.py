@@ -23,12 +23,25 @@ class KVError(Exception):
         self.code = code
 
 
-class NotFound(KVError):
+class NotFound(KVError, LookupError):
     """The key does not exist (404 `not_found`)."""
 
     def __init__(self, key: str) -> None:
         super().__init__(f"key not found: {key!r}", status=404, code="not_found")
         self.key = key
+
+
+class RevisionMismatch(KVError):
+    """A `prev_revision` compare-and-set saw another mod_revision (0: the key is missing)."""
+
+    def __init__(self, key: str, current_revision: int) -> None:
+        super().__init__(
+            f"revision mismatch on {key!r}: its mod_revision is {current_revision}",
+            status=409,
+            code="revision_mismatch",
+        )
+        self.key = key
+        self.current_revision = current_revision
 
 
 class VersionMismatch(KVError):
@@ -48,8 +61,9 @@ class InvalidRequest(KVError):
     """The request is malformed (400) or too large (413): retrying it cannot help."""
 
 
-class ClusterUnavailable(KVError):
-    """No node gave a usable answer within the retry budget; nothing was written."""
+class ClusterUnavailable(KVError, ConnectionError):
+    """No node gave a usable answer within the retry budget; nothing was written.
+    Also a `ConnectionError`, as Python code expects of "could not reach the service"."""
 
 
 class NoLeader(ClusterUnavailable):
@@ -60,13 +74,14 @@ class NoLeader(ClusterUnavailable):
     """
 
 
-class OutcomeUnknown(KVError):
+class OutcomeUnknown(KVError, TimeoutError):
     """A write may have been applied or not: the cluster never confirmed either way.
 
     Raised when a write whose earlier attempt may have reached a leader (timeout,
     lost connection, 504) could not be settled by retrying it under the same
     sequence number, or when the cluster forgot the client's session (409
-    `session_expired`). Read the key to find out what happened.
+    `session_expired`). Read the key to find out what happened. Also a `TimeoutError`:
+    the cluster did not confirm in time.
     """
 
 

@@ -10,7 +10,7 @@ import asyncio
 import functools
 import threading
 import weakref
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
@@ -18,6 +18,8 @@ from kvstore.client.async_client import AsyncKV
 from kvstore.client.blocking_watch import BlockingWatch
 from kvstore.client.endpoints import EndpointsArg
 from kvstore.client.errors import KVError
+from kvstore.client.txn import TxnBuilder, TxnResponse
+from kvstore.client.types import KeyValue
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -79,6 +81,28 @@ class KV:
     add_member = _blocking(AsyncKV.add_member)
     remove_member = _blocking(AsyncKV.remove_member)
     snapshot = _blocking(AsyncKV.snapshot)
+    range_page = _blocking(AsyncKV.range_page)
+    run_txn = _blocking(AsyncKV.run_txn)
+
+    def range(
+        self, start: str | None = None, end: str | None = None, **options: Any
+    ) -> Iterator[KeyValue]:
+        """`for kv in kv.range("a", "m")`: as `AsyncKV.range` (same options), all pages
+        at one revision, each page fetched when the previous one is used up."""
+        pages = self._async.range(start, end, **options)
+        while True:
+            try:
+                yield self._run(pages.__anext__())
+            except StopAsyncIteration:
+                return
+
+    def get_prefix(self, prefix: str, **options: Any) -> Iterator[KeyValue]:
+        """`for kv in kv.get_prefix("orders/")`: `range(prefix=...)`."""
+        return self.range(prefix=prefix, **options)
+
+    def txn(self) -> TxnBuilder[TxnResponse]:
+        """`kv.txn().if_(...).then(...).else_(...).commit()`; see kvstore.client.txn."""
+        return TxnBuilder(lambda doc, timeout: self.run_txn(doc, timeout=timeout))
 
     def watch(self, **options: Any) -> BlockingWatch:
         """`AsyncKV.watch` as a blocking iterator (same keyword arguments)."""

@@ -13,7 +13,11 @@ class KeyValue:
     key: str
     value: bytes
     version: int
+    """Writes since the key was (re)created; restarts at 1 after a delete."""
     mod_revision: int
+    """The revision of the key's last change: what `prev_revision` compares (no ABA)."""
+    create_revision: int = 0
+    """The revision that created this incarnation of the key."""
 
 
 class PutResult(NamedTuple):
