@@ -42,6 +42,12 @@ SNAPSHOT_RETRY_TIMEOUTS = 3
 the driver to send it again (the driver resumes a transfer still under way)."""
 
 
+def heartbeats_per_timeout(config: Config) -> int:
+    """Heartbeat rounds in one election timeout (at least two): the unit in which a
+    leader counts a stalled pipeline and a snapshot awaiting its acknowledgement."""
+    return max(2, -(-config.election_tick // config.heartbeat_tick))
+
+
 class Leadership:
     def __init__(
         self,
@@ -345,8 +351,7 @@ class Leadership:
         again. (A shorter window would rewind healthy pipelines whose round trip, or
         fsync, is longer than a heartbeat interval.)"""
         last_index = self._log.last_index()
-        config = self._config
-        stall_limit = max(2, -(-config.election_tick // config.heartbeat_tick))
+        stall_limit = heartbeats_per_timeout(self._config)
         for peer, progress in self._progress.items():
             if peer == self.id:
                 continue

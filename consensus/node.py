@@ -35,7 +35,7 @@ from consensus.messages import (
     TimeoutNow,
 )
 from consensus.progress import PeerProgress
-from consensus.ready import Ready, Status, hard_state_to_save
+from consensus.ready import Ready, Status, hard_state_to_save, leader_messages_first
 from consensus.storage import Storage, is_pristine
 from consensus.types import (
     Entry,
@@ -196,17 +196,17 @@ class RaftNode:
         # A restart must not start from an older membership than the one in effect, so
         # the commit index is saved whenever it covers a membership change.
         conf_changed = self._apply_conf_changes(committed)
+        hard_state = hard_state_to_save(
+            HardState(self.term, self.vote, self.log.committed),
+            self._prev_hard_state,
+            saving=bool(entries) or snapshot is not None or conf_changed,
+        )
+        leading = self._leadership is not None
+        messages, early = leader_messages_first(
+            self._msgs, leading, hard_state, self._prev_hard_state
+        )
         ready = Ready(
-            hard_state=hard_state_to_save(
-                HardState(self.term, self.vote, self.log.committed),
-                self._prev_hard_state,
-                saving=bool(entries) or snapshot is not None or conf_changed,
-            ),
-            entries=entries,
-            messages=tuple(self._msgs),
-            committed=committed,
-            read_states=tuple(self._read_states),
-            snapshot=snapshot,
+            hard_state, entries, messages, committed, tuple(self._read_states), snapshot, early
         )
         self._msgs = []
         self._read_states = []

@@ -4,7 +4,9 @@ The driver handles a Ready in this order, and only then calls `advance(ready)`:
 0. when `snapshot` is set, install the snapshot the driver received for it (storage
    and state machine) before anything else;
 1. persist `hard_state` and `entries` in one synced write (`WritableStorage.save`);
-2. send `messages` (they may promise what step 1 made durable);
+   `messages_before_persist` may already go out before this step;
+2. send `messages` (they may promise what step 1 made durable); a driver that sent
+   `messages_before_persist` early sends only `messages_after_persist` here;
 3. apply `committed` entries in order and serve `read_states` once applied.
 """
 
@@ -12,8 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from consensus.messages import Message
+from consensus.messages import AppendEntries, Message, TimeoutNow
 from consensus.types import Entry, HardState, NodeId, ReadState, Role, SnapshotMeta
+
+_EARLY = (AppendEntries, TimeoutNow)
+"""What a leader may send before persisting its Ready (see `leader_messages_first`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,10 +32,40 @@ class Ready:
     read_states: tuple[ReadState, ...]
     snapshot: SnapshotMeta | None = None
     """A snapshot from the leader that replaces this node's log prefix and state."""
+    early_messages: int = 0
+    """How many of `messages`, from the start, may be sent before persisting (see
+    `leader_messages_first`)."""
 
     @property
     def must_sync(self) -> bool:
         return self.hard_state is not None or bool(self.entries)
+
+    @property
+    def messages_before_persist(self) -> tuple[Message, ...]:
+        return self.messages[: self.early_messages]
+
+    @property
+    def messages_after_persist(self) -> tuple[Message, ...]:
+        return self.messages[self.early_messages :]
+
+
+def leader_messages_first(
+    messages: list[Message], leading: bool, hard_state: HardState | None, saved: HardState
+) -> tuple[tuple[Message, ...], int]:
+    """`messages` reordered so that those that may leave before the Ready is persisted
+    come first, and how many they are. A leader whose term and vote are already durable
+    may send AppendEntries (and TimeoutNow) while its own disk syncs, as in §10.2.1 of
+    the Raft dissertation: its own copy counts towards commitment only once durable
+    (`Leadership._maybe_commit` uses the stable index), so a crash before its fsync can
+    only lose entries that were never counted on it. Everything else waits: a vote or
+    an acknowledgement promises what this Ready makes durable, and a message of a term
+    that this Ready saves must not outrun the term on disk."""
+    durable = hard_state is None or (hard_state.term, hard_state.vote) == (saved.term, saved.vote)
+    if not (leading and durable):
+        return tuple(messages), 0
+    early = [m for m in messages if isinstance(m, _EARLY)]
+    late = [m for m in messages if not isinstance(m, _EARLY)]
+    return (*early, *late), len(early)
 
 
 def hard_state_to_save(current: HardState, saved: HardState, saving: bool) -> HardState | None:

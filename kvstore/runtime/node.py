@@ -10,12 +10,11 @@ Ready, so a busy node makes one fsync per batch, not per request. A leader persi
 a worker thread, so its loop keeps reading peers and clients while the disk syncs
 (followers persist small Readys inline: see INLINE_PERSIST_FOLLOWER).
 
-Messages wait for the fsync they depend on (votes, acknowledgements), with one
-exception: a leader's AppendEntries of its current, already-durable term go out
-*before* its own fsync (Raft dissertation §10.2.1), so the leader's disk write overlaps
-the round trip to the followers. That is safe because a commit index the core derives
-from the leader's own not-yet-durable entries is only acted on in a later Ready, and
-the ready loop handles Readys strictly one after another.
+Messages wait for the fsync they depend on (votes, acknowledgements), except those the
+core marks as `Ready.messages_before_persist`: a leader's AppendEntries of its current,
+already-durable term go out *before* its own fsync (Raft dissertation §10.2.1), so the
+leader's disk write overlaps the round trip to the followers. The core decides which
+(consensus.ready.leader_messages_first), because only it knows why that is safe.
 
 Snapshots: every `snapshot_entries` applied entries the log is compacted into a state
 machine snapshot without stalling the loop (kvstore.compaction); a follower whose
@@ -39,7 +38,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from consensus import ConfChange, Config, Entry, Message, NodeId, RaftNode, Ready, Role
-from consensus.messages import AppendEntries, TimeoutNow
 from consensus.storage import WritableStorage
 from consensus.types import EntryType, HardState
 from kvstore.config import ClusterConfig, NodeConfig
@@ -70,7 +68,6 @@ INLINE_PERSIST_FOLLOWER = 8
 the worker thread. A leader always uses the thread (its loop keeps serving clients and
 stepping acknowledgements while the disk syncs); a lightly loaded follower has nothing
 else to do meanwhile, and the two thread hops cost more than they overlap (measured)."""
-_EARLY = (AppendEntries, TimeoutNow)
 
 
 class NodeRuntime:
@@ -420,20 +417,16 @@ class NodeRuntime:
 
     async def _handle_ready(self, rd: Ready) -> None:
         node, transport = self.node, self.transport
-        late: Sequence[Message] = rd.messages
-        if rd.messages and node.role is Role.LEADER and self._term_durable(rd.hard_state):
-            early = [m for m in rd.messages if isinstance(m, _EARLY)]
-            if early:
-                transport.send(early)
-                late = [m for m in rd.messages if not isinstance(m, _EARLY)]
+        if rd.early_messages:
+            transport.send(rd.messages_before_persist)
         if rd.snapshot is not None:
             started = time.perf_counter()
             self.snapshots.install(rd.snapshot)
             self.stats.snapshot_install_seconds.observe(time.perf_counter() - started)
         if rd.must_sync:
             await self._persist(rd)
-        if late:
-            transport.send(late)
+        if len(rd.messages) > rd.early_messages:
+            transport.send(rd.messages_after_persist)
         if rd.committed:
             self._apply(rd.committed)
         self.watches.advance()
@@ -441,13 +434,6 @@ class NodeRuntime:
             self.pending.read_confirmed(rs.request_id, rs.index)
         node.advance(rd)
         self.snapshots.between_readies()
-
-    def _term_durable(self, hard_state: HardState | None) -> bool:
-        """True when this Ready does not change the persisted term or vote."""
-        if hard_state is None:
-            return True
-        persisted = self._persisted
-        return hard_state.term == persisted.term and hard_state.vote == persisted.vote
 
     async def _persist(self, rd: Ready) -> None:
         loop = asyncio.get_running_loop()
