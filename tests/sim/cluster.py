@@ -55,6 +55,9 @@ class SimConfig:
     slow_disk_ticks: int = 3
     spares: int = 0
     """Node ids beyond the founding voters that membership operations may add."""
+    mixed_tuning: bool = False
+    """Give every node its own election and heartbeat ticks, inflight window and batch
+    size (drawn per node id), as nodes with different cluster.toml files would have."""
     kv: bool = False
     """Apply committed entries to a real KVStateMachine too, and propose KV commands
     (with sessions and retries) instead of opaque payloads; see tests/sim/kv.py."""
@@ -121,15 +124,28 @@ class Cluster(ReadyDriver):
         """A founder (voters = the founders) or a joining node (voters = ())."""
         disk = SimDisk(nid, self.check.on_save, self.check.on_snapshot)
         self.check.disks[nid] = disk
+        c = self.config
+        election, heartbeat, inflight, batch = (
+            c.election_tick,
+            c.heartbeat_tick,
+            c.max_inflight,
+            c.max_batch_bytes,
+        )
+        if c.mixed_tuning:  # its own rng: the schedule's choices do not shift
+            own = random.Random(f"tuning-{self.seed}-{nid}")
+            election = own.choice((election, election + 5, 2 * election))
+            heartbeat = own.choice((1, 2, 3))
+            inflight = own.choice((1, 2, 8, 64))
+            batch = own.choice((30, 100, 4096))
         cfg = Config(
             node_id=nid,
             voters=voters,
-            election_tick=self.config.election_tick,
-            heartbeat_tick=self.config.heartbeat_tick,
-            max_inflight=self.config.max_inflight,
-            max_batch_bytes=self.config.max_batch_bytes,
-            check_quorum=self.config.check_quorum,
-            pre_vote=self.config.pre_vote,
+            election_tick=election,
+            heartbeat_tick=heartbeat,
+            max_inflight=inflight,
+            max_batch_bytes=batch,
+            check_quorum=c.check_quorum,
+            pre_vote=c.pre_vote,
         )
         self.hosts[nid] = host = Host(nid, cfg, disk, sm=self.new_state_machine())
         self._start(host)
@@ -204,6 +220,10 @@ class Cluster(ReadyDriver):
             )
             self._start(host)
             self.counters.restarts += 1
+
+    def election_tick(self) -> int:
+        """The longest election timeout of any node: liveness bounds are counted in it."""
+        return max(host.config.election_tick for host in self.hosts.values())
 
     def live(self) -> list[Host]:
         return [host for host in self.hosts.values() if host.node is not None]

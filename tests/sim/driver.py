@@ -1,9 +1,11 @@
 """The per-node driver: the Ready handshake, exactly as the documented order asks.
 
-For each Ready: (0) install a snapshot received from the leader, (1) persist hard
-state and entries in one synced write, (2) send messages, (3) apply committed
-entries and serve reads, then `advance`. A crash can be armed to strike before any
-phase, which is how the simulator loses "the unsynced tail" at every possible point.
+For each Ready: send what the core marks as `messages_before_persist` (a leader's
+appends, as the runtime does, before a slow disk even starts), then (0) install a
+snapshot received from the leader, (1) persist hard state and entries in one synced
+write, (2) send the other messages, (3) apply committed entries and serve reads, then
+`advance`. A crash can be armed to strike before any phase, which is how the simulator
+loses "the unsynced tail" at every possible point (also after the early sends).
 A persist may also take a few ticks (a slow disk) while the node keeps stepping.
 Compaction (a local snapshot of the applied state) runs between Readies.
 """
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
     from tests.sim.cluster import Counters, SimConfig
     from tests.sim.network import Network
 
-PHASES = ("persist", "send", "apply")
+PHASES = ("send_early", "persist", "send", "apply")
 """The driver's Ready handling order; a crash can be armed to happen before any phase."""
 
 READY_LIMIT = 100_000
@@ -73,8 +75,16 @@ class ReadyDriver:
             ready = node.ready()
             self._observe(host)
             self.check.on_ready(host.nid, node, ready.entries)
+            if host.crash_before == "send_early":
+                self._crash(host, "before send_early")
+                return
+            for msg in ready.messages_before_persist:
+                self._send(host, msg)
             slow = ready.must_sync or ready.snapshot is not None
-            if slow and self.rng.random() < self.config.slow_disk:
+            # With snapshot echoes on, an install always takes a while (decoding and
+            # writing a snapshot does), so other deliveries race it.
+            racing = ready.snapshot is not None and self.config.net.snapshot_echo > 0
+            if racing or (slow and self.rng.random() < self.config.slow_disk):
                 host.inflight = ready
                 host.inflight_due = self.now + self.rng.randint(1, self.config.slow_disk_ticks)
                 return
@@ -83,7 +93,7 @@ class ReadyDriver:
 
     def _handle(self, host: Host, ready: Ready) -> None:
         """Persist, send, apply, then advance; an armed crash stops it at its phase."""
-        for phase in PHASES:
+        for phase in PHASES[1:]:  # the early sends went out when the Ready was made
             if host.crash_before == phase:
                 self._crash(host, f"before {phase}")
                 return
@@ -91,7 +101,7 @@ class ReadyDriver:
                 self._persist(host, ready)
                 self._observe(host)  # a sole voter's commit counts from here on
             elif phase == "send":
-                for msg in ready.messages:
+                for msg in ready.messages_after_persist:
                     self._send(host, msg)
             else:
                 self._apply_ready(host, ready)
@@ -132,11 +142,18 @@ class ReadyDriver:
 
     def _deliver(self, host: Host, msg: Message) -> None:
         """Hand a message to a live node; a snapshot's data arrives with it (a real driver
-        streams it in chunks first and steps the message once it has all of it)."""
-        assert host.node is not None
+        streams it in chunks first and steps the message once it has all of it). As the
+        runtime's SnapshotKeeper does, only the data of the snapshot the core will
+        install is kept: another delivery (an older snapshot, a stale term) racing an
+        install must not take its place."""
+        node = host.node
+        assert node is not None
         if isinstance(msg, InstallSnapshot):
             host.received[msg.snapshot] = self.snapshot_store[msg.snapshot]
-        host.node.step(msg)
+        node.step(msg)
+        if isinstance(msg, InstallSnapshot):
+            pending = node.pending_snapshot
+            host.received = {m: d for m, d in host.received.items() if m == pending}
 
     def _apply_ready(self, host: Host, ready: Ready) -> None:
         for entry in ready.committed:

@@ -14,7 +14,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from consensus import Message, NodeId
+from consensus import InstallSnapshot, Message, NodeId
 
 
 @dataclass(slots=True)
@@ -28,6 +28,11 @@ class NetConfig:
     reorder: float = 0.0
     """Probability that a message is held back by up to `reorder_extra` more ticks."""
     reorder_extra: int = 10
+    snapshot_echo: float = 0.0
+    """Probability that an InstallSnapshot comes with an echo: the previous, different
+    InstallSnapshot sent to the same node (an older snapshot, maybe of an older term)
+    arrives again right behind it, and this one arrives once more later. Deliveries
+    that race an install, as a late retry or a slow stale message would."""
 
 
 @dataclass(slots=True)
@@ -58,6 +63,8 @@ class Network:
     _queue: list[tuple[int, int, Message]] = field(default_factory=list)
     _seq: int = 0
     _cuts: set[tuple[NodeId, NodeId]] = field(default_factory=set)
+    _snapshots_sent: dict[NodeId, InstallSnapshot] = field(default_factory=dict)
+    """The last InstallSnapshot sent to each node, which `snapshot_echo` re-delivers."""
     _drop_burst: _Burst | None = None
     _dup_burst: _Burst | None = None
     _delay_burst: _Burst | None = None
@@ -73,10 +80,23 @@ class Network:
         if self.rng.random() < self._dup_probability():
             self.stats.duplicated += 1
             self._enqueue(msg)
+        if self.config.snapshot_echo and isinstance(msg, InstallSnapshot):
+            self._echo_snapshot(msg)
 
-    def _enqueue(self, msg: Message) -> None:
+    def _echo_snapshot(self, msg: InstallSnapshot) -> None:
+        previous = self._snapshots_sent.get(msg.recipient)
+        self._snapshots_sent[msg.recipient] = msg
+        if self.rng.random() >= self.config.snapshot_echo:
+            return
+        if previous is not None and previous != msg:
+            self.stats.duplicated += 1
+            self._enqueue(previous, self.rng.randint(0, 2))
+        self.stats.duplicated += 1
+        self._enqueue(msg, self.rng.randint(1, self.config.reorder_extra))
+
+    def _enqueue(self, msg: Message, later: int = 0) -> None:
         cfg = self.config
-        delay = self.rng.randint(cfg.min_delay, cfg.max_delay)
+        delay = later + self.rng.randint(cfg.min_delay, cfg.max_delay)
         if self.rng.random() < cfg.reorder:
             delay += self.rng.randint(1, cfg.reorder_extra)
         burst = self._active(self._delay_burst)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from consensus import Role
+from consensus.leader import SNAPSHOT_RETRY_TIMEOUTS, heartbeats_per_timeout
 from tests.sim.checkers import SimFailure
 from tests.sim.cluster import PHASES, Cluster, Counters, Host, SimConfig
 from tests.sim.network import NetConfig
@@ -47,18 +48,17 @@ MEMBERSHIP_OPS = ("add_learner", "promote", "remove", "retire")
 KV_FRACTION = 0.5
 """Share of swarm seeds whose nodes also apply to a real KVStateMachine (tests/sim/kv.py);
 drawn from its own rng, and the workload has its own, so schedules do not shift."""
+MIXED_TUNING_FRACTION = 0.3
+"""Share of swarm seeds whose nodes each have their own tuning (SimConfig.mixed_tuning)."""
+SNAPSHOT_ECHO_FRACTION = 0.3
+"""Share of swarm seeds in which snapshots are delivered again later, racing installs
+(NetConfig.snapshot_echo); both drawn from their own rng, like the two above."""
 LIVENESS_TIMEOUTS = 20
 """Election timeouts allowed, after healing, without progress towards committing a new
 proposal (a commit, or more entries replicated under one unchanged leader)."""
 CONVERGE_TIMEOUTS = 10
 """Then every node must apply it, never going this many election timeouts without
 applying something (a follower far behind legitimately needs long with tiny batches)."""
-
-
-try:
-    from consensus.leader import SNAPSHOT_RETRY_HEARTBEATS
-except ImportError:  # the core moved it; the value it had when this was written
-    SNAPSHOT_RETRY_HEARTBEATS = 50
 
 
 def replay_command(seed: int, nodes: int, steps: int) -> str:
@@ -119,6 +119,14 @@ def make_plan(rng: random.Random, nodes: int, seed: int | None = None) -> Plan:
         if random.Random(f"kv-{seed}-{nodes}").random() < KV_FRACTION:
             faults |= {"kv"}
             config.kv = True
+        side = random.Random(f"tuning-{seed}-{nodes}")
+        if side.random() < MIXED_TUNING_FRACTION:
+            faults |= {"mixed_tuning"}
+            config.mixed_tuning = True
+        if side.random() < SNAPSHOT_ECHO_FRACTION:
+            faults |= {"snapshot_echo"}
+            net.snapshot_echo = side.uniform(0.3, 1.0)
+            net.reorder_extra = max(net.reorder_extra, 15)
     return Plan(config, faults, rates)
 
 
@@ -205,7 +213,7 @@ def _random_operations(cluster: Cluster, rng: random.Random, plan: Plan) -> None
             # Cut a leader off for a few ticks only: many short terms whose uncommitted
             # tails diverge, the ground for Figure 8 of the Raft paper.
             cluster.isolate(rng.choice(leaders))
-            plan.heal_at = cluster.now + rng.randint(2, 3 * cluster.config.election_tick)
+            plan.heal_at = cluster.now + rng.randint(2, 3 * cluster.election_tick())
         elif kind == "drop_burst":
             ticks, p = rng.randint(3, 40), rng.uniform(0.3, 1.0)
             cluster.net.drop_burst(ticks, p)
@@ -252,12 +260,12 @@ def liveness_phase(cluster: Cluster) -> int:
     cluster.heal()
     cluster.watchers.clear()
     net = cluster.net.config
-    net.drop = net.duplicate = net.reorder = 0.0
+    net.drop = net.duplicate = net.reorder = net.snapshot_echo = 0.0
     for host in cluster.hosts.values():
         host.crash_before = None
     for nid in cluster.crashed():
         cluster.restart(nid)
-    timeout = cluster.config.election_tick
+    timeout = cluster.election_tick()
     window = max(LIVENESS_TIMEOUTS * timeout, _snapshot_retry_ticks(cluster))
     deadline = cluster.now + window
     payloads: list[bytes] = []
@@ -307,10 +315,13 @@ def _current_members(cluster: Cluster) -> list[Host]:
 
 
 def _snapshot_retry_ticks(cluster: Cluster) -> int:
-    """A leader re-sends a lost InstallSnapshot only after SNAPSHOT_RETRY_HEARTBEATS
-    heartbeat intervals (the driver may still be streaming it); a follower waiting for
-    that is slow, not stuck."""
-    return (SNAPSHOT_RETRY_HEARTBEATS + 5) * cluster.config.heartbeat_tick
+    """A leader re-sends a lost InstallSnapshot only after SNAPSHOT_RETRY_TIMEOUTS
+    election timeouts, counted in its heartbeats (the driver may still be streaming it);
+    a follower waiting for that is slow, not stuck. The slowest node's tuning counts."""
+    return max(
+        (SNAPSHOT_RETRY_TIMEOUTS * heartbeats_per_timeout(h.config) + 5) * h.config.heartbeat_tick
+        for h in cluster.hosts.values()
+    )
 
 
 def _applied_mark(cluster: Cluster) -> int:

@@ -61,6 +61,8 @@ class RaftClusterMachine(RuleBasedStateMachine):
         pre_vote=st.booleans(),
         spares=st.sampled_from([0, 2]),
         kv=st.booleans(),
+        mixed_tuning=st.booleans(),
+        snapshot_echo=st.sampled_from([0.0, 0.7]),
     )
     def start(
         self,
@@ -71,6 +73,8 @@ class RaftClusterMachine(RuleBasedStateMachine):
         pre_vote: bool,
         spares: int,
         kv: bool,
+        mixed_tuning: bool,
+        snapshot_echo: float,
     ) -> None:
         config = SimConfig(
             nodes=nodes,
@@ -78,7 +82,8 @@ class RaftClusterMachine(RuleBasedStateMachine):
             kv=kv,
             slow_disk=slow_disk,
             pre_vote=pre_vote,
-            net=NetConfig(max_delay=delays, reorder=0.1),
+            mixed_tuning=mixed_tuning,
+            net=NetConfig(max_delay=delays, reorder=0.1, snapshot_echo=snapshot_echo),
         )
         self.cluster = Cluster(seed, config, replay_hint=HYPOTHESIS_REPLAY)
 

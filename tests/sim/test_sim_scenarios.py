@@ -50,11 +50,15 @@ def test_figure8_entry_of_an_older_term_is_not_committed_by_counting() -> None:
 
     def crash_new_leader(host: Host) -> None:
         if host is not a and host.node is not None and host.node.role.value == "leader":
-            cluster.crash(host.nid, before="send")  # its no-op reaches its disk only
+            # Its no-op reaches its disk only: the appends it sends before persisting
+            # are lost on the way, and it crashes before sending anything else.
+            cluster.isolate(host.nid)
+            cluster.crash(host.nid, before="send")
 
     cluster.watchers.append(crash_new_leader)
     _until(cluster, lambda: bool(cluster.crashed()), 400, "B elected and crashed")
     cluster.watchers.clear()
+    cluster.tick()  # B's early appends, due now, meet the cut
     b = cluster.hosts[cluster.crashed()[0]]
     c = next(h for h in cluster.hosts.values() if h is not a and h is not b)
     b_noop = b.disk.entry(k + 1)
@@ -110,5 +114,34 @@ def test_lagging_follower_catches_up_from_a_snapshot() -> None:
         "snapshot installed on the lagging follower",
     )
     _until(cluster, lambda: lagging.sm.payloads == leader.sm.payloads, 200, "state caught up")
+    liveness_phase(cluster)
+    cluster.full_check()
+
+
+def test_leader_crashes_between_its_early_appends_and_its_fsync() -> None:
+    """The core lets a leader send its appends before its own fsync
+    (`Ready.messages_before_persist`). Here it crashes right after sending them: its
+    disk never holds the entry, both followers persist it, and the next leader commits
+    it. The checkers verify that no commit counted the leader's lost copy."""
+    cluster = Cluster(5, SimConfig(nodes=3), replay_hint=REPLAY.format(name="early"))
+    _until(cluster, lambda: len(cluster.leaders()) == 1, 300, "a first leader")
+    leader = cluster.leaders()[0]
+    hosts = cluster.hosts.values()
+    _until(cluster, lambda: all(h.sm.applied_index >= 2 for h in hosts), 100, "no-op applied")
+    durable = leader.disk.last_index()
+    entry = cluster.propose()
+    assert entry is not None
+    cluster.crash(leader.nid, before="persist")
+    cluster.tick()
+    assert leader.node is None and leader.disk.last_index() == durable
+    followers = [h for h in cluster.hosts.values() if h is not leader]
+    _until(
+        cluster,
+        lambda: all(h.disk.entry(entry.index) == entry for h in followers),
+        20,
+        "the followers persisting the early appends",
+    )
+    _until(cluster, lambda: entry.data in cluster.applied_payloads, 300, "the entry committed")
+    cluster.restart(leader.nid)
     liveness_phase(cluster)
     cluster.full_check()
