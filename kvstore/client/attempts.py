@@ -138,6 +138,8 @@ class Dispatcher:
         progress = _Progress()
         inflight: dict[asyncio.Task[Answer], tuple[str, float]] = {}
         started = 0
+        if request.once and not request.pinned and self.router.leader_url is None:
+            await self._find_leader(min(hedge_delay, budget / 2))
         try:
             while True:
                 now = loop.time()
@@ -186,6 +188,8 @@ class Dispatcher:
             if not task.done():
                 task.cancel()
                 progress.record(url, f"no answer within {seconds(now - start)} s")
+                if url != self.router.leader_url:
+                    self.router.failed(url)  # the next call starts elsewhere
             elif not isinstance(task.exception(), NotSent):
                 progress.record(url, "answered too late")
             else:
@@ -196,6 +200,32 @@ class Dispatcher:
         for task in inflight:  # retrieved, so asyncio does not log them as lost
             if not task.cancelled():
                 task.exception()
+
+    async def _find_leader(self, timeout: float) -> None:
+        """Ask every node's /v1/status at once and learn the leader from the answers.
+
+        Used before a request that must not be hedged (a membership change), so that a
+        hung node first in the list is not the one it waits for.
+        """
+
+        async def ask(url: str) -> None:
+            try:
+                answer = await send(
+                    self._http(),
+                    "GET",
+                    url,
+                    "/v1/status",
+                    body=None,
+                    headers={},
+                    timeout=timeout,
+                    connect_timeout=min(timeout, self.settings.connect_timeout),
+                )
+            except (NotSent, MaybeSent):
+                return
+            if answer.status == 200 and not is_foreign(answer):
+                self.learn_status(answer)
+
+        await asyncio.gather(*(ask(url) for url in list(self.router.endpoints)))
 
     def _launch(
         self,

@@ -75,6 +75,12 @@ def test_every_command_succeeds_past_a_paused_first_endpoint(
         if args[0] == "status":
             assert "unreachable" in out and cluster.url(paused_follower) in out
     assert (tmp_path / "backup.snap").stat().st_size > 0
+    # Membership changes are not hedged: they find the leader first, past the stopped node.
+    took, code, _, err = timed_kv(
+        "member", "remove", "n9", "--endpoints", endpoints, "--timeout", str(TIMEOUT_S)
+    )
+    assert (code, took < TIMEOUT_S + MARGIN_S) == (1, True), (took, err)
+    assert "not_a_member" in err
     # With the default --timeout (10 s) a read is hedged after a second, not after 6 s.
     took, code, _, err = timed_kv("get", "hung/b", "--endpoints", endpoints)
     assert code == 1 and "key not found" in err
