@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from kvstore.client import KV
 from tests.integration.harness import Cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("integration")]
@@ -47,3 +48,12 @@ def test_adding_a_node_that_is_not_running_says_it_is_unreachable(cluster: Clust
     assert done.returncode == 1, (done.stdout, done.stderr)
     assert "the learner n4 was removed again" in done.stderr
     assert "n4" not in member_ids(cluster)
+
+
+def test_the_blocking_client_lists_members_and_takes_a_snapshot(cluster: Cluster) -> None:
+    with KV(cluster.endpoints(), timeout=10) as kv:
+        kv.put("snap/a", b"1")
+        members = kv.members()
+        assert {m.id for m in members.members} == {"n1", "n2", "n3"}
+        assert members.leader == cluster.wait_leader()
+        assert kv.snapshot()[:1]  # the backup bytes; `kv snapshot save` checks the format
