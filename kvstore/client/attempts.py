@@ -27,6 +27,9 @@ from kvstore.client.transport import Answer, EndpointRouter, MaybeSent, NotSent,
 from kvstore.client.types import NodeStatus
 
 UNAVAILABLE = "cluster unavailable: "
+CUT_SHORT_S = 0.1
+"""An attempt the deadline cut shorter than this says nothing new about its node: the
+reason recorded for an earlier attempt there is kept."""
 
 
 @dataclass(slots=True)
@@ -89,6 +92,8 @@ class _Progress:
     """What the attempts of one request have found out so far."""
 
     errors: dict[str, str] = field(default_factory=dict)
+    foreign: set[str] = field(default_factory=set)
+    """Endpoints that answered like something other than a pyraftkv node: not asked again."""
     maybe_applied: bool = False
     saw_no_leader: bool = False
     failed_in_a_row: int = 0
@@ -146,14 +151,14 @@ class Dispatcher:
                 if now >= deadline:
                     break
                 if not inflight:
-                    if started >= attempts:
+                    if started >= attempts or progress.foreign >= set(self.router.endpoints):
                         break
                     if started and await self._back_off(progress, started, deadline) is False:
                         break
-                    started += self._launch(request, inflight, deadline)
+                    started += self._launch(request, inflight, deadline, progress.foreign)
                     continue
                 newest = max(start for _, start in inflight.values())
-                busy = {url for url, _ in inflight.values()}
+                busy = {url for url, _ in inflight.values()} | progress.foreign
                 idle = any(url not in busy for url in self.router.endpoints)
                 can_hedge = started < attempts and idle and not (request.pinned or request.once)
                 wake = min(deadline, newest + hedge_delay) if can_hedge else deadline
@@ -162,7 +167,7 @@ class Dispatcher:
                 )
                 if not done:
                     if can_hedge and loop.time() < deadline:
-                        started += self._launch(request, inflight, deadline)
+                        started += self._launch(request, inflight, deadline, progress.foreign)
                     continue
                 for task in done:
                     url, _ = inflight.pop(task)
@@ -187,7 +192,8 @@ class Dispatcher:
         for task, (url, start) in inflight.items():
             if not task.done():
                 task.cancel()
-                progress.record(url, f"no answer within {seconds(now - start)} s")
+                if url not in progress.errors or now - start >= CUT_SHORT_S:
+                    progress.record(url, f"no answer within {seconds(now - start)} s")
                 if url != self.router.leader_url:
                     self.router.failed(url)  # the next call starts elsewhere
             elif not isinstance(task.exception(), NotSent):
@@ -232,9 +238,10 @@ class Dispatcher:
         request: Request,
         inflight: dict[asyncio.Task[Answer], tuple[str, float]],
         deadline: float,
+        foreign: set[str],
     ) -> int:
         """Start one attempt on a node that has none running; 1 if one was started."""
-        busy = {url for url, _ in inflight.values()}
+        busy = {url for url, _ in inflight.values()} | foreign
         url = request.pinned or self.router.pick(stale=request.stale, avoid=busy)
         if url in busy:
             return 0
@@ -289,6 +296,7 @@ class Dispatcher:
             self.router.failed(url)
             return None
         if is_foreign(answer):
+            progress.foreign.add(url)
             progress.failed_in_a_row += 1
             progress.record(url, foreign_reason(answer))
             self.router.failed(url)
