@@ -40,8 +40,9 @@ SNAPSHOT_PATH = "/v1/snapshot"
 ADD_TIMEOUT_S = 60.0
 """Default deadline of an add (catch-up included); `?timeout=SECONDS` overrides it."""
 REMOVE_TIMEOUT_S = 30.0
-UNREACHABLE_AFTER_S = 2.0
-"""How long a new learner may stay unreachable before an add reports it (the peer link
+UNREACHABLE_AFTER_S = 10.0
+"""How long a new learner may stay unreachable before an add reports it: long enough for
+a node started a moment before the add to come up on a slow machine (the peer link
 retries with back-off meanwhile, so one refused connection at the start is forgiven)."""
 LOCK_KEY = web.AppKey("membership_lock", asyncio.Lock)
 
