@@ -21,7 +21,7 @@ from typing import Any
 import click
 
 from kvstore.cli.bench_worker import BenchSpec, cleanup, prefill, run_workers
-from kvstore.cli.client_commands import EXIT_UNAVAILABLE, fail
+from kvstore.cli.client_commands import EXIT_UNAVAILABLE, EXIT_USAGE, fail
 from kvstore.client.endpoints import is_loopback_url, resolve_endpoints, split_endpoints
 from kvstore.client.errors import KVError
 
@@ -74,11 +74,11 @@ def bench_endpoints(
         else:
             urls = resolve_endpoints(endpoints, config)
     except KVError as exc:
-        fail(EXIT_UNAVAILABLE, exc.message)
+        fail(EXIT_USAGE, exc.message)
     remote = [url for url in urls if not is_loopback_url(url)]
     if remote and not allow_remote:
         fail(
-            EXIT_UNAVAILABLE,
+            EXIT_USAGE,
             f"refusing to load non-loopback endpoints {', '.join(remote)}: "
             "kv bench targets 127.0.0.1 / localhost unless --allow-remote is given",
         )

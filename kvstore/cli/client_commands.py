@@ -1,17 +1,21 @@
 """`kv get/put/delete/status`: thin click commands over `kvstore.client.AsyncKV`.
 
 Every failure ends as one line on stderr and an exit code a script can act on,
-never a traceback:
+never a traceback (the same table for every client command):
 
 - 0 success;
-- 1 a definite "no" from the cluster: key missing, version mismatch, invalid request;
-- 2 the cluster could not be reached or found (no endpoints, no leader, down),
-  or a write's outcome is unknown (it may or may not have been applied).
+- 1 a definite "no" from the cluster: key missing, compare-and-set or transaction
+  compare failed;
+- 2 usage: bad arguments or options, no or bad endpoints, a request the cluster
+  refused as malformed (400/413);
+- 3 the cluster could not be reached (down, no leader): nothing was written;
+- 4 a write's outcome is unknown (it may or may not have been applied).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import json
 import os
@@ -22,11 +26,12 @@ from typing import Any, NoReturn, TypeVar, cast
 
 import click
 
-from kvstore.client import AsyncKV, Consistency
+from kvstore.client import AsyncKV, Consistency, KeyValue
 from kvstore.client.endpoints import ENV_VAR
 from kvstore.client.errors import (
     ClusterUnavailable,
     EndpointConfigError,
+    InvalidRequest,
     KVError,
     OutcomeUnknown,
 )
@@ -36,7 +41,9 @@ T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_NO = 1
-EXIT_UNAVAILABLE = 2
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+EXIT_UNKNOWN = 4
 
 
 def timed_endpoint_options(default_timeout: float) -> Callable[[F], F]:
@@ -89,16 +96,49 @@ def run_client(params: dict[str, Any], action: Callable[[AsyncKV], Awaitable[T]]
 
     try:
         return asyncio.run(main())
-    except (ClusterUnavailable, EndpointConfigError) as exc:
+    except EndpointConfigError as exc:
+        fail(EXIT_USAGE, exc.message)
+    except ClusterUnavailable as exc:
         fail(EXIT_UNAVAILABLE, exc.message)
     except OutcomeUnknown as exc:
-        fail(EXIT_UNAVAILABLE, f"outcome unknown: {exc.message}")
+        fail(EXIT_UNKNOWN, f"outcome unknown: {exc.message}")
+    except InvalidRequest as exc:
+        fail(EXIT_USAGE, exc.message)
     except KVError as exc:
         fail(EXIT_NO, exc.message)
 
 
+def kv_json(item: KeyValue, keys_only: bool = False) -> dict[str, Any]:
+    """A key for --json output: the API's fields, the value as base64 (binary-safe)."""
+    out: dict[str, Any] = {
+        "key": item.key,
+        "version": item.version,
+        "create_revision": item.create_revision,
+        "mod_revision": item.mod_revision,
+    }
+    if not keys_only:
+        out["value"] = base64.b64encode(item.value).decode("ascii")
+    return out
+
+
+def write_bytes(data: bytes) -> None:
+    sys.stdout.flush()
+    out = sys.stdout.buffer
+    out.write(data)
+    if sys.stdout.isatty() and not data.endswith(b"\n"):
+        out.write(b"\n")  # keep the shell prompt on its own line; pipes get the exact bytes
+    out.flush()
+
+
 @click.command("get")
-@click.argument("key")
+@click.argument("key", required=False)
+@click.argument("end", required=False)
+@click.option("--prefix", default=None, help="Every key starting with PREFIX (a range read).")
+@click.option("--keys-only", is_flag=True, help="Range: print keys, not values.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Range: at most N keys.")
+@click.option(
+    "--revision", type=click.IntRange(min=1), default=None, help="Read at a past revision."
+)
 @click.option(
     "--consistency",
     type=click.Choice(["linearizable", "stale"]),
@@ -107,19 +147,88 @@ def run_client(params: dict[str, Any], action: Callable[[AsyncKV], Awaitable[T]]
     help="stale: answer from the node asked, without a quorum check.",
 )
 @click.option("--show-version", is_flag=True, help="Also print version and mod_revision on stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (values as base64).")
 @endpoint_options
-def get_command(key: str, consistency: str, show_version: bool, **params: Any) -> None:
-    """Print the value of KEY (raw bytes); exit 1 when it does not exist."""
+def get_command(
+    key: str | None,
+    end: str | None,
+    prefix: str | None,
+    keys_only: bool,
+    limit: int | None,
+    revision: int | None,
+    consistency: str,
+    show_version: bool,
+    as_json: bool,
+    **params: Any,
+) -> None:
+    """Print the value of KEY (raw bytes; exit 1 when it does not exist), or a range:
+    `--prefix P`, or `START END` (END exclusive), one `key<TAB>value` line per key,
+    every page at one revision."""
     mode = cast(Consistency, consistency)
+    if prefix is not None or end is not None:
+        if prefix is not None and key is not None:
+            fail(EXIT_USAGE, "give --prefix or KEY / START END, not both")
+        _get_range(key, end, prefix, keys_only, limit, revision, mode, as_json, params)
+        return
+    if key is None:
+        fail(EXIT_USAGE, "missing KEY (or --prefix P, or START END)")
+    if keys_only or limit is not None or revision is not None:
+        fail(EXIT_USAGE, "--keys-only, --limit and --revision go with a range")
     item = run_client(params, lambda kv: kv.get(key, mode))
-    sys.stdout.flush()
-    out = sys.stdout.buffer
-    out.write(item.value)
-    if sys.stdout.isatty() and not item.value.endswith(b"\n"):
-        out.write(b"\n")  # keep the shell prompt on its own line; pipes get the exact bytes
-    out.flush()
+    if as_json:
+        click.echo(json.dumps(kv_json(item)))
+    else:
+        write_bytes(item.value)
     if show_version:
         click.echo(f"version {item.version} mod_revision {item.mod_revision}", err=True)
+
+
+def _get_range(
+    start: str | None,
+    end: str | None,
+    prefix: str | None,
+    keys_only: bool,
+    limit: int | None,
+    revision: int | None,
+    mode: Consistency,
+    as_json: bool,
+    params: dict[str, Any],
+) -> None:
+    async def read(kv: AsyncKV) -> tuple[int | None, list[KeyValue]]:
+        pages = kv.range(
+            start,
+            end,
+            prefix=prefix,
+            limit=limit,
+            keys_only=keys_only,
+            revision=revision,
+            consistency=mode,
+        )
+        items = [item async for item in pages]
+        return pages.revision, items
+
+    cut, items = run_client(params, read)
+    if as_json:
+        kvs = [kv_json(item, keys_only) for item in items]
+        click.echo(json.dumps({"revision": cut, "count": len(kvs), "kvs": kvs}))
+        return
+    for item in items:
+        if keys_only:
+            click.echo(item.key)
+        else:
+            click.echo(f"{item.key}\t{item.value.decode('utf-8', 'backslashreplace')}")
+
+
+def read_value_argument(value: str) -> bytes:
+    """VALUE as given; `-` reads standard input and `@FILE` a file, both binary-safe."""
+    if value == "-":
+        return sys.stdin.buffer.read()
+    if value.startswith("@"):
+        try:
+            return Path(value[1:]).read_bytes()
+        except OSError as exc:
+            fail(EXIT_USAGE, f"cannot read {value[1:]}: {exc.strerror or exc}")
+    return os.fsencode(value)  # the argument's bytes as the shell passed them
 
 
 @click.command("put")
@@ -129,14 +238,37 @@ def get_command(key: str, consistency: str, show_version: bool, **params: Any) -
     "--prev-version",
     type=click.IntRange(min=0),
     default=None,
-    help="Compare-and-set: write only if KEY is at this version (0: only if missing).",
+    help="Compare-and-set on the version (0: only if missing). A deleted and re-created "
+    "key restarts at version 1: prefer --prev-revision.",
 )
+@click.option(
+    "--prev-revision",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Compare-and-set: write only if KEY's mod_revision is this (0: only if missing).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print {revision, version} as JSON.")
 @endpoint_options
-def put_command(key: str, value: str, prev_version: int | None, **params: Any) -> None:
-    """Write VALUE under KEY and print the new revision."""
-    data = os.fsencode(value)  # the argument's bytes as the shell passed them
-    result = run_client(params, lambda kv: kv.put(key, data, prev_version))
-    click.echo(result.revision)
+def put_command(
+    key: str,
+    value: str,
+    prev_version: int | None,
+    prev_revision: int | None,
+    as_json: bool,
+    **params: Any,
+) -> None:
+    """Write VALUE under KEY (`-`: from stdin, `@FILE`: from a file) and print the new
+    revision (on a terminal: `revision R version V`)."""
+    data = read_value_argument(value)
+    result = run_client(
+        params, lambda kv: kv.put(key, data, prev_version, prev_revision=prev_revision)
+    )
+    if as_json:
+        click.echo(json.dumps({"revision": result.revision, "version": result.version}))
+    elif sys.stdout.isatty():
+        click.echo(f"revision {result.revision} version {result.version}")
+    else:
+        click.echo(result.revision)
 
 
 @click.command("delete")
@@ -147,11 +279,22 @@ def put_command(key: str, value: str, prev_version: int | None, **params: Any) -
     default=None,
     help="Delete only if KEY is at this version.",
 )
+@click.option(
+    "--prev-revision",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Delete only if KEY's mod_revision is this.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print {revision} as JSON.")
 @endpoint_options
-def delete_command(key: str, prev_version: int | None, **params: Any) -> None:
+def delete_command(
+    key: str, prev_version: int | None, prev_revision: int | None, as_json: bool, **params: Any
+) -> None:
     """Delete KEY and print the new revision; exit 1 when it does not exist."""
-    revision = run_client(params, lambda kv: kv.delete(key, prev_version))
-    click.echo(revision)
+    revision = run_client(
+        params, lambda kv: kv.delete(key, prev_version, prev_revision=prev_revision)
+    )
+    click.echo(json.dumps({"revision": revision}) if as_json else revision)
 
 
 STATUS_COLUMNS = (

@@ -10,6 +10,7 @@ from kvstore.cli.client_commands import CLIENT_COMMANDS
 from kvstore.cli.member_commands import MEMBER_COMMANDS
 from kvstore.cli.ops_commands import add_ops_commands
 from kvstore.cli.server_commands import SERVER_COMMANDS
+from kvstore.cli.txn_commands import TXN_COMMANDS
 from kvstore.cli.watch_commands import WATCH_COMMANDS
 
 
@@ -22,6 +23,7 @@ def cli() -> None:
 for command in (
     *SERVER_COMMANDS,
     *CLIENT_COMMANDS,
+    *TXN_COMMANDS,
     *MEMBER_COMMANDS,
     *WATCH_COMMANDS,
     bench_command,

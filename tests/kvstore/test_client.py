@@ -742,20 +742,20 @@ def test_cli_status_table_shows_unreachable_nodes() -> None:
         assert {row["id"] for row in json.loads(as_json.stdout)} == {"n1", "n2", "n3"}
 
 
-def test_cli_cluster_down_is_one_line_and_exit_2(
+def test_cli_cluster_down_is_one_line_and_exit_3(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with refused_url() as a, refused_url() as b:
         eps = f"{a},{b}"
         for args in (["put", "k", "v"], ["get", "k"], ["delete", "k"], ["status"]):
             result = invoke(*args, "--endpoints", eps, "--timeout", "0.3")
-            assert result.exit_code == 2, (args, result.output)
+            assert result.exit_code == 3, (args, result.output)  # unavailable
             assert result.exception is None or isinstance(result.exception, SystemExit)
             assert len(result.stderr.strip().splitlines()) == 1
             assert "Traceback" not in result.output
     monkeypatch.chdir(tmp_path)  # no ./cluster.toml here
     missing = invoke("get", "k", env={ENV_VAR: ""})
-    assert missing.exit_code == 2
+    assert missing.exit_code == 2  # usage: no endpoints configured
     assert missing.stderr.startswith("kv: no cluster endpoints")
 
 
@@ -874,14 +874,14 @@ def test_bench_etcd_target_stale_reads_text_output() -> None:
     assert etcd.serializable and all(etcd.serializable)
 
 
-def test_bench_with_the_cluster_down_exits_2() -> None:
+def test_bench_with_the_cluster_down_exits_3() -> None:
     with refused_url() as dead:
         writes = invoke("bench", "--endpoints", dead, "--duration", "0.2", "--timeout", "0.3")
         reads = invoke("bench", "--endpoints", dead, "--workload", "read", "--timeout", "0.3")
-    assert writes.exit_code == 2
+    assert writes.exit_code == 3  # unavailable
     assert "no operation succeeded" in writes.stderr
     assert "errors   ClusterUnavailable" in writes.stdout
-    assert reads.exit_code == 2  # its prefill fails on the first write, not after a minute
+    assert reads.exit_code == 3  # its prefill fails on the first write, not after a minute
     assert reads.stderr.startswith("kv: prefill failed (ClusterUnavailable)")
 
 
