@@ -18,6 +18,7 @@ from kvstore.client.errors import (
     RevisionMismatch,
     VersionMismatch,
 )
+from kvstore.client.mirror import Change, Mirror
 from kvstore.client.ranges import RangeIterator
 from kvstore.client.session import RetryPolicy
 from kvstore.client.sync_client import KV
@@ -28,6 +29,7 @@ from kvstore.client.watch import PrevValue, Watch, WatchEvent, WatchProgress
 __all__ = [
     "KV",
     "AsyncKV",
+    "Change",
     "ClusterUnavailable",
     "Cmp",
     "Compacted",
@@ -41,6 +43,7 @@ __all__ = [
     "KeyValue",
     "MemberList",
     "MemberUnreachable",
+    "Mirror",
     "NoLeader",
     "NodeStatus",
     "NotFound",

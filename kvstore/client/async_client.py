@@ -58,7 +58,7 @@ from kvstore.client.session import RetryPolicy, WriteSession
 from kvstore.client.transport import Answer, EndpointRouter
 from kvstore.client.txn import Document, RangePage, TxnBuilder, TxnResponse, writes
 from kvstore.client.types import EndpointStatus, KeyValue, MemberList, NodeStatus, PutResult
-from kvstore.client.watch import DEFAULT_GIVE_UP_AFTER, DEFAULT_IDLE_TIMEOUT, Watch
+from kvstore.client.watch import Watch
 
 __all__ = [
     "AsyncKV",
@@ -454,34 +454,11 @@ class AsyncKV:
     def _learn_status(self, answer: Answer) -> NodeStatus:
         return self._dispatch.learn_status(answer)
 
-    # ------------------------------------------------------------------ watch
-
-    def watch(
-        self,
-        *,
-        key: str | None = None,
-        prefix: str | None = None,
-        start_revision: int | None = None,
-        prev_kv: bool = False,
-        progress: bool = False,
-        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-        give_up_after: float = DEFAULT_GIVE_UP_AFTER,
-    ) -> Watch:
-        """Every change to `key` or under `prefix` from `start_revision` (default: the
-        next one), in revision order, across reconnects and nodes; raises `Compacted`
-        only when that history is gone (kvstore.client.watch). `async for` over it."""
-        return Watch(
-            self._ensure_http,
-            self._router,
-            key=key,
-            prefix=prefix,
-            start_revision=start_revision,
-            prev_kv=prev_kv,
-            progress=progress,
-            idle_timeout=idle_timeout,
-            give_up_after=give_up_after,
-            rng=self._rng,
-        )
+    def watch(self, **options: Any) -> Watch:
+        """`async for event in kv.watch(prefix="config/", start_revision=R)`: every change
+        in revision order across reconnects and nodes; options and the one error the
+        caller handles (`Compacted`) in kvstore.client.watch.Watch."""
+        return Watch(self._ensure_http, self._router, rng=self._rng, **options)
 
     def _ensure_http(self) -> aiohttp.ClientSession:
         if self._closed:

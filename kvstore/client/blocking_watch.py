@@ -1,8 +1,9 @@
-"""`KV.watch`: the asyncio watch (kvstore.client.watch) as a plain iterator for threads.
+"""`KV.watch` and `KV.mirror`: the asyncio watch and mirror for threaded code.
 
-Each `next()` runs one step of the async watch on the `KV`'s private loop and waits for
-it, so the reconnect and resume logic exists once. A watch belongs to the thread that
-iterates it; other threads may keep using the same `KV` meanwhile.
+Each `next()` runs one step of the async watch (kvstore.client.watch) on the `KV`'s
+private loop and waits for it, so the reconnect and resume logic exists once. A watch
+belongs to the thread that iterates it; other threads may keep using the same `KV`.
+A mirror (kvstore.client.mirror) runs on that loop by itself; any thread reads it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from kvstore.client.mirror import Mirror
 from kvstore.client.watch import Watch, WatchEvent, WatchProgress
 
 R = TypeVar("R")
@@ -54,6 +56,45 @@ class BlockingWatch:
             self._closed = True
             if not self._loop.is_closed():
                 self._run(self._watch.aclose())
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class BlockingMirror:
+    """`Mirror` for threads: `get` and `snapshot` read the local copy from any thread;
+    `on_change` callbacks run on the client's loop thread, so keep them short."""
+
+    def __init__(self, mirror: Mirror, loop: asyncio.AbstractEventLoop) -> None:
+        self._mirror, self._loop = mirror, loop
+        asyncio.run_coroutine_threadsafe(mirror.start(), loop).result()
+
+    @property
+    def revision(self) -> int:
+        return self._mirror.revision
+
+    def get(self, key: str, default: bytes | None = None) -> bytes | None:
+        return self._mirror.get(key, default)
+
+    def snapshot(self) -> dict[str, bytes]:
+        return self._mirror.snapshot()
+
+    def wait_for(self, revision: int, timeout: float | None = None) -> None:
+        """Block until the mirror reflects `revision` (TimeoutError after `timeout`)."""
+        coro = self._mirror.wait_for(revision, timeout)
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def close(self) -> None:
+        if not self._loop.is_closed():
+            asyncio.run_coroutine_threadsafe(self._mirror.close(), self._loop).result()
 
     def __enter__(self) -> Self:
         return self

@@ -15,9 +15,10 @@ from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 from kvstore.client.async_client import AsyncKV
-from kvstore.client.blocking_watch import BlockingWatch
+from kvstore.client.blocking_watch import BlockingMirror, BlockingWatch
 from kvstore.client.endpoints import EndpointsArg
 from kvstore.client.errors import KVError
+from kvstore.client.mirror import Mirror, OnChange
 from kvstore.client.txn import TxnBuilder, TxnResponse
 from kvstore.client.types import KeyValue
 
@@ -109,6 +110,13 @@ class KV:
         if self._closed:
             raise KVError("client is closed")
         return BlockingWatch(self._async.watch(**options), self._loop)
+
+    def mirror(self, prefix: str, on_change: OnChange | None = None) -> BlockingMirror:
+        """A local copy of every key under `prefix`, kept in sync (kvstore.client.mirror);
+        returns once the first listing is in."""
+        if self._closed:
+            raise KVError("client is closed")
+        return BlockingMirror(Mirror(self._async, prefix, on_change=on_change), self._loop)
 
     @property
     def client_id(self) -> str:
