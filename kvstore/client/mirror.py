@@ -6,7 +6,9 @@ read gives every key at ONE revision R, then a watch from R + 1 applies each cha
 it, so no change is missed or applied twice. The watch reconnects and resumes by itself
 (kvstore.client.watch); if the cluster no longer has the history to resume from (410
 `compacted`, e.g. after a long outage), the mirror lists again and reports the
-differences as changes, so `on_change` still sees every key reach its new value.
+differences as changes, so `on_change` still sees every key reach its new value. The
+first listing is reported too (each key as a change from None), so a service can build
+its state from `on_change` alone.
 
     async with Mirror(kv, "config/", on_change=reload) as config:
         flag = config.get("config/flag")           # bytes or None, no network
