@@ -138,8 +138,8 @@ class Mirror:
                     prefix=self.prefix, start_revision=self.revision + 1, progress=True
                 )
                 try:
-                    async for item in watch:
-                        await self._apply(item)
+                    async for batch in watch.batches():
+                        await self._apply(batch)
                 except Compacted:
                     await self._relist()  # the changes in between are gone: list again
                 finally:
@@ -152,17 +152,23 @@ class Mirror:
                 self._advanced.notify_all()
             raise
 
-    async def _apply(self, item: WatchEvent | WatchProgress) -> None:
-        if type(item) is WatchEvent:
-            with self._lock:
-                old = self._data.get(item.key)
-                if item.type == "put":
-                    self._data[item.key] = item.value
-                else:
-                    self._data.pop(item.key, None)
-            new = item.value if item.type == "put" else None
-            await self._notify(Change(item.key, old, new, item.revision))
-        await self._advance(item.revision)
+    async def _apply(self, batch: list[WatchEvent | WatchProgress]) -> None:
+        """One revision's changes (a transaction's together), then the revision moves:
+        a reader never sees the copy half-way through a revision."""
+        changes: list[Change] = []
+        with self._lock:
+            for item in batch:
+                if type(item) is WatchEvent:
+                    old = self._data.get(item.key)
+                    if item.type == "put":
+                        self._data[item.key] = item.value
+                    else:
+                        self._data.pop(item.key, None)
+                    new = item.value if item.type == "put" else None
+                    changes.append(Change(item.key, old, new, item.revision))
+        for change in changes:
+            await self._notify(change)
+        await self._advance(batch[-1].revision)
 
     async def _advance(self, revision: int) -> None:
         async with self._advanced:

@@ -112,18 +112,27 @@ class Watch:
         self._heard = False
         self.reconnects = 0
         """How many times the stream was resumed (on another node, or the same)."""
-        self._items = self._run()
+        self._batches = self._run()
+        self._ready: list[WatchEvent | WatchProgress] = []
 
     def __aiter__(self) -> Watch:
         return self
 
     async def __anext__(self) -> WatchEvent | WatchProgress:
-        return await self._items.__anext__()
+        while not self._ready:
+            self._ready = list(reversed(await self._batches.__anext__()))
+        return self._ready.pop()
+
+    def batches(self) -> AsyncIterator[list[WatchEvent | WatchProgress]]:
+        """The same stream a revision at a time: each list holds every event of one
+        revision (a transaction's changes together), or one WatchProgress. Use either
+        this or plain iteration on one Watch, not both."""
+        return self._batches
 
     async def aclose(self) -> None:
-        await self._items.aclose()
+        await self._batches.aclose()
 
-    async def _run(self) -> AsyncIterator[WatchEvent | WatchProgress]:
+    async def _run(self) -> AsyncIterator[list[WatchEvent | WatchProgress]]:
         loop = asyncio.get_running_loop()
         failing_since: float | None = None
         failures = 0
@@ -133,8 +142,8 @@ class Watch:
             url = endpoints[self._cursor % len(endpoints)]
             self._heard = False
             try:
-                async for item in self._stream(url):
-                    yield item
+                async for batch in self._stream(url):
+                    yield batch
                 last_error = f"{url}: the stream ended"
             except (_Reconnect, aiohttp.ClientError, OSError, TimeoutError) as exc:
                 last_error = f"{url}: {exc or type(exc).__name__}"
@@ -153,7 +162,7 @@ class Watch:
                 await asyncio.sleep(delay * (0.5 + self._rng.random()))
             failures += 1
 
-    async def _stream(self, url: str) -> AsyncIterator[WatchEvent | WatchProgress]:
+    async def _stream(self, url: str) -> AsyncIterator[list[WatchEvent | WatchProgress]]:
         query = dict(self._selector)
         if self.next_revision is not None:
             query["start_revision"] = str(self.next_revision)
@@ -170,8 +179,9 @@ class Watch:
             parser = SSEParser()
             async for chunk in resp.content.iter_any():
                 for message in parser.feed(chunk):
-                    for item in self._handle(message.event, message.data):
-                        yield item
+                    batch = self._handle(message.event, message.data)
+                    if batch:
+                        yield batch
 
     def _handle(self, event: str, data: str) -> list[WatchEvent | WatchProgress]:
         body = json.loads(data)
