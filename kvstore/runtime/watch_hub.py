@@ -119,20 +119,19 @@ class Watcher:
         self.next_revision = start
         self.synced = False
         self.ended: Ended | None = None
-        self._queue: deque[Changes] = deque()
+        self._queue: deque[tuple[Changes, int]] = deque()
         self._buffered = 0
         self._limit = limit
         self._wake = asyncio.Event()
 
-    def _push(self, changes: Changes) -> bool:
-        """Buffer one revision's changes; False (and the watcher is cut off) when the
-        buffer is full. A batch larger than the whole bound is still taken into an
-        empty buffer, or a big transaction could never be delivered."""
-        size = sum(_event_bytes(e) for e in changes.events)
+    def _push(self, changes: Changes, size: int) -> bool:
+        """Buffer one revision's changes (`size`: their bytes); False (and the watcher is
+        cut off) when the buffer is full. A batch larger than the whole bound is still
+        taken into an empty buffer, or a big transaction could never be delivered."""
         if self._queue and self._buffered + size > self._limit:
             self._end(SLOW)
             return False
-        self._queue.append(changes)
+        self._queue.append((changes, size))
         self._buffered += size
         self._wake.set()
         return True
@@ -148,8 +147,8 @@ class Watcher:
         """The next item without waiting: buffered changes, backlog from the history,
         or the end; None when there is nothing yet."""
         if self._queue:
-            changes = self._queue.popleft()
-            self._buffered -= sum(_event_bytes(e) for e in changes.events)
+            changes, size = self._queue.popleft()
+            self._buffered -= size
             self.next_revision = changes.revision + 1
             return changes
         if self.ended is not None:
@@ -226,6 +225,9 @@ class WatchHub:
         current = source.revision
         if current == self.revision:
             return
+        if not (self._by_key or self._by_prefix):
+            self.revision = current  # nobody listens live: nothing to read
+            return
         try:
             groups = list(_by_revision(source.history.events_since(self.revision), current))
         except Compacted as exc:
@@ -234,26 +236,36 @@ class WatchHub:
             self.revision = current
             self._end_all(COMPACTED, exc.compact_revision)
             return
-        by_key, by_prefix = self._by_key, self._by_prefix
         cut: list[Watcher] = []
         for revision, events in groups:
-            matched: dict[Watcher, list[Event]] = {}
+            # One selection (and one message object) per distinct key or prefix, shared
+            # by all its watchers: a thousand watchers of one prefix cost one filter.
+            touched: dict[str, list[Event]] = {}
             for event in events:
-                key = event.kv.key
-                for watcher in by_key.get(key, ()):
-                    matched.setdefault(watcher, []).append(event)
-                for prefix, watchers in by_prefix.items():
-                    if key.startswith(prefix):
-                        for watcher in watchers:
-                            matched.setdefault(watcher, []).append(event)
-            for watcher, selected in matched.items():
-                if watcher.ended is not None or revision < watcher.next_revision:
-                    continue  # a future start not reached yet
-                if not watcher._push(Changes(revision, tuple(selected))):
-                    cut.append(watcher)
+                touched.setdefault(event.kv.key, []).append(event)
+            for key, selected in touched.items():
+                watchers = self._by_key.get(key)
+                if watchers:
+                    self._feed(watchers, revision, selected, cut)
+            for prefix, watchers in self._by_prefix.items():
+                selected = [e for e in events if e.kv.key.startswith(prefix)]
+                if selected:
+                    self._feed(watchers, revision, selected, cut)
         self.revision = current
         for watcher in cut:
             self._remove(watcher)
+
+    @staticmethod
+    def _feed(
+        watchers: set[Watcher], revision: int, selected: list[Event], cut: list[Watcher]
+    ) -> None:
+        changes = Changes(revision, tuple(selected))
+        size = sum(_event_bytes(e) for e in selected)
+        for watcher in watchers:
+            if watcher.ended is not None or revision < watcher.next_revision:
+                continue  # a future start not reached yet
+            if not watcher._push(changes, size):
+                cut.append(watcher)
 
     def _catch_up(self, watcher: Watcher) -> Item | None:
         """The next part of an unsynced watcher's backlog from the history; the watcher
@@ -277,8 +289,9 @@ class WatchHub:
             return watcher.ended
         if found:
             for changes in found:
-                watcher._queue.append(changes)
-                watcher._buffered += sum(_event_bytes(e) for e in changes.events)
+                size = sum(_event_bytes(e) for e in changes.events)
+                watcher._queue.append((changes, size))
+                watcher._buffered += size
             return watcher.poll()
         watcher.next_revision = self.revision + 1
         if self._closed:
