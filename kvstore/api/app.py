@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -22,6 +23,10 @@ from kvstore.api.watch import add_watch_routes
 from kvstore.runtime.node import NodeRuntime
 
 log = logging.getLogger(__name__)
+
+METRICS_ENABLED = os.environ.get("KV_METRICS", "on") != "off"
+"""KV_METRICS=off drops the request middleware and `/metrics` (to measure their cost;
+the status page's charts need them)."""
 
 
 @web.middleware
@@ -63,7 +68,8 @@ def make_client_app(runtime: NodeRuntime, client_max_size: int) -> web.Applicati
     app.router.add_post("/v1/txn", handle_txn)
     app.router.add_get("/v1/status", strict(handle_status))
     add_member_routes(app)
-    add_metrics(app)
+    if METRICS_ENABLED:
+        add_metrics(app)
     add_health_routes(app)
     add_status_page_routes(app)
     add_watch_routes(app)
