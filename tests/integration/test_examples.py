@@ -63,8 +63,6 @@ def services(cluster: Cluster, tmp_path: Path) -> Iterator[tuple[str, str]]:
                 str(examples / "order_service.py"),
                 "--port",
                 str(order_port),
-                "--inventory-url",
-                inventory_url,
             ],
             order_env,
             tmp_path,
@@ -149,6 +147,10 @@ async def test_concurrent_orders_never_oversell(
                 assert await r.json() == order
         async with http.get(f"{order_url}/orders/does-not-exist") as r:
             assert r.status == 404
+        async with http.get(f"{order_url}/orders") as r:
+            listing = await r.json()
+        assert sorted(o["id"] for o in listing["orders"]) == sorted(o["id"] for o in created)
+        assert listing["revision"] >= len(created)
 
     # The inventory service and a direct read of the store agree with the order service.
     direct = json.loads(cluster.get(cluster.wait_leader(), "inventory/widget").body)
