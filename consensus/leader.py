@@ -206,6 +206,16 @@ class Leadership:
             self._release_confirmed_reads()
         if msg.success:
             self._handle_append_success(msg.sender, progress, msg.match_index)
+        elif progress.says_log_ends_below_match(msg.conflict_term, msg.conflict_index):
+            # Its log ends below what it acknowledged (a damaged disk), or this is an old
+            # rejection overtaken by the acknowledgement. Probe at the match index: a
+            # rejection of that probe proves the loss, and replication restarts from the
+            # follower's real end instead of spinning on rejections taken as stale.
+            if progress.probe_rejected(msg.match_index):
+                progress.rewind(msg.conflict_index - 1)
+            else:
+                progress.become_probe()
+            self._send_append(msg.sender)
         elif not progress.is_stale_rejection(msg.match_index):
             next_index = self._next_after_rejection(msg, progress)
             progress.become_probe()

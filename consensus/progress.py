@@ -120,6 +120,26 @@ class Progress:
         self.next = self.match + 1
         self.inflight.clear()
 
+    def says_log_ends_below_match(self, conflict_term: int, conflict_index: int) -> bool:
+        """A rejection saying the follower's log ends (at conflict_index - 1) below
+        `match`. A durable follower never shrinks below what it acknowledged in this
+        term, so this is a damaged disk, or an old rejection that reordering delivered
+        after the acknowledgement; `probe_rejected` tells them apart."""
+        return (
+            self.state is not ProgressState.SNAPSHOT
+            and conflict_term == 0
+            and 0 < conflict_index <= self.match
+        )
+
+    def probe_rejected(self, rejected_index: int) -> bool:
+        """The rejection answers our probe at the match index itself."""
+        return self.state is ProgressState.PROBE and rejected_index == self.match == self.next - 1
+
+    def rewind(self, last_index: int) -> None:
+        """The follower's log really ends at `last_index`: probe from there."""
+        self.match = last_index
+        self.become_probe()
+
     def is_stale_rejection(self, rejected_index: int) -> bool:
         """A rejection of an index we already know matches, or not the one we probed,
         comes from a delayed or duplicated message and must not move `next` back."""

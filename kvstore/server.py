@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -44,14 +45,24 @@ class StartupError(Exception):
         self.code = code
 
 
+REPLACE_DISK = (
+    "this node cannot rejoin with this data: remove it from the cluster "
+    "(`kv member remove <id>` on a healthy node), wipe its data directory, start it "
+    "with --join and `kv member add` it again (README: Replacing a disk)"
+)
+_LOCK = re.compile(r"\block\b", re.IGNORECASE)
+"""LevelDB's lock failure names the LOCK file; a word match, so that a corruption
+message about a damaged "block" is not mistaken for it."""
+
+
 def _open_storage(path: Path) -> LevelDBStorage:
     try:
         return LevelDBStorage(path)
     except CorruptLogError as exc:
-        raise StartupError(EXIT_CONFIG, f"data directory unusable: {exc}") from None
+        raise StartupError(EXIT_CONFIG, f"data directory unusable: {exc}; {REPLACE_DISK}") from None
     except Exception as exc:  # plyvel raises IOError for a held lock or a bad directory
         text = str(exc)
-        if "lock" in text.lower():
+        if _LOCK.search(text):
             text = f"{path} is in use by another process ({text})"
         raise StartupError(EXIT_CONFIG, f"cannot open the log in {path}: {text}") from None
 

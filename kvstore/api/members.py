@@ -157,15 +157,37 @@ def _members_json(runtime: NodeRuntime, **extra: Any) -> web.Response:
 # ---------------------------------------------------------------------- GET / POST /v1/members
 
 
+async def _confirm_leadership(runtime: NodeRuntime, deadline: float) -> None:
+    """A ReadIndex round, as linearizable reads do, so a deposed leader that has not
+    heard of its successor does not answer for the membership. NotLeader propagates
+    (the caller forwards)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            await runtime.barrier(max(0.01, deadline - loop.time()))
+            return
+        except ReadAborted:
+            if loop.time() < deadline:
+                continue
+            raise Refused(error(503, "no_leader", "leadership changed; retry")) from None
+        except RuntimeStopped as exc:
+            raise Refused(error(503, "no_leader", str(exc))) from None
+        except TimeoutError:
+            raise Refused(
+                error(504, "timeout", "leadership was not confirmed by a quorum in time")
+            ) from None
+
+
 async def handle_members(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME_KEY]
     loop = asyncio.get_running_loop()
     if request.method == "GET":
         if request.query.get("consistency") == "stale":
-            return _members_json(runtime)
+            return _members_json(runtime, stale=True)
 
         async def listing() -> web.StreamResponse:
-            return _members_json(runtime)
+            await _confirm_leadership(runtime, deadline)
+            return _members_json(runtime, stale=False)
 
         deadline = loop.time() + runtime.tuning.request_timeout_ms / 1000
         return await _on_leader(request, runtime, b"", deadline, listing, is_write=False)
@@ -372,9 +394,9 @@ async def handle_snapshot(request: web.Request) -> web.StreamResponse:
             await runtime.barrier(max(0.1, deadline - loop.time()))
         except (ReadAborted, RuntimeStopped, TimeoutError) as exc:
             raise Refused(error(503, "no_leader", f"could not confirm leadership: {exc}")) from None
-        view = runtime.sm.snapshot_view()
+        view = runtime.sm.snapshot_view()  # and, in the same step, its membership
         index = view.applied_index
-        membership = runtime.node.membership
+        membership = runtime.membership.applied
         header = {
             "index": index,
             "term": runtime.node.log.term(index),

@@ -10,6 +10,13 @@ The core asks for terms constantly and for the log tail on every replication rou
 both are answered from memory: an array of every entry's term, and a bounded cache of the
 newest entries. LevelDB is read only for older entries (a lagging follower).
 
+Recovery checks at open: LevelDB runs with paranoid checks (a damaged table or log
+record is an error, not something to skip); every record's checksum; no hole in the
+indexes; terms never decrease along the log; the commit index is not past the log's
+end; and the log reaches the committed watermark kept beside it
+(kvstore.runtime.watermark), which catches a log LevelDB silently shortened while
+recovering a damaged `.log` file. Any violation raises CorruptLogError naming the path.
+
 The latest snapshot (metadata and the state machine's bytes) lives under two more keys;
 entries it covers are deleted in the same batch that stores it.
 
@@ -44,6 +51,7 @@ from consensus.codec import (
 from consensus.errors import CompactedError, ConsensusError, UnavailableError
 from consensus.storage import limit_size
 from consensus.types import Entry, HardState, SnapshotMeta
+from kvstore.runtime.watermark import CommitWatermark, WatermarkError
 
 __all__ = ["CorruptLogError", "LevelDBStorage"]
 
@@ -132,18 +140,27 @@ class LevelDBStorage:
         *,
         cache_entries: int = 4096,
         cache_bytes: int = 16 << 20,
+        watermark_interval_s: float = 0.5,
     ) -> None:
         """Open (creating if needed) and fully verify the log, so a damaged record stops
         the node at start rather than surfacing mid-replication."""
         self._path = str(path)
         self._cache_entries = cache_entries
         self._cache_bytes = cache_bytes
-        self._db = plyvel.DB(self._path, create_if_missing=True)
+        try:
+            self._db = plyvel.DB(self._path, create_if_missing=True, paranoid_checks=True)
+        except plyvel.CorruptionError as exc:
+            raise CorruptLogError(self._path, None, f"LevelDB reports: {exc}") from None
+        self._watermark = CommitWatermark(Path(self._path), watermark_interval_s)
         try:
             self._hard_state = self._load_hard_state()
             self._snapshot = self._load_snapshot_meta()
             self._base = self._snapshot.index if self._snapshot else 0
             self._terms, self._tail = self._scan_log()
+            self._check_promises()
+        except plyvel.CorruptionError as exc:
+            self._db.close()
+            raise CorruptLogError(self._path, None, f"LevelDB reports: {exc}") from None
         except BaseException:
             self._db.close()
             raise
@@ -173,7 +190,7 @@ class LevelDBStorage:
         # terms[i] is the term of entry base + i; terms[0] is the snapshot's (0: empty log)
         terms = array("Q", [self._snapshot.term if self._snapshot else 0])
         newest: deque[Entry] = deque(maxlen=self._cache_entries)
-        with self._db.iterator(prefix=_ENTRY_PREFIX) as records:
+        with self._db.iterator(prefix=_ENTRY_PREFIX, verify_checksums=True) as records:
             for key, value in records:
                 index = self._key_index(key)
                 expected = self._base + len(terms)
@@ -182,6 +199,10 @@ class LevelDBStorage:
                         self._path, expected, f"missing (the next stored entry is {index})"
                     )
                 entry = self._decode_record(index, value)
+                if entry.term < terms[-1]:
+                    raise CorruptLogError(
+                        self._path, index, f"term {entry.term} follows term {terms[-1]}"
+                    )
                 terms.append(entry.term)
                 newest.append(entry)
         tail = _Tail(self._base + len(terms), (), 0)
@@ -190,6 +211,27 @@ class LevelDBStorage:
                 newest, self._cache_entries, self._cache_bytes
             )
         return terms, tail
+
+    def _check_promises(self) -> None:
+        """The log must hold everything this node said it had committed."""
+        last, hard_state = self._base + len(self._terms) - 1, self._hard_state
+        if hard_state.commit > last:
+            raise CorruptLogError(
+                self._path, None, f"commit index {hard_state.commit} is past the last entry {last}"
+            )
+        try:
+            term, commit = self._watermark.read()
+        except WatermarkError as exc:
+            raise CorruptLogError(self._path, None, str(exc)) from None
+        if commit > min(last, hard_state.commit) or term > hard_state.term:
+            raise CorruptLogError(
+                self._path,
+                None,
+                f"the log ends at {last} (commit {hard_state.commit}, term {hard_state.term}) "
+                f"but this node had committed up to {commit} (term {term}), as "
+                f"{self._watermark.path} records: LevelDB lost the newest part of its log "
+                "(a damaged or truncated .log file), with entries this node acknowledged",
+            )
 
     def _key_index(self, key: bytes) -> int:
         if len(key) != _ENTRY_KEY_LEN:
@@ -292,6 +334,7 @@ class LevelDBStorage:
         # sees the new last index also finds the new entries in the tail.
         if hard_state is not None:
             self._hard_state = hard_state
+            self._watermark.advance(hard_state)
         if new_terms is not None:
             self._tail = self._tail.replaced(entries, self._cache_entries, self._cache_bytes)
             self._terms[entries[0].index - self._base :] = new_terms
@@ -337,4 +380,6 @@ class LevelDBStorage:
         self._terms = array("Q", [meta.term]) + kept
 
     def close(self) -> None:
+        if not self._db.closed:
+            self._watermark.flush()
         self._db.close()

@@ -10,10 +10,13 @@ can never serve (or campaign) as a member again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 
-from consensus import NodeId, RaftNode
+from consensus import Entry, Membership, NodeId, RaftNode
+from consensus.membership import InvalidConfChange, apply_change, decode_conf_change
+from consensus.types import SnapshotMeta
 from kvstore.config import NodeConfig
 from kvstore.runtime.member_view import MemberView
 from kvstore.state.machine import KVStateMachine
@@ -40,6 +43,12 @@ class MembershipTracker:
         self._set_peers = set_peers
         self._on_removed = on_removed
         self.removed_reason: str | None = None
+        snapshot = node.log.storage.snapshot_meta()
+        self.applied: Membership = snapshot.membership if snapshot else Membership(())
+        """The membership as of the state machine's applied index. The core's moves
+        earlier (when a change is handed out for applying, possibly while the runtime
+        is still persisting that Ready), so anything captured together with the
+        applied state (a backup) must use this one."""
 
     def admit(self, sender: NodeId, sender_url: str | None) -> str | None:
         """The peer API asks whether to take messages from `sender` (see MemberView)."""
@@ -57,6 +66,16 @@ class MembershipTracker:
         )
         if self._me.id in removed and self._me.id not in self._node.membership:
             self._removed("the log says so")
+
+    def change_applied(self, entry: Entry) -> None:
+        """A CONF_CHANGE entry was applied to the state machine."""
+        with contextlib.suppress(InvalidConfChange):  # undecodable: the core ignores it too
+            self.applied = apply_change(self.applied, decode_conf_change(entry.data))
+
+    def snapshot_installed(self, meta: SnapshotMeta) -> None:
+        """A leader's snapshot replaced the state (and maybe the membership)."""
+        self.applied = meta.membership
+        self.changed()
 
     def told_removed(self, peer: NodeId, text: str) -> None:
         """A peer answered 410 `removed_member` (the transport's callback)."""

@@ -157,7 +157,7 @@ class NodeRuntime:
             t.snapshot_entries,
             step=self.step_messages,
             running=lambda: not (self.stopping or self.fatal_error is not None),
-            installed=self.membership.changed,
+            installed=self.membership.snapshot_installed,
         )
         self.snapshot_receiver = SnapshotReceiver(
             self.me.data_dir / "incoming-snapshots", self.snapshots.deliver
@@ -465,6 +465,7 @@ class NodeRuntime:
         for entry in entries:
             result = sm_apply(entry)
             if entry.type is EntryType.CONF_CHANGE:
+                self.membership.change_applied(entry)
                 conf_changed = True
             if track:
                 pending.applied(entry, result)

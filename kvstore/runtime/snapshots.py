@@ -44,7 +44,7 @@ class SnapshotKeeper:
         *,
         step: Callable[[Sequence[Message]], None],
         running: Callable[[], bool],
-        installed: Callable[[], None],
+        installed: Callable[[SnapshotMeta], None],
     ) -> None:
         self._node = node
         self._sm = sm
@@ -117,7 +117,7 @@ class SnapshotKeeper:
         self._storage.apply_snapshot(meta, data)
         self._sm.install(parsed)
         self._pending.snapshot_installed(meta.index)
-        self._installed()
+        self._installed(meta)
         log.info("installed a snapshot from the leader at index %d", meta.index)
 
     def for_peer(self, meta: SnapshotMeta) -> bytes | None:

@@ -451,21 +451,28 @@ class StorageParity(RuleBasedStateMachine):
         assert self.leveldb is not None
         return self.leveldb
 
-    @rule(
-        data=st.data(),
-        hard_state=st.none()
-        | st.builds(HardState, st.integers(0, 9), st.none() | st.text(), st.integers(0, 50)),
-        terms=st.lists(st.integers(0, 9), max_size=6),
-        payload=st.binary(max_size=40),
-    )
-    def save(
-        self, data: st.DataObject, hard_state: HardState | None, terms: list[int], payload: bytes
-    ) -> None:
-        first = data.draw(
-            st.integers(self.memory.first_index(), self.memory.last_index() + 1), label="first"
-        )
+    @rule(data=st.data(), payload=st.binary(max_size=40))
+    def save(self, data: st.DataObject, payload: bytes) -> None:
+        """Any save a Raft node can make: committed entries are never cut, terms never go
+        down along the log or in the hard state, the commit index never passes the log's
+        end (the open checks all of that)."""
+        memory = self.memory
+        committed = memory.initial_state().commit
+        low = max(memory.first_index(), committed + 1)
+        first = data.draw(st.integers(low, max(low, memory.last_index() + 1)), label="first")
+        start_term = memory.term(first - 1)
+        terms = sorted(data.draw(st.lists(st.integers(start_term, 12), max_size=6), label="t"))
         batch = [Entry(t, first + i, payload[i:], EntryType(t % 2)) for i, t in enumerate(terms)]
-        self.memory.save(hard_state, batch)
+        last = first + len(batch) - 1 if batch else memory.last_index()
+        hard_state = None
+        if data.draw(st.booleans(), label="with hard state"):
+            old = memory.initial_state()
+            hard_state = HardState(
+                data.draw(st.integers(old.term, 12), label="term"),
+                data.draw(st.none() | st.text(), label="vote"),
+                data.draw(st.integers(old.commit, max(old.commit, last)), label="commit"),
+            )
+        memory.save(hard_state, batch)
         self.disk.save(hard_state, batch)
 
     @rule(hard_state=st.builds(HardState), skip=st.integers(2, 5))
@@ -480,9 +487,11 @@ class StorageParity(RuleBasedStateMachine):
         """Compaction (the snapshot's entry is in the log) or a leader's snapshot
         (it is not: the whole log goes)."""
         first, last = self.memory.first_index(), self.memory.last_index()
+        committed = self.memory.initial_state().commit
         index = data.draw(st.integers(first, last + 3), label="index")
         held = index <= last
-        term = self.memory.term(index) if held and data.draw(st.booleans()) else 10
+        compaction = held and (index < committed or data.draw(st.booleans()))
+        term = self.memory.term(index) if compaction else 12  # a leader's: the newest term
         meta = SnapshotMeta(index, term, Membership(("a", "b"), ("c",)))
         self.memory.apply_snapshot(meta, payload)
         self.disk.apply_snapshot(meta, payload)

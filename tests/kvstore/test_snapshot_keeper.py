@@ -50,7 +50,7 @@ class _Follower:
             10_000,
             step=lambda msgs: [self.node.step(m) for m in msgs],
             running=lambda: True,
-            installed=lambda: None,
+            installed=lambda meta: None,
         )
 
     def deliver(self, term: int, sender: str, snap: tuple[SnapshotMeta, bytes, ParsedState]):  # type: ignore[no-untyped-def]
