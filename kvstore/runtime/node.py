@@ -52,6 +52,7 @@ from kvstore.runtime.requests import (
     ProposalTimeout,
     RuntimeStopped,
 )
+from kvstore.runtime.settings import SettingsKeeper
 from kvstore.runtime.snapshots import SnapshotKeeper
 from kvstore.runtime.stats import RuntimeStats
 from kvstore.runtime.watch_hub import WatchHub
@@ -94,11 +95,7 @@ class NodeRuntime:
         self.cluster, self.tuning, self.node_id = cluster, t, node_id
         self.me: NodeConfig = cluster.node(node_id)
         self.storage = storage
-        self.sm = KVStateMachine(
-            session_ttl_entries=t.session_ttl_entries,
-            max_sessions=t.max_sessions,
-            history_revisions=t.history_revisions,
-        )
+        self.sm = KVStateMachine()  # its limits come from the log: kvstore.runtime.settings
         snapshot = storage.snapshot_meta()
         if snapshot is not None:  # the state machine starts from the last snapshot
             data = storage.snapshot_data()
@@ -162,6 +159,7 @@ class NodeRuntime:
         self.snapshot_receiver = SnapshotReceiver(
             self.me.data_dir / "incoming-snapshots", self.snapshots.deliver
         )
+        self.settings = SettingsKeeper(self.node, self.sm, t, self._wake.set)
         self._tasks: list[asyncio.Task[None]] = []
         self.stopping = False
         self.fatal_error: BaseException | None = None
@@ -408,6 +406,7 @@ class NodeRuntime:
                         await asyncio.sleep(0)
                 self.snapshots.between_readies()
                 self.leadership.observe()
+                self.settings.observe()
                 if self.stopping:
                     return
         except asyncio.CancelledError:

@@ -33,6 +33,7 @@ _DELETE = 2
 _PUT_REV = 3
 _DELETE_REV = 4
 _TXN = 5
+_SETTINGS = 6
 _OP_PUT, _OP_DELETE_RANGE, _OP_RANGE = range(3)
 
 
@@ -233,7 +234,29 @@ def _check_no_double_write(branch: tuple[TxnOp, ...]) -> None:
             raise ValueError(f"a transaction branch both puts and deletes {key!r}")
 
 
-Command: TypeAlias = Put | Delete | Txn
+@dataclass(frozen=True, slots=True)
+class SetSettings:
+    """Cluster settings that decide apply results (session expiry and eviction, the
+    retained history), so they live in the log, never in each node's file. With
+    `only_if_unset` (what a new leader proposes from its cluster.toml when the log has
+    none yet) it changes nothing once the log carries settings, so racing leaders agree."""
+
+    session_ttl_entries: int
+    max_sessions: int
+    history_revisions: int
+    only_if_unset: bool = False
+    session: None = None  # never part of a client session
+
+    def __post_init__(self) -> None:
+        for name in ("session_ttl_entries", "max_sessions", "history_revisions"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if type(self.only_if_unset) is not bool:
+            raise ValueError("only_if_unset must be a bool")
+
+
+Command: TypeAlias = Put | Delete | Txn | SetSettings
 
 
 def encode_command(cmd: Command) -> bytes:
@@ -255,6 +278,9 @@ def encode_command(cmd: Command) -> bytes:
             [_encode_op(op) for op in cmd.success],
             [_encode_op(op) for op in cmd.failure],
         ]
+    elif type(cmd) is SetSettings:
+        limits = (cmd.session_ttl_entries, cmd.max_sessions, cmd.history_revisions)
+        return msgpack.packb([_SETTINGS, *limits, cmd.only_if_unset])
     else:
         raise TypeError(f"not a command: {type(cmd).__name__}")
     s = cmd.session
@@ -296,6 +322,8 @@ def decode_command(data: bytes) -> Command:
             success = tuple(_decode_op(*op) for op in fields[2])
             failure = tuple(_decode_op(*op) for op in fields[3])
             return Txn(compares, success, failure, session)
+        if tag == _SETTINGS and n == 5:
+            return SetSettings(*fields[1:])
     except (ValueError, TypeError) as exc:
         raise CommandDecodeError(f"malformed command: {exc}") from None
     raise CommandDecodeError(f"unknown command tag {tag} with {n} fields")

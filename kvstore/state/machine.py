@@ -61,13 +61,13 @@ from collections.abc import Mapping
 
 from consensus.types import Entry, EntryType
 from kvstore.state import txn as txn_executor
-from kvstore.state.commands import Command, Delete, Put, Txn, decode_command
+from kvstore.state.commands import Command, Delete, Put, SetSettings, Txn, decode_command
 from kvstore.state.history import DEFAULT_HISTORY_REVISIONS, History
 from kvstore.state.keyrange import RangeQuery
 from kvstore.state.keyspace import KeySpace
 from kvstore.state.members import MemberAddress, MemberDirectory
 from kvstore.state.range import run_range
-from kvstore.state.snapshot import ParsedState, SnapshotView, parse_snapshot
+from kvstore.state.snapshot import ClusterSettings, ParsedState, SnapshotView, parse_snapshot
 from kvstore.state.types import (
     NOT_FOUND,
     SESSION_EXPIRED,
@@ -126,6 +126,9 @@ class KVStateMachine:
         max_results_per_session: int = DEFAULT_MAX_RESULTS_PER_SESSION,
         history_revisions: int = DEFAULT_HISTORY_REVISIONS,
     ) -> None:
+        """The limits given here hold only until the log carries a SetSettings entry;
+        a replica of a real cluster takes the defaults (the same code constants on every
+        node), never a node's own file. Tests and the simulator pass others."""
         for name, value in (
             ("session_ttl_entries", session_ttl_entries),
             ("max_sessions", max_sessions),
@@ -138,6 +141,8 @@ class KVStateMachine:
         self._max_sessions = max_sessions
         self._max_results = max_results_per_session
         self._history_revisions = history_revisions
+        self._initial_limits = ClusterSettings(session_ttl_entries, max_sessions, history_revisions)
+        self._settings: ClusterSettings | None = None
         self._space = KeySpace(History(history_revisions))
         self._applied_index = 0
         # Both kept in drop/use order so the oldest is first; see rules 1 and 5.
@@ -174,6 +179,11 @@ class KVStateMachine:
     def history(self) -> History:
         """The retained change events (kvstore.state.history), e.g. for watches."""
         return self._space.history
+
+    @property
+    def settings(self) -> ClusterSettings | None:
+        """The cluster settings the log set (None: none yet, the defaults apply)."""
+        return self._settings
 
     def has_session(self, client_id: str) -> bool:
         return client_id in self._sessions
@@ -215,9 +225,23 @@ class KVStateMachine:
         self._expire_idle_sessions(index)
         if command is None:
             return None
+        if type(command) is SetSettings:
+            if not (command.only_if_unset and self._settings is not None):
+                limits = (command.session_ttl_entries, command.max_sessions)
+                self._use(ClusterSettings(*limits, command.history_revisions))
+            return None
         if command.session is None:
             return self._execute(command)
         return self._apply_in_session(command, index)
+
+    def _use(self, settings: ClusterSettings | None) -> None:
+        """Put the log's settings (None: the initial limits) in force, alike everywhere."""
+        self._settings = settings
+        limits = settings or self._initial_limits
+        self._ttl, self._max_sessions = limits.session_ttl_entries, limits.max_sessions
+        self._history_revisions = limits.history_revisions
+        self._space.history.window = limits.history_revisions
+        self._space.history.trim(self._space.revision)
 
     def _expire_idle_sessions(self, index: int) -> None:
         sessions = self._sessions
@@ -296,13 +320,14 @@ class KVStateMachine:
             self._sessions,
             self._dropped,
             self._directory,
+            self._settings,
         )
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state by a snapshot's; on SnapshotError nothing changes.
 
-        The limits (ttl, max sessions) stay this machine's own; they are re-applied as
-        entries arrive, so a snapshot from a differently configured node still works.
+        The cluster settings travel in the snapshot (format 4); a snapshot without
+        them (older formats, or a log that never set any) keeps the initial limits.
         """
         self.install(self.parse(data))
 
@@ -323,10 +348,9 @@ class KVStateMachine:
             self._sessions,
             self._dropped,
             self._directory,
+            settings,
         ) = state
-        history = self._space.history
-        history.window = self._history_revisions  # this node's own window, as for sessions
-        history.trim(self._space.revision)
+        self._use(settings)
 
     def fingerprint(self) -> str:
         """A digest of snapshot(): equal for replicas in the same state. Costs a snapshot."""

@@ -6,8 +6,10 @@ would stall every write for that long. The keys dict holds immutable KeyValues, 
 shallow copy of the dict is a consistent picture of the applied state; sessions are
 mutable, so they are encoded at capture time (they are few and small).
 
-Format 3 is a msgpack array `[3, applied_index, revision, keys, sessions, dropped,
-members, removed, compact_revision, events]`: format 2 plus the retained change history
+Format 4 is a msgpack array `[4, applied_index, revision, keys, sessions, dropped,
+members, removed, compact_revision, events, settings]`: format 3 plus the cluster
+settings the log set (`[session_ttl_entries, max_sessions, history_revisions]`, or nil
+when it set none). Format 3 is format 2 plus the retained change history
 (kvstore.state.history). Format 2 (without the history) and format 1 (without the
 member directory either) are still read; their history starts empty at their revision.
 """
@@ -26,9 +28,21 @@ from kvstore.state.keyspace import KeySpace
 from kvstore.state.members import MemberDirectory
 from kvstore.state.types import KeyValue, Session, decode_kv, decode_result, encode_result, ints
 
-SNAPSHOT_FORMAT = 3
+SNAPSHOT_FORMAT = 4
 PACK_BATCH = 2000
-_FORMATS = {1: 6, 2: 8, 3: 10}  # format -> array length
+_FORMATS = {1: 6, 2: 8, 3: 10, 4: 11}  # format -> array length
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """Settings that decide apply results, as the log set them (a SetSettings entry)."""
+
+    session_ttl_entries: int
+    max_sessions: int
+    history_revisions: int
+
+    def to_wire(self) -> list[int]:
+        return [self.session_ttl_entries, self.max_sessions, self.history_revisions]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +57,7 @@ class SnapshotView:
     dropped: list[tuple[str, int]]
     directory: MemberDirectory
     history: History
+    settings: ClusterSettings | None
 
     @classmethod
     def capture(
@@ -52,6 +67,7 @@ class SnapshotView:
         sessions: OrderedDict[str, Session],
         dropped: OrderedDict[str, int],
         directory: MemberDirectory,
+        settings: ClusterSettings | None,
     ) -> SnapshotView:
         encoded = [
             (
@@ -71,6 +87,7 @@ class SnapshotView:
             list(dropped.items()),
             directory.copy(),
             space.history.copy(),
+            settings,
         )
 
     def serialize(self) -> bytes:
@@ -100,7 +117,8 @@ class SnapshotView:
             header = len(packer.pack_array_header(len(batch)))
             parts.append(packer.pack(batch)[header:])
         parts += [packer.pack(v) for v in (self.sessions, self.dropped, members, removed)]
-        parts += [packer.pack(compact_revision), packer.pack(events)]
+        settings = None if self.settings is None else self.settings.to_wire()
+        parts += [packer.pack(compact_revision), packer.pack(events), packer.pack(settings)]
         return b"".join(parts)
 
 
@@ -110,6 +128,7 @@ ParsedState = tuple[
     OrderedDict[str, Session],
     OrderedDict[str, int],
     MemberDirectory,
+    ClusterSettings | None,
 ]
 
 
@@ -141,11 +160,15 @@ def parse_snapshot(data: bytes) -> ParsedState:
         raise ValueError(f"bad msgpack: {exc}") from None
     directory = MemberDirectory.from_wire(*rest[:2]) if fmt >= 2 else MemberDirectory()
     if fmt >= 3:
-        history = History.from_wire(DEFAULT_HISTORY_REVISIONS, *rest[2:])
+        history = History.from_wire(DEFAULT_HISTORY_REVISIONS, *rest[2:4])
         if history.compact_revision > revision:
             raise ValueError("history compacted beyond the snapshot's revision")
     else:
         history = History(DEFAULT_HISTORY_REVISIONS, revision)
+    limits = rest[4] if fmt >= 4 else None
+    settings = None if limits is None else ClusterSettings(*ints(limits, 3))
+    if settings is not None and min(settings.to_wire()) < 1:
+        raise ValueError(f"bad cluster settings {limits!r}")
 
     parsed: list[tuple[str, Session]] = []
     for client_id, floor, last_used, results in sessions:
@@ -169,7 +192,7 @@ def parse_snapshot(data: bytes) -> ParsedState:
     if any(a > b for a, b in pairwise(ordered)):
         ordered.sort()  # this version writes keys in order; accept any order all the same
     space = KeySpace(history, revision, kvs, ordered)
-    return applied_index, space, live, gone, directory
+    return applied_index, space, live, gone, directory, settings
 
 
 def _expect_end(unpacker: msgpack.Unpacker) -> None:
