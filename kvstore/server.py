@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +27,13 @@ from aiohttp import web
 
 from kvstore.api.app import make_client_app
 from kvstore.api.peer import DEFAULT_MAX_BODY, add_peer_routes, make_peer_app
-from kvstore.config import ClusterConfig, ConfigError, check_data_dir, load_cluster_config
+from kvstore.config import (
+    ClusterConfig,
+    ConfigError,
+    NodeConfig,
+    check_data_dir,
+    load_cluster_config,
+)
 from kvstore.runtime.leveldb_storage import CorruptLogError, LevelDBStorage
 from kvstore.runtime.log_format import NodeContext, configure_logging
 from kvstore.runtime.node import NodeRuntime
@@ -79,7 +86,11 @@ def load(config_path: str | Path, node_id: str) -> ClusterConfig:
 
 
 def run_node(
-    config_path: str | Path, node_id: str, join: bool = False, log_format: str | None = None
+    config_path: str | Path,
+    node_id: str,
+    join: bool = False,
+    log_format: str | None = None,
+    initial_cluster: bool = False,
 ) -> int:
     """Run one node in the foreground until SIGTERM/SIGINT; returns the exit code.
     `join`: start empty and wait to be added to an existing cluster (`kv member add`).
@@ -94,7 +105,7 @@ def run_node(
     )
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(_serve(cluster, node_id, join, context))
+            return runner.run(_serve(cluster, node_id, join, context, initial_cluster))
     except StartupError as exc:
         print(f"kv serve: error: {exc}", file=sys.stderr)
         return exc.code
@@ -111,13 +122,45 @@ def _loop_factory():  # type: ignore[no-untyped-def]
     return uvloop.new_event_loop
 
 
+def _check_founding(
+    storage: LevelDBStorage, me: NodeConfig, join: bool, initial: bool, created: bool
+) -> None:
+    """A founder on an empty data directory founds a cluster only when told to: the
+    same empty directory is what a wiped or replaced disk looks like, and founding
+    again would forget the votes it cast and the entries it acknowledged (or, after a
+    partial `kv snapshot restore`, start a history the seeded nodes would later erase)."""
+    pristine = (
+        storage.last_index() == 0
+        and storage.snapshot_meta() is None
+        and storage.initial_state().term == 0
+    )
+    if not pristine or join or me.join or initial:
+        return
+    storage.close()
+    if created:  # leave no trace, so that `kv cluster up` still sees a fresh directory
+        shutil.rmtree(me.data_dir / "raft", ignore_errors=True)
+    raise StartupError(
+        EXIT_CONFIG,
+        f"{me.id}'s data directory {me.data_dir} holds no log. For the first start of a NEW "
+        "cluster start every founder with --initial-cluster (`kv cluster up` does when "
+        "every founder's directory is empty); after `kv snapshot restore`, seed this node "
+        f"too (--node {me.id}); if this node's disk was wiped or replaced, {REPLACE_DISK}",
+    )
+
+
 async def _serve(
-    cluster: ClusterConfig, node_id: str, join: bool = False, context: NodeContext | None = None
+    cluster: ClusterConfig,
+    node_id: str,
+    join: bool = False,
+    context: NodeContext | None = None,
+    initial: bool = False,
 ) -> int:
     me = cluster.node(node_id)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    created = not (me.data_dir / "raft").exists()
     storage = _open_storage(me.data_dir / "raft")
+    _check_founding(storage, me, join, initial, created)
 
     def removed(reason: str) -> None:
         print(
@@ -243,9 +286,13 @@ def cluster_up(config_path: str | Path, wait_leader_s: float = 20.0) -> int:
 
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     children: dict[str, subprocess.Popen[bytes]] = {}
+    # A fresh local cluster is founded here; any founder with data means it exists.
+    fresh = all(not (n.data_dir / "raft").exists() for n in cluster.nodes if not n.join)
     try:
         for node in cluster.nodes:
             cmd = [sys.executable, "-m", "kvstore.cli.main", "serve", "--config", str(config_path)]
+            if fresh and not node.join:
+                cmd.append("--initial-cluster")
             children[node.id] = subprocess.Popen([*cmd, "--node", node.id])
             print(
                 f"{node.id}: pid {children[node.id].pid}  client {node.client_url}  "

@@ -189,6 +189,7 @@ class LocalCluster:
             return
         cmd = [sys.executable, "-m", "kvstore.cli.main", "serve"]
         cmd += ["--config", str(self.config_path(node_id)), "--node", node_id]
+        cmd.append("--initial-cluster")  # its own fresh cluster; ignored once there is data
         with (self.root / "logs" / f"{node_id}.log").open("ab") as log:
             self.procs[node_id] = subprocess.Popen(
                 cmd,

@@ -38,11 +38,20 @@ config_option = click.option(
     help="text (the default) or json: one object a line with node id, term and role. "
     "Overrides `log_format` under [cluster].",
 )
-def serve_command(config_path: str, node_id: str, join: bool, log_format: str | None) -> None:
+@click.option(
+    "--initial-cluster",
+    is_flag=True,
+    help="First start of a NEW cluster: found it from the file's nodes. A founder on an "
+    "empty data directory refuses to start without it, so that a wiped disk never "
+    "founds a second history (ignored when the node already has data).",
+)
+def serve_command(
+    config_path: str, node_id: str, join: bool, log_format: str | None, initial_cluster: bool
+) -> None:
     """Run one node in the foreground until SIGTERM/SIGINT."""
     from kvstore.server import run_node
 
-    sys.exit(run_node(config_path, node_id, join, log_format))
+    sys.exit(run_node(config_path, node_id, join, log_format, initial_cluster))
 
 
 @click.group("cluster")

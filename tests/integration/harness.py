@@ -164,7 +164,9 @@ class Cluster:
                 continue
             log = node.log_path.open("ab")
             node.proc = subprocess.Popen(
-                serve_command(self.config_path, node.node_id) + (["--join"] if join else []),
+                serve_command(self.config_path, node.node_id)
+                + (["--join"] if join else [])
+                + ([] if join or node.node_id in self.joiners else ["--initial-cluster"]),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=child_env(),
