@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.server
 import os
 import pty
+import ssl
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ import pytest
 
 from kvstore.client.endpoints import ENV_VAR
 from tests.kvstore.test_client import FakeCluster, refused_url, threaded
+from tests.kvstore.test_client_failures import self_signed
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = [
@@ -76,12 +78,14 @@ class _NotOurs(http.server.BaseHTTPRequestHandler):
 
 
 @contextmanager
-def not_pyraftkv() -> Iterator[str]:
+def not_pyraftkv(tls: ssl.SSLContext | None = None) -> Iterator[str]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotOurs)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
@@ -114,6 +118,14 @@ def test_refused_is_named_even_when_the_timeout_runs_out(args: list[str]) -> Non
     assert done.returncode == 3  # unavailable
     line = one_line(done)
     assert f"{url}: connection refused" in line and "deadline" not in line
+
+
+def test_an_untrusted_certificate_is_named(tmp_path: Path) -> None:
+    with self_signed(tmp_path) as tls, not_pyraftkv(tls) as url:
+        done = kv("get", "k", "--endpoints", url, "--timeout", "2")
+    assert done.returncode == 2
+    line = one_line(done)
+    assert f"{url}: certificate problem" in line and "CERTIFICATE_VERIFY_FAILED" in line
 
 
 def test_get_ends_with_a_newline_on_a_terminal_and_stays_raw_in_a_pipe() -> None:
