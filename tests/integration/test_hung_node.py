@@ -99,3 +99,23 @@ def test_with_only_the_paused_node_each_command_names_it_within_the_timeout(
         lines = err.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in err, (args, err)
         assert url in lines[0] and "no answer within 1 s" in lines[0], (args, err)
+
+
+def test_with_the_leader_paused_commands_succeed_once_another_is_elected(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The stopped node is the leader: the others elect a new one within about a second,
+    and every command gets through within its --timeout, hedging past forwards that
+    still hang on the old leader."""
+    leader = cluster.wait_leader()
+    others = [n for n in cluster.nodes if n != leader]
+    endpoints = cluster.endpoints([leader, *others])
+    timeout = 10.0
+    cluster.pause(leader)
+    try:
+        for args in client_commands(tmp_path):
+            took, code, out, err = timed_kv(*args, "--endpoints", endpoints, "--timeout", "10")
+            assert code == 0, (args, out, err)
+            assert took < timeout + MARGIN_S, (args, took, err)
+    finally:
+        cluster.resume(leader)
