@@ -196,10 +196,10 @@ class Dispatcher:
                     progress.record(url, f"no answer within {seconds(now - start)} s")
                 if url != self.router.leader_url:
                     self.router.failed(url)  # the next call starts elsewhere
-            elif not isinstance(task.exception(), NotSent):
-                progress.record(url, "answered too late")
-            else:
+            elif task.cancelled() or isinstance(task.exception(), NotSent):
                 continue
+            else:
+                progress.record(url, "answered too late")
             progress.maybe_applied = progress.maybe_applied or request.may_take_effect
         if inflight:
             await asyncio.wait(inflight)
