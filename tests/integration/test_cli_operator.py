@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from kvstore.cli.client_commands import EXIT_UNAVAILABLE
 from kvstore.client import KV
 from tests.integration.harness import Cluster
 
@@ -18,7 +19,7 @@ def test_a_peer_port_is_not_a_pyraftkv_endpoint(cluster: Cluster) -> None:
     peer = cluster.nodes["n1"].peer_url
     for args in (["get", "k"], ["put", "k", "v"], ["status"], ["member", "list"]):
         done = cluster.kv(*args, "--endpoints", peer, "--timeout", "3")
-        assert done.returncode == 2, (args, done.stderr)
+        assert done.returncode == EXIT_UNAVAILABLE, (args, done.stderr)
         assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
         assert f"{peer}: not a pyraftkv endpoint" in done.stderr, (args, done.stderr)
         assert "key not found" not in done.stderr
