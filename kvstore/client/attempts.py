@@ -27,6 +27,7 @@ from kvstore.client.transport import Answer, EndpointRouter, MaybeSent, NotSent,
 from kvstore.client.types import NodeStatus
 
 UNAVAILABLE = "cluster unavailable: "
+SETTLE_S = 0.05
 CUT_SHORT_S = 0.1
 """An attempt the deadline cut shorter than this says nothing new about its node: the
 reason recorded for an earlier attempt there is kept."""
@@ -176,9 +177,32 @@ class Dispatcher:
                         return answer
                 if request.once and progress.maybe_applied:
                     break
+            answer = await self._settle(inflight, request, progress, deadline)
+            if answer is not None:
+                return answer
         finally:
             await self._abandon(inflight, request, progress)
         raise self._failure(progress, budget)
+
+    async def _settle(
+        self,
+        inflight: dict[asyncio.Task[Answer], tuple[str, float]],
+        request: Request,
+        progress: _Progress,
+        deadline: float,
+    ) -> Answer | None:
+        """At the deadline, give the attempts still running a moment to end by their own
+        timeouts (set to the same deadline), so each is judged for what it was (refused:
+        surely not sent) rather than cut off (maybe sent)."""
+        if not inflight:
+            return None
+        done, _ = await asyncio.wait(inflight, timeout=SETTLE_S)
+        for task in done:
+            url, _ = inflight.pop(task)
+            answer = await self._judge(url, task, request, progress, deadline)
+            if answer is not None:
+                return answer
+        return None
 
     async def _abandon(
         self,
