@@ -126,9 +126,14 @@ def event_json(event: Event, prev_kv: bool) -> dict[str, Any]:
     return out
 
 
-def _changes_json(changes: Changes, prev_kv: bool) -> str:
-    events = [event_json(e, prev_kv) for e in changes.events]
-    return json.dumps({"revision": changes.revision, "events": events}, separators=(",", ":"))
+def _changes_text(changes: Changes, prev_kv: bool) -> bytes:
+    """One revision as an SSE message, encoded once for every watcher sharing it."""
+    text = changes.encoded.get(prev_kv)
+    if text is None:
+        events = [event_json(e, prev_kv) for e in changes.events]
+        data = json.dumps({"revision": changes.revision, "events": events}, separators=(",", ":"))
+        text = changes.encoded[prev_kv] = f"id: {changes.revision}\ndata: {data}\n\n".encode()
+    return text
 
 
 def _ended_json(ended: Ended) -> dict[str, Any]:
@@ -237,27 +242,28 @@ async def _events(
                     response, f"id: {progress.revision}\nevent: progress\ndata: {data}\n\n"
                 )
             continue
-        parts: list[str] = []
+        parts: list[bytes] = []
         size = 0
         while type(item) is Changes:
-            text = f"id: {item.revision}\ndata: {_changes_json(item, wr.prev_kv)}\n\n"
+            text = _changes_text(item, wr.prev_kv)
             parts.append(text)
             size += len(text)
             if size >= COALESCE_BYTES:
                 break
             item = watcher.poll()
         if parts:
-            await _write(response, "".join(parts))
+            await _write(response, b"".join(parts))
         if type(item) is Ended:
             data = json.dumps(_ended_json(item))
             await _write(response, f"event: cancelled\ndata: {data}\n\n")
             return
 
 
-async def _write(response: web.StreamResponse, text: str) -> None:
+async def _write(response: web.StreamResponse, text: str | bytes) -> None:
     """One write to the stream; raises TimeoutError when the reader stopped reading
     (the connection is then dropped and the reader resumes from its last id)."""
-    await asyncio.wait_for(response.write(text.encode("utf-8")), WRITE_TIMEOUT_S)
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    await asyncio.wait_for(response.write(data), WRITE_TIMEOUT_S)
 
 
 def add_watch_routes(app: web.Application) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from kvstore.state.history import Compacted, Event, History
@@ -70,10 +70,13 @@ class Selector:
 
 @dataclass(frozen=True, slots=True)
 class Changes:
-    """Every selected change made at `revision`, in the order they were made."""
+    """Every selected change made at `revision`, in the order they were made. One object
+    is shared by all watchers of the same key or prefix, so `encoded` lets the consumer
+    keep its wire form (by format) and encode it once for all of them."""
 
     revision: int
     events: tuple[Event, ...]
+    encoded: dict[object, bytes] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
