@@ -66,7 +66,7 @@ async def test_async_client_every_method(cluster: Cluster) -> None:
         result = await kv.put("greeting", b"hello")
         assert result.version == 1 and result.revision >= 1
         item = await kv.get("greeting")
-        assert item == KeyValue("greeting", b"hello", 1, result.revision)
+        assert item == KeyValue("greeting", b"hello", 1, result.revision, result.revision)
         assert kv.leader_url == cluster.url(leader)
 
         # get stale: every node eventually serves the value from its own state
@@ -127,7 +127,7 @@ def test_blocking_client_every_method(cluster: Cluster) -> None:
         result = kv.put("greeting", b"hello")
         assert result.version == 1
         revision, version = result
-        assert kv.get("greeting") == KeyValue("greeting", b"hello", 1, revision)
+        assert kv.get("greeting") == KeyValue("greeting", b"hello", 1, revision, revision)
         assert kv.get("greeting", consistency="linearizable").version == version
 
         for node_id in cluster.nodes:
