@@ -197,6 +197,9 @@ class NodeCollector(Collector):
         for kind, count in rt.pending.counts().items():
             pending.add_metric([kind.removeprefix("pending_")], count)
         yield pending
+        yield GaugeMetricFamily(
+            "kv_watchers", "Watches this node is serving (`GET /v1/watch`).", value=len(rt.watches)
+        )
 
     def _storage_families(self) -> Iterator[Metric]:
         stats = self._runtime.stats

@@ -91,6 +91,7 @@ def test_metrics_move_during_a_workload(cluster: Cluster) -> None:
     status = cluster.status(leader)
     assert value(after, "kv_raft_term") == status["term"]
     assert value(after, "kv_raft_role", role="leader") == 1
+    assert ("kv_watchers", ()) in after
     for peer in cluster.nodes:
         if peer != leader:
             assert value(after, "kv_peer_link_up", peer=peer) == 1
@@ -167,3 +168,23 @@ def test_kv_status_watch_refreshes_until_interrupted(cluster: Cluster) -> None:
         assert sorted(r.split()[0] for r in rows) == sorted(cluster.nodes)
         assert [r.split()[1] for r in rows].count("leader") == 1
         assert any(r.split()[0] == leader and r.split()[1] == "leader" for r in rows)
+
+
+def test_watchers_gauge_counts_open_watches(cluster: Cluster) -> None:
+    leader = cluster.wait_leader()
+    answers = []
+    poll = threading.Thread(
+        target=lambda: answers.append(
+            cluster.http(leader, "GET", "/v1/watch?key=watched&wait=20", timeout=30)
+        )
+    )
+    poll.start()
+    try:
+        wait_until(
+            lambda: value(scrape(cluster, leader), "kv_watchers") == 1, 10, "one watcher counted"
+        )
+    finally:
+        assert cluster.put(leader, "watched", b"1").status == 200  # ends the long poll
+        poll.join(timeout=30)
+    assert answers and answers[0].status == 200, answers
+    wait_until(lambda: value(scrape(cluster, leader), "kv_watchers") == 0, 10, "watch closed")
