@@ -22,6 +22,11 @@
 #   KV_LISTEN_HOST     the address to bind [0.0.0.0]
 #   KV_DATA_DIR        the volume: cluster.toml and <id>/ live here [/data]
 #   KV_CLUSTER_NAME    [kv];  KV_LOG_FORMAT  text or json [json]
+#   KV_INITIAL_CLUSTER true while the cluster is being founded: a founder whose volume
+#                      holds no log then founds it (`kv serve --initial-cluster`) [false].
+#                      Set it to false once the cluster is up, so that a founder whose
+#                      volume was wiped or replaced refuses to start instead of founding
+#                      a second history (like etcd's initial-cluster-state new/existing).
 set -eu
 
 fail() { echo "kv-entrypoint: $*" >&2; exit 2; }
@@ -47,6 +52,11 @@ listen_host=${KV_LISTEN_HOST:-0.0.0.0}
 data_dir=${KV_DATA_DIR:-/data}
 config="$data_dir/cluster.toml"
 log_format=${KV_LOG_FORMAT:-json}
+initial=${KV_INITIAL_CLUSTER:-false}
+case "$initial" in
+  true | false) ;;
+  *) fail "KV_INITIAL_CLUSTER must be true or false, got '$initial'" ;;
+esac
 
 # port_of LIST ORDINAL: the ordinal's entry of a comma list, or the only entry.
 port_of() {
@@ -109,4 +119,7 @@ except Exception as exc:
 esac
 
 write_config
+if [ "$initial" = true ] && [ "$ordinal" -lt "$replicas" ]; then
+  set -- --initial-cluster "$@"  # ignored by a node that already has data
+fi
 exec kv serve --config "$config" --node "$node_id" "$@"

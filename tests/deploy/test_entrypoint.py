@@ -142,3 +142,12 @@ def test_entrypoint_refuses_a_name_without_an_ordinal(tmp_path: Path) -> None:
     env = {**os.environ, "KV_POD_NAME": "kv", "KV_DATA_DIR": str(tmp_path)}
     out = subprocess.run(["sh", str(ENTRYPOINT)], env=env, capture_output=True, text=True)
     assert out.returncode == 2 and "does not end in -<ordinal>" in out.stderr
+
+
+def test_a_founder_on_an_empty_volume_refuses_once_founding_is_over(tmp_path: Path) -> None:
+    """KV_INITIAL_CLUSTER=false (after the first deployment): a wiped volume must not
+    found a second history; the node says so and exits 2 (the pod crash-loops visibly)."""
+    pods = Pods(tmp_path, 3)
+    env = {**pods.env(0), "KV_INITIAL_CLUSTER": "false"}
+    out = subprocess.run(pods.command(), env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "holds no log" in out.stderr, out.stderr
