@@ -38,8 +38,8 @@ def _runtime(tmp_path: Path, **tuning: int) -> NodeRuntime:
 
 
 async def test_nodes_with_different_tunings_apply_the_same_log_alike(tmp_path: Path) -> None:
-    strict = _runtime(tmp_path, session_ttl_entries=3, max_sessions=2)
-    lenient = _runtime(tmp_path, session_ttl_entries=1000, max_sessions=100)
+    strict = _runtime(tmp_path, session_ttl_entries=3, max_sessions=2, history_revisions=2)
+    lenient = _runtime(tmp_path, session_ttl_entries=1000, max_sessions=100, history_revisions=900)
     results = []
     for runtime in (strict, lenient):
         results.append([runtime.sm.apply(entry) for entry in _session_log()])
