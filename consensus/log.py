@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from consensus.errors import CompactedError
 from consensus.storage import Storage, limit_size
-from consensus.types import Entry, SnapshotMeta
+from consensus.types import Entry, EntryType, SnapshotMeta
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +198,11 @@ class RaftLog:
         self._unstable_offset = snapshot.index + 1
         self.committed = snapshot.index
         self._applying = snapshot.index
+
+    def first_conf_change(self, lo: int, hi: int) -> int | None:
+        """The index of the first membership change in [lo, hi) still in the log."""
+        entries = self.slice(max(lo, self.first_index()), hi)
+        return next((e.index for e in entries if e.type is EntryType.CONF_CHANGE), None)
 
     def snapshot_installed(self, snapshot: SnapshotMeta) -> None:
         if self.pending_snapshot == snapshot:

@@ -35,7 +35,7 @@ from consensus.messages import (
     TimeoutNow,
 )
 from consensus.progress import PeerProgress
-from consensus.ready import Ready, Status, hard_state_to_save, leader_messages_first
+from consensus.ready import Ready, Status, hard_state_to_save, outgoing
 from consensus.storage import Storage, is_pristine
 from consensus.types import (
     Entry,
@@ -202,9 +202,7 @@ class RaftNode:
             saving=bool(entries) or snapshot is not None or conf_changed,
         )
         leading = self._leadership is not None
-        messages, early = leader_messages_first(
-            self._msgs, leading, hard_state, self._prev_hard_state
-        )
+        messages, early = outgoing(self._msgs, self.log, leading, hard_state, self._prev_hard_state)
         ready = Ready(
             hard_state, entries, messages, committed, tuple(self._read_states), snapshot, early
         )

@@ -12,8 +12,9 @@ The driver handles a Ready in this order, and only then calls `advance(ready)`:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from consensus.log import RaftLog
 from consensus.messages import AppendEntries, Message, TimeoutNow
 from consensus.types import Entry, HardState, NodeId, ReadState, Role, SnapshotMeta
 
@@ -49,6 +50,20 @@ class Ready:
         return self.messages[self.early_messages :]
 
 
+def outgoing(
+    messages: list[Message],
+    log: RaftLog,
+    leading: bool,
+    hard_state: HardState | None,
+    saved: HardState,
+) -> tuple[tuple[Message, ...], int]:
+    """A Ready's messages and how many may leave before it is persisted: a leader's
+    are first held back (`hold_back_commit`), then ordered (`leader_messages_first`)."""
+    if leading:
+        messages = hold_back_commit(messages, log, saved.commit)
+    return leader_messages_first(messages, leading, hard_state, saved)
+
+
 def leader_messages_first(
     messages: list[Message], leading: bool, hard_state: HardState | None, saved: HardState
 ) -> tuple[tuple[Message, ...], int]:
@@ -66,6 +81,24 @@ def leader_messages_first(
     early = [m for m in messages if isinstance(m, _EARLY)]
     late = [m for m in messages if not isinstance(m, _EARLY)]
     return (*early, *late), len(early)
+
+
+def hold_back_commit(messages: list[Message], log: RaftLog, durable: int) -> list[Message]:
+    """A leader's messages with a commit index that covers no membership change beyond
+    the commit index on its disk (`durable`). A node that learns its removal is
+    committed stops for good; if the leader then restarts from a disk that does not
+    know that commit either, it is left with a configuration that still counts the
+    stopped node, and never gets a quorum. So the commit of a change is revealed only
+    once the leader saved it (a Ready that hands a change out always saves it)."""
+    first = log.first_conf_change(durable + 1, log.committed + 1)
+    if first is None:
+        return messages
+    return [
+        replace(m, leader_commit=first - 1)
+        if isinstance(m, AppendEntries) and m.leader_commit >= first
+        else m
+        for m in messages
+    ]
 
 
 def hard_state_to_save(current: HardState, saved: HardState, saving: bool) -> HardState | None:

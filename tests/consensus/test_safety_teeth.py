@@ -136,3 +136,29 @@ def test_a_follower_commits_only_up_to_the_last_entry_it_got_from_this_leader() 
     assert [e.index for e in ready.committed] == [1, 2, 3]
     follower.step(AppendEntries(3, "a", "b", 3, 1, (), leader_commit=6))
     assert follower.commit_index == 3, "a heartbeat matching at 3 proves nothing beyond it"
+
+
+def test_a_leader_reveals_the_commit_of_a_membership_change_only_once_saved() -> None:
+    """A node that learns its removal is committed stops for good. If the leader had
+    told it before saving that commit, and then restarted from a disk without it, its
+    configuration would still count the stopped node: no quorum, ever (soak seed 14749,
+    where the removed node learnt it from an early append of the leader)."""
+    cluster = ScriptedCluster()
+    cluster.elect("a")
+    leader = cluster.nodes["a"]
+    change = leader.propose_conf_change(ConfChange(ConfChangeType.REMOVE, "c"))
+    for msg in cluster.process_ready("a"):
+        cluster.nodes[msg.recipient].step(msg)
+        for reply in cluster.process_ready(msg.recipient):
+            leader.step(reply)
+    assert leader.commit_index >= change.index
+    leader.propose(b"after")
+    ready = leader.ready()
+    appends = [m for m in ready.messages if isinstance(m, AppendEntries)]
+    assert appends and ready.hard_state is not None
+    assert all(m.leader_commit < change.index for m in appends), "commit of c's removal leaked"
+    assert ready.hard_state.commit >= change.index
+    cluster.storages["a"].save(ready.hard_state, ready.entries)
+    leader.advance(ready)
+    run(cluster, ("a",), 2)
+    assert cluster.nodes["b"].commit_index >= change.index

@@ -143,17 +143,18 @@ class ReadyDriver:
     def _deliver(self, host: Host, msg: Message) -> None:
         """Hand a message to a live node; a snapshot's data arrives with it (a real driver
         streams it in chunks first and steps the message once it has all of it). As the
-        runtime's SnapshotKeeper does, only the data of the snapshot the core will
-        install is kept: another delivery (an older snapshot, a stale term) racing an
-        install must not take its place."""
+        runtime's SnapshotKeeper does, only the data of a snapshot the core will install
+        is kept (the pending one, and the one of a Ready still being handled, which the
+        runtime installs before it steps anything else): another delivery (an older
+        snapshot, a stale term) racing an install must not take its place."""
         node = host.node
         assert node is not None
         if isinstance(msg, InstallSnapshot):
             host.received[msg.snapshot] = self.snapshot_store[msg.snapshot]
         node.step(msg)
         if isinstance(msg, InstallSnapshot):
-            pending = node.pending_snapshot
-            host.received = {m: d for m, d in host.received.items() if m == pending}
+            keep = {node.pending_snapshot, host.inflight.snapshot if host.inflight else None}
+            host.received = {m: d for m, d in host.received.items() if m in keep}
 
     def _apply_ready(self, host: Host, ready: Ready) -> None:
         for entry in ready.committed:
