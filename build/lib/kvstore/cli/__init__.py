@@ -1,1 +1,0 @@
-"""The `kv` command line."""
