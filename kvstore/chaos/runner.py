@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 
+from kvstore.chaos import transfers as tx
 from kvstore.chaos.cluster import CHAOS_TUNING, LocalCluster, fresh_layout, layout_from_config
 from kvstore.chaos.history import Operation, write_history
 from kvstore.chaos.linearizability import (
@@ -42,6 +43,7 @@ from kvstore.chaos.nemesis import (
 from kvstore.chaos.report import build_summary, is_available, plot_latency
 from kvstore.chaos.watchers import WATCH_TUNING, Watchers, check_watchers, read_history
 from kvstore.chaos.workload import Workload, WorkloadConfig
+from kvstore.client import KVError
 from kvstore.config import Tuning, load_cluster_config
 
 NodeStates = dict[str, dict[str, tuple[bytes, int]]]
@@ -71,7 +73,8 @@ class RunOptions:
     leader_timeout_s: float = 30.0
     recovery_timeout_s: float = 30.0
     workload: str = "kv"
-    """"watch": also run watchers (kvstore.chaos.watchers) and check their streams."""
+    """"watch": also run watchers (kvstore.chaos.watchers) and check their streams;
+    "transfer": also run transfers between accounts (kvstore.chaos.transfers)."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,8 @@ async def run_chaos(
     end_of_run = 0.0
     watchers: Watchers | None = None
     watch_stats: dict[str, Any] | None = None
+    transfers: tx.Transfers | None = None
+    transfer_stats: dict[str, Any] | None = None
     try:
         await cluster.start()
         if await _started(cluster, opts.leader_timeout_s, reasons):
@@ -166,6 +171,10 @@ async def run_chaos(
             if opts.workload == "watch":
                 watchers = Watchers(urls, seed)
                 watchers.start()
+            if opts.workload == "transfer":
+                transfers = tx.Transfers(urls, seed, op_timeout_s)
+                await transfers.setup()
+                transfers.start()
             end_of_run = await _play(opts, workload, nemesis, now, progress)
             try:
                 statuses = await cluster.wait_recovered(opts.recovery_timeout_s)
@@ -175,17 +184,24 @@ async def run_chaos(
                     watch_stats = await _judge_watchers(
                         cluster, watchers, ops, node_states, leader, reasons
                     )
+                if transfers is not None:
+                    await transfers.stop()
+                    transfer_stats = await _judge_transfers(transfers, urls, reasons)
             except (TimeoutError, RuntimeError, OSError, aiohttp.ClientError) as exc:
                 reasons.append(f"no recovery after healing: {exc}")
                 await _dump_state(cluster, run_dir / "stuck-state.json")
     finally:
         if watchers is not None:
             await watchers.stop()
+        if transfers is not None:
+            await transfers.stop()
         await cluster.stop()
 
     checks, explanation = _judge(ops, node_states, leader, opts.check_time_limit_s, reasons)
     if watch_stats is not None:
         checks["watch"] = watch_stats
+    if transfer_stats is not None:
+        checks["transfer"] = transfer_stats
     ok = sum(1 for op in ops if is_available(op))
     if ok < opts.min_ok_ops or ok < opts.min_ok_share * max(1, len(ops)):
         reasons.append(
@@ -266,6 +282,20 @@ async def _judge_watchers(
         "reconnects": watchers.reconnects,
         "problems": problems,
     }
+
+
+async def _judge_transfers(
+    transfers: tx.Transfers, urls: list[str], reasons: list[str]
+) -> dict[str, Any]:
+    """After recovery: read every account once more and check the transfer invariants."""
+    try:
+        final = await tx.final_page(urls, transfers.timeout)
+    except KVError as exc:
+        final = None
+        transfers.stats.errors.append(f"final read of the accounts failed: {exc}")
+    problems = tx.check_transfers(transfers.stats, final)
+    reasons += [f"transfer: {p}" for p in problems]
+    return tx.summary(transfers.stats, final, problems)
 
 
 async def _dump_state(cluster: LocalCluster, path: Path) -> None:

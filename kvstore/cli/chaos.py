@@ -87,11 +87,12 @@ class _ProgressLine:
 @click.option("--seed", type=int, default=None, help="Seed of the schedule and workload.")
 @click.option(
     "--workload",
-    type=click.Choice(["kv", "watch"]),
+    type=click.Choice(["kv", "watch", "transfer"]),
     default="kv",
     show_default=True,
     help="watch: also follow every change with watchers on several nodes and check that "
-    "each one saw exactly the committed history.",
+    "each one saw exactly the committed history. transfer: also move money between "
+    "accounts in transactions and check that every range read sums to the total.",
 )
 @click.option("--clients", type=click.IntRange(min=1), default=6, show_default=True)
 @click.option(
@@ -195,9 +196,19 @@ def chaos_command(
             f"watchers: {watch['changes_received']} changes received of "
             f"{watch['history_revision']} revisions, reconnects {watch['reconnects']}"
         )
+    transfer = checks.get("transfer")
+    if transfer is not None:
+        click.echo(
+            f"transfers: {transfer['applied']} applied, {transfer['conflicts']} conflicts, "
+            f"{transfer['unknown']} unknown, {transfer['unavailable']} unavailable; "
+            f"{transfer['audits']} range reads audited; final sum {transfer['final_sum']} "
+            f"of {transfer['expected_sum']} at revision {transfer['final_revision']}"
+        )
     click.echo(f"outputs: {result.run_dir}/ (history.jsonl, summary.json, latency.png)")
     if result.passed:
         extra = "; every watcher saw exactly the committed history" if watch else ""
+        if transfer:
+            extra += "; every range read of the accounts summed to the total"
         click.echo(f"PASS: linearizable, converged, every acknowledged write accounted for{extra}")
         return
     for reason in result.reasons:
