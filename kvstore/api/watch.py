@@ -62,6 +62,8 @@ WRITE_TIMEOUT_S = 30.0
 """A stream write blocked this long (the reader stopped reading) ends the stream."""
 RETRY_MS = 1000
 """What an EventSource waits before reconnecting on its own."""
+NO_LEADER = "no_leader"
+"""Why a stream ends on a node that knows no leader (besides the hub's reasons)."""
 
 _WAIT = re.compile(r"([0-9]{1,6}(?:\.[0-9]{1,3})?)s?")
 
@@ -141,6 +143,7 @@ def _ended_json(ended: Ended) -> dict[str, Any]:
         "slow": "the reader fell too far behind; watch again from next_revision",
         COMPACTED: "the history needed to continue is compacted; re-list, then watch",
         SHUTDOWN: "the node is stopping; watch again (on any node) from next_revision",
+        NO_LEADER: "this node knows no leader; watch again on another node from next_revision",
     }
     out: dict[str, Any] = {
         "reason": ended.reason,
@@ -232,6 +235,11 @@ async def _events(
     interval = runtime.tuning.watch_progress_ms / 1000
     while True:
         item = await watcher.next(interval)
+        if item is None and runtime.leader_id is None:
+            # Cut off from the cluster (or between leaders): this node's state may be
+            # old and stay old. The reader resumes on another node instead of hearing
+            # stale progress here (etcd's "require leader").
+            item = Ended(NO_LEADER, watcher.next_revision)
         if item is None:
             progress = watcher.progress()
             if progress is None:  # still waiting to reach the start: keep the line alive

@@ -177,11 +177,18 @@ class Watch:
             if resp.status != 200:
                 await _refuse(resp)
             parser = SSEParser()
+            clock = asyncio.get_running_loop().time
+            last_message = clock()
             async for chunk in resp.content.iter_any():
                 for message in parser.feed(chunk):
+                    last_message = clock()
                     batch = self._handle(message.event, message.data)
                     if batch:
                         yield batch
+                if clock() - last_message > self._idle_timeout:
+                    # Only keep-alive comments: the node is still behind this watch's
+                    # revision. Another node may already have it.
+                    raise _Reconnect(f"no change or progress for {self._idle_timeout:g}s")
 
     def _handle(self, event: str, data: str) -> list[WatchEvent | WatchProgress]:
         body = json.loads(data)

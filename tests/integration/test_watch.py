@@ -176,6 +176,28 @@ def test_eventsource_resume_with_last_event_id_on_another_node(watch_cluster: Cl
     assert int(progress.id or 0) >= start + 7
 
 
+def test_a_node_cut_off_from_the_others_ends_its_streams_for_another_node(
+    watch_cluster: Cluster,
+) -> None:
+    c = watch_cluster
+    leader = c.wait_leader()
+    lonely = next(n for n in c.nodes if n != leader)
+    start = put(c, leader, "iso/a", b"1")
+    stream = SSEStream(c.url(lonely), f"/v1/watch?prefix=iso/&start_revision={start}")
+    stream.read_until(lambda m: m.event == "message")
+    others = [n for n in c.nodes if n != lonely]
+    for node in others:
+        c.pause(node)
+    try:
+        final = stream.read_until(lambda m: m.event == "cancelled", timeout=20)[-1]
+    finally:
+        for node in others:
+            c.resume(node)
+        stream.close()
+    assert json.loads(final.data)["reason"] == "no_leader"
+    assert json.loads(final.data)["next_revision"] == start + 1
+
+
 def test_resume_with_the_last_revision_on_another_node_neither_repeats_nor_skips(
     watch_cluster: Cluster,
 ) -> None:
@@ -185,15 +207,18 @@ def test_resume_with_the_last_revision_on_another_node_neither_repeats_nor_skips
     start = put(c, leader, "r/0", b"0")
     for i in range(1, 30):
         put(c, leader, f"r/{i % 4}", b"%d" % i)
+    last = start + 29
+    for node in nodes:
+        applied(c, node, last)
     seen: list[int] = []
-    revision = start
-    for hop in range(12):  # small polls, each on the next node
+    revision, hop = start, 0
+    while revision <= last and hop < 20:  # three changes per poll, each on the next node
         node = nodes[hop % 3]
-        applied(c, node, revision - 1)
         reply = c.http(node, "GET", f"/v1/watch?prefix=r/&start_revision={revision}&wait=0")
-        events = reply.json()["events"][:3] if hop % 2 else reply.json()["events"]
+        events = reply.json()["events"][:3]
         seen += [e["mod_revision"] for e in events]
         revision = seen[-1] + 1 if events else reply.json()["next_revision"]
+        hop += 1
     assert seen == list(range(start, start + 30))
 
 
