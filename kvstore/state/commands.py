@@ -23,10 +23,45 @@ from typing import Any, TypeAlias
 
 import msgpack
 
+from kvstore.state.coordination_commands import (
+    CoordinationCommand,
+    Fence,
+    LeaseGrant,
+    LeaseRevoke,
+    LockAcquire,
+    LockRelease,
+    Proclaim,
+    check_extras,
+)
 from kvstore.state.keyrange import Cursor, KeyRange, RangeQuery
+from kvstore.state.session_ref import MAX_CLIENT_ID_LENGTH, SessionRef, is_int
 
-MAX_CLIENT_ID_LENGTH = 128
-"""Session client ids are held in memory by every replica, so their size is bounded."""
+__all__ = [
+    "MAX_CLIENT_ID_LENGTH",
+    "Command",
+    "CommandDecodeError",
+    "Compare",
+    "CoordinationCommand",
+    "Delete",
+    "Fence",
+    "LeaseGrant",
+    "LeaseRevoke",
+    "LockAcquire",
+    "LockRelease",
+    "Op",
+    "Proclaim",
+    "Put",
+    "SessionRef",
+    "Target",
+    "Txn",
+    "TxnDeleteRange",
+    "TxnOp",
+    "TxnPut",
+    "TxnRange",
+    "decode_command",
+    "encode_command",
+]
+
 
 _PUT = 1
 _DELETE = 2
@@ -35,42 +70,20 @@ _DELETE_REV = 4
 _TXN = 5
 _SETTINGS = 6
 _OP_PUT, _OP_DELETE_RANGE, _OP_RANGE = range(3)
+# Leases, locks and elections (kvstore.state.coordination). Writes with a lease or a
+# fence use their own tags, so the bytes of the others stay what they always were.
+_PUT_EXT = 10
+_DELETE_EXT = 11
+_LEASE_GRANT = 12
+_LEASE_REVOKE = 13
+_LOCK_ACQUIRE = 14
+_LOCK_RELEASE = 15
+_PROCLAIM = 16
+_TXN_FENCED = 17
 
 
 class CommandDecodeError(ValueError):
     """Bytes that are not a command this version understands (corrupt, or a newer format)."""
-
-
-def _is_int(value: object) -> bool:
-    # bool is an int subclass; a True prev_version is a caller bug, not the number 1.
-    return type(value) is int
-
-
-@dataclass(frozen=True, slots=True)
-class SessionRef:
-    """Identifies one client request for exactly-once execution (Raft dissertation §6.3).
-
-    `first_outstanding` is the lowest seq the client has not yet seen answered; the
-    replicas may forget every stored result below it. It can never exceed `seq`,
-    because this request itself is still unanswered.
-    """
-
-    client_id: str
-    seq: int
-    first_outstanding: int
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.client_id, str) or not self.client_id:
-            raise ValueError("session client_id must be a non-empty string")
-        if len(self.client_id) > MAX_CLIENT_ID_LENGTH:
-            raise ValueError(f"session client_id is longer than {MAX_CLIENT_ID_LENGTH} characters")
-        if not _is_int(self.seq) or self.seq < 1:
-            raise ValueError(f"session seq must be an integer >= 1, got {self.seq!r}")
-        if not _is_int(self.first_outstanding) or not 1 <= self.first_outstanding <= self.seq:
-            raise ValueError(
-                "session first_outstanding must be an integer in 1..seq, "
-                f"got {self.first_outstanding!r} with seq {self.seq}"
-            )
 
 
 def _check_common(
@@ -79,7 +92,7 @@ def _check_common(
     if not isinstance(key, str):
         raise ValueError(f"key must be a string, got {type(key).__name__}")
     for name, prev in (("prev_version", prev_version), ("prev_revision", prev_revision)):
-        if prev is not None and (not _is_int(prev) or prev < 0):
+        if prev is not None and (not is_int(prev) or prev < 0):
             raise ValueError(f"{name} must be None or an integer >= 0, got {prev!r}")
     if session is not None and not isinstance(session, SessionRef):
         raise ValueError(f"session must be a SessionRef or None, got {type(session).__name__}")
@@ -97,11 +110,15 @@ class Put:
     prev_version: int | None = None
     session: SessionRef | None = None
     prev_revision: int | None = None
+    lease: int = 0
+    """Attach the key to this lease (0: none); it is deleted when the lease ends."""
+    fence: Fence | None = None
 
     def __post_init__(self) -> None:
         _check_common(self.key, self.prev_version, self.session, self.prev_revision)
         if not isinstance(self.value, bytes):
             raise ValueError(f"value must be bytes, got {type(self.value).__name__}")
+        check_extras(self.lease, self.fence)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,9 +130,11 @@ class Delete:
     prev_version: int | None = None
     session: SessionRef | None = None
     prev_revision: int | None = None
+    fence: Fence | None = None
 
     def __post_init__(self) -> None:
         _check_common(self.key, self.prev_version, self.session, self.prev_revision)
+        check_extras(0, self.fence)
 
 
 class Target(IntEnum):
@@ -157,7 +176,7 @@ class Compare:
         elif self.target is Target.EXISTS:
             ok = type(operand) is bool and self.op in (Op.EQ, Op.NE)
         else:
-            ok = _is_int(operand) and operand >= 0  # type: ignore[operator]
+            ok = is_int(operand) and operand >= 0  # type: ignore[operator]
         if not ok:
             raise ValueError(f"bad operand {operand!r} for a {self.target.name} compare")
 
@@ -207,8 +226,12 @@ class Txn:
     success: tuple[TxnOp, ...]
     failure: tuple[TxnOp, ...] = ()
     session: SessionRef | None = None
+    fence: Fence | None = None
+    """When set, the whole transaction (compares included) is refused unless the token
+    holds the lock; a fenced transaction is never served as a read."""
 
     def __post_init__(self) -> None:
+        check_extras(0, self.fence)
         if not all(isinstance(c, Compare) for c in self.compares):
             raise ValueError("compares must be Compare values")
         for branch in (self.success, self.failure):
@@ -221,6 +244,8 @@ class Txn:
     @property
     def writes(self) -> bool:
         """Whether either branch may change the store (else it can be served as a read)."""
+        if self.fence is not None:
+            return True
         return any(type(op) is not TxnRange for op in (*self.success, *self.failure))
 
 
@@ -250,13 +275,13 @@ class SetSettings:
     def __post_init__(self) -> None:
         for name in ("session_ttl_entries", "max_sessions", "history_revisions"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if type(self.only_if_unset) is not bool:
             raise ValueError("only_if_unset must be a bool")
 
 
-Command: TypeAlias = Put | Delete | Txn | SetSettings
+Command: TypeAlias = Put | Delete | Txn | SetSettings | CoordinationCommand
 
 
 def encode_command(cmd: Command) -> bytes:
@@ -265,11 +290,15 @@ def encode_command(cmd: Command) -> bytes:
     fields: list[Any]
     if type(cmd) is Put:
         fields = [_PUT, cmd.key, cmd.value, cmd.prev_version]
-        if cmd.prev_revision is not None:
+        if cmd.lease or cmd.fence is not None:
+            fields = [_PUT_EXT, *fields[1:], cmd.prev_revision, cmd.lease, *_fence(cmd.fence)]
+        elif cmd.prev_revision is not None:
             fields = [_PUT_REV, cmd.key, cmd.value, cmd.prev_version, cmd.prev_revision]
     elif type(cmd) is Delete:
         fields = [_DELETE, cmd.key, cmd.prev_version]
-        if cmd.prev_revision is not None:
+        if cmd.fence is not None:
+            fields = [_DELETE_EXT, *fields[1:], cmd.prev_revision, *_fence(cmd.fence)]
+        elif cmd.prev_revision is not None:
             fields = [_DELETE_REV, cmd.key, cmd.prev_version, cmd.prev_revision]
     elif type(cmd) is Txn:
         fields = [
@@ -278,9 +307,21 @@ def encode_command(cmd: Command) -> bytes:
             [_encode_op(op) for op in cmd.success],
             [_encode_op(op) for op in cmd.failure],
         ]
+        if cmd.fence is not None:
+            fields = [_TXN_FENCED, *fields[1:], *_fence(cmd.fence)]
     elif type(cmd) is SetSettings:
         limits = (cmd.session_ttl_entries, cmd.max_sessions, cmd.history_revisions)
         return msgpack.packb([_SETTINGS, *limits, cmd.only_if_unset])
+    elif type(cmd) is LeaseGrant:
+        fields = [_LEASE_GRANT, cmd.ttl]
+    elif type(cmd) is LeaseRevoke:
+        fields = [_LEASE_REVOKE, cmd.lease]
+    elif type(cmd) is LockAcquire:
+        fields = [_LOCK_ACQUIRE, cmd.name, cmd.lease, cmd.value]
+    elif type(cmd) is LockRelease:
+        fields = [_LOCK_RELEASE, cmd.name, cmd.token]
+    elif type(cmd) is Proclaim:
+        fields = [_PROCLAIM, cmd.name, cmd.token, cmd.value]
     else:
         raise TypeError(f"not a command: {type(cmd).__name__}")
     s = cmd.session
@@ -298,7 +339,7 @@ def decode_command(data: bytes) -> Command:
     if type(fields) is not tuple or not fields:
         raise CommandDecodeError("command is not a non-empty msgpack array")
     tag, n = fields[0], len(fields)
-    if not _is_int(tag):
+    if not is_int(tag):
         raise CommandDecodeError(f"command tag is {type(tag).__name__}, not an integer")
     try:
         if tag == _PUT and n in (4, 7):
@@ -315,18 +356,46 @@ def decode_command(data: bytes) -> Command:
             return Delete(fields[1], fields[2], session, fields[3])
         if tag == _TXN and n in (4, 7):
             session = SessionRef(*fields[4:]) if n == 7 else None
-            compares = tuple(
-                Compare(key, Target(target), Op(op), operand)
-                for key, target, op, operand in fields[1]
-            )
-            success = tuple(_decode_op(*op) for op in fields[2])
-            failure = tuple(_decode_op(*op) for op in fields[3])
-            return Txn(compares, success, failure, session)
+            return _decode_txn(fields[1:4], session, None)
+        width, build = _BUILDERS.get(tag, (0, None))
+        if build is not None and n in (width, width + 3):
+            session = SessionRef(*fields[width:]) if n > width else None
+            return build(fields[1:width], session)
         if tag == _SETTINGS and n == 5:
             return SetSettings(*fields[1:])
     except (ValueError, TypeError) as exc:
         raise CommandDecodeError(f"malformed command: {exc}") from None
     raise CommandDecodeError(f"unknown command tag {tag} with {n} fields")
+
+
+def _decode_txn(fields: Any, session: SessionRef | None, fence: Fence | None) -> Txn:
+    compares = tuple(
+        Compare(key, Target(target), Op(op), operand) for key, target, op, operand in fields[0]
+    )
+    success = tuple(_decode_op(*op) for op in fields[1])
+    failure = tuple(_decode_op(*op) for op in fields[2])
+    return Txn(compares, success, failure, session, fence)
+
+
+def _fence(fence: Fence | None) -> tuple[str, int]:
+    return ("", 0) if fence is None else (fence.lock, fence.token)
+
+
+def _unfence(lock: str, token: int) -> Fence | None:
+    return Fence(lock, token) if lock else None
+
+
+_BUILDERS: dict[int, tuple[int, Any]] = {
+    # tag: (fields before the session, tag included; builder from the fields after the tag)
+    _PUT_EXT: (8, lambda f, s: Put(f[0], f[1], f[2], s, f[3], f[4], _unfence(f[5], f[6]))),
+    _DELETE_EXT: (6, lambda f, s: Delete(f[0], f[1], s, f[2], _unfence(f[3], f[4]))),
+    _TXN_FENCED: (6, lambda f, s: _decode_txn(f[:3], s, _unfence(f[3], f[4]))),
+    _LEASE_GRANT: (2, lambda f, s: LeaseGrant(f[0], s)),
+    _LEASE_REVOKE: (2, lambda f, s: LeaseRevoke(f[0], s)),
+    _LOCK_ACQUIRE: (4, lambda f, s: LockAcquire(f[0], f[1], f[2], s)),
+    _LOCK_RELEASE: (3, lambda f, s: LockRelease(f[0], f[1], s)),
+    _PROCLAIM: (4, lambda f, s: Proclaim(f[0], f[1], f[2], s)),
+}
 
 
 def _encode_op(op: TxnOp) -> tuple[Any, ...]:

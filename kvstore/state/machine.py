@@ -57,11 +57,12 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from consensus.types import Entry, EntryType
 from kvstore.state import txn as txn_executor
 from kvstore.state.commands import Command, Delete, Put, SetSettings, Txn, decode_command
+from kvstore.state.coordination import Coordination
 from kvstore.state.history import DEFAULT_HISTORY_REVISIONS, History
 from kvstore.state.keyrange import RangeQuery
 from kvstore.state.keyspace import KeySpace
@@ -149,6 +150,12 @@ class KVStateMachine:
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._dropped: OrderedDict[str, int] = OrderedDict()
         self._directory = MemberDirectory()
+        self._coordination = Coordination()
+
+    @property
+    def coordination(self) -> Coordination:
+        """Leases, locks and elections (read them; only apply() changes them)."""
+        return self._coordination
 
     @property
     def revision(self) -> int:
@@ -231,7 +238,7 @@ class KVStateMachine:
                 self._use(ClusterSettings(*limits, command.history_revisions))
             return None
         if command.session is None:
-            return self._execute(command)
+            return self._execute(command, index)
         return self._apply_in_session(command, index)
 
     def _use(self, settings: ClusterSettings | None) -> None:
@@ -276,7 +283,7 @@ class KVStateMachine:
             stored = session.results.get(ref.seq)
             if stored is not None:
                 return stored
-        result = self._execute(command)
+        result = self._execute(command, index)
         session.remember(ref.seq, result, self._max_results)
         return result
 
@@ -288,7 +295,30 @@ class KVStateMachine:
             self._record_dropped(oldest, index)
         return session
 
-    def _execute(self, command: Command) -> ApplyResult:
+    def _execute(self, command: Command, index: int) -> ApplyResult:
+        coordination = self._coordination
+        if type(command) is not Put and type(command) is not Delete and type(command) is not Txn:
+            return coordination.execute(command, index, self._delete_keys)
+        refused = coordination.refuse_write(command)
+        if refused is not None:
+            return refused
+        before = self._space.revision
+        result = self._write(command)
+        if self._space.revision != before:
+            touched = (event.kv.key for event in self._space.history.events_since(before))
+            coordination.written(command, touched)
+        return result
+
+    def _delete_keys(self, keys: Sequence[str]) -> tuple[int, int]:
+        """Delete `keys` (a lease's) in one revision; returns (revision, how many existed)."""
+        space = self._space
+        revision = space.revision + 1
+        deleted = sum(space.delete(key, revision) for key in keys)
+        if deleted:
+            space.commit(revision)
+        return space.revision, deleted
+
+    def _write(self, command: Put | Delete | Txn) -> ApplyResult:
         if type(command) is Txn:
             return txn_executor.execute(self._space, command)
         space = self._space
@@ -321,6 +351,7 @@ class KVStateMachine:
             self._dropped,
             self._directory,
             self._settings,
+            self._coordination,
         )
 
     def restore(self, data: bytes) -> None:
@@ -349,6 +380,7 @@ class KVStateMachine:
             self._dropped,
             self._directory,
             settings,
+            self._coordination,
         ) = state
         self._use(settings)
 

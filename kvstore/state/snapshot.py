@@ -12,6 +12,8 @@ settings the log set (`[session_ttl_entries, max_sessions, history_revisions]`, 
 when it set none). Format 3 is format 2 plus the retained change history
 (kvstore.state.history). Format 2 (without the history) and format 1 (without the
 member directory either) are still read; their history starts empty at their revision.
+Format 5 adds `[leases, locks]` (kvstore.state.coordination) at the end; older formats
+read as having none.
 """
 
 from __future__ import annotations
@@ -23,14 +25,15 @@ from typing import Any
 
 import msgpack
 
+from kvstore.state.coordination import Coordination
 from kvstore.state.history import DEFAULT_HISTORY_REVISIONS, History
 from kvstore.state.keyspace import KeySpace
 from kvstore.state.members import MemberDirectory
 from kvstore.state.types import KeyValue, Session, decode_kv, decode_result, encode_result, ints
 
-SNAPSHOT_FORMAT = 4
+SNAPSHOT_FORMAT = 5
 PACK_BATCH = 2000
-_FORMATS = {1: 6, 2: 8, 3: 10, 4: 11}  # format -> array length
+_FORMATS = {1: 6, 2: 8, 3: 10, 4: 11, 5: 12}  # format -> array length
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,7 @@ class SnapshotView:
     directory: MemberDirectory
     history: History
     settings: ClusterSettings | None
+    coordination: tuple[list[Any], list[Any]]
 
     @classmethod
     def capture(
@@ -68,6 +72,7 @@ class SnapshotView:
         dropped: OrderedDict[str, int],
         directory: MemberDirectory,
         settings: ClusterSettings | None,
+        coordination: Coordination,
     ) -> SnapshotView:
         encoded = [
             (
@@ -88,6 +93,7 @@ class SnapshotView:
             directory.copy(),
             space.history.copy(),
             settings,
+            coordination.copy_wire(),
         )
 
     def serialize(self) -> bytes:
@@ -119,6 +125,7 @@ class SnapshotView:
         parts += [packer.pack(v) for v in (self.sessions, self.dropped, members, removed)]
         settings = None if self.settings is None else self.settings.to_wire()
         parts += [packer.pack(compact_revision), packer.pack(events), packer.pack(settings)]
+        parts.append(packer.pack(self.coordination))
         return b"".join(parts)
 
 
@@ -129,6 +136,7 @@ ParsedState = tuple[
     OrderedDict[str, int],
     MemberDirectory,
     ClusterSettings | None,
+    Coordination,
 ]
 
 
@@ -192,7 +200,8 @@ def parse_snapshot(data: bytes) -> ParsedState:
     if any(a > b for a, b in pairwise(ordered)):
         ordered.sort()  # this version writes keys in order; accept any order all the same
     space = KeySpace(history, revision, kvs, ordered)
-    return applied_index, space, live, gone, directory, settings
+    coordination = Coordination.from_wire(*rest[5]) if fmt >= 5 else Coordination()
+    return applied_index, space, live, gone, directory, settings, coordination
 
 
 def _expect_end(unpacker: msgpack.Unpacker) -> None:

@@ -91,6 +91,55 @@ class SessionExpiredResult:
     """The request was not applied now, and whether it was applied before is unknown."""
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseGrantResult:
+    lease: int
+    ttl: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRevokeResult:
+    revision: int
+    """The revision after the lease's keys were deleted (unchanged when it had none)."""
+    deleted: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseNotFoundResult:
+    """The lease a command names does not exist (it ended, or never was)."""
+
+    lease: int
+
+
+@dataclass(frozen=True, slots=True)
+class LockResult:
+    """A queue position: `token` is the caller's, `holder` the token at the head (0: free)."""
+
+    token: int
+    holder: int
+
+
+@dataclass(frozen=True, slots=True)
+class LockNotFoundResult:
+    """The token is not (or no longer) queued for that lock."""
+
+
+@dataclass(frozen=True, slots=True)
+class FencedResult:
+    """A fenced command was refused: its token does not hold the lock; `holder` does (0: free)."""
+
+    holder: int
+
+
+CoordinationResult: TypeAlias = (
+    LeaseGrantResult
+    | LeaseRevokeResult
+    | LeaseNotFoundResult
+    | LockResult
+    | LockNotFoundResult
+    | FencedResult
+)
+
 ApplyResult: TypeAlias = (
     PutResult
     | DeleteResult
@@ -99,10 +148,12 @@ ApplyResult: TypeAlias = (
     | RevisionMismatchResult
     | TxnResult
     | SessionExpiredResult
+    | CoordinationResult
 )
 
 NOT_FOUND = NotFoundResult()
 SESSION_EXPIRED = SessionExpiredResult()
+LOCK_NOT_FOUND = LockNotFoundResult()
 
 
 class Session:
@@ -132,6 +183,16 @@ class Session:
 _RESULT_PUT, _RESULT_DELETE, _RESULT_NOT_FOUND, _RESULT_MISMATCH = range(4)
 _RESULT_REV_MISMATCH, _RESULT_TXN = 4, 5
 _OP_PUT, _OP_DELETE_RANGE, _OP_RANGE = range(3)
+_COORDINATION_RESULTS: dict[type, int] = {
+    # result type (all fields integers): its tag in a snapshot's session results
+    LeaseGrantResult: 10,
+    LeaseRevokeResult: 11,
+    LeaseNotFoundResult: 12,
+    LockResult: 13,
+    LockNotFoundResult: 14,
+    FencedResult: 15,
+}
+_COORDINATION_TAGS = {tag: cls for cls, tag in _COORDINATION_RESULTS.items()}
 
 
 def encode_result(result: ApplyResult) -> tuple[Any, ...]:
@@ -149,6 +210,9 @@ def encode_result(result: ApplyResult) -> tuple[Any, ...]:
     if type(result) is TxnResult:
         ops = [_encode_op_result(r) for r in result.results]
         return (_RESULT_TXN, int(result.succeeded), result.revision, ops)
+    tag = _COORDINATION_RESULTS.get(type(result))
+    if tag is not None:
+        return (tag, *(getattr(result, name) for name in result.__slots__))  # type: ignore[union-attr]
     raise TypeError(f"cannot store result {result!r}")  # SessionExpired is never stored
 
 
@@ -201,6 +265,10 @@ def decode_result(tag: int, *fields: Any) -> ApplyResult:
         succeeded, revision = ints(fields[:2], 2)
         ops = tuple(_decode_op_result(*op) for op in fields[2])
         return TxnResult(bool(succeeded), revision, ops)
+    cls = _COORDINATION_TAGS.get(tag)
+    if cls is not None:
+        result: ApplyResult = cls(*ints(fields, len(cls.__slots__)))
+        return result
     raise ValueError(f"bad stored result {(tag, *fields)!r}")
 
 

@@ -469,11 +469,12 @@ class Checkers:
         fingerprint: str,
         command: Command | None,
         result: ApplyResult | None,
-        revision_moved: bool,
+        state_moved: bool,
         had_session: bool,
     ) -> None:
-        """Same log, same KV state (keys, revision, sessions) on every node; and a retried
-        (client, seq) changes nothing a second time."""
+        """Same log, same KV state (keys, revision, sessions, leases, locks) on every
+        node; and a retried (client, seq) changes nothing a second time (`state_moved`:
+        the revision or the lease and lock tables changed)."""
         if self._on("kv_determinism"):
             earlier = self.kv_fingerprints.setdefault(index, (nid, fingerprint))
             if earlier[1] != fingerprint:
@@ -492,7 +493,7 @@ class Checkers:
                 self.kv_executed[key] = (index, result)
             return
         self.kv_retries += 1
-        if not revision_moved and result in (first[1], SESSION_EXPIRED):
+        if not state_moved and result in (first[1], SESSION_EXPIRED):
             return
         if ref.seq == 1 and ref.first_outstanding == 1 and not had_session:
             # Documented residual (state_machine.py): seq 1 executed, its session and
@@ -503,7 +504,7 @@ class Checkers:
         self.fail(
             "kv_exactly_once",
             f"{nid} applies retried ({ref.client_id}, seq {ref.seq}) at index {index} with "
-            f"{result} (revision moved: {revision_moved}); it was executed at index "
+            f"{result} (state moved: {state_moved}); it was executed at index "
             f"{first[0]} with {first[1]}",
         )
 

@@ -195,7 +195,7 @@ class ReadyDriver:
         applied, command = kv_entry(entry)
         ref = command.session if command is not None else None
         had_session = ref is not None and kv.has_session(ref.client_id)
-        revision = kv.revision
+        before = (kv.revision, kv.coordination.copy_wire())
         result = kv.apply(applied)
         self.check.on_kv_apply(
             host.nid,
@@ -203,7 +203,7 @@ class ReadyDriver:
             kv.fingerprint(),
             command,
             result,
-            kv.revision != revision,
+            (kv.revision, kv.coordination.copy_wire()) != before,
             had_session,
         )
 

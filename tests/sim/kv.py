@@ -1,19 +1,21 @@
 """The real key-value state machine in the simulator (issue 4: session expiry is
-deterministic across replicas).
+deterministic across replicas; issue 14: so are leases, lock queues and fences).
 
 In KV mode (`SimConfig.kv`) every node applies its committed entries to a real
 `KVStateMachine` with tiny limits, so sessions expire (by log position) and are evicted
 (least recently used) all the time. Proposals become encoded KV commands on a few keys
 (puts and deletes, with prev_version or prev_revision, and transactions with compares,
-puts, delete-ranges and reads), most in a session, and some are RETRIES: the same
+puts, delete-ranges and reads; lease grants and revokes, puts attached to leases, lock
+acquires and releases, and fenced writes), most in a session, and some are RETRIES: the same
 (client, seq) proposed again as a new entry, as a client does after a timeout. Payloads
 that are not commands (the liveness phase's) reach the KV machine as NOOPs at their index,
 so indexes stay aligned.
 
 The checks (`Checkers.on_kv_apply` / `on_kv_snapshot`): nodes that applied up to the same
-index hold the same `fingerprint()` (keys, revision and sessions), snapshots hold it too,
-and a retried (client, seq) is executed at most once: a later entry with it returns the
-stored result or SessionExpired and leaves the revision alone.
+index hold the same `fingerprint()` (keys, revision, sessions, leases and lock queues),
+snapshots hold it too, and a retried (client, seq) is executed at most once: a later
+entry with it returns the stored result or SessionExpired and leaves the revision and
+the lease and lock tables alone.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ from kvstore.state.commands import (
     CommandDecodeError,
     Compare,
     Delete,
+    Fence,
+    LeaseGrant,
+    LeaseRevoke,
+    LockAcquire,
+    LockRelease,
     Op,
     Put,
     SessionRef,
@@ -49,6 +56,7 @@ MAX_RESULTS_PER_SESSION = 4
 HISTORY_REVISIONS = 8
 """Tiny, so the history is trimmed all the time (and snapshots carry a trimmed one)."""
 KEYS = ("a", "b", "c", "d")
+LOCKS = ("L", "M")
 MAX_CLIENTS = 5
 """More live clients than MAX_SESSIONS, so LRU eviction happens."""
 
@@ -94,11 +102,15 @@ class KVWorkload:
         self.clients: list[_Client] = []
         self.made = 0
         self.values = 0
+        self.proposed = 0
+        self.grants: deque[int] = deque(maxlen=6)
+        self.acquires: deque[int] = deque(maxlen=6)
         self.recent: deque[bytes] = deque(maxlen=6)
         """Recently proposed session commands: the ones a client may retry."""
 
     def next(self) -> bytes:
         rng = self.rng
+        self.proposed += 1
         if self.recent and rng.random() < 0.3:
             return rng.choice(self.recent)  # a retry after a timeout: same (client, seq)
         key = rng.choice(KEYS)
@@ -107,22 +119,56 @@ class KVWorkload:
         session = self._session() if rng.random() < 0.8 else None
         command: Command
         roll = rng.random()
-        if roll < 0.25:
+        if roll < 0.2:
             command = Txn(
                 tuple(self._compare() for _ in range(rng.randint(0, 2))),
                 self._branch(),
                 self._branch(),
                 session,
+                self._fence(),
             )
         elif roll < 0.45:
-            command = Delete(key, prev_version, session, prev_revision)
+            command = self._coordination(session)
+        elif roll < 0.6:
+            command = Delete(key, prev_version, session, prev_revision, self._fence())
         else:
             self.values += 1
-            command = Put(key, f"v{self.values}".encode(), prev_version, session, prev_revision)
+            value = f"v{self.values}".encode()
+            lease = self._id(self.grants) if rng.random() < 0.3 else 0
+            command = Put(key, value, prev_version, session, prev_revision, lease, self._fence())
         data = encode_command(command)
         if session is not None:
             self.recent.append(data)
         return data
+
+    def _id(self, landmarks: deque[int]) -> int:
+        """A lease id or lock token: both are entry indexes, which this workload cannot
+        know, so it guesses near where it proposed a grant or an acquire (an index is
+        about its proposal's number, shifted by NOOPs and lost proposals)."""
+        rng = self.rng
+        if landmarks and rng.random() < 0.8:
+            return max(1, rng.choice(landmarks) + rng.choice((0, 0, 0, -1, 1, 2)))
+        return rng.randint(max(1, self.proposed - 20), self.proposed + 3)
+
+    def _fence(self) -> Fence | None:
+        if self.rng.random() < 0.2:
+            return Fence(self.rng.choice(LOCKS), self._id(self.acquires))
+        return None
+
+    def _coordination(self, session: SessionRef | None) -> Command:
+        """Leases, lock queues and releases (elections are the same queues)."""
+        rng = self.rng
+        kind = rng.randrange(4)
+        if kind == 0:
+            self.grants.append(self.proposed)
+            return LeaseGrant(rng.randint(1, 30), session)
+        if kind == 1:
+            return LeaseRevoke(self._id(self.grants), session)
+        if kind == 2:
+            self.acquires.append(self.proposed)
+            value = f"c{self.values}".encode()
+            return LockAcquire(rng.choice(LOCKS), self._id(self.grants), value, session)
+        return LockRelease(rng.choice(LOCKS), self._id(self.acquires), session)
 
     def _compare(self) -> Compare:
         rng = self.rng
