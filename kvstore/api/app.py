@@ -12,6 +12,8 @@ from kvstore.api.common import LEADER_HEADER, RUNTIME_KEY, error, strict
 from kvstore.api.forwarding import proxy_session
 from kvstore.api.health import add_health_routes
 from kvstore.api.kv import KV_PREFIX, handle_kv
+from kvstore.api.leases import add_lease_routes
+from kvstore.api.locks import add_lock_routes
 from kvstore.api.members import add_member_routes
 from kvstore.api.metrics import add_metrics
 from kvstore.api.range import handle_range
@@ -70,6 +72,8 @@ def make_client_app(runtime: NodeRuntime, client_max_size: int) -> web.Applicati
     add_member_routes(app)
     if METRICS_ENABLED:
         add_metrics(app)
+    add_lease_routes(app)
+    add_lock_routes(app)
     add_health_routes(app)
     add_status_page_routes(app)
     add_watch_routes(app)

@@ -24,6 +24,7 @@ from kvstore.api.common import (
     query_values,
     uint,
 )
+from kvstore.api.coordination import FENCE_QUERY, parse_fence, positive, refusal
 from kvstore.api.serve import serve_read, serve_write
 from kvstore.runtime.node import NodeRuntime
 from kvstore.state.commands import Delete, Put, SessionRef
@@ -42,7 +43,8 @@ log = logging.getLogger(__name__)
 KV_PREFIX = "/v1/kv/"
 REVISION_HEADER = "X-KV-Revision"
 KEY_HEADERS = ("X-KV-Version", "X-KV-Create-Revision", "X-KV-Mod-Revision", REVISION_HEADER)
-_WRITE_QUERY = {"prev_version": uint, "prev_revision": uint}
+_WRITE_QUERY = {"prev_version": uint, "prev_revision": uint, **FENCE_QUERY}
+_PUT_QUERY = {**_WRITE_QUERY, "lease": positive}
 
 
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -127,7 +129,7 @@ def result_response(result: ApplyResult | None) -> web.Response:
             "the session of this client id was forgotten; the outcome of the original "
             "request is unknown; start over with a new client id",
         )
-    return error(500, "internal", f"unexpected apply result {result!r}")
+    return refusal(result) or error(500, "internal", f"unexpected apply result {result!r}")
 
 
 # ---------------------------------------------------------------------- handlers
@@ -145,14 +147,14 @@ async def handle_kv(request: web.Request) -> web.StreamResponse:
                 request, runtime, lambda: _key_answer(runtime, key), stale=stale == "stale"
             )
         if method in ("PUT", "DELETE"):
-            prev = query_values(request, _WRITE_QUERY)
-            session = parse_session(request)
-            version, revision = prev.get("prev_version"), prev.get("prev_revision")
+            query = query_values(request, _PUT_QUERY if method == "PUT" else _WRITE_QUERY)
+            session, fence = parse_session(request), parse_fence(query)
+            version, revision = query.get("prev_version"), query.get("prev_revision")
             if method == "DELETE":
-                cmd, body = Delete(key, version, session, revision), b""
+                cmd, body = Delete(key, version, session, revision, fence), b""
             else:
                 body = await read_value(request, tuning.max_value_bytes)
-                cmd = Put(key, body, version, session, revision)
+                cmd = Put(key, body, version, session, revision, query.get("lease", 0), fence)
             return await serve_write(request, runtime, cmd, body, result_response)
     except BadRequest as exc:
         return error(exc.status, exc.code, exc.message)

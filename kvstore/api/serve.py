@@ -11,8 +11,9 @@ One loop for single keys, ranges and transactions, so that promise is kept in on
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -38,19 +39,21 @@ the stale reads this causes. Never set it on a real cluster."""
 async def serve_read(
     request: web.Request,
     runtime: NodeRuntime,
-    answer: Callable[[], web.StreamResponse],
+    answer: Callable[[], web.StreamResponse | Awaitable[web.StreamResponse]],
     *,
     stale: bool,
+    wait: float = 0.0,
 ) -> web.StreamResponse:
     """`answer()` from this node's state: at once when `stale`, after a ReadIndex round
     on the leader otherwise (then the state holds every write acknowledged before the
-    request began); a follower forwards a linearizable read to the leader."""
+    request began); a follower forwards a linearizable read to the leader. `wait` is
+    how long `answer` itself may wait (a long poll), added to the forwarding deadline."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + runtime.tuning.request_timeout_ms / 1000
+    deadline = loop.time() + runtime.tuning.request_timeout_ms / 1000 + wait
     stale = stale or (UNSAFE_LOCAL_READS and not runtime.is_leader)
     while True:
         if stale:
-            return answer()
+            return await _answered(answer())
         if runtime.is_leader:
             try:
                 await runtime.barrier(deadline - loop.time())
@@ -64,12 +67,18 @@ async def serve_read(
                 return error(504, "timeout", "the read was not confirmed by a quorum in time")
             except RuntimeStopped as exc:
                 return error(503, "unavailable", str(exc))
-            return answer()
+            return await _answered(answer())
         forwarded = await forward_to_leader(
             request, runtime, b"", deadline, is_write=False, unserved="the read was not served"
         )
         if forwarded is not None:
             return forwarded
+
+
+async def _answered(
+    answer: web.StreamResponse | Awaitable[web.StreamResponse],
+) -> web.StreamResponse:
+    return await answer if inspect.isawaitable(answer) else answer
 
 
 async def serve_write(

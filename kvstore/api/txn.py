@@ -13,8 +13,10 @@ exists (true/false, with = or != only); ops: = != < >. Operations: put {key, val
 delete {key}, delete_range {prefix | start, end}, get {key}, range {prefix | start, end,
 limit, keys_only, count_only, sort}. The answer: `{"succeeded", "revision", "results"}`
 with one result per operation of the branch that ran, in order. A failed compare is
-not an error (200, `succeeded: false`). A transaction without writes is served as a
-linearizable read (one ReadIndex, no log entry). Exactly-once session headers apply as
+not an error (200, `succeeded: false`). A transaction without writes (and without a
+fence) is served as a linearizable read (one ReadIndex, no log entry). With
+`?fence_lock=NAME&fence_token=T` the whole transaction is refused with 409 `fenced`
+unless T holds the lock NAME when it is applied. Exactly-once session headers apply as
 to a single write.
 
 Limits: at most MAX_TXN_OPS compares and operations in all (400 `too_many_operations`),
@@ -27,11 +29,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 
-from kvstore.api.common import RUNTIME_KEY, BadRequest, check_query, error
+from kvstore.api.common import RUNTIME_KEY, BadRequest, error, query_values
+from kvstore.api.coordination import FENCE_QUERY, parse_fence
 from kvstore.api.kv import parse_session, result_response
 from kvstore.api.range import MAX_PAGE, document_response, range_document, wants_msgpack
 from kvstore.api.serve import serve_read, serve_write
@@ -222,20 +226,20 @@ async def handle_txn(request: web.Request) -> web.StreamResponse:
     runtime: NodeRuntime = request.app[RUNTIME_KEY]
     tuning = runtime.tuning
     try:
-        check_query(request)
+        fence = parse_fence(query_values(request, FENCE_QUERY))
         session = parse_session(request)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise BadRequest(413, "txn_too_large", "the body exceeds the size limit") from None
-        txn = parse_txn(body, tuning.max_key_bytes, tuning.max_value_bytes)
+        txn = replace(parse_txn(body, tuning.max_key_bytes, tuning.max_value_bytes), fence=fence)
     except BadRequest as exc:
         return error(exc.status, exc.code, exc.message)
     if not txn.writes:
         return await serve_read(
             request, runtime, lambda: _respond(request, txn, runtime.sm.read_txn(txn)), stale=False
         )
-    command = Txn(txn.compares, txn.success, txn.failure, session)
+    command = replace(txn, session=session)
     return await serve_write(
         request, runtime, command, body, lambda result: _respond(request, txn, result)
     )

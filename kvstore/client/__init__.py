@@ -9,8 +9,11 @@ from kvstore.client.errors import (
     ClusterUnavailable,
     Compacted,
     EndpointConfigError,
+    Fenced,
     InvalidRequest,
     KVError,
+    LeaseNotFound,
+    LockTimeout,
     MemberUnreachable,
     NoLeader,
     NotFound,
@@ -18,6 +21,9 @@ from kvstore.client.errors import (
     RevisionMismatch,
     VersionMismatch,
 )
+from kvstore.client.fence import Fence
+from kvstore.client.leases import Lease, LeaseInfo
+from kvstore.client.locks import Election, Leader, Lock
 from kvstore.client.mirror import Change, Mirror
 from kvstore.client.ranges import RangeIterator
 from kvstore.client.session import RetryPolicy
@@ -36,11 +42,20 @@ __all__ = [
     "Compare",
     "Consistency",
     "Deleted",
+    "Election",
     "EndpointConfigError",
     "EndpointStatus",
+    "Fence",
+    "Fenced",
     "InvalidRequest",
     "KVError",
     "KeyValue",
+    "Leader",
+    "Lease",
+    "LeaseInfo",
+    "LeaseNotFound",
+    "Lock",
+    "LockTimeout",
     "MemberList",
     "MemberUnreachable",
     "Mirror",

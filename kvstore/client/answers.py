@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from kvstore.client.errors import (
     Compacted,
+    Fenced,
     InvalidRequest,
     KVError,
+    LeaseNotFound,
     MemberUnreachable,
     OutcomeUnknown,
     RevisionMismatch,
@@ -36,6 +38,10 @@ def raise_for_answer(answer: Answer, key: str | None) -> None:
             status=409,
             code=code,
         )
+    if answer.status == 409 and code == "fenced":
+        raise Fenced(answer.error_message, int(answer.json().get("holder") or 0))
+    if answer.status == 404 and code == "lease_not_found":
+        raise LeaseNotFound(answer.error_message, status=404, code=code)
     if answer.status == 409 and code == "member_unreachable":
         raise MemberUnreachable(answer.error_message, status=409, code=code)
     if answer.status in (400, 413):

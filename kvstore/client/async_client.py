@@ -45,8 +45,11 @@ from kvstore.client.errors import (
     RevisionMismatch,
     VersionMismatch,
 )
+from kvstore.client.fence import Fence, write_query
 from kvstore.client.http_session import single_send_session
-from kvstore.client.paths import Value, as_bytes, key_path, prev_query
+from kvstore.client.leases import Lease, LostCallback
+from kvstore.client.locks import Election, Lock
+from kvstore.client.paths import Value, as_bytes, key_path
 from kvstore.client.ranges import (
     DEFAULT_PAGE_SIZE,
     Pager,
@@ -279,12 +282,16 @@ class AsyncKV:
         prev_version: int | None = None,
         *,
         prev_revision: int | None = None,
+        lease: int | None = None,
+        fence: Fence | None = None,
         timeout: float | None = None,
     ) -> PutResult:
         """Write a value. With `prev_revision` it is a compare-and-set on the key's
         mod_revision (0 = create only), safe against a delete and re-create in between;
-        `prev_version` compares the version, which restarts at 1 on re-creation (ABA)."""
-        path = key_path(key) + prev_query(prev_version, prev_revision)
+        `prev_version` compares the version, which restarts at 1 on re-creation (ABA).
+        With `lease` the key is deleted when that lease ends; with `fence` the write
+        applies only while the fence's token holds its lock (else `Fenced`)."""
+        path = key_path(key) + write_query(prev_version, prev_revision, lease, fence)
         data = as_bytes(value)
         answer = await self._write(_Request("PUT", path, body=data), key, timeout)
         body = answer.json()
@@ -302,11 +309,12 @@ class AsyncKV:
         prev_version: int | None = None,
         *,
         prev_revision: int | None = None,
+        fence: Fence | None = None,
         timeout: float | None = None,
     ) -> int:
         """Delete a key and return the new revision; raises `NotFound` when it is missing.
-        `prev_revision` / `prev_version` make it conditional, as for `put`."""
-        path = key_path(key) + prev_query(prev_version, prev_revision)
+        `prev_revision` / `prev_version` / `fence` make it conditional, as for `put`."""
+        path = key_path(key) + write_query(prev_version, prev_revision, None, fence)
         answer = await self._write(_Request("DELETE", path), key, timeout)
         return int(answer.json().get("revision", 0))
 
@@ -432,6 +440,40 @@ class AsyncKV:
         answer = await self._call(_Request("GET", SNAPSHOT_PATH, slow=True), timeout)
         raise_for_answer(answer, None)
         return answer.body
+
+    # ------------------------------------------------- leases, locks, elections
+
+    def lease(self, ttl: int, *, on_lost: LostCallback | None = None) -> Lease:
+        """`async with kv.lease(ttl=10) as lease:` a lease kept alive in the background
+        (kvstore.client.leases); `lease.lost` is set, and `on_lost` called, if it ends."""
+        return Lease(self, ttl, on_lost=on_lost)
+
+    def lock(self, name: str, ttl: int = 10, *, timeout: float | None = None) -> Lock:
+        """`async with kv.lock("jobs/nightly", ttl=10) as lock:` holds the lock inside;
+        `lock.token` is its fencing token, and `lock.put`/`lock.delete` are fenced."""
+        return Lock(self, name, ttl, timeout=timeout)
+
+    def election(self, name: str) -> Election:
+        """An election (kvstore.client.locks): campaign, proclaim, resign, observe."""
+        return Election(self, name)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        *,
+        write: bool = False,
+        timeout: float | None = None,
+    ) -> Answer:
+        """One call of the HTTP API with this client's routing and retries, for the
+        feature modules (leases, locks); a `write` runs exactly-once under a seq.
+        Raises the typed errors for a non-200 answer."""
+        if write:
+            return await self._write(_Request(method, path, body=body), path, timeout)
+        answer = await self._call(_Request(method, path, body=body), timeout)
+        raise_for_answer(answer, None)
+        return answer
 
     # --------------------------------------------------------------- internals
 

@@ -110,3 +110,22 @@ class MemberUnreachable(KVError):
     """The leader cannot reach a node being added, so it cannot catch up (409
     `member_unreachable`). The node was added as a learner and stays one until it is
     started (`kv serve --join`) or removed."""
+
+
+class Fenced(KVError):
+    """A fenced write was refused (409 `fenced`): its token no longer holds the lock, so
+    another holder may have written since. `holder` is the token that holds it now (0:
+    nobody). Never retry the write with the same token; take the lock again."""
+
+    def __init__(self, message: str, holder: int) -> None:
+        super().__init__(message, status=409, code="fenced")
+        self.holder = holder
+
+
+class LeaseNotFound(KVError):
+    """The lease does not exist (404 `lease_not_found`): it was revoked or it expired."""
+
+
+class LockTimeout(KVError):
+    """The lock (or the leadership of an election) was not obtained within the timeout;
+    the waiter left the queue."""

@@ -18,7 +18,9 @@ from kvstore.client.async_client import AsyncKV
 from kvstore.client.blocking_watch import BlockingMirror, BlockingWatch
 from kvstore.client.endpoints import EndpointsArg
 from kvstore.client.errors import KVError
+from kvstore.client.leases import LostCallback
 from kvstore.client.mirror import Mirror, OnChange
+from kvstore.client.sync_coordination import SyncElection, SyncLease, SyncLock
 from kvstore.client.txn import TxnBuilder, TxnResponse
 from kvstore.client.types import KeyValue
 
@@ -84,6 +86,18 @@ class KV:
     snapshot = _blocking(AsyncKV.snapshot)
     range_page = _blocking(AsyncKV.range_page)
     run_txn = _blocking(AsyncKV.run_txn)
+    request = _blocking(AsyncKV.request)
+
+    def lease(self, ttl: int, *, on_lost: LostCallback | None = None) -> SyncLease:
+        """`with kv.lease(ttl=10) as lease:`; `on_lost` runs on the client's loop thread."""
+        return SyncLease(self._run, self._async.lease(ttl, on_lost=on_lost))
+
+    def lock(self, name: str, ttl: int = 10, *, timeout: float | None = None) -> SyncLock:
+        """`with kv.lock("jobs/nightly", ttl=10) as lock:`; `lock.put` is fenced."""
+        return SyncLock(self._run, self._async.lock(name, ttl, timeout=timeout))
+
+    def election(self, name: str) -> SyncElection:
+        return SyncElection(self._run, self._async.election(name))
 
     def range(
         self, start: str | None = None, end: str | None = None, **options: Any

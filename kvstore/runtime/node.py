@@ -43,8 +43,10 @@ from consensus.types import EntryType, HardState
 from kvstore.config import ClusterConfig, NodeConfig
 from kvstore.peers.snapshot_transfer import SnapshotReceiver
 from kvstore.peers.transport import Transport
+from kvstore.runtime.changes import ChangeSignal
 from kvstore.runtime.compaction import Compactor
 from kvstore.runtime.leadership import LeadershipWatch
+from kvstore.runtime.leases import LeaseKeeper
 from kvstore.runtime.member_view import MemberView
 from kvstore.runtime.membership import MembershipTracker
 from kvstore.runtime.requests import (
@@ -120,6 +122,14 @@ class NodeRuntime:
         self.stats = RuntimeStats()
         """Counters and histograms for `GET /metrics` (kvstore.api.metrics)."""
         self.leadership = LeadershipWatch(node_id, self.node, self.pending, self.stats)
+        self.applied_changed = ChangeSignal()
+        """Notified after every applied batch (lock waits and election observers)."""
+        self.leases = LeaseKeeper(
+            lambda: self.sm.coordination,
+            lambda: self.node.term if self.is_leader else None,
+            self.propose,
+            t.request_timeout_ms / 1000,
+        )
         self.transport = Transport(
             node_id,
             {},
@@ -185,6 +195,7 @@ class NodeRuntime:
             asyncio.create_task(self._tick_loop(), name=f"tick-{self.node_id}"),
             asyncio.create_task(self._ready_loop(), name=f"ready-{self.node_id}"),
             asyncio.create_task(self._expire_loop(), name=f"expire-{self.node_id}"),
+            asyncio.create_task(self.leases.run(), name=f"leases-{self.node_id}"),
         ]
         self._wake.set()  # committed entries from before a restart are replayed at once
         log.info(
@@ -472,3 +483,4 @@ class NodeRuntime:
             self.membership.changed()
         self.stats.applied_entries += len(entries)
         pending.applied_up_to(self.sm.applied_index)
+        self.applied_changed.notify()

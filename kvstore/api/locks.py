@@ -1,0 +1,158 @@
+"""/v1/locks/{name} and /v1/elections/{name}: one queue per name, two vocabularies.
+
+A lock and an election are the same thing in the state machine (kvstore.state.locks):
+a first-come queue of leases whose head holds it; an election's candidates also
+publish a value. So both URL families address the same queues, and a fence names
+either.
+
+- POST queues the caller's lease (a log entry; a lease already queued keeps its
+  place), answering its token at once; GET with `token` and `wait` then waits, on
+  the leader, until that token holds or has left the queue. Splitting the two keeps
+  every HTTP request short and lets a client that lost its connection wait again
+  without losing its place.
+- DELETE leaves the queue (release, withdraw, resign); PUT on an election publishes
+  a new value, refused with 409 `fenced` unless the token leads.
+- GET with `after=CHANGED` waits until the head changes (a new leader or value):
+  an election observer's long poll.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from kvstore.api.common import RUNTIME_KEY, BadRequest, error, query_values, uint
+from kvstore.api.coordination import (
+    parse_name,
+    positive,
+    require,
+    seconds,
+    unexpected,
+    wait_until,
+)
+from kvstore.api.kv import parse_session, read_value
+from kvstore.api.serve import serve_read, serve_write
+from kvstore.runtime.node import NodeRuntime
+from kvstore.state.coordination_commands import (
+    MAX_ELECTION_VALUE_BYTES,
+    LockAcquire,
+    LockRelease,
+    Proclaim,
+)
+from kvstore.state.types import ApplyResult, LockResult
+
+LOCKS = "/v1/locks/"
+ELECTIONS = "/v1/elections/"
+
+
+def add_lock_routes(app: web.Application) -> None:
+    for prefix in (LOCKS, ELECTIONS):
+        app.router.add_route("*", prefix + "{name:.+}", handle_queue)
+
+
+def _prefix(request: web.Request) -> str:
+    return ELECTIONS if request.path.startswith(ELECTIONS) else LOCKS
+
+
+def _queued(name: str) -> Any:
+    def respond(result: ApplyResult | None) -> web.Response:
+        if type(result) is LockResult:
+            return web.json_response(
+                {
+                    "name": name,
+                    "token": result.token,
+                    "holder": result.holder,
+                    "held": result.token == result.holder,
+                }
+            )
+        return unexpected(result)
+
+    return respond
+
+
+async def _value(request: web.Request) -> bytes:
+    value = await read_value(request, MAX_ELECTION_VALUE_BYTES)
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest(400, "bad_value", "an election value must be UTF-8 text") from None
+    return value
+
+
+async def handle_queue(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME_KEY]
+    method = request.method
+    election = _prefix(request) == ELECTIONS
+    try:
+        name = parse_name(request.raw_path, _prefix(request))
+        if method == "POST":
+            lease = require(query_values(request, {"lease": positive}), "lease")
+            value = await _value(request) if election else b""
+            command = LockAcquire(name, lease, value, parse_session(request))
+            return await serve_write(request, runtime, command, value, _queued(name))
+        if method == "DELETE":
+            token = require(query_values(request, {"token": positive}), "token")
+            release = LockRelease(name, token, parse_session(request))
+            return await serve_write(request, runtime, release, b"", _queued(name))
+        if method == "PUT" and election:
+            token = require(query_values(request, {"token": positive}), "token")
+            value = await _value(request)
+            proclaim = Proclaim(name, token, value, parse_session(request))
+            return await serve_write(request, runtime, proclaim, value, _queued(name))
+        if method == "GET":
+            query = query_values(request, {"token": positive, "after": uint, "wait": seconds})
+            token, after = query.get("token"), query.get("after")
+            return await _observe(request, runtime, name, token, after, query.get("wait", 0.0))
+    except BadRequest as exc:
+        return error(exc.status, exc.code, exc.message)
+    allowed = "GET, POST, PUT, DELETE" if election else "GET, POST, DELETE"
+    return error(405, "method_not_allowed", f"{method} is not supported here ({allowed})")
+
+
+async def _observe(
+    request: web.Request,
+    runtime: NodeRuntime,
+    name: str,
+    token: int | None,
+    after: int | None,
+    wait: float,
+) -> web.StreamResponse:
+    """The queue's head, after waiting (up to `wait` s) for `token` to hold or leave, or
+    for the head to change from `after`."""
+
+    def settled() -> bool:
+        queue = runtime.sm.coordination.locks.queue(name)
+        tokens = [] if queue is None else [w.token for w in queue.waiters]
+        if token is not None and (not tokens or tokens[0] == token or token not in tokens):
+            return True
+        changed = 0 if queue is None else queue.changed
+        return after is not None and changed != after
+
+    async def answer() -> web.StreamResponse:
+        if token is not None or after is not None:
+            await wait_until(runtime, settled, wait)
+        return web.json_response(_describe(runtime, name, token))
+
+    return await serve_read(request, runtime, answer, stale=False, wait=wait)
+
+
+def _describe(runtime: NodeRuntime, name: str, token: int | None) -> dict[str, Any]:
+    queue = runtime.sm.coordination.locks.queue(name)
+    holder = None if queue is None else queue.holder
+    body: dict[str, Any] = {
+        "name": name,
+        "holder": None
+        if holder is None
+        else {
+            "token": holder.token,
+            "lease": holder.lease,
+            "value": holder.value.decode("utf-8", "replace"),
+        },
+        "changed": 0 if queue is None else queue.changed,
+        "waiters": 0 if queue is None else len(queue.waiters) - 1,
+    }
+    if token is not None:
+        tokens = [] if queue is None else [w.token for w in queue.waiters]
+        body.update(token=token, held=bool(tokens) and tokens[0] == token, queued=token in tokens)
+    return body

@@ -1,0 +1,193 @@
+"""Leases, locks, fences and elections against real processes (issue 14).
+
+The safety tests: keys of a killed client vanish within TTL + election time; a lease
+outlives a kill -9 of the leader while its keep-alives go on; and the classic pause
+(holder SIGSTOPped past its TTL, another client takes the lock and writes, the first
+wakes up and writes with its old token) ends with the stale write refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from kvstore.client import KV, AsyncKV, Fenced, LockTimeout
+from tests.integration.harness import REPO_ROOT, Cluster, child_env, wait_until
+
+TTL = 2
+ELECTION_S = 30 * 10 / 1000 * 2  # the fixture's election timeout (30 ticks of 10 ms), twice
+SLACK_S = 1.5  # scheduling on a shared test machine: check intervals, polls, process start
+
+
+@contextlib.contextmanager
+def client_process(cluster: Cluster, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """A lease_client process, stopped by its PID whatever happens."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.lease_client", cluster.endpoints(), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+        cwd=REPO_ROOT,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.kill()
+        proc.wait(timeout=10)
+
+
+def read_line(proc: subprocess.Popen[str], prefix: str) -> str:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # the client prints within its 10 s call timeout
+    assert line.startswith(prefix), f"expected {prefix!r}, got {line!r}"
+    return line.split()[1]
+
+
+def key_exists(cluster: Cluster, node: str, key: str) -> bool:
+    reply = cluster.get(node, key)
+    assert reply.status in (200, 404), reply.body
+    return reply.status == 200
+
+
+def test_http_api_from_a_follower(cluster: Cluster) -> None:
+    leader = cluster.wait_leader()
+    node = next(n for n in cluster.nodes if n != leader)
+
+    def call(method: str, path: str, body: bytes | None = None) -> tuple[int, dict[str, object]]:
+        reply = cluster.http(node, method, path, body=body)
+        return reply.status, reply.json()
+
+    assert call("POST", "/v1/leases?ttl=5&ttl=6")[1]["error"] == "bad_query"
+    status, body = call("POST", "/v1/leases?tll=5")
+    assert status == 400 and "tll" in str(body["message"])
+    short = call("POST", "/v1/leases?ttl=30")[1]["id"]
+    other = call("POST", "/v1/leases?ttl=30")[1]["id"]
+    assert call("PUT", f"/v1/kv/services%2Fa?lease={short}", b"up")[0] == 200
+    assert call("PUT", "/v1/kv/k?lease=999999", b"v") == (
+        404,
+        {"error": "lease_not_found", "message": "lease 999999 does not exist (it ended?)"},
+    )
+    status, body = call("GET", f"/v1/leases/{short}")
+    assert status == 200 and body["keys"] == ["services/a"] and body["ttl"] == 30
+    assert call("POST", f"/v1/leases/{short}/keepalive") == (200, {"id": short, "ttl": 30})
+    assert {row["id"] for row in call("GET", "/v1/leases")[1]["leases"]} >= {short, other}  # type: ignore[union-attr]
+
+    first = call("POST", f"/v1/locks/jobs%2Fx?lease={short}")[1]
+    second = call("POST", f"/v1/locks/jobs%2Fx?lease={other}")[1]
+    assert first["held"] is True and second["held"] is False
+    assert second["token"] > first["token"]  # type: ignore[operator]
+    fence = f"fence_lock=jobs/x&fence_token={second['token']}"
+    status, body = call("PUT", f"/v1/kv/out?{fence}", b"early")
+    assert status == 409 and body["error"] == "fenced" and body["holder"] == first["token"]
+    assert call("DELETE", f"/v1/leases/{short}") == (200, {"revision": 2, "deleted": 1})
+    waited = call("GET", f"/v1/locks/jobs%2Fx?token={second['token']}&wait=5")[1]
+    assert waited["held"] is True
+    assert call("PUT", f"/v1/kv/out?{fence}", b"mine")[0] == 200
+    assert not key_exists(cluster, node, "services/a")
+
+    campaign = call("POST", f"/v1/elections/pool?lease={other}", b"node-a")[1]
+    assert campaign["held"] is True
+    token = campaign["token"]
+    seen = call("GET", "/v1/elections/pool")[1]
+    assert seen["holder"]["value"] == "node-a"  # type: ignore[index]
+    assert call("PUT", f"/v1/elections/pool?token={token}", b"node-a:2")[0] == 200
+    after = call("GET", f"/v1/elections/pool?after={seen['changed']}&wait=5")[1]
+    assert after["holder"]["value"] == "node-a:2"  # type: ignore[index]
+    assert call("PUT", f"/v1/elections/pool?token={token + 1}", b"x")[1]["error"] == "fenced"
+    assert call("DELETE", f"/v1/elections/pool?token={token}")[0] == 200
+    assert call("GET", "/v1/elections/pool")[1]["holder"] is None
+    assert call("GET", "/v1/locks/jobs%2Fx?wait=x")[1]["error"] == "bad_wait"
+
+
+def test_client_lock_queue_is_first_come_with_growing_tokens(cluster: Cluster) -> None:
+    async def scenario() -> None:
+        async with AsyncKV(cluster.endpoints().split(",")) as kv:
+            first = kv.lock("jobs/nightly", ttl=5)
+            await first.acquire()
+            waiters = [kv.lock("jobs/nightly", ttl=5) for _ in range(2)]
+            tasks = []
+            for lock in waiters:
+                tasks.append(asyncio.create_task(lock.acquire()))
+                await asyncio.sleep(0.3)  # queue them in a known order
+            with pytest.raises(LockTimeout):
+                await kv.lock("jobs/nightly", ttl=5, timeout=0.5).acquire()
+            await first.put("jobs/out", b"first")
+            old = first.fence
+            await first.release()
+            tokens = [await tasks[0]]
+            with pytest.raises(Fenced):
+                await kv.put("jobs/out", b"stale", fence=old)
+            await waiters[0].put("jobs/out", b"w0")
+            await waiters[0].release()
+            tokens.append(await tasks[1])
+            await waiters[1].release()
+            assert old.token < tokens[0] < tokens[1]
+            assert (await kv.get("jobs/out")).value == b"w0"
+
+    asyncio.run(scenario())
+
+
+def test_ephemeral_keys_vanish_after_their_client_is_killed(cluster: Cluster) -> None:
+    leader = cluster.wait_leader()
+    with client_process(cluster, "ephemeral", "services/api-1", str(TTL)) as proc:
+        read_line(proc, "ready")
+        assert key_exists(cluster, leader, "services/api-1")
+        proc.kill()
+        proc.wait(timeout=10)
+        killed = time.monotonic()
+    wait_until(
+        lambda: not key_exists(cluster, leader, "services/api-1"),
+        TTL + ELECTION_S + SLACK_S,
+        "the killed client's key to vanish within TTL + election time",
+    )
+    # Never before its TTL: the last keep-alive was at most TTL/3 before the kill.
+    assert time.monotonic() - killed >= TTL - TTL / 3 - 0.2
+
+
+def test_a_lease_survives_a_leader_kill_while_kept_alive(cluster: Cluster) -> None:
+    leader = cluster.wait_leader()
+    with KV(cluster.endpoints().split(","), timeout=10.0) as kv, kv.lease(TTL) as lease:
+        kv.put("services/survivor", b"up", lease=lease.id)
+        cluster.kill9(leader)
+        survivors = [n for n in cluster.nodes if n != leader]
+        new_leader = cluster.wait_leader(among=survivors)
+        until = time.monotonic() + 3 * TTL  # several TTLs across the failover
+        while time.monotonic() < until:
+            assert key_exists(cluster, new_leader, "services/survivor")
+            assert not lease.is_lost
+            time.sleep(0.1)
+    # Closing the lease revoked it: the key is gone at once.
+    assert not key_exists(cluster, new_leader, "services/survivor")
+
+
+def test_a_paused_holder_cannot_write_with_its_old_token(cluster: Cluster) -> None:
+    """Holder SIGSTOPped past its TTL; another client takes the lock and writes; the
+    holder wakes and writes with its old token: the cluster refuses it."""
+    leader = cluster.wait_leader()
+    with client_process(cluster, "holder", "orders/42", str(TTL), "orders/42/state") as proc:
+        old_token = int(read_line(proc, "token"))
+        os.kill(proc.pid, signal.SIGSTOP)
+        with KV(cluster.endpoints().split(","), timeout=15.0) as kv:
+            with kv.lock("orders/42", ttl=10, timeout=TTL + ELECTION_S + 10) as lock:
+                assert lock.token > old_token
+                lock.put("orders/42/state", b"second holder")
+                os.kill(proc.pid, signal.SIGCONT)
+                assert proc.stdin is not None
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+                assert read_line(proc, "fenced") == str(lock.token)
+            value = kv.get("orders/42/state").value
+    assert value == b"second holder"
+    assert cluster.get(leader, "orders/42/state").body == b"second holder"
