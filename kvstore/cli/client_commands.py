@@ -26,7 +26,7 @@ from typing import Any, NoReturn, TypeVar, cast
 
 import click
 
-from kvstore.client import AsyncKV, Consistency, KeyValue
+from kvstore.client import AsyncKV, Consistency, Fence, KeyValue
 from kvstore.client.endpoints import ENV_VAR
 from kvstore.client.errors import (
     ClusterUnavailable,
@@ -247,6 +247,14 @@ def read_value_argument(value: str) -> bytes:
     default=None,
     help="Compare-and-set: write only if KEY's mod_revision is this (0: only if missing).",
 )
+@click.option(
+    "--lease",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Attach KEY to this lease: it is deleted when the lease ends.",
+)
+@click.option("--fence-lock", default=None, help="Write only while --fence-token holds this lock.")
+@click.option("--fence-token", type=click.IntRange(min=1), default=None, help="See --fence-lock.")
 @click.option("--json", "as_json", is_flag=True, help="Print {revision, version} as JSON.")
 @endpoint_options
 def put_command(
@@ -254,14 +262,23 @@ def put_command(
     value: str,
     prev_version: int | None,
     prev_revision: int | None,
+    lease: int | None,
+    fence_lock: str | None,
+    fence_token: int | None,
     as_json: bool,
     **params: Any,
 ) -> None:
     """Write VALUE under KEY (`-`: from stdin, `@FILE`: from a file) and print the new
     revision (on a terminal: `revision R version V`)."""
+    if (fence_lock is None) != (fence_token is None):
+        fail(EXIT_USAGE, "--fence-lock and --fence-token go together")
+    fence = Fence(fence_lock, fence_token) if fence_lock and fence_token else None
     data = read_value_argument(value)
     result = run_client(
-        params, lambda kv: kv.put(key, data, prev_version, prev_revision=prev_revision)
+        params,
+        lambda kv: kv.put(
+            key, data, prev_version, prev_revision=prev_revision, lease=lease, fence=fence
+        ),
     )
     if as_json:
         click.echo(json.dumps({"revision": result.revision, "version": result.version}))

@@ -7,6 +7,7 @@ import click
 from kvstore.cli.bench import bench_command
 from kvstore.cli.chaos import chaos_command
 from kvstore.cli.client_commands import CLIENT_COMMANDS
+from kvstore.cli.lock_commands import LOCK_COMMANDS
 from kvstore.cli.member_commands import MEMBER_COMMANDS
 from kvstore.cli.ops_commands import add_ops_commands
 from kvstore.cli.server_commands import SERVER_COMMANDS
@@ -26,6 +27,7 @@ for command in (
     *TXN_COMMANDS,
     *MEMBER_COMMANDS,
     *WATCH_COMMANDS,
+    *LOCK_COMMANDS,
     bench_command,
     chaos_command,
 ):

@@ -191,3 +191,63 @@ def test_a_paused_holder_cannot_write_with_its_old_token(cluster: Cluster) -> No
             value = kv.get("orders/42/state").value
     assert value == b"second holder"
     assert cluster.get(leader, "orders/42/state").body == b"second holder"
+
+
+def test_cli_lease_lock_and_elect(cluster: Cluster) -> None:
+    ep = ("--endpoints", cluster.endpoints())
+
+    def kv(*args: str) -> subprocess.CompletedProcess[str]:
+        return cluster.kv(*args, *ep, timeout=60)
+
+    lease = kv("lease", "grant", "30")
+    assert lease.returncode == 0, lease.stderr
+    lease_id = lease.stdout.strip()
+    assert kv("put", "services/cli", "up", "--lease", lease_id).returncode == 0
+    ttl = kv("lease", "ttl", lease_id, "--keys")
+    assert ttl.stdout.splitlines()[1:] == ["services/cli"] and "ttl 30" in ttl.stdout
+    assert lease_id in kv("lease", "list").stdout
+    assert "kept alive (ttl 30)" in kv("lease", "keepalive", lease_id, "--once").stdout
+    assert "1 keys deleted" in kv("lease", "revoke", lease_id).stdout
+    assert kv("get", "services/cli").returncode == 1
+    assert kv("lease", "keepalive", lease_id, "--once").returncode == 1
+
+    # The command runs holding the lock; its fenced write goes through.
+    script = (
+        "import os, subprocess, sys; t = os.environ['KV_LOCK_TOKEN']; "
+        "r = subprocess.run([sys.executable, '-m', 'kvstore.cli.main', 'put', 'cli/out', t, "
+        f"'--fence-lock', 'cli/job', '--fence-token', t, '--endpoints', '{cluster.endpoints()}']); "
+        "sys.exit(r.returncode or 7)"
+    )
+    held = kv("lock", "cli/job", "--ttl", "5", "--", sys.executable, "-c", script)
+    assert held.returncode == 7, held.stderr  # the command's own exit code
+    token = kv("get", "cli/out").stdout
+    stale = kv("put", "cli/out", "late", "--fence-lock", "cli/job", "--fence-token", token)
+    assert stale.returncode == 1 and "fencing token" in stale.stderr
+
+    observer = subprocess.Popen(
+        [sys.executable, "-m", "kvstore.cli.main", "elect", "cli/pool", *ep],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+        cwd=REPO_ROOT,
+    )
+    candidate = subprocess.Popen(
+        [sys.executable, "-m", "kvstore.cli.main", "elect", "cli/pool", "node-7", *ep],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+        cwd=REPO_ROOT,
+    )
+    try:
+        assert candidate.stdout is not None and observer.stdout is not None
+        assert candidate.stdout.readline().startswith("elected ")
+        lines = [observer.stdout.readline().strip() for _ in range(2)]
+        assert lines[-1] == "node-7", lines
+        candidate.send_signal(signal.SIGINT)
+        assert candidate.wait(timeout=20) == 0
+        assert observer.stdout.readline().strip() == "(no leader)"
+    finally:
+        for proc in (candidate, observer):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
