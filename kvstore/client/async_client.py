@@ -20,7 +20,6 @@ the outcome open is `OutcomeUnknown`.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import os
 import random
@@ -32,8 +31,9 @@ from urllib.parse import quote
 import aiohttp
 
 from kvstore.client.answers import raise_for_answer
-from kvstore.client.attempts import UNAVAILABLE, AttemptSettings, Dispatcher
+from kvstore.client.attempts import AttemptSettings, Dispatcher
 from kvstore.client.attempts import Request as _Request
+from kvstore.client.cluster_view import ask_every_node
 from kvstore.client.endpoints import EndpointsArg, resolve_endpoints
 from kvstore.client.errors import (
     ClusterUnavailable,
@@ -61,6 +61,7 @@ from kvstore.client.session import RetryPolicy, WriteSession
 from kvstore.client.transport import Answer, EndpointRouter
 from kvstore.client.txn import Document, RangePage, TxnBuilder, TxnResponse, writes
 from kvstore.client.types import EndpointStatus, KeyValue, MemberList, NodeStatus, PutResult
+from kvstore.client.update import UpdateFn, read_modify_write
 from kvstore.client.watch import Watch
 
 __all__ = [
@@ -81,7 +82,6 @@ __all__ = [
 ]
 
 Consistency = Literal["linearizable", "stale"]
-UpdateFn = Callable[[bytes | None], bytes | str | Awaitable[bytes | str]]
 
 MEMBERS_PATH = "/v1/members"
 SNAPSHOT_PATH = "/v1/snapshot"
@@ -326,31 +326,12 @@ class AsyncKV:
         max_attempts: int = 16,
         timeout: float | None = None,
     ) -> PutResult:
-        """Read-modify-write: apply `fn(old_value or None)` and store it with compare-and-set.
+        """Read-modify-write: `fn(old value or None)` stored with compare-and-set, read
+        and recomputed when another writer got in between (kvstore.client.update)."""
+        return await read_modify_write(self, key, fn, max_attempts, timeout, self._backoff)
 
-        Another writer getting in between makes the compare-and-set fail; the loop
-        then reads again and recomputes, up to `max_attempts` times (after which
-        the last `VersionMismatch` is raised). `fn` may run several times, so it
-        must not have side effects; it may be a coroutine function.
-        """
-        last: VersionMismatch | None = None
-        for attempt in range(max(1, max_attempts)):
-            if attempt:
-                await self._sleep(self._retry.delay(attempt - 1, self._rng))
-            try:
-                current = await self.get(key, timeout=timeout)
-                old, prev_version = current.value, current.version
-            except NotFound:
-                old, prev_version = None, 0
-            new = fn(old)
-            if inspect.isawaitable(new):
-                new = await new
-            try:
-                return await self.cas(key, new, prev_version, timeout=timeout)
-            except VersionMismatch as exc:
-                last = exc
-        assert last is not None
-        raise last
+    async def _backoff(self, retry: int) -> None:
+        await self._sleep(self._retry.delay(retry, self._rng))
 
     # ------------------------------------------------------------------ status
 
@@ -364,40 +345,9 @@ class AsyncKV:
         return self._learn_status(answer)
 
     async def cluster_status(self, *, timeout: float = 2.0) -> list[EndpointStatus]:
-        """Ask every known node for its status at once; unreachable nodes are rows too.
-
-        Members named by the nodes that answered are asked as well, so a client
-        configured with one URL still sees the whole cluster.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        results: dict[str, EndpointStatus] = {}
-        pending = list(self._router.endpoints)
-        while pending:
-            left = deadline - loop.time()
-            if left <= 0:  # members learnt late: the time is up, show them as not asked
-                late = (EndpointStatus(url, None, None, "out of time") for url in pending)
-                results.update((row.endpoint, row) for row in late)
-                break
-            rows = await asyncio.gather(*(self._status_row(url, left) for url in pending))
-            results.update((row.endpoint, row) for row in rows)
-            pending = [url for url in self._router.endpoints if url not in results]
-        id_of = self._router.id_of
-        rows: dict[str, EndpointStatus] = {}
-        for r in results.values():
-            node_id = r.node_id or id_of(r.endpoint)
-            key = node_id if r.reachable and node_id else r.endpoint
-            # One row per node even when it is known under two spellings of its URL.
-            if key not in rows or (r.reachable and not rows[key].reachable):
-                rows[key] = EndpointStatus(r.endpoint, node_id, r.status, r.error)
-        return sorted(rows.values(), key=lambda r: (r.node_id or "~", r.endpoint))
-
-    async def _status_row(self, url: str, timeout: float) -> EndpointStatus:
-        try:
-            status = await self.status(url, timeout=timeout)
-        except KVError as exc:  # one node asked: its reason without the generic prefix
-            return EndpointStatus(url, None, None, exc.message.removeprefix(UNAVAILABLE))
-        return EndpointStatus(url, status.id, status)
+        """Ask every known node for its status at once; unreachable nodes are rows too
+        (kvstore.client.cluster_view)."""
+        return await ask_every_node(self._router, self.status, timeout)
 
     # ---------------------------------------------------------------- members
 
@@ -441,20 +391,17 @@ class AsyncKV:
         raise_for_answer(answer, None)
         return answer.body
 
-    # ------------------------------------------------- leases, locks, elections
+    # ---------------------------------------- leases, locks, elections (their modules)
 
     def lease(self, ttl: int, *, on_lost: LostCallback | None = None) -> Lease:
-        """`async with kv.lease(ttl=10) as lease:` a lease kept alive in the background
-        (kvstore.client.leases); `lease.lost` is set, and `on_lost` called, if it ends."""
+        """`async with kv.lease(ttl=10) as lease:`, kept alive in the background."""
         return Lease(self, ttl, on_lost=on_lost)
 
     def lock(self, name: str, ttl: int = 10, *, timeout: float | None = None) -> Lock:
-        """`async with kv.lock("jobs/nightly", ttl=10) as lock:` holds the lock inside;
-        `lock.token` is its fencing token, and `lock.put`/`lock.delete` are fenced."""
+        """`async with kv.lock(name, ttl=10) as lock:`; `lock.put` is fenced."""
         return Lock(self, name, ttl, timeout=timeout)
 
     def election(self, name: str) -> Election:
-        """An election (kvstore.client.locks): campaign, proclaim, resign, observe."""
         return Election(self, name)
 
     async def request(
@@ -466,9 +413,8 @@ class AsyncKV:
         write: bool = False,
         timeout: float | None = None,
     ) -> Answer:
-        """One call of the HTTP API with this client's routing and retries, for the
-        feature modules (leases, locks); a `write` runs exactly-once under a seq.
-        Raises the typed errors for a non-200 answer."""
+        """A call of the HTTP API with this client's routing and retries (`write`:
+        exactly-once under a seq), for the feature modules; raises the typed errors."""
         if write:
             return await self._write(_Request(method, path, body=body), path, timeout)
         answer = await self._call(_Request(method, path, body=body), timeout)
