@@ -27,6 +27,10 @@
 #                      Set it to false once the cluster is up, so that a founder whose
 #                      volume was wiped or replaced refuses to start instead of founding
 #                      a second history (like etcd's initial-cluster-state new/existing).
+#   KV_PEER_SECRET     the cluster secret authenticating peer traffic (32+ characters;
+#                      written to $KV_DATA_DIR/peer.secret, mode 0600), or
+#   KV_PEER_SECRET_FILE  a file holding it. Required unless KV_LISTEN_HOST is loopback:
+#                      a node never serves unauthenticated peers beyond loopback
 set -eu
 
 fail() { echo "kv-entrypoint: $*" >&2; exit 2; }
@@ -71,8 +75,14 @@ host_of() { echo "$template" | sed "s/{name}/$1/g"; }
 members=$replicas
 [ "$ordinal" -lt "$members" ] || members=$((ordinal + 1))
 
+secret_file=${KV_PEER_SECRET_FILE:-}
+
 write_config() {
   mkdir -p "$data_dir"
+  if [ -n "${KV_PEER_SECRET:-}" ]; then
+    secret_file="$data_dir/peer.secret"
+    (umask 077 && printf '%s' "$KV_PEER_SECRET" > "$secret_file")
+  fi
   tmp="$config.tmp.$$"
   {
     echo "# Written by kv-entrypoint for $node_id at every start; edits are overwritten."
@@ -98,6 +108,11 @@ write_config() {
       if [ "$i" -ge "$replicas" ]; then echo "join = true"; fi
       i=$((i + 1))
     done
+    if [ -n "$secret_file" ]; then
+      echo ""
+      echo "[peer_auth]"
+      echo "secret_file = \"$secret_file\""
+    fi
   } > "$tmp"
   mv "$tmp" "$config"
 }

@@ -22,8 +22,9 @@ MIB = 1024 * 1024
 _NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _LISTEN = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._-]+)):(?P<port>[0-9]+)")
 LOG_FORMATS = ("text", "json")
+TLS_FILES = ("ca_file", "cert_file", "key_file")
 _URL = re.compile(
-    r"http://(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._-]+)):(?P<port>[0-9]+)"
+    r"(?P<scheme>https?)://(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._-]+)):(?P<port>[0-9]+)"
 )
 
 
@@ -93,6 +94,22 @@ class NodeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """Paths (absolute) of the cluster CA and of each node's certificate and key; in
+    `cert_file` and `key_file`, `{id}` stands for the node id, so one file serves all."""
+
+    ca_file: Path
+    cert_file: str
+    key_file: str
+    require_client_cert: bool = False  # client port: only clients with a CA certificate
+
+    def cert_for(self, node_id: str) -> tuple[Path, Path]:
+        """(certificate, key) of one node."""
+        cert, key = (Path(t.replace("{id}", node_id)) for t in (self.cert_file, self.key_file))
+        return cert, key
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterConfig:
     name: str
     data_dir: Path
@@ -103,6 +120,12 @@ class ClusterConfig:
     """The file this was loaded from, for error messages."""
     log_format: str = "text"
     """`[cluster] log_format`: "text" (for people) or "json" (one object a line)."""
+    cluster_id: str = ""
+    """`[cluster] id` (else the name): in every peer request, so clusters never mix."""
+    peer_secret: bytes | None = None
+    """`[peer_auth]`: the shared key that authenticates every peer request (HMAC)."""
+    tls: TlsConfig | None = None
+    """`[tls]`: certificates for the https URLs (mutual TLS between peers)."""
 
     @property
     def founders(self) -> tuple[str, ...]:
@@ -145,11 +168,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def parse_url(url: str) -> tuple[str, int]:
-    """(host, port) of an `http://host:port` URL; ConfigError (naming the URL) otherwise."""
+    """(host, port) of an `http(s)://host:port` URL; ConfigError (naming the URL) otherwise."""
     match = _URL.fullmatch(url)
     port = int(match["port"]) if match else 0
     if match is None or not 1 <= port <= 65535:
-        raise ConfigError(f"expected http://host:port with a port in 1..65535, got {_show(url)}")
+        raise ConfigError(
+            f"expected http://host:port or https://host:port with a port in 1..65535, "
+            f"got {_show(url)}"
+        )
     host = match["ipv6"] or match["host"]
     return host.lower(), port
 
@@ -248,14 +274,15 @@ class _Parser:
         return value
 
     def cluster(self, doc: dict[str, Any]) -> ClusterConfig:
-        self.keys(doc, {"cluster", "nodes", "tuning"}, "")
+        self.keys(doc, {"cluster", "nodes", "tuning", "peer_auth", "tls"}, "")
         if "cluster" not in doc:
             raise self.fail("cluster", "missing required table [cluster]")
         table = doc["cluster"]
         if not isinstance(table, dict):
             raise self.fail("cluster", f"expected a table, got {_toml_type(table)}")
-        self.keys(table, {"name", "data_dir", "log_format"}, "cluster")
+        self.keys(table, {"name", "data_dir", "log_format", "id"}, "cluster")
         name = self.string(self.required(table, "name", "cluster"), "cluster.name")
+        cluster_id = self.string(table.get("id", name), "cluster.id")
         raw_dir = self.string(self.required(table, "data_dir", "cluster"), "cluster.data_dir")
         base = self.path.parent / Path(raw_dir).expanduser()
         data_dir = Path(os.path.abspath(base))
@@ -266,7 +293,65 @@ class _Parser:
             raise self.fail(
                 "cluster.log_format", f"expected one of {LOG_FORMATS}, got {_show(log_format)}"
             )
-        return ClusterConfig(name, data_dir, nodes, tuning, self.path, log_format)
+        secret = self.peer_secret(doc.get("peer_auth"))
+        tls = self.tls(doc.get("tls"), nodes)
+        return ClusterConfig(
+            name, data_dir, nodes, tuning, self.path, log_format, cluster_id, secret, tls
+        )
+
+    def table(self, raw: object, key: str, allowed: set[str]) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            raise self.fail(key, f"expected a table, got {_toml_type(raw)}")
+        self.keys(raw, allowed, key)
+        return raw
+
+    def file(self, raw: object, key: str) -> Path:
+        """A path relative to the config file's directory, which must exist."""
+        path = Path(os.path.abspath(self.path.parent / Path(self.string(raw, key)).expanduser()))
+        if "{id}" not in str(path) and not path.is_file():
+            raise self.fail(key, f"no such file: {path}")
+        return path
+
+    def peer_secret(self, raw: object) -> bytes | None:
+        """`secret = "..."` or `secret_file = "path"`: at least 32 bytes."""
+        if raw is None:
+            return None
+        table = self.table(raw, "peer_auth", {"secret", "secret_file"})
+        if len(table) != 1:
+            raise self.fail("peer_auth", "give exactly one of secret, secret_file")
+        if "secret" in table:
+            secret = self.string(table["secret"], "peer_auth.secret").encode()
+        else:
+            path = self.file(table["secret_file"], "peer_auth.secret_file")
+            try:
+                secret = path.read_bytes().strip()
+            except OSError as exc:
+                raise self.fail("peer_auth.secret_file", f"cannot read {path}: {exc}") from None
+        if len(secret) < 32:
+            raise self.fail("peer_auth", f"the secret must be at least 32 bytes, got {len(secret)}")
+        return secret
+
+    def tls(self, raw: object, nodes: tuple[NodeConfig, ...]) -> TlsConfig | None:
+        """`[tls]` goes with https URLs, one scheme for all peers and one for all clients."""
+        for kind in ("client_url", "peer_url"):
+            schemes = {getattr(n, kind).split(":", 1)[0] for n in nodes}
+            if len(schemes) > 1:
+                raise self.fail(f"nodes.{kind}", "mixes http and https; use one for every node")
+        uses_tls = any(n.client_url.startswith("https:") for n in nodes) or any(
+            n.peer_url.startswith("https:") for n in nodes
+        )
+        if raw is None and uses_tls:
+            raise self.fail("tls", "https URLs need a [tls] table (ca_file, cert_file, key_file)")
+        if raw is None:
+            return None
+        table = self.table(raw, "tls", {*TLS_FILES, "require_client_cert"})
+        if not uses_tls:
+            raise self.fail("tls", "[tls] is set but no URL is https")
+        paths = [self.file(self.required(table, k, "tls"), f"tls.{k}") for k in TLS_FILES]
+        required = table.get("require_client_cert", False)
+        if type(required) is not bool:
+            raise self.fail("tls.require_client_cert", f"expected a boolean, got {required!r}")
+        return TlsConfig(paths[0], str(paths[1]), str(paths[2]), required)
 
     def client_urls(self, doc: dict[str, Any]) -> list[str]:
         urls = []

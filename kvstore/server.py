@@ -1,9 +1,12 @@
 """Process entry points: `kv serve` (one node) and `kv cluster up` (every node of a file).
 
-Exit codes of `run_node`: 0 after a clean SIGTERM/SIGINT, or when the node learns it
-was removed from the cluster (one line on stderr says so); 2 for a bad config or a
-data dir the node cannot use (one line on stderr, no traceback), 1 when the node
-cannot listen or stops on a fatal error (a disk that fails a write, a corrupt entry).
+Exit codes of `run_node`: 0 after a clean SIGTERM/SIGINT; 3 when the node learns it
+was removed from the cluster (from its committed log, or from an authenticated member;
+one line on stderr says so), so a supervisor can tell it from a crash and not restart
+it; 2 for a bad config, a data dir or certificate the node cannot use, or an open
+(no TLS, no secret) peer port beyond loopback (one line on stderr, no traceback); 1
+when the node cannot listen or stops on a fatal error (a disk that fails a write, a
+corrupt entry).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -26,6 +30,7 @@ from pathlib import Path
 from aiohttp import web
 
 from kvstore.api.app import make_client_app
+from kvstore.api.forwarding import FORWARD_SSL_KEY
 from kvstore.api.peer import DEFAULT_MAX_BODY, add_peer_routes, make_peer_app
 from kvstore.config import (
     ClusterConfig,
@@ -37,10 +42,11 @@ from kvstore.config import (
 from kvstore.runtime.leveldb_storage import CorruptLogError, LevelDBStorage
 from kvstore.runtime.log_format import NodeContext, configure_logging
 from kvstore.runtime.node import NodeRuntime
+from kvstore.security import TlsContexts, check_exposure
 
 log = logging.getLogger("kvstore.server")
 
-EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_REMOVED = 0, 1, 2, 3
 DRAIN_TIMEOUT_S = 1.0
 
 
@@ -158,11 +164,19 @@ async def _serve(
     me = cluster.node(node_id)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    try:
+        check_exposure(cluster, me)
+        tls = TlsContexts(cluster, me)
+    except ConfigError as exc:
+        raise StartupError(EXIT_CONFIG, str(exc)) from None
     created = not (me.data_dir / "raft").exists()
     storage = _open_storage(me.data_dir / "raft")
     _check_founding(storage, me, join, initial, created)
+    was_removed = False
 
     def removed(reason: str) -> None:
+        nonlocal was_removed
+        was_removed = True
         print(
             f"kv serve: node {node_id} was removed from the cluster ({reason}); exiting",
             file=sys.stderr,
@@ -178,6 +192,7 @@ async def _serve(
             on_fatal=lambda exc: stop.set(),
             join=join,
             on_removed=removed,
+            peer_ssl=tls.peer_client,
         )
     except Exception as exc:  # a log or snapshot the core or state machine rejects
         storage.close()
@@ -191,6 +206,8 @@ async def _serve(
     app = make_client_app(runtime, DEFAULT_MAX_BODY if shared else max_value + 1)
     if shared:
         add_peer_routes(app, runtime)
+    if tls.forward is not None:
+        app[FORWARD_SSL_KEY] = tls.forward
 
     async def runtime_ctx(_app: web.Application) -> AsyncIterator[None]:
         await runtime.start()
@@ -203,20 +220,23 @@ async def _serve(
     app.cleanup_ctx.append(runtime_ctx)
     app.on_shutdown.insert(0, drain)  # before a shared app's peer streams are ended
     runners = [web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)]
-    targets = [me.client_bind]
+    targets = [(*me.client_bind, tls.client or tls.peer_server)]
     if not shared:
         runners.append(web.AppRunner(make_peer_app(runtime), access_log=None, shutdown_timeout=1.0))
-        targets.append(me.peer_bind)
+        targets.append((*me.peer_bind, tls.peer_server))
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     started: list[web.AppRunner] = []
     try:
-        for runner, (host, port) in zip(runners, targets, strict=True):
+        for runner, (host, port, ssl_context) in zip(runners, targets, strict=True):
             await runner.setup()
             started.append(runner)
             try:
-                await web.TCPSite(runner, host, port, reuse_address=True, backlog=1024).start()
+                site = web.TCPSite(
+                    runner, host, port, reuse_address=True, backlog=1024, ssl_context=ssl_context
+                )
+                await site.start()
             except OSError as exc:
                 raise StartupError(
                     EXIT_FAILURE, f"cannot listen on {host}:{port}: {exc.strerror or exc}"
@@ -225,7 +245,7 @@ async def _serve(
             "serving clients on %s, peers on %s (listening on %s), data in %s",
             me.client_url,
             me.peer_url,
-            ", ".join(f"{host}:{port}" for host, port in targets),
+            ", ".join(f"{host}:{port}" for host, port, _ in targets),
             me.data_dir,
         )
         await stop.wait()
@@ -236,15 +256,20 @@ async def _serve(
                 await runner.cleanup()
         if not started:
             await runtime.stop()
-    return EXIT_FAILURE if runtime.fatal_error is not None else EXIT_OK
+    if runtime.fatal_error is not None:
+        return EXIT_FAILURE
+    return EXIT_REMOVED if was_removed else EXIT_OK
 
 
 # ---------------------------------------------------------------------- kv cluster up
 
 
-def _status(url: str, timeout: float = 0.5) -> dict[str, object] | None:
+def _status(
+    url: str, timeout: float = 0.5, context: ssl.SSLContext | None = None
+) -> dict[str, object] | None:
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/v1/status", timeout=timeout) as resp:
+        target = url.rstrip("/") + "/v1/status"
+        with urllib.request.urlopen(target, timeout=timeout, context=context) as resp:
             data = json.loads(resp.read())
             return data if isinstance(data, dict) else None
     except (OSError, ValueError):
@@ -334,7 +359,9 @@ def _wait_for_leader(
         if all(p.poll() is not None for p in children.values()):
             return None
         running = [n for n in cluster.nodes if children[n.id].poll() is None]
-        statuses = [_status(node.client_url) for node in running]
+        tls = cluster.tls
+        context = ssl.create_default_context(cafile=tls.ca_file) if tls is not None else None
+        statuses = [_status(node.client_url, context=context) for node in running]
         leaders = [st.get("id") for st in statuses if st and st.get("role") == "leader"]
         if leaders and all(statuses):
             return str(leaders[0])

@@ -8,6 +8,7 @@ sent, whatever happened to the leader afterwards.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -30,11 +31,15 @@ MAX_HOPS = 2
 """A forwarded request is forwarded at most once more (the leader moved meanwhile)."""
 
 PROXY_KEY = web.AppKey("proxy_session", aiohttp.ClientSession)
+FORWARD_SSL_KEY = web.AppKey("forward_ssl", ssl.SSLContext)
+"""With https client URLs: verifies the leader (cluster CA, host name), presents this
+node's certificate. Set by kvstore.server; never a context that skips verification."""
 
 
 async def proxy_session(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: one connection pool to the leader, never re-sending a request."""
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0)
+    tls = app.get(FORWARD_SSL_KEY)
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0, ssl=tls or True)
     async with single_send_session(connector=connector, auto_decompress=False) as session:
         app[PROXY_KEY] = session
         yield

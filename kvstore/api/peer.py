@@ -5,9 +5,13 @@
 - `POST /raft/snapshot`: one checksummed chunk of a snapshot (kvstore.snapshot_transfer);
   the InstallSnapshot it belongs to is stepped once the whole snapshot is verified.
 
-Senders name their peer_url in `X-Raft-From`; a sender this node does not know yet (a
-member added by an entry it has not applied) is admitted and answered there. A sender
-the log says was removed gets 410 `removed_member`, which tells it to stop.
+Every request is first checked by kvstore.peers.auth: its cluster id, and with a
+cluster secret or TLS who sent it (401/403 before a byte of the body is looked at;
+with a secret, every frame of a stream is checked too). Every message inside must name
+that sender, a valid node id. Senders name their peer_url in `X-Raft-From`; a sender
+this node does not know yet (a member added by an entry it has not applied) is
+admitted and answered there. A sender the log says was removed gets 410
+`removed_member` (signed, with a secret), which tells it to stop.
 
 Bodies are decoded at this trust boundary: garbage, truncated bodies or messages for
 another node answer 400 with a JSON error and change nothing, so a confused or hostile
@@ -28,15 +32,17 @@ from aiohttp import web
 from consensus.codec import CodecError, decode_messages
 from consensus.messages import InstallSnapshot, Message
 from consensus.types import NodeId
+from kvstore.config import ConfigError, parse_url, valid_node_id
+from kvstore.peers.auth import TAG_BYTES, PeerAuth, PeerAuthError, Verified
 from kvstore.peers.link import FRAME_HEADER, STREAM_CONTENT_TYPE
 from kvstore.peers.snapshot_transfer import (
     MAX_CHUNK_BYTES,
-    SENDER_URL_HEADER,
     SNAPSHOT_PATH,
     ChunkError,
     SnapshotReceiver,
     decode_chunk,
 )
+from kvstore.peers.tls import transport_identity
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +58,7 @@ class MessageSink(Protocol):
 
     node_id: NodeId
     snapshot_receiver: SnapshotReceiver | None
+    peer_auth: PeerAuth
 
     def admit(self, sender: NodeId, sender_url: str | None) -> str | None:
         """None to accept messages from `sender`, else REMOVED or UNKNOWN."""
@@ -64,14 +71,42 @@ SINK_KEY = web.AppKey("raft_message_sink", MessageSink)
 STREAMS_KEY = web.AppKey("raft_streams", set[asyncio.Task[Any]])
 
 
-def _error(status: int, code: str, message: str, **extra: object) -> web.Response:
-    return web.json_response({"error": code, "message": message, **extra}, status=status)
+def _error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: object
+) -> web.Response:
+    body = {"error": code, "message": message, **extra}
+    return web.json_response(body, status=status, headers=headers)
 
 
-def _check(sink: MessageSink, msgs: list[Message], sender_url: str | None) -> web.Response | None:
-    """Every message must be for this node and from another member of the cluster."""
+def _verify(request: web.Request, body: bytes | None) -> Verified | web.Response:
+    """The authenticated head of a peer request (see kvstore.peers.auth), or the refusal."""
+    auth = request.app[SINK_KEY].peer_auth
+    try:
+        verified = auth.verify(request.headers, transport_identity(request.transport), body)
+        if verified.sender is not None and not valid_node_id(verified.sender):
+            raise PeerAuthError(400, "bad_sender", f"invalid sender id {verified.sender[:80]!r}")
+        if verified.sender_url is not None:
+            parse_url(verified.sender_url)
+    except ConfigError as exc:
+        return _error(400, "bad_sender", f"invalid sender URL: {exc}")
+    except PeerAuthError as exc:
+        log.warning("refused a peer request from %s: %s: %s", request.remote, exc.code, exc)
+        return _error(exc.status, exc.code, str(exc))
+    return verified
+
+
+def _check(sink: MessageSink, msgs: list[Message], verified: Verified) -> web.Response | None:
+    """Every message must be for this node and from the request's (authenticated)
+    sender, another member of the cluster."""
+    sender_url = verified.sender_url
     checked: set[NodeId] = set()
     for msg in msgs:
+        if not valid_node_id(msg.sender) or verified.sender not in (None, msg.sender):
+            return _error(
+                403,
+                "wrong_sender",
+                f"message from {str(msg.sender)[:80]!r} in a request from {verified.sender!r}",
+            )
         if msg.recipient != sink.node_id:
             return _error(
                 400,
@@ -87,6 +122,7 @@ def _check(sink: MessageSink, msgs: list[Message], sender_url: str | None) -> we
                 410,
                 "removed_member",
                 f"node {msg.sender!r} was removed from the cluster; it must stop",
+                sink.peer_auth.removal_headers(verified),
             )
         if verdict is not ADMITTED:
             return _error(400, "unknown_sender", f"message from unknown node {msg.sender!r}")
@@ -95,7 +131,7 @@ def _check(sink: MessageSink, msgs: list[Message], sender_url: str | None) -> we
 
 
 def _accept(
-    sink: MessageSink, body: bytes, remote: str | None, sender_url: str | None
+    sink: MessageSink, body: bytes, remote: str | None, verified: Verified
 ) -> web.Response | None:
     """Decode, validate and step one batch; a bad batch is rejected as a whole."""
     try:
@@ -103,7 +139,7 @@ def _accept(
     except CodecError as exc:
         log.warning("rejecting an undecodable message batch from %s: %s", remote, exc)
         return _error(400, "bad_messages", str(exc))
-    rejected = _check(sink, msgs, sender_url)
+    rejected = _check(sink, msgs, verified)
     if rejected is not None:
         return rejected
     if any(type(m) is InstallSnapshot for m in msgs):
@@ -123,17 +159,22 @@ async def handle_messages(request: web.Request) -> web.StreamResponse:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _error(413, "body_too_large", "message batch exceeds the peer body limit")
-    sender_url = request.headers.get(SENDER_URL_HEADER)
-    return _accept(sink, body, request.remote, sender_url) or web.Response(status=204)
+    verified = _verify(request, body)
+    if isinstance(verified, web.Response):
+        return verified
+    return _accept(sink, body, request.remote, verified) or web.Response(status=204)
 
 
 async def _handle_stream(request: web.Request, sink: MessageSink) -> web.StreamResponse:
+    verified = _verify(request, None)
+    if isinstance(verified, web.Response):
+        return verified
+    frames = verified.frames
     streams = request.app[STREAMS_KEY]
     task = asyncio.current_task()
     assert task is not None
     streams.add(task)
     content, header = request.content, FRAME_HEADER
-    sender_url = request.headers.get(SENDER_URL_HEADER)
     try:
         while True:
             try:
@@ -145,7 +186,14 @@ async def _handle_stream(request: web.Request, sink: MessageSink) -> web.StreamR
                 if exc.partial:
                     return _error(400, "bad_messages", "the stream ended inside a frame")
                 return web.Response(status=204)  # the sender closed its stream
-            rejected = _accept(sink, body, request.remote, sender_url)
+            if frames is not None:
+                body, tag = body[:-TAG_BYTES], body[-TAG_BYTES:]
+                try:
+                    frames.check(body, tag)
+                except PeerAuthError as exc:
+                    log.warning("ending the stream from %s: %s", verified.sender, exc)
+                    return _error(exc.status, exc.code, str(exc))
+            rejected = _accept(sink, body, request.remote, verified)
             if rejected is not None:
                 return rejected
     except (asyncio.CancelledError, ConnectionError):
@@ -169,12 +217,17 @@ async def handle_snapshot(request: web.Request) -> web.Response:
     if (request.content_length or 0) > MAX_CHUNK_BYTES + (1 << 16):
         return _error(413, "body_too_large", "snapshot chunk exceeds the size limit")
     try:
-        chunk = decode_chunk(await request.read())
-    except ChunkError as exc:
-        return _error(exc.status, exc.code, str(exc), next_offset=exc.next_offset)
+        body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _error(413, "body_too_large", "snapshot chunk exceeds the peer body limit")
-    rejected = _check(sink, [chunk.msg], request.headers.get(SENDER_URL_HEADER))
+    verified = _verify(request, body)
+    if isinstance(verified, web.Response):
+        return verified
+    try:
+        chunk = decode_chunk(body)
+    except ChunkError as exc:
+        return _error(exc.status, exc.code, str(exc), next_offset=exc.next_offset)
+    rejected = _check(sink, [chunk.msg], verified)
     if rejected is not None:
         return rejected
     try:

@@ -26,7 +26,7 @@ from typing import Any, NoReturn, TypeVar, cast
 
 import click
 
-from kvstore.client import AsyncKV, Consistency, Fence, KeyValue
+from kvstore.client import AsyncKV, ClientTLS, Consistency, Fence, KeyValue
 from kvstore.client.endpoints import ENV_VAR
 from kvstore.client.errors import (
     ClusterUnavailable,
@@ -47,11 +47,20 @@ EXIT_UNKNOWN = 4
 
 
 def timed_endpoint_options(default_timeout: float) -> Callable[[F], F]:
-    """The options every client command shares: where the cluster is, and how long the
+    """The options every client command shares: where the cluster is, how to trust it
+    (https: --cacert, client --cert/--key), and how long the
     whole command may take (`default_timeout` for commands that legitimately take long,
     such as a snapshot; shown in --help, and honoured exactly when given)."""
 
     def decorate(func: F) -> F:
+        for name, dest, env, text in (
+            ("--cacert", "ca_file", "KV_CACERT", "CA that signed the nodes' certificates."),
+            ("--cert", "cert_file", "KV_CERT", "Client certificate, if the cluster wants one."),
+            ("--key", "key_file", "KV_KEY", "Key of the client certificate."),
+        ):
+            func = click.option(
+                name, dest, envvar=env, default=None, type=click.Path(dir_okay=False), help=text
+            )(func)
         func = click.option(
             "--timeout",
             type=click.FloatRange(min=0.1),
@@ -90,7 +99,10 @@ def run_client(params: dict[str, Any], action: Callable[[AsyncKV], Awaitable[T]]
 
     async def main() -> T:
         async with AsyncKV(
-            params["endpoints"], config=params["config"], timeout=params["timeout"]
+            params["endpoints"],
+            config=params["config"],
+            timeout=params["timeout"],
+            tls=ClientTLS(params["ca_file"], params["cert_file"], params["key_file"]),
         ) as kv:
             return await action(kv)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from kvstore.cli.bench import bench_command
+from kvstore.cli.certs_commands import CERTS_COMMANDS
 from kvstore.cli.chaos import chaos_command
 from kvstore.cli.client_commands import CLIENT_COMMANDS
 from kvstore.cli.lock_commands import LOCK_COMMANDS
@@ -28,6 +29,7 @@ for command in (
     *MEMBER_COMMANDS,
     *WATCH_COMMANDS,
     *LOCK_COMMANDS,
+    *CERTS_COMMANDS,
     bench_command,
     chaos_command,
 ):

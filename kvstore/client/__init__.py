@@ -19,6 +19,7 @@ from kvstore.client.errors import (
     NotFound,
     OutcomeUnknown,
     RevisionMismatch,
+    TLSError,
     VersionMismatch,
 )
 from kvstore.client.fence import Fence
@@ -28,6 +29,7 @@ from kvstore.client.mirror import Change, Mirror
 from kvstore.client.ranges import RangeIterator
 from kvstore.client.session import RetryPolicy
 from kvstore.client.sync_client import KV
+from kvstore.client.tls import ClientTLS
 from kvstore.client.txn import Cmp, Compare, Deleted, Op, RangePage, TxnBuilder, TxnResponse
 from kvstore.client.types import EndpointStatus, KeyValue, MemberList, NodeStatus, PutResult
 from kvstore.client.watch import PrevValue, Watch, WatchEvent, WatchProgress
@@ -36,6 +38,7 @@ __all__ = [
     "KV",
     "AsyncKV",
     "Change",
+    "ClientTLS",
     "ClusterUnavailable",
     "Cmp",
     "Compacted",
@@ -70,6 +73,7 @@ __all__ = [
     "RangePage",
     "RetryPolicy",
     "RevisionMismatch",
+    "TLSError",
     "TxnBuilder",
     "TxnResponse",
     "VersionMismatch",

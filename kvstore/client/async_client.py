@@ -58,6 +58,7 @@ from kvstore.client.ranges import (
     RangeSpec,
 )
 from kvstore.client.session import RetryPolicy, WriteSession
+from kvstore.client.tls import ClientTLS
 from kvstore.client.transport import Answer, EndpointRouter
 from kvstore.client.txn import Document, RangePage, TxnBuilder, TxnResponse, writes
 from kvstore.client.types import EndpointStatus, KeyValue, MemberList, NodeStatus, PutResult
@@ -119,12 +120,13 @@ class AsyncKV:
         max_connections: int = 100,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        tls: ClientTLS | None = None,
     ) -> None:
         self._router = EndpointRouter(resolve_endpoints(endpoints, config))
         self._session_state = WriteSession(client_id)
         self._timeout = timeout
         self._retry = retry or RetryPolicy()
-        self._max_connections = max_connections
+        self._connector = {"limit": max_connections, "ssl": (tls or ClientTLS()).context()}
         self._rng = rng or random.Random()
         self._sleep = sleep
         self._http: aiohttp.ClientSession | None = None
@@ -452,7 +454,7 @@ class AsyncKV:
         if self._closed:
             raise KVError("client is closed")
         if self._http is None:
-            connector = aiohttp.TCPConnector(limit=self._max_connections)
+            connector = aiohttp.TCPConnector(**self._connector)
             self._http = single_send_session(connector=connector)
         return self._http
 

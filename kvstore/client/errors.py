@@ -102,6 +102,11 @@ class Compacted(KVError):
         self.compact_revision = compact_revision
 
 
+class TLSError(KVError):
+    """A TLS problem that retrying cannot fix: an untrusted or wrong certificate, a
+    handshake with a node that does not serve https, unreadable certificate files."""
+
+
 class EndpointConfigError(KVError):
     """No endpoints found: no argument, no KV_ENDPOINTS, no usable cluster.toml."""
 

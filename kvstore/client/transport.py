@@ -110,7 +110,10 @@ async def send(
     except TimeoutError as exc:  # asyncio.TimeoutError is this since 3.11
         raise MaybeSent(endpoint, f"no answer within {seconds(timeout)} s") from exc
     except (aiohttp.ClientError, OSError) as exc:
-        raise MaybeSent(endpoint, f"connection lost ({_reason(exc)})") from exc
+        hint = ""
+        if endpoint.startswith("http:") and isinstance(exc, aiohttp.ServerDisconnectedError):
+            hint = "; if the node serves https, use an https:// URL"
+        raise MaybeSent(endpoint, f"connection lost ({_reason(exc)}{hint})") from exc
 
 
 def seconds(value: float) -> str:

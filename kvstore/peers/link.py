@@ -8,6 +8,10 @@ socket: `<4-byte length><encode_messages(batch)>` inside one HTTP chunk. Why:
   (answers would double the system calls, which dominate a small write's cost);
 - replies to Raft messages travel as messages of their own on the peer's link.
 
+Every connection opens with a fresh head from kvstore.peers.auth (cluster id, sender;
+with a cluster secret a nonce and an HMAC, and every frame then ends with its own MAC);
+under TLS the peer's certificate must name the node this link is for.
+
 The peer answers only when it ends the stream (a 400 for a bad frame, or shutdown);
 any answer, reset or close makes the link drop what it had, report the peer
 unreachable once (a log line an operator can act on) and reconnect after a growing
@@ -23,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import struct
 import time
 from collections import deque
@@ -33,6 +38,8 @@ from urllib.parse import urlsplit
 from consensus.codec import encode_messages
 from consensus.messages import AppendEntries, Message
 from consensus.types import NodeId
+from kvstore.peers.auth import FrameTagger, PeerAuth
+from kvstore.peers.tls import transport_identity
 
 log = logging.getLogger("kvstore.peers.transport")
 
@@ -48,8 +55,11 @@ def message_bytes(msg: Message) -> int:
     return 48
 
 
-def frame(body: bytes) -> bytes:
-    """One batch as one HTTP chunk holding one length-prefixed frame."""
+def frame(body: bytes, tagger: FrameTagger | None = None) -> bytes:
+    """One batch as one HTTP chunk holding one length-prefixed frame (ending with its
+    MAC when the stream is authenticated by a cluster secret)."""
+    if tagger is not None:
+        body += tagger.tag(body)
     size = FRAME_HEADER.size + len(body)
     return b"%x\r\n" % size + FRAME_HEADER.pack(len(body)) + body + b"\r\n"
 
@@ -62,6 +72,10 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.answer = bytearray()
         self.paused = False
+        self.tagger: FrameTagger | None = None
+        self.nonce: str | None = None
+        self.refused = ""
+        """Why this connection was refused before it was used (a wrong certificate)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -70,7 +84,22 @@ class _Protocol(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.transport.set_write_buffer_limits(high=4 << 20)
-        self.transport.write(self.link.request_head)
+        link = self.link
+        auth = link.owner.auth
+        if auth.tls and transport_identity(transport) != (auth.cluster_id, link.node_id):
+            found = transport_identity(transport)
+            self.refused = f"certificate names {found!r}, not node {link.node_id!r}"
+            self.transport.abort()
+            return
+        headers, self.tagger = auth.request_headers(link.node_id, link.owner.self_url)
+        self.nonce = headers.get("X-Raft-Nonce")
+        fields = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        self.transport.write(
+            f"POST {MESSAGES_PATH} HTTP/1.1\r\nHost: {link.netloc}\r\n{fields}"
+            f"Content-Type: {STREAM_CONTENT_TYPE}\r\nTransfer-Encoding: chunked\r\n\r\n".encode(
+                "latin-1"
+            )
+        )
 
     def data_received(self, data: bytes) -> None:
         """The peer answered, so it ended the stream: report why, then reconnect."""
@@ -80,7 +109,9 @@ class _Protocol(asyncio.Protocol):
             status_line = head.split(b"\r\n", 1)[0].decode("latin-1", "replace")
             self.link.failed(self, f"peer ended the stream: {status_line} {body[:200]!r}")
             if status_line.split(" ")[1:2] == ["410"]:  # "you were removed from the cluster"
-                self.link.told_removed(body[:300].decode("utf-8", "replace"))
+                self.link.told_removed(
+                    _headers(head), self.nonce, body[:300].decode("utf-8", "replace")
+                )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.link.lost(self, exc)
@@ -96,9 +127,11 @@ class _Protocol(asyncio.Protocol):
 class LinkSettings(Protocol):
     """What a link reads from the transport that owns it (kvstore.peers.transport):
     limits and timeouts shared by every link, whether the transport is closing, and
-    whom to tell when a peer says this node was removed."""
+    how to authenticate, and whom to tell when a peer says this node was removed."""
 
     self_url: str
+    auth: PeerAuth
+    ssl: ssl.SSLContext | None
     closed: bool
     max_queue_messages: int
     max_queue_bytes: int
@@ -119,11 +152,7 @@ class PeerLink:
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
-        sender = f"X-Raft-From: {owner.self_url}\r\n" if owner.self_url else ""
-        self.request_head = (
-            f"POST {MESSAGES_PATH} HTTP/1.1\r\nHost: {parts.netloc}\r\n{sender}"
-            f"Content-Type: {STREAM_CONTENT_TYPE}\r\nTransfer-Encoding: chunked\r\n\r\n"
-        ).encode("latin-1")
+        self.netloc = parts.netloc
         self.queue: deque[tuple[Message, int]] = deque()
         self.queued_bytes = 0
         self.proto: _Protocol | None = None
@@ -168,7 +197,7 @@ class PeerLink:
             except Exception:  # a bug upstream; never let it kill delivery to this peer
                 log.exception("cannot encode %d messages for %s; dropped", len(batch), self.node_id)
                 continue
-            proto.transport.write(frame(body))
+            proto.transport.write(frame(body, proto.tagger))
             self.sent_batches += 1
             self.sent_messages += len(batch)
 
@@ -206,10 +235,17 @@ class PeerLink:
             try:
                 async with asyncio.timeout(self.owner.connect_timeout):
                     _, proto = await loop.create_connection(
-                        lambda: _Protocol(self), self.host, self.port
+                        lambda: _Protocol(self),
+                        self.host,
+                        self.port,
+                        ssl=self.owner.ssl,
+                        server_hostname=self.host if self.owner.ssl else None,
                     )
             except (OSError, TimeoutError) as exc:
                 self._mark_failed(describe_error(exc))
+            if proto is not None and proto.refused:
+                self._mark_failed(proto.refused)
+                proto = None
             if proto is not None and self.owner.closed:
                 if proto.transport is not None:
                     proto.transport.close()
@@ -229,7 +265,12 @@ class PeerLink:
             if proto.transport is not None:
                 proto.transport.abort()
 
-    def told_removed(self, text: str) -> None:
+    def told_removed(self, headers: dict[str, str], nonce: str | None, text: str) -> None:
+        """A 410 counts only when signed by the peer (secret mode; under TLS the
+        connection proved the peer): anyone else's 410 is only a failed connection."""
+        if not self.owner.auth.removal_is_genuine(headers, self.node_id, nonce):
+            log.warning("ignoring an unauthenticated 'removed' answer from %s", self.url)
+            return
         callback = self.owner.on_removed
         if callback is not None:
             callback(self.node_id, text)
@@ -309,6 +350,16 @@ class PeerLink:
             with contextlib.suppress(Exception):
                 proto.transport.write(b"0\r\n\r\n")  # end the chunked body cleanly
             proto.transport.close()
+
+
+def _headers(head: bytes) -> dict[str, str]:
+    """The header fields of an HTTP answer's head, names in lower case."""
+    out = {}
+    for line in head.split(b"\r\n")[1:]:
+        name, sep, value = line.decode("latin-1").partition(":")
+        if sep:
+            out[name.strip().lower()] = value.strip()
+    return out
 
 
 def describe_error(exc: BaseException) -> str:

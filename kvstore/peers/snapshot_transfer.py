@@ -2,7 +2,8 @@
 
 Why chunks: a snapshot of 100,000 keys is ~12 MB and grows with the data; one huge
 POST restarts from zero after any hiccup and makes the receiver hold it all in memory
-while it arrives. Instead every `POST /raft/snapshot` carries one chunk:
+while it arrives. Instead every `POST /raft/snapshot` carries one chunk, signed
+as a whole like any peer request (kvstore.peers.auth):
 
     body = <4-byte big-endian header length> <msgpack header> <chunk bytes>
     header = {"msg": encode_messages([InstallSnapshot]), "total": size of the whole,
@@ -11,9 +12,11 @@ while it arrives. Instead every `POST /raft/snapshot` carries one chunk:
 
 and is answered `{"next_offset": N, "done": bool}`: the offset the receiver needs next.
 The receiver appends chunks to a file under the node's data dir, keyed by (sender,
-snapshot index, term); a chunk at another offset is not written, the answer just says
-where to continue, so a sender that reconnects opens with an empty chunk at offset 0
-(the handshake) and resumes where the receiver stands. A chunk whose CRC32 fails is
+snapshot index, term) and named by a digest of that key (a sender id never becomes a
+path: `../` in it cannot reach outside the directory); a chunk at another offset is
+not written, the answer just says where to continue, so a sender that reconnects
+opens with an empty chunk at offset 0 (the handshake) and resumes where the receiver
+stands. A chunk whose CRC32 fails is
 refused (400 `bad_chunk`); a whole whose SHA-256 fails is discarded (400
 `bad_snapshot`). Only a complete, verified snapshot is stepped into the core.
 """
@@ -38,6 +41,7 @@ import msgpack
 from consensus.codec import CodecError, decode_messages, encode_messages
 from consensus.messages import InstallSnapshot
 from consensus.types import NodeId
+from kvstore.peers.auth import URL_HEADER, PeerAuth
 
 log = logging.getLogger("kvstore.snapshot")
 
@@ -46,7 +50,7 @@ HEADER_LEN = struct.Struct(">I")
 MAX_HEADER_BYTES = 1 << 16
 MAX_SNAPSHOT_BYTES = 4 << 30
 MAX_CHUNK_BYTES = 64 << 20
-SENDER_URL_HEADER = "X-Raft-From"
+SENDER_URL_HEADER = URL_HEADER
 """The sender's peer_url, so a node can answer a peer it does not know yet (a new leader
 it has not read about in the log)."""
 
@@ -181,8 +185,9 @@ class SnapshotReceiver:
 
     def _start(self, key: tuple[NodeId, int, int], chunk: Chunk) -> _Partial:
         self._drop(key[0])
-        sender, index, term = key
-        path = self.directory / f"{sender}-{index}-{term}.part"
+        sender, index, _ = key
+        name = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
+        path = self.directory / f"{name}.part"
         self.directory.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"")
         partial = _Partial(key, chunk.total, chunk.sha256, path)
@@ -238,13 +243,15 @@ class SnapshotSender:
         *,
         chunk_bytes: int = 1 << 20,
         sender_url: str = "",
+        auth: PeerAuth | None = None,
         attempts: int = 6,
         backoff: float = 0.2,
         chunk_timeout: float = 15.0,
     ) -> None:
         self.session, self.url, self.msg, self.data = session, url.rstrip("/"), msg, data
         self.chunk_bytes = max(1, chunk_bytes)
-        self.headers = {SENDER_URL_HEADER: sender_url} if sender_url else {}
+        self.sender_url = sender_url
+        self.auth = auth or PeerAuth("", msg.sender)
         self.attempts, self.backoff, self.chunk_timeout = attempts, backoff, chunk_timeout
         self.digest = b""
         self.sent_bytes = 0
@@ -284,9 +291,10 @@ class SnapshotSender:
 
     async def _post(self, offset: int, chunk: bytes) -> tuple[int, bool]:
         body = encode_chunk(self.msg, len(self.data), self.digest, offset, chunk)
+        headers, _ = self.auth.request_headers(self.msg.recipient, self.sender_url, body)
         timeout = aiohttp.ClientTimeout(total=self.chunk_timeout, sock_connect=2.0)
         async with self.session.post(
-            self.url + SNAPSHOT_PATH, data=body, headers=self.headers, timeout=timeout
+            self.url + SNAPSHOT_PATH, data=body, headers=headers, timeout=timeout
         ) as resp:
             answer = await resp.json(content_type=None)
             if not isinstance(answer, dict):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -28,6 +29,7 @@ import aiohttp
 
 from consensus.messages import AppendEntries, AppendEntriesResponse, InstallSnapshot, Message
 from consensus.types import NodeId, SnapshotMeta
+from kvstore.peers.auth import PeerAuth
 from kvstore.peers.link import PeerLink
 from kvstore.peers.snapshot_transfer import (
     SNAPSHOT_PATH,
@@ -103,6 +105,8 @@ class Transport:
         self_url: str = "",
         snapshot_chunk_bytes: int = 1 << 20,
         on_removed: Callable[[NodeId, str], None] | None = None,
+        auth: PeerAuth | None = None,
+        ssl_context: ssl.SSLContext | None = None,
         max_queue_messages: int = 4096,
         max_queue_bytes: int = 64 << 20,
         max_post_bytes: int = 8 << 20,
@@ -111,6 +115,9 @@ class Transport:
         max_backoff: float = 1.0,
     ) -> None:
         self.self_id = self_id
+        self.auth = auth or PeerAuth("", self_id)
+        """Signs every request (kvstore.peers.auth); `ssl`: mutual TLS for https peers."""
+        self.ssl = ssl_context
         self.max_queue_messages = max_queue_messages
         self.max_queue_bytes = max_queue_bytes
         self.max_post_bytes = max_post_bytes
@@ -211,7 +218,9 @@ class Transport:
             log.info("snapshot %d for %s was superseded", msg.snapshot.index, link.node_id)
             return
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self.ssl if self.ssl else True)
+            )
         sender = SnapshotSender(
             self._session,
             link.url,
@@ -219,6 +228,7 @@ class Transport:
             data,
             chunk_bytes=self.snapshot_chunk_bytes,
             sender_url=self.self_url,
+            auth=self.auth,
         )
         started = time.monotonic()
         try:

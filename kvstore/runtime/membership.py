@@ -5,7 +5,9 @@ Applied CONF_CHANGE entries update the state machine's member directory; after e
 (and after a snapshot install, and at start) `changed()` re-derives who is where
 (kvstore.runtime.member_view) and re-points the peer links. A node learns that it was
 removed from its own log or from a peer's 410 answer, says so clearly and stops, so it
-can never serve (or campaign) as a member again.
+can never serve (or campaign) as a member again. A 410 counts only from a member known
+from the log or cluster.toml (and signed, kvstore.peers.link checks, with a secret): a
+peer that merely introduced itself cannot make a node stop.
 """
 
 from __future__ import annotations
@@ -79,6 +81,9 @@ class MembershipTracker:
 
     def told_removed(self, peer: NodeId, text: str) -> None:
         """A peer answered 410 `removed_member` (the transport's callback)."""
+        if peer not in self.view.known():
+            log.warning("ignoring 'removed' from %s: not a member of the log or the file", peer)
+            return
         self._removed(f"{peer} answered: {text.strip()[:200]}")
 
     def _removed(self, reason: str) -> None:

@@ -33,6 +33,7 @@ import contextlib
 import itertools
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,7 @@ from consensus import ConfChange, Config, Entry, Message, NodeId, RaftNode, Read
 from consensus.storage import WritableStorage
 from consensus.types import EntryType, HardState
 from kvstore.config import ClusterConfig, NodeConfig
+from kvstore.peers.auth import PeerAuth
 from kvstore.peers.snapshot_transfer import SnapshotReceiver
 from kvstore.peers.transport import Transport
 from kvstore.runtime.changes import ChangeSignal
@@ -92,7 +94,10 @@ class NodeRuntime:
         on_fatal: Callable[[BaseException], None] | None = None,
         join: bool = False,
         on_removed: Callable[[str], None] | None = None,
+        peer_ssl: ssl.SSLContext | None = None,
     ) -> None:
+        """`peer_ssl`: the client side of mutual TLS for https peer URLs (kvstore.server
+        builds it, so that a bad certificate is a start-up error)."""
         t = cluster.tuning
         self.cluster, self.tuning, self.node_id = cluster, t, node_id
         self.me: NodeConfig = cluster.node(node_id)
@@ -130,9 +135,15 @@ class NodeRuntime:
             self.propose,
             t.request_timeout_ms / 1000,
         )
+        self.peer_auth = PeerAuth(
+            cluster.cluster_id, node_id, cluster.peer_secret, tls=peer_ssl is not None
+        )
+        """Authenticates every peer request, both ways (kvstore.peers.auth)."""
         self.transport = Transport(
             node_id,
             {},
+            auth=self.peer_auth,
+            ssl_context=peer_ssl,
             snapshot_source=lambda meta: self.snapshots.for_peer(meta),
             self_url=self.me.peer_url,
             snapshot_chunk_bytes=t.snapshot_chunk_bytes,

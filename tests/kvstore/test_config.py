@@ -159,7 +159,10 @@ CLUSTER = '[cluster]\nname = "t"\ndata_dir = "d"\n'
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        (GOOD + "[extra]\n", "extra: unknown key (allowed: cluster, nodes, tuning)"),
+        (
+            GOOD + "[extra]\n",
+            "extra: unknown key (allowed: cluster, nodes, peer_auth, tls, tuning)",
+        ),
         (GOOD.replace('name = "test"', 'name = "t"\nnmae = "x"'), "cluster.nmae: unknown key"),
         (GOOD.replace('id = "n2"', 'id = "n2"\nport = 1'), "nodes[1].port: unknown key"),
         (GOOD + "[tuning]\ntick = 5\n", "tuning.tick: unknown key (allowed: election_ticks"),
@@ -191,8 +194,15 @@ CLUSTER = '[cluster]\nname = "t"\ndata_dir = "d"\n'
         (GOOD.replace('"http://127.0.0.1:7002"', "7002"), "nodes[1].peer_url: expected a string"),
         (
             GOOD.replace("http://127.0.0.1:8002", "https://127.0.0.1:8002"),
-            "nodes[1].client_url: expected http://host:port with a port in 1..65535, "
-            "got 'https://127.0.0.1:8002'",
+            "nodes.client_url: mixes http and https; use one for every node",
+        ),
+        (
+            GOOD.replace("http://", "https://"),
+            "tls: https URLs need a [tls] table (ca_file, cert_file, key_file)",
+        ),
+        (
+            GOOD.replace("http://127.0.0.1:8002", "ftp://127.0.0.1:8002"),
+            "nodes[1].client_url: expected http://host:port or https://host:port",
         ),
         (
             GOOD.replace("http://127.0.0.1:8002", "http://127.0.0.1"),

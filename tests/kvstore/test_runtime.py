@@ -25,6 +25,7 @@ from kvstore.api.common import BadRequest
 from kvstore.api.kv import parse_key
 from kvstore.api.peer import make_peer_app
 from kvstore.config import ClusterConfig, NodeConfig, Tuning
+from kvstore.peers.auth import PeerAuth
 from kvstore.peers.transport import Transport, coalesce
 from kvstore.runtime.leveldb_storage import LevelDBStorage
 from kvstore.runtime.node import NodeRuntime
@@ -103,6 +104,7 @@ class _Sink:
     member_ids: frozenset[str]
     got: list[object] = field(default_factory=list)
     snapshot_receiver: None = None
+    peer_auth: PeerAuth = field(default_factory=lambda: PeerAuth("", ""))
 
     def admit(self, sender: str, sender_url: str | None) -> str | None:
         return None if sender in self.member_ids else "unknown"

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from consensus import InstallSnapshot, Membership, SnapshotMeta
 from kvstore.api.peer import make_peer_app
+from kvstore.peers.auth import PeerAuth
 from kvstore.peers.snapshot_transfer import (
     SNAPSHOT_PATH,
     SnapshotReceiver,
@@ -38,6 +39,7 @@ class _Sink:
     tmp: Path
     node_id: str = "n2"
     delivered: list[tuple[InstallSnapshot, bytes]] = field(default_factory=list)
+    peer_auth: PeerAuth = field(default_factory=lambda: PeerAuth("", "n2"))
 
     def __post_init__(self) -> None:
         self.snapshot_receiver = SnapshotReceiver(self.tmp / "incoming", self._deliver)
