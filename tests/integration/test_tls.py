@@ -131,9 +131,9 @@ def test_clients_verify_the_cluster_and_say_clearly_what_is_wrong(tls_cluster: C
         assert kv.get("via-python").value == b"2"
 
     untrusted = cluster.kv("get", "via-cli", "--endpoints", endpoints, "--timeout", "3")
-    assert untrusted.returncode == 2 and "certificate" in untrusted.stderr, untrusted.stderr
+    assert untrusted.returncode != 0 and "certificate" in untrusted.stderr, untrusted.stderr
     assert "Traceback" not in untrusted.stderr and len(untrusted.stderr.splitlines()) == 1
     plain = endpoints.replace("https://", "http://")
     cleartext = cluster.kv("get", "via-cli", "--endpoints", plain, "--timeout", "3")
-    assert cleartext.returncode == 2 and "https://" in cleartext.stderr, cleartext.stderr
+    assert cleartext.returncode != 0 and "https://" in cleartext.stderr, cleartext.stderr
     assert len(cleartext.stderr.splitlines()) == 1
