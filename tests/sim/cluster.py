@@ -435,7 +435,13 @@ class Cluster(ReadyDriver):
 
     def retire(self) -> NodeId | None:
         """Stop a node whose removal is committed, for good (the alternative, keeping it
-        running, is the default: it must not disrupt the cluster)."""
+        running, is the default: it must not disrupt the cluster). Only once a voter of
+        the new configuration saved that commit (the operator's DELETE is answered by
+        such a leader once applied, which follows saving; a removed node hears 410 from
+        such a node). Before that the remaining voters may still count the removed node:
+        a leader that crashed before saving the commit (seed 15668), or a removed node
+        that was elected, committed its own removal and stepped down before anyone else
+        learnt it (seed 9954), would leave them without a quorum for ever."""
         current = self.membership()
         gone = [
             h.nid
@@ -443,6 +449,7 @@ class Cluster(ReadyDriver):
             if h.nid not in self.retired
             and h.nid in self.check.ever_members()
             and h.nid not in current
+            and self._removal_saved(h.nid)
         ]
         if not gone:
             return None
@@ -454,6 +461,17 @@ class Cluster(ReadyDriver):
         self.retired.add(nid)
         self.event(f"retire {nid}")
         return nid
+
+    def _removal_saved(self, nid: NodeId) -> bool:
+        removed = self.check.removed_at.get(nid)
+        if removed is None:
+            return False
+        voters = self.membership().voters
+        for host in (h for h in self.hosts.values() if h.nid in voters):
+            snapshot = host.disk.storage.snapshot_meta()
+            if host.disk.hard_state.commit >= removed or (snapshot and snapshot.index >= removed):
+                return True
+        return False
 
     # --- whole-cluster checks ------------------------------------------------------------
     def full_check(self) -> None:
