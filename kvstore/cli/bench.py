@@ -87,7 +87,11 @@ def bench_endpoints(
 
 @click.command("bench")
 @click.option(
-    "--workload", type=click.Choice(["write", "read", "mixed"]), default="write", show_default=True
+    "--workload",
+    type=click.Choice(["write", "read", "mixed", "range", "txn"]),
+    default="write",
+    show_default=True,
+    help="range: read 100 consecutive keys at once; txn: put 4 keys in one transaction.",
 )
 @click.option(
     "--concurrency",

@@ -1,6 +1,7 @@
 """The two systems `kv bench` can load: this store (through `AsyncKV`) and etcd's JSON gateway.
 
-Both expose the same tiny interface (`put`, `get`, `close`) so the load loop
+Both expose the same tiny interface (`put`, `get`, `delete`, `range`, `txn`, `close`)
+so the load loop
 is one piece of code and the comparison is like for like: same keys, same
 values, same concurrency, same notion of a linearizable or stale read.
 """
@@ -12,7 +13,7 @@ from typing import Protocol
 
 import aiohttp
 
-from kvstore.client import AsyncKV, Consistency
+from kvstore.client import AsyncKV, Consistency, Op
 from kvstore.client.errors import KVError, NotFound
 
 
@@ -33,6 +34,14 @@ class Target(Protocol):
 
     async def delete(self, key: str) -> None:
         """Delete a key; a key that does not exist is no error."""
+        ...
+
+    async def range(self, start: str, end: str, limit: int) -> int:
+        """Read the keys in [start, end), at most `limit`; how many came back."""
+        ...
+
+    async def txn(self, keys: list[str], value: bytes) -> None:
+        """One transaction putting `value` under every key (no compare)."""
         ...
 
     async def close(self) -> None: ...
@@ -70,6 +79,21 @@ class KvTarget:
         except KVError as exc:
             raise BenchOpError(type(exc).__name__) from exc
 
+    async def range(self, start: str, end: str, limit: int) -> int:
+        try:
+            page = await self._kv.range_page(
+                start=start, end=end, limit=limit, consistency=self._consistency
+            )
+        except KVError as exc:
+            raise BenchOpError(type(exc).__name__) from exc
+        return len(page.kvs)
+
+    async def txn(self, keys: list[str], value: bytes) -> None:
+        try:
+            await self._kv.txn().then(*(Op.put(key, value) for key in keys)).commit()
+        except KVError as exc:
+            raise BenchOpError(type(exc).__name__) from exc
+
     async def close(self) -> None:
         await self._kv.close()
 
@@ -104,6 +128,21 @@ class EtcdTarget:
 
     async def delete(self, key: str) -> None:
         await self._post("/v3/kv/deleterange", {"key": _b64(key.encode())})
+
+    async def range(self, start: str, end: str, limit: int) -> int:
+        payload: dict[str, object] = {
+            "key": _b64(start.encode()),
+            "range_end": _b64(end.encode()),
+            "limit": limit,
+        }
+        if self._stale:
+            payload["serializable"] = True
+        body = await self._post("/v3/kv/range", payload)
+        return len(body.get("kvs") or [])  # type: ignore[arg-type]
+
+    async def txn(self, keys: list[str], value: bytes) -> None:
+        puts = [{"requestPut": {"key": _b64(k.encode()), "value": _b64(value)}} for k in keys]
+        await self._post("/v3/kv/txn", {"success": puts})
 
     async def close(self) -> None:
         if self._http is not None:

@@ -27,6 +27,8 @@ from kvstore.cli.bench_targets import BenchOpError, Target, make_target
 # Spawning a process and importing aiohttp takes a while; allowed on top of the run itself.
 STARTUP_GRACE_S = 60.0
 ERROR_PAUSE_S = 0.01  # after a failed op, so a dead cluster is not hammered in a tight loop
+RANGE_KEYS = 100  # the `range` workload reads this many consecutive keys
+TXN_KEYS = 4  # the `txn` workload puts this many keys in one transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,11 +91,19 @@ async def run_load(spec: BenchSpec, counter: CounterLike, worker_index: int) -> 
 
     async def one_stream(rng: random.Random) -> None:
         while loop.time() < deadline:
-            key = key_name(spec, rng.randrange(spec.keys))
-            op = "read" if rng.random() < read_fraction else "write"
+            index = rng.randrange(spec.keys)
+            key = key_name(spec, index)
+            op = spec.workload
+            if op not in ("range", "txn"):
+                op = "read" if rng.random() < read_fraction else "write"
             began = time.perf_counter()
             try:
-                if op == "write":
+                if op == "range":
+                    await target.range(key, key_name(spec, index + RANGE_KEYS), RANGE_KEYS)
+                elif op == "txn":
+                    keys = [key_name(spec, rng.randrange(spec.keys)) for _ in range(TXN_KEYS)]
+                    await target.txn(sorted(set(keys)), value)
+                elif op == "write":
                     await target.put(key, value)
                 elif not await target.get(key):
                     result.not_found += 1
