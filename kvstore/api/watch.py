@@ -196,6 +196,8 @@ async def _long_poll(
         if len(events) >= MAX_POLL_EVENTS:
             break
         item = watcher.poll()
+    if not events and runtime.leader_id is None:
+        return error(503, "no_leader", "this node knows no leader; poll another node")
     if not events and type(item) is Ended:
         if item.reason == COMPACTED:
             return _compacted(Compacted(item.next_revision - 1, item.compact_revision))

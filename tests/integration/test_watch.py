@@ -190,6 +190,8 @@ def test_a_node_cut_off_from_the_others_ends_its_streams_for_another_node(
         c.pause(node)
     try:
         final = stream.read_until(lambda m: m.event == "cancelled", timeout=20)[-1]
+        poll = c.http(lonely, "GET", f"/v1/watch?prefix=iso/&start_revision={start + 1}&wait=0")
+        assert (poll.status, poll.json()["error"]) == (503, "no_leader")
     finally:
         for node in others:
             c.resume(node)
