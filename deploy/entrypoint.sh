@@ -22,11 +22,11 @@
 #   KV_LISTEN_HOST     the address to bind [0.0.0.0]
 #   KV_DATA_DIR        the volume: cluster.toml and <id>/ live here [/data]
 #   KV_CLUSTER_NAME    [kv];  KV_LOG_FORMAT  text or json [json]
-#   KV_INITIAL_CLUSTER true while the cluster is being founded: a founder whose volume
-#                      holds no log then founds it (`kv serve --initial-cluster`) [false].
-#                      Set it to false once the cluster is up, so that a founder whose
-#                      volume was wiped or replaced refuses to start instead of founding
-#                      a second history (like etcd's initial-cluster-state new/existing).
+#   KV_INITIAL_CLUSTER true: a founder whose volume holds no log founds the cluster
+#                      without asking its peers (`kv serve --initial-cluster`) [false].
+#                      Not needed: with false a founder on an empty volume asks its
+#                      peers and founds unless one has seen an earlier incarnation of it
+#                      (a wiped or replaced volume, which then refuses to start).
 #   KV_PEER_SECRET     the cluster secret authenticating peer traffic (32+ characters;
 #                      written to $KV_DATA_DIR/peer.secret, mode 0600), or
 #   KV_PEER_SECRET_FILE  a file holding it. Required unless KV_LISTEN_HOST is loopback:

@@ -17,7 +17,9 @@ the file holds every write acknowledged before the request.
 Restoring never touches a running cluster: it writes the snapshot into the empty data
 dirs of a NEW cluster (its own cluster.toml, its own ports), with the new file's
 founders as the voters and the old member directory dropped, so the new cluster starts
-at index I with every key, value and version of the old one.
+at index I with every key, value and version of the old one. Each seeded directory
+is marked (kvstore.runtime.incarnation), so that an unseeded founder of the new file
+refuses to found a history of its own while a seeded peer answers.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 
 from consensus.types import HardState, Membership, SnapshotMeta
 from kvstore.config import ClusterConfig
+from kvstore.runtime.incarnation import mark_restored
 from kvstore.runtime.leveldb_storage import LevelDBStorage
 from kvstore.state.machine import KVStateMachine, SnapshotError
 
@@ -133,6 +136,8 @@ def restore_cluster(
             storage.save(HardState(backup.term, None, backup.index), [])
         finally:
             storage.close()
+        # Lets an unseeded founder learn from this node that it must be seeded too.
+        mark_restored(node.data_dir, f"index {backup.index} term {backup.term}")
         lines.append(
             f"{node_id}: seeded {node.data_dir} at index {backup.index} (term {backup.term}, "
             f"{len(sm)} keys, voters {', '.join(founders)})"

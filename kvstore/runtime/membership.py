@@ -20,6 +20,7 @@ from consensus import Entry, Membership, NodeId, RaftNode
 from consensus.membership import InvalidConfChange, apply_change, decode_conf_change
 from consensus.types import SnapshotMeta
 from kvstore.config import NodeConfig
+from kvstore.runtime.incarnation import NodeIncarnations
 from kvstore.runtime.member_view import MemberView
 from kvstore.state.machine import KVStateMachine
 
@@ -37,8 +38,10 @@ class MembershipTracker:
         view: MemberView,
         set_peers: Callable[[Mapping[NodeId, str]], None],
         on_removed: Callable[[str], None] | None,
+        seen: NodeIncarnations | None = None,
     ) -> None:
         self._me = me
+        self._seen = seen
         self._node = node
         self._sm = sm
         self.view = view
@@ -66,6 +69,8 @@ class MembershipTracker:
         self._set_peers(
             self.view.refresh(self._node.membership, self._sm.member_addresses, removed)
         )
+        if self._seen is not None:  # so that a removed id on a new disk may join again
+            self._seen.forget(n for n in removed if n not in self._node.membership)
         if self._me.id in removed and self._me.id not in self._node.membership:
             self._removed("the log says so")
 

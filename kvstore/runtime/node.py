@@ -47,6 +47,7 @@ from kvstore.peers.snapshot_transfer import SnapshotReceiver
 from kvstore.peers.transport import Transport
 from kvstore.runtime.changes import ChangeSignal
 from kvstore.runtime.compaction import Compactor
+from kvstore.runtime.incarnation import NodeIncarnations
 from kvstore.runtime.leadership import LeadershipWatch
 from kvstore.runtime.leases import LeaseKeeper
 from kvstore.runtime.member_view import MemberView
@@ -102,6 +103,8 @@ class NodeRuntime:
         self.cluster, self.tuning, self.node_id = cluster, t, node_id
         self.me: NodeConfig = cluster.node(node_id)
         self.storage = storage
+        self.incarnations = NodeIncarnations(self.me.data_dir)
+        """Which life of its data dir this is, and its peers' (kvstore.runtime.incarnation)."""
         self.sm = KVStateMachine()  # its limits come from the log: kvstore.runtime.settings
         snapshot = storage.snapshot_meta()
         if snapshot is not None:  # the state machine starts from the last snapshot
@@ -158,6 +161,7 @@ class NodeRuntime:
             MemberView(node_id, cluster.nodes, cluster.data_dir),
             self.transport.set_peers,
             on_removed,
+            self.incarnations,
         )
         self.last_heard: dict[NodeId, float] = {}
         """time.monotonic() of the last message from each peer, for `GET /v1/status`."""

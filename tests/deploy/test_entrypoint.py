@@ -8,7 +8,9 @@ ports are overridden. Then the README's scaling step: kv-3 starts with join = tr
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -144,10 +146,30 @@ def test_entrypoint_refuses_a_name_without_an_ordinal(tmp_path: Path) -> None:
     assert out.returncode == 2 and "does not end in -<ordinal>" in out.stderr
 
 
-def test_a_founder_on_an_empty_volume_refuses_once_founding_is_over(tmp_path: Path) -> None:
-    """KV_INITIAL_CLUSTER=false (after the first deployment): a wiped volume must not
-    found a second history; the node says so and exits 2 (the pod crash-loops visibly)."""
-    pods = Pods(tmp_path, 3)
-    env = {**pods.env(0), "KV_INITIAL_CLUSTER": "false"}
-    out = subprocess.run(pods.command(), env=env, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and "holds no log" in out.stderr, out.stderr
+def test_a_pod_whose_volume_was_wiped_refuses_to_found_again(pods: Pods) -> None:
+    """No KV_INITIAL_CLUSTER (the manifest's default): the pods found the cluster by
+    asking each other; a founder whose volume is then wiped must not found a second
+    history: a peer remembers its earlier incarnation, so it exits 2 (the pod
+    crash-loops visibly) and leaves its volume as it found it."""
+    for ordinal in range(3):
+        pods.start(ordinal)
+    try:
+        wait_until(lambda: all(pods.ready(i) for i in range(3)), 30, "kv-0..kv-2 ready")
+    except TimeoutError:
+        pytest.fail(f"the pods did not become ready:\n{pods.logs()}")
+    assert request(pods.url(1), "PUT", "/v1/kv/greeting", b"hello").status == 200
+    own = (pods.root / "kv-0-volume" / "kv-0" / "incarnation").read_text().strip()
+
+    def remembered() -> bool:
+        files = [pods.root / f"kv-{i}-volume" / f"kv-{i}" / "seen_incarnations.json" for i in (1, 2)]
+        return any(f.exists() and json.loads(f.read_text()).get("kv-0") == own for f in files)
+
+    wait_until(remembered, 15, "a peer to record kv-0's incarnation")
+    proc = pods.procs["kv-0"]
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=15)
+    shutil.rmtree(pods.root / "kv-0-volume" / "kv-0")
+    out = subprocess.run(pods.command(), env=pods.env(0), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "earlier incarnation" in out.stderr, out.stderr
+    assert not (pods.root / "kv-0-volume" / "kv-0" / "raft").exists()
+    assert request(pods.url(1), "GET", "/v1/kv/greeting").body == b"hello"

@@ -53,7 +53,7 @@ def test_statefulset_fits_raft() -> None:
     (container,) = pod["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["KV_REPLICAS"] == str(sts["spec"]["replicas"]) and env["KV_SERVICE"] == "kv"
-    assert env["KV_INITIAL_CLUSTER"] == "true"  # the first deployment founds the cluster
+    assert "KV_INITIAL_CLUSTER" not in env  # founders ask their peers; a wiped volume refuses
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert pod["securityContext"]["runAsNonRoot"] is True

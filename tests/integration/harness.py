@@ -174,7 +174,9 @@ class Cluster:
 
     # -------------------------------------------------------------- processes
 
-    def start(self, node_id: str | None = None, join: bool = False) -> None:
+    def start(self, node_id: str | None = None, join: bool = False, initial: bool = True) -> None:
+        """`initial`: founders get --initial-cluster (found without asking their peers);
+        False starts them with a plain `kv serve`, as the contract and benchmarks do."""
         for node in [self.nodes[node_id]] if node_id else list(self.nodes.values()):
             if node.running or (node_id is None and node.node_id in self.gone):
                 continue
@@ -182,7 +184,7 @@ class Cluster:
             node.proc = subprocess.Popen(
                 serve_command(self.config_path, node.node_id)
                 + (["--join"] if join else [])
-                + ([] if join or node.node_id in self.joiners else ["--initial-cluster"]),
+                + ([] if join or not initial or node.node_id in self.joiners else ["--initial-cluster"]),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=child_env(),

@@ -1,9 +1,11 @@
-"""A founder never silently starts a new history (issue 10, item 4): on an empty data
-directory it needs an explicit first start (`--initial-cluster`, which `kv cluster up`
-passes when every founder's directory is empty); a wiped or unseeded founder refuses."""
+"""A founder never silently starts a new history (issue 10, item 4), yet plain
+`kv serve` on fresh directories founds a cluster: a pristine founder asks its peers
+(`GET /raft/seen`) and refuses when one has seen an earlier incarnation of its id (a
+wiped disk) or was seeded by `kv snapshot restore` while it was not."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -11,41 +13,98 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Cluster, child_env, run_serve
+from tests.integration.harness import Cluster, child_env, run_serve, wait_until
+from tests.integration.test_membership import add_member, remove_member
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("integration")]
 
 
 def _refuses(config: Path, node_id: str) -> str:
     try:
-        result = run_serve(config, node_id, timeout=10)
+        result = run_serve(config, node_id, timeout=20)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"{node_id} started on an empty data directory without being told to")
+        pytest.fail(f"{node_id} founded a cluster on an empty data directory")
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
+    data = config.parent / "data" / node_id
+    assert not (data / "raft").exists() and not (data / "incarnation").exists()  # no trace
     return result.stderr
 
 
-def test_a_founder_on_an_empty_dir_needs_an_explicit_first_start(
-    cluster_factory: type[Cluster],
-) -> None:
-    cluster = cluster_factory()
-    text = _refuses(cluster.config_path, "n1")
-    assert "--initial-cluster" in text and "--join" in text and "kv member remove" in text
-    assert not (cluster.root / "data" / "n1" / "raft").exists() or not any(
-        (cluster.root / "data" / "n1" / "raft").glob("*.log")
+def _seen(cluster: Cluster, holder: str) -> dict[str, str]:
+    path = cluster.root / "data" / holder / "seen_incarnations.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _incarnation(cluster: Cluster, node_id: str) -> str:
+    return (cluster.root / "data" / node_id / "incarnation").read_text().strip()
+
+
+def _wait_known(cluster: Cluster, node_id: str) -> None:
+    """Until some peer has recorded `node_id`'s current incarnation."""
+    own = _incarnation(cluster, node_id)
+    peers = [n for n in cluster.nodes if n != node_id]
+    wait_until(
+        lambda: any(_seen(cluster, p).get(node_id) == own for p in peers),
+        15,
+        f"a peer to record {node_id}'s incarnation",
     )
+
+
+def test_plain_serve_on_fresh_dirs_founds_a_cluster(cluster_factory: type[Cluster]) -> None:
+    """The contract's and the benchmark's way: every founder at once, no flag."""
+    cluster = cluster_factory()
+    cluster.start(initial=False)
+    try:
+        leader = cluster.wait_healthy(timeout=30)
+    except TimeoutError:
+        pytest.fail(f"plain kv serve did not found a cluster:\n{cluster.logs()}")
+    assert cluster.put(leader, "k", b"v").status == 200
+    assert cluster.get(leader, "k").body == b"v"
+    incarnations = {n: _incarnation(cluster, n) for n in cluster.nodes}
+    assert len(set(incarnations.values())) == 3
+    for node_id in cluster.nodes:
+        _wait_known(cluster, node_id)
 
 
 def test_a_wiped_founder_refuses_while_the_cluster_runs(cluster: Cluster) -> None:
     leader = cluster.wait_leader()
     assert cluster.put(leader, "k", b"v").status == 200
     victim = next(n for n in cluster.nodes if n != leader)
+    _wait_known(cluster, victim)
     cluster.stop(victim)
     shutil.rmtree(cluster.root / "data" / victim)
     text = _refuses(cluster.config_path, victim)
-    assert "--join" in text
+    assert "earlier incarnation" in text and "--join" in text and "kv member remove" in text
+    leader = cluster.wait_leader()
     assert cluster.put(leader, "k2", b"v").status == 200
+    assert cluster.get(leader, "k").body == b"v"
+
+
+def test_remove_wipe_join_add_still_works(cluster: Cluster) -> None:
+    """README "Replacing a disk": removal makes every member forget the old incarnation."""
+    leader = cluster.wait_leader()
+    assert cluster.put(leader, "k", b"v").status == 200
+    victim = next(n for n in cluster.nodes if n != leader)
+    _wait_known(cluster, victim)
+    old = _incarnation(cluster, victim)
+    remove_member(cluster, victim)
+    survivors = [n for n in cluster.nodes if n != victim]
+    wait_until(
+        lambda: all(victim not in _seen(cluster, n) for n in survivors),
+        15,
+        "the survivors to forget the removed member's incarnation",
+    )
+    shutil.rmtree(cluster.root / "data" / victim)
+    cluster.gone.discard(victim)
+    cluster.start(victim, join=True)
+    add_member(cluster, victim)
+    wait_until(lambda: cluster.get(victim, "k", stale=True).body == b"v", 20, "the new disk")
+    assert _incarnation(cluster, victim) != old
+    _wait_known(cluster, victim)  # and a second wipe of the new disk refuses again
+    cluster.stop(victim)
+    shutil.rmtree(cluster.root / "data" / victim)
+    assert "earlier incarnation" in _refuses(cluster.config_path, victim)
 
 
 def test_a_partially_restored_cluster_cannot_start_its_unseeded_founders(
@@ -69,5 +128,8 @@ def test_a_partially_restored_cluster_cannot_start_its_unseeded_founders(
         timeout=60,
     )
     assert seeded.returncode == 0, seeded.stderr
+    fresh.start("n1", initial=False)  # seeded: it starts, and tells its peers so
+    wait_until(lambda: fresh.status("n1"), 20, "the seeded n1 to answer")
     for node_id in ("n2", "n3"):  # an unseeded majority must not found a history of its own
-        assert "--initial-cluster" in _refuses(fresh.config_path, node_id)
+        text = _refuses(fresh.config_path, node_id)
+        assert "seeded by `kv snapshot restore`" in text and f"--node {node_id}" in text
