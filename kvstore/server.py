@@ -39,6 +39,10 @@ from kvstore.config import (
     check_data_dir,
     load_cluster_config,
 )
+from kvstore.peers.auth import PeerAuth
+from kvstore.peers.seen import SeenProbe
+from kvstore.runtime.founding import REPLACE_DISK, FoundingRefused, check_founding, pristine
+from kvstore.runtime.incarnation import IncarnationError, read_incarnation
 from kvstore.runtime.leveldb_storage import CorruptLogError, LevelDBStorage
 from kvstore.runtime.log_format import NodeContext, configure_logging
 from kvstore.runtime.node import NodeRuntime
@@ -58,11 +62,6 @@ class StartupError(Exception):
         self.code = code
 
 
-REPLACE_DISK = (
-    "this node cannot rejoin with this data: remove it from the cluster "
-    "(`kv member remove <id>` on a healthy node), wipe its data directory, start it "
-    "with --join and `kv member add` it again (README: Replacing a disk)"
-)
 _LOCK = re.compile(r"\block\b", re.IGNORECASE)
 """LevelDB's lock failure names the LOCK file; a word match, so that a corruption
 message about a damaged "block" is not mistaken for it."""
@@ -128,29 +127,35 @@ def _loop_factory():  # type: ignore[no-untyped-def]
     return uvloop.new_event_loop
 
 
-def _check_founding(
-    storage: LevelDBStorage, me: NodeConfig, join: bool, initial: bool, created: bool
+async def _check_founding(
+    cluster: ClusterConfig,
+    me: NodeConfig,
+    storage: LevelDBStorage,
+    tls: TlsContexts,
+    asked: bool,
+    created: bool,
 ) -> None:
-    """A founder on an empty data directory founds a cluster only when told to: the
-    same empty directory is what a wiped or replaced disk looks like, and founding
-    again would forget the votes it cast and the entries it acknowledged (or, after a
-    partial `kv snapshot restore`, start a history the seeded nodes would later erase)."""
-    pristine = (
-        storage.last_index() == 0
-        and storage.snapshot_meta() is None
-        and storage.initial_state().term == 0
-    )
-    if not pristine or join or me.join or initial:
+    """A founder on pristine storage asks its peers before it founds (`asked`: not
+    with --initial-cluster or --join; see kvstore.runtime.founding)."""
+    if not asked or me.join or not pristine(storage):
         return
-    storage.close()
-    if created:  # leave no trace, so that `kv cluster up` still sees a fresh directory
-        shutil.rmtree(me.data_dir / "raft", ignore_errors=True)
-    raise StartupError(
-        EXIT_CONFIG,
-        f"{me.id}'s data directory {me.data_dir} holds no log. For the first start of a NEW "
-        "cluster start every founder with --initial-cluster (`kv cluster up` does when "
-        "every founder's directory is empty); after `kv snapshot restore`, seed this node "
-        f"too (--node {me.id}); if this node's disk was wiped or replaced, {REPLACE_DISK}",
+    auth = PeerAuth(cluster.cluster_id, me.id, cluster.peer_secret, tls=tls.peer_client is not None)
+    probe = SeenProbe(auth, me.peer_url, tls.peer_client)
+    try:
+        mine = read_incarnation(me.data_dir)
+        async with probe.session() as session:
+            answered = await check_founding(
+                cluster, me, mine, lambda peer, url, node: probe.ask(session, peer, url, node)
+            )
+    except (FoundingRefused, IncarnationError) as exc:
+        storage.close()
+        if created:  # leave no trace, so that a later start is not confused
+            shutil.rmtree(me.data_dir / "raft", ignore_errors=True)
+        raise StartupError(EXIT_CONFIG, str(exc)) from None
+    log.info(
+        "pristine storage; founding the cluster (peers that answered and know no earlier %s: %s)",
+        me.id,
+        ", ".join(answered) or "none",
     )
 
 
@@ -171,7 +176,7 @@ async def _serve(
         raise StartupError(EXIT_CONFIG, str(exc)) from None
     created = not (me.data_dir / "raft").exists()
     storage = _open_storage(me.data_dir / "raft")
-    _check_founding(storage, me, join, initial, created)
+    await _check_founding(cluster, me, storage, tls, not (join or initial), created)
     was_removed = False
 
     def removed(reason: str) -> None:

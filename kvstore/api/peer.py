@@ -3,7 +3,12 @@
 - `POST /raft/messages`: a msgpack batch of consensus messages, or (the transport's
   way) a long-lived chunked stream of length-prefixed batches;
 - `POST /raft/snapshot`: one checksummed chunk of a snapshot (kvstore.snapshot_transfer);
-  the InstallSnapshot it belongs to is stepped once the whole snapshot is verified.
+  the InstallSnapshot it belongs to is stepped once the whole snapshot is verified;
+- `GET /raft/seen?node=ID`: the last incarnation of ID this node has seen, and whether
+  it was seeded by a restore (kvstore.peers.seen), asked by a pristine founder.
+
+Every request names the sender's incarnation (`X-Raft-Incarnation`); once its messages
+are admitted, it is recorded per sender (kvstore.runtime.incarnation).
 
 Every request is first checked by kvstore.peers.auth: its cluster id, and with a
 cluster secret or TLS who sent it (401/403 before a byte of the body is looked at;
@@ -32,9 +37,11 @@ from aiohttp import web
 from consensus.codec import CodecError, decode_messages
 from consensus.messages import InstallSnapshot, Message
 from consensus.types import NodeId
+from kvstore.api.common import BadRequest, query_values, text
 from kvstore.config import ConfigError, parse_url, valid_node_id
 from kvstore.peers.auth import TAG_BYTES, PeerAuth, PeerAuthError, Verified
 from kvstore.peers.link import FRAME_HEADER, STREAM_CONTENT_TYPE
+from kvstore.peers.seen import SEEN_PATH
 from kvstore.peers.snapshot_transfer import (
     MAX_CHUNK_BYTES,
     SNAPSHOT_PATH,
@@ -43,6 +50,7 @@ from kvstore.peers.snapshot_transfer import (
     decode_chunk,
 )
 from kvstore.peers.tls import transport_identity
+from kvstore.runtime.incarnation import NodeIncarnations, valid_incarnation
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +67,7 @@ class MessageSink(Protocol):
     node_id: NodeId
     snapshot_receiver: SnapshotReceiver | None
     peer_auth: PeerAuth
+    incarnations: NodeIncarnations
 
     def admit(self, sender: NodeId, sender_url: str | None) -> str | None:
         """None to accept messages from `sender`, else REMOVED or UNKNOWN."""
@@ -87,6 +96,8 @@ def _verify(request: web.Request, body: bytes | None) -> Verified | web.Response
             raise PeerAuthError(400, "bad_sender", f"invalid sender id {verified.sender[:80]!r}")
         if verified.sender_url is not None:
             parse_url(verified.sender_url)
+        if verified.incarnation is not None and not valid_incarnation(verified.incarnation):
+            raise PeerAuthError(400, "bad_incarnation", "X-Raft-Incarnation is not 32 hex digits")
     except ConfigError as exc:
         return _error(400, "bad_sender", f"invalid sender URL: {exc}")
     except PeerAuthError as exc:
@@ -126,6 +137,8 @@ def _check(sink: MessageSink, msgs: list[Message], verified: Verified) -> web.Re
             )
         if verdict is not ADMITTED:
             return _error(400, "unknown_sender", f"message from unknown node {msg.sender!r}")
+        if verified.incarnation is not None:
+            sink.incarnations.saw(msg.sender, verified.incarnation)
         checked.add(msg.sender)
     return None
 
@@ -238,6 +251,25 @@ async def handle_snapshot(request: web.Request) -> web.Response:
     return web.json_response({"next_offset": next_offset, "done": done})
 
 
+async def handle_seen(request: web.Request) -> web.Response:
+    """Whether this node has seen an incarnation of `node`, and was seeded by a restore:
+    what a pristine founder needs to know before it founds (kvstore.runtime.founding)."""
+    sink = request.app[SINK_KEY]
+    try:
+        node = query_values(request, {"node": text}).get("node")
+    except BadRequest as exc:
+        return _error(exc.status, exc.code, exc.message)
+    if node is None or not valid_node_id(node):
+        return _error(400, "bad_node", "query parameter 'node' must name a valid node id")
+    verified = _verify(request, b"")
+    if isinstance(verified, web.Response):
+        return verified
+    seen = sink.incarnations
+    return web.json_response(
+        {"node": node, "incarnation": seen.get(node), "restored": seen.restored}
+    )
+
+
 def add_peer_routes(app: web.Application, sink: MessageSink) -> None:
     """Mount the peer endpoints on `app` (the client app too when both share one URL)."""
     app[SINK_KEY] = sink
@@ -245,6 +277,7 @@ def add_peer_routes(app: web.Application, sink: MessageSink) -> None:
     app.on_shutdown.append(_end_streams)
     app.router.add_post(MESSAGES_PATH, handle_messages)
     app.router.add_post(SNAPSHOT_PATH, handle_snapshot)
+    app.router.add_get(SEEN_PATH, handle_seen)
 
 
 def make_peer_app(sink: MessageSink, max_body: int = DEFAULT_MAX_BODY) -> web.Application:

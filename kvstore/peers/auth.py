@@ -4,13 +4,14 @@ Three modes (kvstore.server picks one from cluster.toml, and refuses to listen b
 loopback with none of them):
 - cluster secret (`[peer_auth]`): each request carries `X-Raft-Time`, `X-Raft-Nonce`
   and `X-Raft-Auth`, an HMAC-SHA256 over (purpose, cluster id, sender, recipient, time,
-  nonce, sender URL, body digest). The receiver refuses a time outside `MAX_SKEW_S` of
-  its clock and a nonce it has seen within twice that, so a captured request cannot be
-  played again. The long-lived message stream is authenticated once by its head; each
-  frame then carries an HMAC under a key derived from that head, over a sequence
-  number and the frame, so frames can be neither forged, altered, replayed, reordered
-  nor spliced from another stream. The 410 `removed_member` answer is signed too,
-  bound to the request's nonce, so only a holder of the secret can make a node stop.
+  nonce, sender URL, incarnation, body digest). The receiver refuses a time outside
+  `MAX_SKEW_S` of its clock and a nonce it has seen within twice that, so a captured
+  request cannot be played again. The long-lived message stream is authenticated once
+  by its head; each frame then carries an HMAC under a key derived from that head,
+  over a sequence number and the frame, so frames can be neither forged, altered,
+  replayed, reordered nor spliced from another stream. The 410 `removed_member`
+  answer is signed too, bound to the request's nonce, so only a holder of the secret
+  can make a node stop.
 - mutual TLS (https peer URLs): the certificate, signed by the cluster CA, names
   `urn:pyraftkv:<cluster id>:node:<node id>`; that id is the sender, whatever the
   request claims. TLS itself gives integrity and freshness.
@@ -39,6 +40,8 @@ URL_HEADER = "X-Raft-From"
 TIME_HEADER = "X-Raft-Time"
 NONCE_HEADER = "X-Raft-Nonce"
 AUTH_HEADER = "X-Raft-Auth"
+INCARNATION_HEADER = "X-Raft-Incarnation"
+"""The sender's incarnation (kvstore.runtime.incarnation), covered by the HMAC."""
 TAG_BYTES = 32
 MAX_SKEW_S = 60.0
 """How far a sender's clock may be from the receiver's (NTP keeps them much closer)."""
@@ -95,15 +98,24 @@ class Verified:
     sender_url: str | None
     frames: FrameTagger | None
     nonce: str = ""
+    incarnation: str | None = None
+    """The life of its data directory the sender claims (kvstore.runtime.incarnation)."""
 
 
 class PeerAuth:
     """This node's side of peer authentication, for sending and for receiving."""
 
     def __init__(
-        self, cluster_id: str, self_id: NodeId, secret: bytes | None = None, tls: bool = False
+        self,
+        cluster_id: str,
+        self_id: NodeId,
+        secret: bytes | None = None,
+        tls: bool = False,
+        incarnation: str | None = None,
     ) -> None:
         self.cluster_id, self.self_id = cluster_id, self_id
+        self.incarnation = incarnation
+        """Sent on every request; None for a node still deciding whether to found."""
         self._secret = secret
         self.tls = tls
         self._seen: dict[str, float] = {}  # nonce -> when it may be forgotten
@@ -123,10 +135,14 @@ class PeerAuth:
         headers = {CLUSTER_HEADER: self.cluster_id, SENDER_HEADER: self.self_id}
         if sender_url:
             headers[URL_HEADER] = sender_url
+        if self.incarnation:
+            headers[INCARNATION_HEADER] = self.incarnation
         if self._secret is None:
             return headers, None
         stamp, nonce = str(int(time.time() * 1000)), os.urandom(16).hex()
-        mac, frame_key = self._macs(self.self_id, recipient, stamp, nonce, sender_url, body)
+        mac, frame_key = self._macs(
+            self.self_id, recipient, stamp, nonce, sender_url, self.incarnation or "", body
+        )
         headers.update({TIME_HEADER: stamp, NONCE_HEADER: nonce, AUTH_HEADER: mac})
         return headers, (FrameTagger(frame_key) if body is None else None)
 
@@ -172,20 +188,24 @@ class PeerAuth:
                     "wrong_certificate",
                     f"certificate names {tls_identity!r}, request claims {sender!r}",
                 )
+        incarnation = headers.get(INCARNATION_HEADER) or None
         if self._secret is None:
-            return Verified(sender, sender_url, None)
+            return Verified(sender, sender_url, None, incarnation=incarnation)
         stamp, nonce = headers.get(TIME_HEADER, ""), headers.get(NONCE_HEADER, "")
         if not stamp.isdigit() or not 16 <= len(nonce) <= 64:
             raise PeerAuthError(401, "unauthenticated", "missing or malformed peer credentials")
         assert sender is not None
-        mac, frame_key = self._macs(sender, self.self_id, stamp, nonce, sender_url or "", body)
+        mac, frame_key = self._macs(
+            sender, self.self_id, stamp, nonce, sender_url or "", incarnation or "", body
+        )
         if not hmac.compare_digest(headers.get(AUTH_HEADER, ""), mac):
             raise PeerAuthError(401, "bad_signature", "peer request fails its HMAC")
         now = time.time()
         if abs(now - int(stamp) / 1000) > MAX_SKEW_S:
             raise PeerAuthError(401, "stale_request", "peer request too old (or clocks differ)")
         self._remember(nonce, now)
-        return Verified(sender, sender_url, FrameTagger(frame_key) if body is None else None, nonce)
+        frames = FrameTagger(frame_key) if body is None else None
+        return Verified(sender, sender_url, frames, nonce, incarnation)
 
     def removal_headers(self, verified: Verified | None) -> dict[str, str]:
         """Signs a 410 `removed_member` answer to an authenticated request."""
@@ -202,14 +222,15 @@ class PeerAuth:
         stamp: str,
         nonce: str,
         sender_url: str,
+        incarnation: str,
         body: bytes | None,
     ) -> tuple[str, bytes]:
         assert self._secret is not None
         purpose = "stream" if body is None else "request"
         digest = b"" if body is None else hashlib.sha256(body).digest()
         head = _fields(
-            purpose, self.cluster_id, sender, recipient, stamp, nonce, sender_url, digest
-        )
+            purpose, self.cluster_id, sender, recipient, stamp, nonce, sender_url, incarnation
+        ) + _fields(digest)
         mac = hmac.new(self._secret, b"head" + head, hashlib.sha256).hexdigest()
         frame_key = hmac.new(self._secret, b"frames" + head, hashlib.sha256).digest()
         return mac, frame_key

@@ -8,7 +8,6 @@ Answer: 200 `{"node": ID, "incarnation": "<32 hex>" or null, "restored": bool}`.
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from dataclasses import dataclass
 
@@ -55,7 +54,7 @@ class SeenProbe:
                 if resp.status != 200:
                     return None
                 body = await resp.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        except (TimeoutError, aiohttp.ClientError, ValueError):
             return None
         if not isinstance(body, dict) or body.get("node") != node:
             return None

@@ -33,7 +33,6 @@ log = logging.getLogger("kvstore.incarnation")
 INCARNATION_FILE = "incarnation"
 SEEN_FILE = "seen_incarnations.json"
 RESTORED_FILE = "restored"
-INCARNATION_HEADER = "X-Raft-Incarnation"
 _VALID = re.compile(r"[0-9a-f]{32}")
 
 

@@ -139,7 +139,11 @@ class NodeRuntime:
             t.request_timeout_ms / 1000,
         )
         self.peer_auth = PeerAuth(
-            cluster.cluster_id, node_id, cluster.peer_secret, tls=peer_ssl is not None
+            cluster.cluster_id,
+            node_id,
+            cluster.peer_secret,
+            tls=peer_ssl is not None,
+            incarnation=self.incarnations.own,
         )
         """Authenticates every peer request, both ways (kvstore.peers.auth)."""
         self.transport = Transport(

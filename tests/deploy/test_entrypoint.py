@@ -161,7 +161,9 @@ def test_a_pod_whose_volume_was_wiped_refuses_to_found_again(pods: Pods) -> None
     own = (pods.root / "kv-0-volume" / "kv-0" / "incarnation").read_text().strip()
 
     def remembered() -> bool:
-        files = [pods.root / f"kv-{i}-volume" / f"kv-{i}" / "seen_incarnations.json" for i in (1, 2)]
+        files = [
+            pods.root / f"kv-{i}-volume" / f"kv-{i}" / "seen_incarnations.json" for i in (1, 2)
+        ]
         return any(f.exists() and json.loads(f.read_text()).get("kv-0") == own for f in files)
 
     wait_until(remembered, 15, "a peer to record kv-0's incarnation")
@@ -169,7 +171,9 @@ def test_a_pod_whose_volume_was_wiped_refuses_to_found_again(pods: Pods) -> None
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=15)
     shutil.rmtree(pods.root / "kv-0-volume" / "kv-0")
-    out = subprocess.run(pods.command(), env=pods.env(0), capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        pods.command(), env=pods.env(0), capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 2 and "earlier incarnation" in out.stderr, out.stderr
     assert not (pods.root / "kv-0-volume" / "kv-0" / "raft").exists()
     assert request(pods.url(1), "GET", "/v1/kv/greeting").body == b"hello"

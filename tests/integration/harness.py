@@ -184,7 +184,11 @@ class Cluster:
             node.proc = subprocess.Popen(
                 serve_command(self.config_path, node.node_id)
                 + (["--join"] if join else [])
-                + ([] if join or not initial or node.node_id in self.joiners else ["--initial-cluster"]),
+                + (
+                    []
+                    if join or not initial or node.node_id in self.joiners
+                    else ["--initial-cluster"]
+                ),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=child_env(),

@@ -83,7 +83,9 @@ def test_refuses_when_a_peer_was_seeded_by_a_restore(tmp_path: Path) -> None:
 
 def test_silent_peers_are_asked_again_then_given_up(tmp_path: Path) -> None:
     cluster = _cluster(tmp_path)
-    answered, asked = _run(cluster, {"n2": [None, None, SeenAnswer("n2", None, False)], "n3": [None]})
+    answered, asked = _run(
+        cluster, {"n2": [None, None, SeenAnswer("n2", None, False)], "n3": [None]}
+    )
     assert answered == ["n2"]
     assert asked.count("n2") == 3 and asked.count("n3") >= 3  # retried for the window
 
