@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Cluster, child_env, run_serve, wait_until
+from tests.integration.harness import Cluster, child_env, request, run_serve, wait_until
 from tests.integration.test_membership import add_member, remove_member
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("integration")]
@@ -38,6 +38,10 @@ def _seen(cluster: Cluster, holder: str) -> dict[str, str]:
 
 def _incarnation(cluster: Cluster, node_id: str) -> str:
     return (cluster.root / "data" / node_id / "incarnation").read_text().strip()
+
+
+def victim_of(cluster: Cluster, leader: str) -> str:
+    return next(n for n in cluster.nodes if n != leader)
 
 
 def _wait_known(cluster: Cluster, node_id: str) -> None:
@@ -133,3 +137,36 @@ def test_a_partially_restored_cluster_cannot_start_its_unseeded_founders(
     for node_id in ("n2", "n3"):  # an unseeded majority must not found a history of its own
         text = _refuses(fresh.config_path, node_id)
         assert "seeded by `kv snapshot restore`" in text and f"--node {node_id}" in text
+
+
+def test_with_a_cluster_secret_the_question_is_authenticated(
+    cluster_factory: type[Cluster],
+) -> None:
+    """Plain starts found a secret cluster too (the probe signs its question); an
+    unsigned question is refused, and a wiped founder still learns of its old life."""
+    cluster = cluster_factory(election_ticks=30)  # type: ignore[call-arg]
+    cluster.extra_toml = '\n[peer_auth]\nsecret = "founding-secret-' + "y" * 24 + '"\n'
+    cluster.write_config()
+    cluster.start(initial=False)
+    leader = cluster.wait_healthy(timeout=30)
+    assert cluster.put(leader, "k", b"v").status == 200
+    peer_url = cluster.nodes[leader].peer_url
+    claims = {"X-Raft-Cluster": "test", "X-Raft-Sender": victim_of(cluster, leader)}
+    unsigned = request(peer_url, "GET", "/raft/seen?node=n1", headers=claims)
+    assert unsigned.status == 401, unsigned.body
+    victim = victim_of(cluster, leader)
+    _wait_known(cluster, victim)
+    cluster.stop(victim)
+    shutil.rmtree(cluster.root / "data" / victim)
+    assert "earlier incarnation" in _refuses(cluster.config_path, victim)
+
+
+def test_the_question_follows_the_contract_query_rule(cluster: Cluster) -> None:
+    peer_url = cluster.nodes["n1"].peer_url
+    seen = request(peer_url, "GET", "/raft/seen?node=n2")
+    assert seen.status == 200 and seen.json()["node"] == "n2"
+    assert seen.json()["restored"] is False
+    for query, named in (("node=n2&node=n3", "'node'"), ("node=n2&x=1", "'x'")):
+        reply = request(peer_url, "GET", f"/raft/seen?{query}")
+        assert reply.status == 400 and named in reply.json()["message"], reply.body
+    assert request(peer_url, "GET", "/raft/seen").json()["error"] == "bad_node"
