@@ -41,9 +41,10 @@ config_option = click.option(
 @click.option(
     "--initial-cluster",
     is_flag=True,
-    help="First start of a NEW cluster: found it from the file's nodes. A founder on an "
-    "empty data directory refuses to start without it, so that a wiped disk never "
-    "founds a second history (ignored when the node already has data).",
+    help="Found a NEW cluster from the file's nodes without asking them first. Without "
+    "it a founder on an empty data directory asks its peers and refuses when one has "
+    "seen an earlier incarnation of it (a wiped disk) or was seeded by a restore "
+    "(ignored when the node already has data).",
 )
 def serve_command(
     config_path: str, node_id: str, join: bool, log_format: str | None, initial_cluster: bool
