@@ -4,14 +4,14 @@ its peers this node has seen.
 Why: an empty data directory is what a brand-new founder has, and also what a wiped or
 replaced disk looks like. Founding from the second forgets the votes the node cast and
 the entries it acknowledged. So every data directory gets a random incarnation id at
-its first start (`incarnation`, written atomically and fsynced before the node sends
+its first start (`raft/INCARNATION`, written atomically and fsynced before the node sends
 anything), every peer request carries it (`X-Raft-Incarnation`), and every receiver
 keeps, per sender, the last incarnation it has seen (`seen_incarnations.json`,
 rewritten atomically only when it changes: at a first contact or a new disk, rarely).
 A pristine founder asks its peers (kvstore.runtime.founding): a peer that has seen
 this node id before proves that the id had a life with promises in it.
 
-`kv snapshot restore` leaves `restored` in each directory it seeds, so that an unseeded
+`kv snapshot restore` leaves `raft/RESTORED` in each directory it seeds, so that an unseeded
 founder can learn from a seeded peer that it must not found a history of its own.
 The randomness here is the runtime's: the consensus core never sees it.
 """
@@ -30,9 +30,12 @@ from consensus.types import NodeId
 
 log = logging.getLogger("kvstore.incarnation")
 
-INCARNATION_FILE = "incarnation"
+LOG_DIR = "raft"
+"""The log's directory: the incarnation and the restore marker live and die with it, so
+that a lost or wiped log (even with the rest of the data directory kept) is a new life."""
+INCARNATION_FILE = "INCARNATION"
 SEEN_FILE = "seen_incarnations.json"
-RESTORED_FILE = "restored"
+RESTORED_FILE = "RESTORED"
 _VALID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -64,11 +67,12 @@ def write_atomic(path: Path, text: str) -> None:
 def read_incarnation(data_dir: Path) -> str | None:
     """This data directory's incarnation, or None before its first start."""
     try:
-        text = (data_dir / INCARNATION_FILE).read_text().strip()
+        text = (data_dir / LOG_DIR / INCARNATION_FILE).read_text().strip()
     except FileNotFoundError:
         return None
     if not valid_incarnation(text):
-        raise IncarnationError(f"{data_dir / INCARNATION_FILE} is damaged ({text[:40]!r})")
+        path = data_dir / LOG_DIR / INCARNATION_FILE
+        raise IncarnationError(f"{path} is damaged ({text[:40]!r})")
     return text
 
 
@@ -77,20 +81,20 @@ def ensure_incarnation(data_dir: Path) -> str:
     found = read_incarnation(data_dir)
     if found is not None:
         return found
-    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / LOG_DIR).mkdir(parents=True, exist_ok=True)
     fresh = secrets.token_hex(16)
-    write_atomic(data_dir / INCARNATION_FILE, fresh + "\n")
+    write_atomic(data_dir / LOG_DIR / INCARNATION_FILE, fresh + "\n")
     log.info("first start of %s: incarnation %s", data_dir, fresh)
     return fresh
 
 
 def mark_restored(data_dir: Path, description: str) -> None:
     """`kv snapshot restore` seeded this directory (kept for good: it is a fact)."""
-    write_atomic(data_dir / RESTORED_FILE, description + "\n")
+    write_atomic(data_dir / LOG_DIR / RESTORED_FILE, description + "\n")
 
 
 def was_restored(data_dir: Path) -> bool:
-    return (data_dir / RESTORED_FILE).exists()
+    return (data_dir / LOG_DIR / RESTORED_FILE).exists()
 
 
 class NodeIncarnations:

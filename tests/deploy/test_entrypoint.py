@@ -158,7 +158,7 @@ def test_a_pod_whose_volume_was_wiped_refuses_to_found_again(pods: Pods) -> None
     except TimeoutError:
         pytest.fail(f"the pods did not become ready:\n{pods.logs()}")
     assert request(pods.url(1), "PUT", "/v1/kv/greeting", b"hello").status == 200
-    own = (pods.root / "kv-0-volume" / "kv-0" / "incarnation").read_text().strip()
+    own = (pods.root / "kv-0-volume" / "kv-0" / "raft" / "INCARNATION").read_text().strip()
 
     def remembered() -> bool:
         files = [

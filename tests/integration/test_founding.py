@@ -27,7 +27,7 @@ def _refuses(config: Path, node_id: str) -> str:
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     data = config.parent / "data" / node_id
-    assert not (data / "raft").exists() and not (data / "incarnation").exists()  # no trace
+    assert not (data / "raft").exists()  # no trace: no log, no incarnation
     return result.stderr
 
 
@@ -37,7 +37,7 @@ def _seen(cluster: Cluster, holder: str) -> dict[str, str]:
 
 
 def _incarnation(cluster: Cluster, node_id: str) -> str:
-    return (cluster.root / "data" / node_id / "incarnation").read_text().strip()
+    return (cluster.root / "data" / node_id / "raft" / "INCARNATION").read_text().strip()
 
 
 def victim_of(cluster: Cluster, leader: str) -> str:

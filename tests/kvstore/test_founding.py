@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,8 @@ def test_incarnation_files(tmp_path: Path) -> None:
     assert NodeIncarnations(tmp_path).get("n3") == "1" * 32
     mark_restored(tmp_path, "index 5 term 2")
     assert NodeIncarnations(tmp_path).restored
+    shutil.rmtree(tmp_path / "raft")  # a lost log is a new life, whatever else is left
+    assert NodeIncarnations(tmp_path).own != first.own
     (tmp_path / "seen_incarnations.json").write_text(json.dumps({"n2": "../x"}))
     with pytest.raises(IncarnationError):
         NodeIncarnations(tmp_path)
