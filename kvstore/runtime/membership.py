@@ -38,10 +38,11 @@ class MembershipTracker:
         view: MemberView,
         set_peers: Callable[[Mapping[NodeId, str]], None],
         on_removed: Callable[[str], None] | None,
-        seen: NodeIncarnations | None = None,
     ) -> None:
         self._me = me
-        self._seen = seen
+        self.incarnations = NodeIncarnations(me.data_dir)
+        """This node's incarnation and the ones it has seen of its peers, which forgets
+        members once their removal applies, so that a new disk may join again."""
         self._node = node
         self._sm = sm
         self.view = view
@@ -69,8 +70,7 @@ class MembershipTracker:
         self._set_peers(
             self.view.refresh(self._node.membership, self._sm.member_addresses, removed)
         )
-        if self._seen is not None:  # so that a removed id on a new disk may join again
-            self._seen.forget(n for n in removed if n not in self._node.membership)
+        self.incarnations.forget(n for n in removed if n not in self._node.membership)
         if self._me.id in removed and self._me.id not in self._node.membership:
             self._removed("the log says so")
 

@@ -47,7 +47,6 @@ from kvstore.peers.snapshot_transfer import SnapshotReceiver
 from kvstore.peers.transport import Transport
 from kvstore.runtime.changes import ChangeSignal
 from kvstore.runtime.compaction import Compactor
-from kvstore.runtime.incarnation import NodeIncarnations
 from kvstore.runtime.leadership import LeadershipWatch
 from kvstore.runtime.leases import LeaseKeeper
 from kvstore.runtime.member_view import MemberView
@@ -103,8 +102,6 @@ class NodeRuntime:
         self.cluster, self.tuning, self.node_id = cluster, t, node_id
         self.me: NodeConfig = cluster.node(node_id)
         self.storage = storage
-        self.incarnations = NodeIncarnations(self.me.data_dir)
-        """Which life of its data dir this is, and its peers' (kvstore.runtime.incarnation)."""
         self.sm = KVStateMachine()  # its limits come from the log: kvstore.runtime.settings
         snapshot = storage.snapshot_meta()
         if snapshot is not None:  # the state machine starts from the last snapshot
@@ -139,11 +136,7 @@ class NodeRuntime:
             t.request_timeout_ms / 1000,
         )
         self.peer_auth = PeerAuth(
-            cluster.cluster_id,
-            node_id,
-            cluster.peer_secret,
-            tls=peer_ssl is not None,
-            incarnation=self.incarnations.own,
+            cluster.cluster_id, node_id, cluster.peer_secret, tls=peer_ssl is not None
         )
         """Authenticates every peer request, both ways (kvstore.peers.auth)."""
         self.transport = Transport(
@@ -165,8 +158,9 @@ class NodeRuntime:
             MemberView(node_id, cluster.nodes, cluster.data_dir),
             self.transport.set_peers,
             on_removed,
-            self.incarnations,
         )
+        self.incarnations = self.membership.incarnations  # kvstore.runtime.incarnation
+        self.peer_auth.incarnation = self.incarnations.own  # named on every peer request
         self.last_heard: dict[NodeId, float] = {}
         """time.monotonic() of the last message from each peer, for `GET /v1/status`."""
         self._on_fatal = on_fatal
