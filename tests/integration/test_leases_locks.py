@@ -224,30 +224,29 @@ def test_cli_lease_lock_and_elect(cluster: Cluster) -> None:
     stale = kv("put", "cli/out", "late", "--fence-lock", "cli/job", "--fence-token", token)
     assert stale.returncode == 1 and "fencing token" in stale.stderr
 
-    observer = subprocess.Popen(
-        [sys.executable, "-m", "kvstore.cli.main", "elect", "cli/pool", *ep],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=child_env(),
-        cwd=REPO_ROOT,
-    )
-    candidate = subprocess.Popen(
-        [sys.executable, "-m", "kvstore.cli.main", "elect", "cli/pool", "node-7", *ep],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=child_env(),
-        cwd=REPO_ROOT,
-    )
+    def elect(*args: str) -> subprocess.Popen[str]:
+        command = [sys.executable, "-m", "kvstore.cli.main", "elect", "cli/pool", *args, *ep]
+        proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, text=True, env=child_env(), cwd=REPO_ROOT
+        )
+        procs.append(proc)
+        assert proc.stdout is not None
+        return proc
+
+    procs: list[subprocess.Popen[str]] = []
     try:
-        assert candidate.stdout is not None and observer.stdout is not None
+        observer = elect()
+        assert observer.stdout is not None
+        assert observer.stdout.readline().strip() == "(no leader)"  # observing before the vote
+        candidate = elect("node-7")
+        assert candidate.stdout is not None
         assert candidate.stdout.readline().startswith("elected ")
-        lines = [observer.stdout.readline().strip() for _ in range(2)]
-        assert lines[-1] == "node-7", lines
+        assert observer.stdout.readline().strip() == "node-7"
         candidate.send_signal(signal.SIGINT)
         assert candidate.wait(timeout=20) == 0
         assert observer.stdout.readline().strip() == "(no leader)"
     finally:
-        for proc in (candidate, observer):
+        for proc in procs:
             if proc.poll() is None:
                 proc.kill()
             proc.wait(timeout=10)
