@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -116,6 +117,22 @@ def run_node(
         return exc.code
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+GC_THRESHOLDS = (50_000, 20, 100)
+"""Collect the youngest generation every 50,000 net allocations instead of 700 (and the
+older ones less often): measured under load, the default spent 5-16% of a node's CPU
+in the cyclic collector, most of it re-scanning long-lived objects. Memory is still
+freed by reference counting at once; only cyclic garbage waits a little longer."""
+
+
+def _tune_gc() -> None:
+    """Once the node is up: move everything allocated while starting (modules, the
+    state machine restored from a snapshot) out of the collector's sight, and collect
+    less often. Both only change when cycles are found, never whether they are."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _loop_factory():  # type: ignore[no-untyped-def]
@@ -246,6 +263,7 @@ async def _serve(
                 raise StartupError(
                     EXIT_FAILURE, f"cannot listen on {host}:{port}: {exc.strerror or exc}"
                 ) from None
+        _tune_gc()
         log.info(
             "serving clients on %s, peers on %s (listening on %s), data in %s",
             me.client_url,
