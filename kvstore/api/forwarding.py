@@ -72,13 +72,13 @@ async def forward_to_leader(
 
 async def _find_leader(runtime: NodeRuntime, deadline: float) -> str | None:
     """The leader, waiting up to about two election timeouts for one to emerge."""
-    remaining = deadline - asyncio.get_running_loop().time()
+    remaining = deadline - runtime.loop.time()
     return await runtime.wait_for_leader(min(remaining, 2 * runtime.election_timeout_s))
 
 
 async def _other_leader(runtime: NodeRuntime, unreachable: str, deadline: float) -> bool:
     """Wait (about two election timeouts at most) for a leader other than `unreachable`."""
-    loop = asyncio.get_running_loop()
+    loop = runtime.loop
     until = min(deadline, loop.time() + 2 * runtime.election_timeout_s)
     while loop.time() < until:
         await asyncio.sleep(runtime.tuning.tick_ms / 1000)
@@ -112,7 +112,7 @@ async def _forward(
     if leader_url is None:
         return None  # not sent: this node has not read the new leader's address yet
     url = leader_url.rstrip("/") + request.raw_path
-    loop = asyncio.get_running_loop()
+    loop = runtime.loop
     timeout = aiohttp.ClientTimeout(total=max(0.1, deadline - loop.time()) + 0.5, sock_connect=0.5)
     session = request.app[PROXY_KEY]
     try:

@@ -48,7 +48,7 @@ async def serve_read(
     on the leader otherwise (then the state holds every write acknowledged before the
     request began); a follower forwards a linearizable read to the leader. `wait` is
     how long `answer` itself may wait (a long poll), added to the forwarding deadline."""
-    loop = asyncio.get_running_loop()
+    loop = runtime.loop
     deadline = loop.time() + runtime.tuning.request_timeout_ms / 1000 + wait
     stale = stale or (UNSAFE_LOCAL_READS and not runtime.is_leader)
     while True:
@@ -90,7 +90,7 @@ async def serve_write(
 ) -> web.StreamResponse:
     """Propose `cmd` on the leader (forward `body` from a follower) and `respond` to its
     result once applied."""
-    loop = asyncio.get_running_loop()
+    loop = runtime.loop
     deadline = loop.time() + runtime.tuning.request_timeout_ms / 1000
     while True:
         if runtime.is_leader:

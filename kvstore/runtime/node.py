@@ -203,6 +203,7 @@ class NodeRuntime:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()  # kept: get_running_loop() costs a getpid()
         await self.transport.start()
         self._tasks = [
             asyncio.create_task(self._tick_loop(), name=f"tick-{self.node_id}"),
@@ -288,13 +289,13 @@ class NodeRuntime:
         return entry
 
     async def _until_applied(self, entry: Entry, timeout: float) -> ApplyResult | None:
-        started = asyncio.get_running_loop().time()
+        started = self.loop.time()
         future = self.pending.add_proposal(entry, started + timeout)
         self._wake.set()
         self.stats.proposals += 1
         try:
             result = await future  # the expiry task fails it with ProposalTimeout at the deadline
-            self.stats.commit_latency.observe(asyncio.get_running_loop().time() - started)
+            self.stats.commit_latency.observe(self.loop.time() - started)
             return result
         except RuntimeStopped as exc:  # proposed, so the outcome stays unknown
             raise ProposalTimeout(f"entry {entry.index} not applied: {exc}") from None
@@ -316,7 +317,7 @@ class NodeRuntime:
         self._check_running()
         request_id = next(self._read_ids).to_bytes(8, "big")
         self.node.read_index(request_id)  # raises NotLeader
-        deadline = asyncio.get_running_loop().time() + timeout
+        deadline = self.loop.time() + timeout
         future = self.pending.add_read(request_id, self.node.term, deadline)
         self._wake.set()
         try:
