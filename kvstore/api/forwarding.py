@@ -37,10 +37,15 @@ node's certificate. Set by kvstore.server; never a context that skips verificati
 
 
 async def proxy_session(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: one connection pool to the leader, never re-sending a request."""
+    """cleanup_ctx: one connection pool to the leader, never re-sending a request. No
+    cookie jar: requests of different clients share the pool, so nothing one answer
+    sets may ride along on another client's request (and filtering the jar cost each
+    forwarded request CPU)."""
     tls = app.get(FORWARD_SSL_KEY)
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0, ssl=tls or True)
-    async with single_send_session(connector=connector, auto_decompress=False) as session:
+    async with single_send_session(
+        connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+    ) as session:
         app[PROXY_KEY] = session
         yield
 
