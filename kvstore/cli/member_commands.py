@@ -69,9 +69,15 @@ def member_list(as_json: bool, stale: bool, **params: Any) -> None:
     is_flag=True,
     help="If the leader cannot reach the new node, remove the learner again.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print the leader's JSON answer.")
 @timed_endpoint_options(60.0)
 def member_add(
-    node_id: str, peer_url: str, client_url: str, remove_if_unreachable: bool, **params: Any
+    node_id: str,
+    peer_url: str,
+    client_url: str,
+    remove_if_unreachable: bool,
+    as_json: bool,
+    **params: Any,
 ) -> None:
     """Add ID as a learner, wait until it has caught up, then make it a voter.
 
@@ -96,6 +102,9 @@ def member_add(
     if members is None:
         fail(EXIT_NO, f"{unreachable}; the learner {node_id} was removed again")
     doc = members.raw
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
     took = f" after catching up in {doc['caught_up_s']}s" if "caught_up_s" in doc else ""
     already = " (it already was)" if doc.get("already") else ""
     click.echo(f"{node_id} is a voter{already}{took}")
@@ -103,11 +112,12 @@ def member_add(
 
 @member_group.command("remove")
 @click.argument("node_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print the leader's JSON answer.")
 @timed_endpoint_options(35.0)
-def member_remove(node_id: str, **params: Any) -> None:
+def member_remove(node_id: str, as_json: bool, **params: Any) -> None:
     """Remove ID; if it leads, leadership moves to the most up-to-date voter first."""
-    run_client(params, lambda kv: kv.remove_member(node_id))
-    click.echo(f"{node_id} removed")
+    members = run_client(params, lambda kv: kv.remove_member(node_id))
+    click.echo(json.dumps(members.raw, indent=2) if as_json else f"{node_id} removed")
 
 
 # ---------------------------------------------------------------------- kv snapshot

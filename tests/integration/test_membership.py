@@ -60,8 +60,9 @@ def add_member(cluster: Cluster, node_id: str) -> None:
 
 def remove_member(cluster: Cluster, node_id: str) -> None:
     cluster.gone.add(node_id)
-    result = cluster.kv("member", "remove", node_id, "--endpoints", cluster.endpoints())
+    result = cluster.kv("member", "remove", node_id, "--json", "--endpoints", cluster.endpoints())
     assert result.returncode == 0, (result.stdout, result.stderr, cluster.logs())
+    assert node_id not in {m["id"] for m in json.loads(result.stdout)["members"]}
     if cluster.nodes[node_id].running:
         assert_exits_as_removed(cluster, node_id)
 
