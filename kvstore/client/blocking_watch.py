@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
-from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from kvstore.client.context import Closing
 from kvstore.client.mirror import Mirror
 from kvstore.client.watch import Watch, WatchEvent, WatchProgress
 
 R = TypeVar("R")
 
 
-class BlockingWatch:
+class BlockingWatch(Closing):
     """Iterate for WatchEvent (and WatchProgress when asked); `close()` (or `with`)
     ends it. `next_revision` is where it stands, as for the async watch."""
 
@@ -57,19 +57,8 @@ class BlockingWatch:
             if not self._loop.is_closed():
                 self._run(self._watch.aclose())
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class BlockingMirror:
+class BlockingMirror(Closing):
     """`Mirror` for threads: `get` and `snapshot` read the local copy from any thread;
     `on_change` callbacks run on the client's loop thread, so keep them short."""
 
@@ -95,14 +84,3 @@ class BlockingMirror:
     def close(self) -> None:
         if not self._loop.is_closed():
             asyncio.run_coroutine_threadsafe(self._mirror.close(), self._loop).result()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -11,11 +11,11 @@ import functools
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Iterator
-from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, Self, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from kvstore.client.async_client import AsyncKV
 from kvstore.client.blocking_watch import BlockingMirror, BlockingWatch
+from kvstore.client.context import Closing
 from kvstore.client.endpoints import EndpointsArg
 from kvstore.client.errors import KVError
 from kvstore.client.leases import LostCallback
@@ -40,7 +40,7 @@ def _blocking(
     return call
 
 
-class KV:
+class KV(Closing):
     """Blocking client for threaded code (Flask, Django, scripts): same methods as `AsyncKV`.
 
     It runs a private event loop in a daemon thread and hands each call to it,
@@ -149,17 +149,6 @@ class KV:
         with self._lock:
             self._closed = True
             self._finalizer()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _shut_down(client: AsyncKV, loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:

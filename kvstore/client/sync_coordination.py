@@ -8,9 +8,9 @@ lease alive while it works, and the logic exists once (kvstore.client.leases/loc
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Iterator
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
+from kvstore.client.context import Held
 from kvstore.client.fence import Fence
 from kvstore.client.leases import Lease
 from kvstore.client.locks import Election, Leader, Lock
@@ -19,23 +19,11 @@ R = TypeVar("R")
 Runner = Callable[[Coroutine[Any, Any, R]], R]
 
 
-class SyncLease:
+class SyncLease(Held):
     """`with kv.lease(ttl=10) as lease:` kept alive on the client's loop thread."""
 
     def __init__(self, run: Runner[Any], lease: Lease) -> None:
         self._run, self._lease = run, lease
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def id(self) -> int:
@@ -56,23 +44,11 @@ class SyncLease:
         self._run(self._lease.close())
 
 
-class SyncLock:
+class SyncLock(Held):
     """`with kv.lock("jobs/nightly", ttl=10) as lock:`; `lock.put` is fenced."""
 
     def __init__(self, run: Runner[Any], lock: Lock) -> None:
         self._run, self._lock = run, lock
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def token(self) -> int:
