@@ -11,8 +11,11 @@ Request (JSON; values as base64 in `value`, or as UTF-8 text in `text`)::
 Compare targets: version, create_revision, mod_revision (integers), value (bytes),
 exists (true/false, with = or != only); ops: = != < >. Operations: put {key, value},
 delete {key}, delete_range {prefix | start, end}, get {key}, range {prefix | start, end,
-limit, keys_only, count_only, sort}. The answer: `{"succeeded", "revision", "results"}`
-with one result per operation of the branch that ran, in order. A failed compare is
+limit, keys_only, count_only, sort}. A put may carry `"lease": ID`: the key then
+belongs to that lease (deleted when it ends), and a transaction naming a lease that does
+not exist, in either branch, is refused whole with 404 `lease_not_found`. The answer:
+`{"succeeded", "revision", "results"}` with one result per operation of the branch that
+ran, in order. A failed compare is
 not an error (200, `succeeded: false`). A transaction without writes (and without a
 fence) is served as a linearizable read (one ReadIndex, no log entry). With
 `?fence_lock=NAME&fence_token=T` the whole transaction is refused with 409 `fenced`
@@ -145,8 +148,11 @@ def _op(spec: object, where: str, limits: _Limits) -> TxnOp:
     ((kind, body),) = spec.items()
     where = f"{where}.{kind}"
     if kind == "put":
-        p = _fields(body, where, {"key", "value", "text"})
-        return TxnPut(limits.key(p.get("key"), where), limits.value(p, where))
+        p = _fields(body, where, {"key", "value", "text", "lease"})
+        lease = p.get("lease", 0)
+        if type(lease) is not int or lease < 0 or ("lease" in p and not lease):
+            raise BadRequest(400, "bad_txn", f"{where}: lease must be an integer >= 1")
+        return TxnPut(limits.key(p.get("key"), where), limits.value(p, where), lease)
     if kind in ("delete", "get"):
         return _single(kind, _fields(body, where, {"key"}), where, limits)
     if kind == "delete_range":

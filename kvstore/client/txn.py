@@ -123,8 +123,15 @@ class Op:
     """Operation builders for `then` / `else_`; each is the JSON object sent."""
 
     @staticmethod
-    def put(key: str, value: bytes | str) -> Document:
-        return {"put": {"key": key, **_value_field(value)}}
+    def put(key: str, value: bytes | str, *, lease: int | None = None) -> Document:
+        """With `lease` the key belongs to that lease (deleted when it ends); the whole
+        transaction fails with `LeaseNotFound` if the lease does not exist."""
+        spec: Document = {"key": key, **_value_field(value)}
+        if lease is not None:
+            if isinstance(lease, bool) or not isinstance(lease, int) or lease < 1:
+                raise ValueError(f"lease must be an integer >= 1: {lease!r}")
+            spec["lease"] = lease
+        return {"put": spec}
 
     @staticmethod
     def delete(key: str) -> Document:

@@ -185,11 +185,15 @@ class Compare:
 class TxnPut:
     key: str
     value: bytes
+    lease: int = 0
+    """Attach the key to this lease (0: none), as `Put.lease`; a transaction naming a
+    lease that does not exist, in either branch, is refused whole."""
 
     def __post_init__(self) -> None:
         _check_common(self.key, None, None)
         if not isinstance(self.value, bytes):
             raise ValueError(f"value must be bytes, got {type(self.value).__name__}")
+        check_extras(self.lease, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,7 +404,8 @@ _BUILDERS: dict[int, tuple[int, Any]] = {
 
 def _encode_op(op: TxnOp) -> tuple[Any, ...]:
     if type(op) is TxnPut:
-        return (_OP_PUT, op.key, op.value)
+        # Without a lease the bytes stay what they always were.
+        return (_OP_PUT, op.key, op.value, op.lease) if op.lease else (_OP_PUT, op.key, op.value)
     if type(op) is TxnDeleteRange:
         return (_OP_DELETE_RANGE, op.keys.start, op.keys.end)
     assert type(op) is TxnRange
@@ -411,7 +416,7 @@ def _encode_op(op: TxnOp) -> tuple[Any, ...]:
 
 
 def _decode_op(tag: int, *fields: Any) -> TxnOp:
-    if tag == _OP_PUT and len(fields) == 2:
+    if tag == _OP_PUT and len(fields) in (2, 3):
         return TxnPut(*fields)
     if tag == _OP_DELETE_RANGE and len(fields) == 2:
         return TxnDeleteRange(KeyRange(*fields))

@@ -23,6 +23,7 @@ from kvstore.state.commands import (
     Proclaim,
     Put,
     Txn,
+    TxnPut,
 )
 from kvstore.state.leases import LeaseTable
 from kvstore.state.locks import LockTable
@@ -34,6 +35,7 @@ from kvstore.state.types import (
     LeaseNotFoundResult,
     LeaseRevokeResult,
     LockResult,
+    TxnResult,
 )
 
 DeleteKeys = Callable[[Sequence[str]], tuple[int, int]]
@@ -54,17 +56,25 @@ class Coordination:
         fence: Fence | None = command.fence
         if fence is not None and not self.locks.holds(fence.lock, fence.token):
             return FencedResult(self.locks.holder_token(fence.lock))
-        if type(command) is Put and command.lease and command.lease not in self.leases:
-            return LeaseNotFoundResult(command.lease)
+        for lease in _leases_named(command):
+            if lease not in self.leases:
+                return LeaseNotFoundResult(lease)
         return None
 
-    def written(self, command: Put | Delete | Txn, touched: Iterable[str]) -> None:
+    def written(
+        self, command: Put | Delete | Txn, result: ApplyResult, touched: Iterable[str]
+    ) -> None:
         """A write changed the keys `touched`: each now lives by that write, so it leaves
-        any lease it had, and a put with a lease attaches its key to that lease."""
+        any lease it had, and a put with a lease (alone, or in the branch of a
+        transaction that ran) attaches its key to that lease."""
         for key in touched:
             self.leases.attach(key, 0)
         if type(command) is Put and command.lease:
             self.leases.attach(command.key, command.lease)
+        elif type(command) is Txn and type(result) is TxnResult:
+            for op in command.success if result.succeeded else command.failure:
+                if type(op) is TxnPut and op.lease:
+                    self.leases.attach(op.key, op.lease)
 
     def execute(
         self, command: CoordinationCommand, index: int, delete_keys: DeleteKeys
@@ -107,3 +117,15 @@ class Coordination:
             if any(w.lease not in coordination.leases for w in queue.waiters):
                 raise ValueError(f"lock {name!r} has a waiter whose lease does not exist")
         return coordination
+
+
+def _leases_named(command: Put | Delete | Txn) -> list[int]:
+    """The leases a write names: a put's, or those of a transaction's puts in either
+    branch (all checked before the compares decide, like the fence, so the answer does
+    not depend on which branch would have run)."""
+    if type(command) is Put:
+        return [command.lease] if command.lease else []
+    if type(command) is Txn:
+        ops = (*command.success, *command.failure)
+        return [op.lease for op in ops if type(op) is TxnPut and op.lease]
+    return []

@@ -306,7 +306,7 @@ class KVStateMachine:
         result = self._write(command)
         if self._space.revision != before:
             touched = (event.kv.key for event in self._space.history.events_since(before))
-            coordination.written(command, touched)
+            coordination.written(command, result, touched)
         return result
 
     def _delete_keys(self, keys: Sequence[str]) -> tuple[int, int]:

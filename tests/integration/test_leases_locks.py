@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from kvstore.client import KV, AsyncKV, Fenced, LockTimeout
+from kvstore.client import KV, AsyncKV, Cmp, Fenced, LeaseNotFound, LockTimeout, Op
 from tests.integration.harness import REPO_ROOT, Cluster, child_env, wait_until
 
 TTL = 2
@@ -109,6 +110,37 @@ def test_http_api_from_a_follower(cluster: Cluster) -> None:
     assert call("DELETE", f"/v1/elections/pool?token={token}")[0] == 200
     assert call("GET", "/v1/elections/pool")[1]["holder"] is None
     assert call("GET", "/v1/locks/jobs%2Fx?wait=x")[1]["error"] == "bad_wait"
+
+
+def test_transaction_puts_attach_keys_to_a_lease(cluster: Cluster) -> None:
+    """A txn put with a lease (client and HTTP from a follower): the key goes with the
+    lease; a txn naming an ended lease is refused whole with 404 lease_not_found."""
+    leader = cluster.wait_leader()
+    node = next(n for n in cluster.nodes if n != leader)
+    with KV(cluster.endpoints().split(","), timeout=10.0) as kv:
+        with kv.lease(30) as lease:
+            answer = (
+                kv.txn()
+                .if_(Cmp.missing("services/b"))
+                .then(Op.put("services/b", b"up", lease=lease.id), Op.put("plain", b"v"))
+                .commit()
+            )
+            assert answer.succeeded
+            put = {"put": {"key": "services/c", "text": "up", "lease": lease.id}}
+            doc = json.dumps({"success": [put]}).encode()
+            assert cluster.http(node, "POST", "/v1/txn", body=doc).status == 200
+            info = cluster.http(node, "GET", f"/v1/leases/{lease.id}").json()
+            assert info["keys"] == ["services/b", "services/c"]
+        # Leaving the block revoked the lease: its keys went, the plain one stayed.
+        assert not key_exists(cluster, node, "services/b")
+        assert not key_exists(cluster, node, "services/c")
+        with pytest.raises(LeaseNotFound):
+            kv.txn().then(
+                Op.put("services/d", b"up", lease=lease.id), Op.put("plain", b"w")
+            ).commit()
+        reply = cluster.http(node, "POST", "/v1/txn", body=doc)
+        assert reply.status == 404 and reply.json()["error"] == "lease_not_found"
+        assert kv.get("plain").value == b"v" and not key_exists(cluster, node, "services/d")
 
 
 def test_client_lock_queue_is_first_come_with_growing_tokens(cluster: Cluster) -> None:

@@ -229,6 +229,14 @@ def test_every_endpoint_refuses_unknown_repeated_and_malformed_parameters(
         ({"compare": [{"key": "a", "target": "colour", "op": "=", "value": 1}]}, 400, "bad_txn"),
         ({"success": [{"frobnicate": {"key": "a"}}]}, 400, "bad_txn"),
         ({"sucess": []}, 400, "bad_txn"),
+        ({"success": [{"put": {"key": "a", "text": "1", "lease": 0}}]}, 400, "bad_txn"),
+        ({"success": [{"put": {"key": "a", "text": "1", "lease": "7"}}]}, 400, "bad_txn"),
+        ({"success": [{"put": {"key": "a", "text": "1", "lease": True}}]}, 400, "bad_txn"),
+        (
+            {"success": [{"put": {"key": "a", "text": "1", "lease": 999999}}]},
+            404,
+            "lease_not_found",
+        ),
     ],
 )
 def test_bad_transactions_are_refused_with_their_code(

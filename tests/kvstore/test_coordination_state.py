@@ -20,15 +20,18 @@ from consensus.types import Entry, EntryType
 from kvstore.state.commands import (
     Command,
     CommandDecodeError,
+    Compare,
     Delete,
     Fence,
     LeaseGrant,
     LeaseRevoke,
     LockAcquire,
     LockRelease,
+    Op,
     Proclaim,
     Put,
     SessionRef,
+    Target,
     Txn,
     TxnDeleteRange,
     TxnPut,
@@ -135,6 +138,25 @@ def test_fenced_transaction_and_transaction_writes_leave_the_lease() -> None:
     assert kv is not None and kv.value == b"2"
 
 
+def test_transaction_puts_attach_to_a_lease_only_in_the_branch_that_ran() -> None:
+    a = Applier()
+    a.apply(LeaseGrant(10))  # lease 1
+    a.apply(Put("old", b"1", lease=1))
+    missing = Compare("flag", Target.EXISTS, Op.EQ, True)
+    txn = Txn((missing,), (TxnPut("yes", b"1", lease=1),), (TxnPut("no", b"1", lease=1),))
+    result = a.apply(txn)
+    assert type(result) is TxnResult and not result.succeeded
+    leases = a.sm.coordination.leases
+    assert leases.lease_of("no") == 1 and leases.lease_of("yes") == 0
+    # A lease that does not exist, in either branch: refused whole, nothing written.
+    dead = Txn((), (TxnPut("x", b"1", lease=1), TxnPut("old", b"2")), (TxnPut("y", b"1", lease=9),))
+    assert a.apply(dead) == LeaseNotFoundResult(9)
+    assert a.sm.get("x") is None and a.sm.get("old").value == b"1"  # type: ignore[union-attr]
+    revision = a.sm.revision
+    assert a.apply(LeaseRevoke(1)) == LeaseRevokeResult(revision + 1, 2)
+    assert a.sm.get("old") is None and a.sm.get("no") is None
+
+
 def test_proclaim_only_by_the_leader() -> None:
     a = Applier()
     a.apply(LeaseGrant(10))
@@ -165,6 +187,7 @@ def test_commands_round_trip_and_plain_bytes_are_unchanged() -> None:
         Put("k", b"v", lease=7),
         Delete("k", 0, session, fence=Fence("L", 9)),
         Txn((), (TxnPut("k", b"v"),), (), session, fence=Fence("L", 9)),
+        Txn((), (TxnPut("k", b"v", lease=7),), (TxnPut("j", b"w"),), session),
         LeaseGrant(30, session),
         LeaseRevoke(5),
         LockAcquire("L", 5, b"val", session),
@@ -173,8 +196,11 @@ def test_commands_round_trip_and_plain_bytes_are_unchanged() -> None:
     ]
     for command in commands:
         assert decode_command(encode_command(command)) == command
-    # A put without lease or fence keeps the original tag and bytes.
+    # A put without lease or fence keeps the original tag and bytes, in a txn too.
     assert encode_command(Put("k", b"v"))[1] == 1
+    plain = Txn((), (TxnPut("k", b"v"),))
+    assert encode_command(plain) == encode_command(Txn((), (TxnPut("k", b"v", lease=0),)))
+    assert len(encode_command(Txn((), (TxnPut("k", b"v", lease=7),)))) > len(encode_command(plain))
     with pytest.raises(CommandDecodeError):
         decode_command(encode_command(LockRelease("L", 9))[:-1] + b"\xc0")
 
@@ -188,6 +214,8 @@ def test_commands_round_trip_and_plain_bytes_are_unchanged() -> None:
         lambda: LockAcquire("L", 0),
         lambda: Fence("L", 0),
         lambda: Put("k", b"v", lease=-1),
+        lambda: TxnPut("k", b"v", lease=-1),
+        lambda: TxnPut("k", b"v", lease=True),
         lambda: Proclaim("L", 1, "text"),  # type: ignore[arg-type]
     ],
 )
@@ -286,6 +314,31 @@ class CoordinationMachine(RuleBasedStateMachine):
             assert type(result) is DeleteResult
             del self.data[key]
             self.key_lease.pop(key, None)
+
+    @rule(
+        data=st.data(),
+        flag=st.sampled_from(KEYS),
+        keys=st.lists(st.sampled_from(KEYS), min_size=1, max_size=3, unique=True),
+    )
+    def txn(self, data: st.DataObject, flag: str, keys: list[str]) -> None:
+        """Puts with leases in both branches: the branch that ran decides the leases."""
+        branches: list[list[tuple[str, bytes, int]]] = [[], []]
+        for key in keys:
+            self.values += 1
+            lease = self.any_lease(data) if data.draw(st.booleans()) else 0
+            branches[data.draw(st.integers(0, 1))].append((key, b"t%d" % self.values, lease))
+        success, failure = (tuple(TxnPut(*op) for op in b) for b in branches)
+        cmp = Compare(flag, Target.EXISTS, Op.EQ, True)
+        result = self.a.apply(Txn((cmp,), success, failure))
+        if any(lease and lease not in self.leases for _, _, lease in (*branches[0], *branches[1])):
+            assert type(result) is LeaseNotFoundResult
+            return
+        assert type(result) is TxnResult and result.succeeded == (flag in self.data)
+        for key, value, lease in branches[0 if result.succeeded else 1]:
+            self.data[key] = value
+            self.key_lease.pop(key, None)
+            if lease:
+                self.key_lease[key] = lease
 
     @rule(data=st.data(), name=st.sampled_from(LOCKS))
     def acquire(self, data: st.DataObject, name: str) -> None:
