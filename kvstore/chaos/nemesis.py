@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,6 +158,11 @@ def faulted_time(windows: Sequence[tuple[float, float]]) -> float:
     return total
 
 
+ClientFault = Callable[[PlannedFault, FaultWindow], Awaitable[Callable[[], Any] | None]]
+"""A fault on the workload's own processes (e.g. pausing a lock holder): applies it,
+sets the window's targets and detail, and returns how to undo it (None: nothing done)."""
+
+
 class Nemesis:
     """Runs a schedule against a LocalCluster and records what it did."""
 
@@ -166,8 +171,11 @@ class Nemesis:
         cluster: LocalCluster,
         schedule: Sequence[PlannedFault],
         now: Callable[[], float],
+        client_faults: Mapping[str, ClientFault] | None = None,
     ) -> None:
         self.cluster = cluster
+        self.client_faults = dict(client_faults or {})
+        """Extra fault kinds a workload brings, by kind."""
         self.schedule = list(schedule)
         self.now = now
         self.windows: list[FaultWindow] = []
@@ -216,7 +224,12 @@ class Nemesis:
             ident = len(self.windows)
             self.windows.append(window)
             self.active[ident] = window
-            if fault.kind in ("kill", "pause"):
+            client_fault = self.client_faults.get(fault.kind)
+            if client_fault is not None:
+                undo = await client_fault(fault, window)
+                if undo is not None:
+                    self._undo[ident] = undo
+            elif fault.kind in ("kill", "pause"):
                 node = leader or rng.choice(ids)
                 window.targets = [node]
                 await self._process_fault(ident, fault.kind, node)

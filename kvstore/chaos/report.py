@@ -34,7 +34,13 @@ CATEGORY_COLOURS = {
     "unknown": "#d62728",
 }
 MAX_BAND_ENTRIES = 16
-KIND_COLOURS = {"kill": "#d62728", "pause": "#9467bd", "partition": "#1f77b4", "delay": "#8c8c8c"}
+KIND_COLOURS = {
+    "kill": "#d62728",
+    "pause": "#9467bd",
+    "partition": "#1f77b4",
+    "delay": "#8c8c8c",
+    "pause-holder": "#e377c2",
+}
 
 
 def op_counts(ops: Sequence[Operation]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from kvstore.chaos.linearizability import (
     check_convergence,
     check_history,
 )
+from kvstore.chaos.lock_clients import LockClients, holder_schedule, judge_locks
 from kvstore.chaos.nemesis import (
     KINDS,
     Nemesis,
@@ -74,7 +75,8 @@ class RunOptions:
     recovery_timeout_s: float = 30.0
     workload: str = "kv"
     """"watch": also run watchers (kvstore.chaos.watchers) and check their streams;
-    "transfer": also run transfers between accounts (kvstore.chaos.transfers)."""
+    "transfer": also run transfers between accounts (kvstore.chaos.transfers);
+    "lock": also run lock clients and pause lock holders (kvstore.chaos.lock_clients)."""
 
 
 @dataclass(frozen=True)
@@ -132,13 +134,15 @@ async def run_chaos(
         layout, tuning = layout_from_config(load_cluster_config(opts.config_path))
     else:
         layout, tuning = fresh_layout(opts.nodes), dict(CHAOS_TUNING)
-    if opts.workload == "watch":
+    if opts.workload in ("watch", "lock"):  # the checkers read the whole history back
         tuning = {**WATCH_TUNING, **tuning}
     run_dir.mkdir(parents=True, exist_ok=True)
     if opts.schedule:
         schedule = named_schedule(opts.schedule, seed, opts.duration)
     else:
         schedule = random_schedule(seed, opts.duration, opts.kinds)
+    if opts.workload == "lock":
+        schedule = sorted(schedule + holder_schedule(seed, opts.duration), key=lambda f: f.at)
     request_timeout_ms = tuning.get("request_timeout_ms", Tuning.request_timeout_ms)
     op_timeout_s = opts.op_timeout_s or request_timeout_ms / 1000 + 0.5
     wl_config = WorkloadConfig(
@@ -161,6 +165,8 @@ async def run_chaos(
     watch_stats: dict[str, Any] | None = None
     transfers: tx.Transfers | None = None
     transfer_stats: dict[str, Any] | None = None
+    locks: LockClients | None = None
+    lock_stats: dict[str, Any] | None = None
     try:
         await cluster.start()
         if await _started(cluster, opts.leader_timeout_s, reasons):
@@ -175,6 +181,11 @@ async def run_chaos(
                 transfers = tx.Transfers(urls, seed, op_timeout_s)
                 await transfers.setup()
                 transfers.start()
+            if opts.workload == "lock":
+                t0 = time.monotonic() - now()
+                locks = LockClients(urls, run_dir, seed=seed, t0=t0, op_timeout_s=op_timeout_s)
+                locks.start()
+                nemesis.client_faults = locks.fault_handlers(cluster)
             end_of_run = await _play(opts, workload, nemesis, now, progress)
             try:
                 statuses = await cluster.wait_recovered(opts.recovery_timeout_s)
@@ -187,6 +198,9 @@ async def run_chaos(
                 if transfers is not None:
                     await transfers.stop()
                     transfer_stats = await _judge_transfers(transfers, urls, reasons)
+                if locks is not None:
+                    await locks.stop()
+                    lock_stats = await judge_locks(locks, cluster, nemesis.windows, reasons)
             except (TimeoutError, RuntimeError, OSError, aiohttp.ClientError) as exc:
                 reasons.append(f"no recovery after healing: {exc}")
                 await _dump_state(cluster, run_dir / "stuck-state.json")
@@ -195,6 +209,8 @@ async def run_chaos(
             await watchers.stop()
         if transfers is not None:
             await transfers.stop()
+        if locks is not None:
+            await locks.stop()
         await cluster.stop()
 
     checks, explanation = _judge(ops, node_states, leader, opts.check_time_limit_s, reasons)
@@ -202,6 +218,8 @@ async def run_chaos(
         checks["watch"] = watch_stats
     if transfer_stats is not None:
         checks["transfer"] = transfer_stats
+    if lock_stats is not None:
+        checks["lock"] = lock_stats
     ok = sum(1 for op in ops if is_available(op))
     if ok < opts.min_ok_ops or ok < opts.min_ok_share * max(1, len(ops)):
         reasons.append(

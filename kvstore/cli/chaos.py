@@ -87,12 +87,15 @@ class _ProgressLine:
 @click.option("--seed", type=int, default=None, help="Seed of the schedule and workload.")
 @click.option(
     "--workload",
-    type=click.Choice(["kv", "watch", "transfer"]),
+    type=click.Choice(["kv", "watch", "transfer", "lock"]),
     default="kv",
     show_default=True,
     help="watch: also follow every change with watchers on several nodes and check that "
     "each one saw exactly the committed history. transfer: also move money between "
-    "accounts in transactions and check that every range read sums to the total.",
+    "accounts in transactions and check that every range read sums to the total. "
+    "lock: also run lock clients (processes) making fenced writes to one key while the "
+    "nemesis pauses lock holders past their lease TTL; check the fencing tokens, the "
+    "critical sections and that no lease ended before its TTL.",
 )
 @click.option("--clients", type=click.IntRange(min=1), default=6, show_default=True)
 @click.option(
@@ -204,11 +207,27 @@ def chaos_command(
             f"{transfer['audits']} range reads audited; final sum {transfer['final_sum']} "
             f"of {transfer['expected_sum']} at revision {transfer['final_revision']}"
         )
+    lock = checks.get("lock")
+    if lock is not None:
+        click.echo(
+            f"locks: {lock['writes_applied']} fenced writes applied in "
+            f"{lock['critical_sections_applied']} critical sections by {lock['workers']} "
+            f"clients ({lock['holds']} holds, {lock['leases']} leases of TTL {lock['ttl']} s); "
+            f"{lock['writes_fenced']} stale writes refused (fenced), {lock['writes_unknown']} "
+            f"unknown; holder pauses past the TTL {lock['holder_pauses']} of "
+            f"{lock['holder_pauses_planned']} planned; early lease expiries "
+            f"{lock['early_expiries']}"
+        )
     click.echo(f"outputs: {result.run_dir}/ (history.jsonl, summary.json, latency.png)")
     if result.passed:
         extra = "; every watcher saw exactly the committed history" if watch else ""
         if transfer:
             extra += "; every range read of the accounts summed to the total"
+        if lock:
+            extra += (
+                "; fenced writes in token order, no overlapping critical sections, "
+                "no lease ended before its TTL"
+            )
         click.echo(f"PASS: linearizable, converged, every acknowledged write accounted for{extra}")
         return
     for reason in result.reasons:
