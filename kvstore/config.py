@@ -63,6 +63,10 @@ class Tuning:
     cut off (it resumes from its last revision) instead of holding the node's memory."""
     watch_progress_ms: int = 5000
     """An idle watch hears the current revision this often (and a dead reader is found)."""
+    idle_timeout_ms: int = 60_000
+    """A keep-alive connection with no request is closed after this long (both ports)."""
+    receive_timeout_ms: int = 15_000
+    """Time to receive a request's head, then its body (slowloris); never cuts a stream."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,22 +227,21 @@ def check_data_dir(path: Path) -> None:
         raise ConfigError(f"data directory {path}: not writable: {exc.strerror}") from None
 
 
+_TOML_TYPES = (
+    (bool, "a boolean"),
+    (int, "an integer"),
+    (float, "a float"),
+    (str, "a string"),
+    (dict, "a table"),
+    (list, "an array"),
+    (datetime.date | datetime.time, "a date/time"),
+)
+
+
 def _toml_type(value: object) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, datetime.date | datetime.time):
-        return "a date/time"
-    return type(value).__name__
+    return next(
+        (name for kind, name in _TOML_TYPES if isinstance(value, kind)), type(value).__name__
+    )
 
 
 def _show(value: object) -> str:

@@ -31,6 +31,7 @@ from pathlib import Path
 from aiohttp import web
 
 from kvstore.api.app import make_client_app
+from kvstore.api.connections import ConnectionGuard, one_line_protocol_errors
 from kvstore.api.forwarding import FORWARD_SSL_KEY
 from kvstore.api.peer import DEFAULT_MAX_BODY, add_peer_routes, make_peer_app
 from kvstore.config import (
@@ -241,24 +242,23 @@ async def _serve(
 
     app.cleanup_ctx.append(runtime_ctx)
     app.on_shutdown.insert(0, drain)  # before a shared app's peer streams are ended
-    runners = [web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)]
+    runners = [_runner(app, cluster, shutdown_timeout=2.0)]
     targets = [(*me.client_bind, tls.client or tls.peer_server)]
     if not shared:
-        runners.append(web.AppRunner(make_peer_app(runtime), access_log=None, shutdown_timeout=1.0))
+        runners.append(_runner(make_peer_app(runtime), cluster, shutdown_timeout=1.0))
         targets.append((*me.peer_bind, tls.peer_server))
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    started: list[web.AppRunner] = []
+    started: list[tuple[web.AppRunner, list[asyncio.Server]]] = []
+    one_line_protocol_errors()
     try:
-        for runner, (host, port, ssl_context) in zip(runners, targets, strict=True):
+        for (runner, guard), (host, port, ssl_context) in zip(runners, targets, strict=True):
             await runner.setup()
-            started.append(runner)
+            listeners: list[asyncio.Server] = []
+            started.append((runner, listeners))
             try:
-                site = web.TCPSite(
-                    runner, host, port, reuse_address=True, backlog=1024, ssl_context=ssl_context
-                )
-                await site.start()
+                listeners.append(await guard.listen(runner, host, port, ssl_context))
             except OSError as exc:
                 raise StartupError(
                     EXIT_FAILURE, f"cannot listen on {host}:{port}: {exc.strerror or exc}"
@@ -274,7 +274,9 @@ async def _serve(
         await stop.wait()
         log.info("shutting down")
     finally:
-        for runner in started:  # the client app first: it drains while peers still talk
+        for runner, listeners in started:  # the client app first: it drains while peers talk
+            for listener in listeners:
+                listener.close()
             with contextlib.suppress(Exception):
                 await runner.cleanup()
         if not started:
@@ -282,6 +284,23 @@ async def _serve(
     if runtime.fatal_error is not None:
         return EXIT_FAILURE
     return EXIT_REMOVED if was_removed else EXIT_OK
+
+
+def _runner(
+    app: web.Application, cluster: ClusterConfig, shutdown_timeout: float
+) -> tuple[web.AppRunner, ConnectionGuard]:
+    """A runner for one port, with its connection deadlines (kvstore.api.connections)."""
+    tuning = cluster.tuning
+    guard = ConnectionGuard(tuning.receive_timeout_ms / 1000)
+    guard.install(app)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=shutdown_timeout,
+        keepalive_timeout=tuning.idle_timeout_ms / 1000,
+    )
+    return runner, guard
 
 
 # ---------------------------------------------------------------------- kv cluster up

@@ -38,6 +38,7 @@ from consensus.codec import CodecError, decode_messages
 from consensus.messages import InstallSnapshot, Message
 from consensus.types import NodeId
 from kvstore.api.common import BadRequest, query_values, text
+from kvstore.api.connections import streamed_body
 from kvstore.config import ConfigError, parse_url, valid_node_id
 from kvstore.peers.auth import TAG_BYTES, PeerAuth, PeerAuthError, Verified
 from kvstore.peers.link import FRAME_HEADER, STREAM_CONTENT_TYPE
@@ -182,6 +183,7 @@ async def _handle_stream(request: web.Request, sink: MessageSink) -> web.StreamR
     verified = _verify(request, None)
     if isinstance(verified, web.Response):
         return verified
+    streamed_body(request)  # authenticated: it may last as long as its connection
     frames = verified.frames
     streams = request.app[STREAMS_KEY]
     task = asyncio.current_task()
@@ -193,10 +195,12 @@ async def _handle_stream(request: web.Request, sink: MessageSink) -> web.StreamR
             try:
                 (size,) = header.unpack(await content.readexactly(header.size))
                 if size > MAX_FRAME_BYTES:
+                    log.warning("ending the stream from %s: %d-byte frame", request.remote, size)
                     return _error(413, "body_too_large", f"frame of {size} bytes")
                 body = await content.readexactly(size)
             except asyncio.IncompleteReadError as exc:
                 if exc.partial:
+                    log.warning("the stream from %s ended inside a frame", request.remote)
                     return _error(400, "bad_messages", "the stream ended inside a frame")
                 return web.Response(status=204)  # the sender closed its stream
             if frames is not None:
@@ -204,7 +208,9 @@ async def _handle_stream(request: web.Request, sink: MessageSink) -> web.StreamR
                 try:
                     frames.check(body, tag)
                 except PeerAuthError as exc:
-                    log.warning("ending the stream from %s: %s", verified.sender, exc)
+                    log.warning(
+                        "ending the stream from %s (%s): %s", request.remote, verified.sender, exc
+                    )
                     return _error(exc.status, exc.code, str(exc))
             rejected = _accept(sink, body, request.remote, verified)
             if rejected is not None:
