@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import struct
 import time
 from collections.abc import Mapping
@@ -47,6 +48,9 @@ MAX_SKEW_S = 60.0
 """How far a sender's clock may be from the receiver's (NTP keeps them much closer)."""
 NODE_URI_PREFIX = "urn:pyraftkv:"
 _SEQ = struct.Struct(">Q")
+_STAMP = re.compile(r"[0-9]{1,16}")
+"""Milliseconds since the epoch, in ASCII digits: str.isdigit() also takes '²', which
+int() refuses."""
 
 
 class PeerAuthError(Exception):
@@ -60,6 +64,13 @@ class PeerAuthError(Exception):
 def node_uri(cluster_id: str, node_id: str) -> str:
     """The subject alternative name that makes a certificate a node's (`kv certs init`)."""
     return f"{NODE_URI_PREFIX}{quote(cluster_id, safe='')}:node:{node_id}"
+
+
+def _same(received: str, expected: str) -> bool:
+    """Constant-time comparison of a received MAC: as bytes, because a header may hold
+    any character (aiohttp passes undecodable bytes as surrogates), and
+    hmac.compare_digest raises TypeError for a str that is not ASCII."""
+    return hmac.compare_digest(received.encode("utf-8", "surrogatepass"), expected.encode())
 
 
 def _fields(*parts: str | bytes) -> bytes:
@@ -156,7 +167,7 @@ class PeerAuth:
         if not nonce:
             return False
         expected = self._removal_mac(responder, self.self_id, nonce)
-        return hmac.compare_digest(headers.get(AUTH_HEADER.lower(), ""), expected)
+        return _same(headers.get(AUTH_HEADER.lower(), ""), expected)
 
     # -------------------------------------------------------------- receiving
 
@@ -192,13 +203,13 @@ class PeerAuth:
         if self._secret is None:
             return Verified(sender, sender_url, None, incarnation=incarnation)
         stamp, nonce = headers.get(TIME_HEADER, ""), headers.get(NONCE_HEADER, "")
-        if not stamp.isdigit() or not 16 <= len(nonce) <= 64:
+        if not _STAMP.fullmatch(stamp) or not 16 <= len(nonce) <= 64:
             raise PeerAuthError(401, "unauthenticated", "missing or malformed peer credentials")
         assert sender is not None
         mac, frame_key = self._macs(
             sender, self.self_id, stamp, nonce, sender_url or "", incarnation or "", body
         )
-        if not hmac.compare_digest(headers.get(AUTH_HEADER, ""), mac):
+        if not _same(headers.get(AUTH_HEADER, ""), mac):
             raise PeerAuthError(401, "bad_signature", "peer request fails its HMAC")
         now = time.time()
         if abs(now - int(stamp) / 1000) > MAX_SKEW_S:
