@@ -90,6 +90,8 @@ class LockClients:
         self.ttl = ttl
         self.procs: list[subprocess.Popen[bytes]] = []
         self.paused: set[int] = set()
+        self.stuck: set[int] = set()
+        """Clients that did not end by themselves when asked to (killed at the deadline)."""
         self._logs: list[IO[bytes]] = []
 
     def events_path(self, worker: int) -> Path:
@@ -183,8 +185,9 @@ class LockClients:
         deadline = time.monotonic() + timeout
         while any(p.poll() is None for p in self.procs) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        for proc in self.procs:
+        for worker, proc in enumerate(self.procs):
             if proc.poll() is None:
+                self.stuck.add(worker)
                 proc.kill()
                 proc.wait(5.0)
         for log in self._logs:
@@ -215,6 +218,11 @@ async def judge_locks(
         for node, writes in applied_by_node.items()
         if writes != applied
     ] + result.problems
+    for worker, proc in enumerate(clients.procs):
+        if worker in clients.stuck or proc.returncode != 0:
+            log = clients.dir / f"worker-{worker}.log"
+            how = "did not stop when asked" if worker in clients.stuck else "crashed"
+            problems.append(f"lock client {worker} {how} (exit {proc.returncode}; see {log})")
     reasons += [f"lock: {p}" for p in problems]
     pauses = [w for w in windows if w.kind == HOLDER_PAUSE]
     return {
