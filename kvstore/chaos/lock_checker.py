@@ -94,7 +94,7 @@ def check_locks(
     problems = _token_order(applied)
     problems += _critical_sections(applied)
     problems += _accounted(events, applied)
-    early = _early_expiries(events)
+    early, lifetimes = _early_expiries(events)
     problems += early
     writes = [e for e in events if e.kind == "write"]
     sections = {(w, t) for w, t, _ in filter(None, (parse_value(v) for _, v in applied))}
@@ -113,7 +113,8 @@ def check_locks(
         "writes_fenced": sum(1 for e in writes if e.outcome == "fenced"),
         "writes_unknown": sum(1 for e in writes if e.outcome == "unknown"),
         "writes_failed": sum(1 for e in writes if e.outcome == "fail"),
-        "leases_seen_gone": sum(1 for e in events if e.kind == "keepalive" and e.outcome == "gone"),
+        "leases_expired": len(lifetimes),
+        "shortest_expiry_s": round(min(lifetimes), 3) if lifetimes else None,
         "early_expiries": len(early),
         "problems": problems,
     }
@@ -228,8 +229,9 @@ class _Lease:
             self.gone = (at, how)
 
 
-def _early_expiries(events: Sequence[LockEvent]) -> list[str]:
-    """Check 3 (see the module docstring)."""
+def _early_expiries(events: Sequence[LockEvent]) -> tuple[list[str], list[float]]:
+    """Check 3 (see the module docstring). Also returns, for every lease seen gone before
+    its client let go (it expired), the time from its last keep-alive send to then."""
     leases: dict[int, _Lease] = {}
     for e in events:
         if e.kind == "grant" and e.outcome == "ok":
@@ -264,7 +266,7 @@ def _early_expiries(events: Sequence[LockEvent]) -> list[str]:
         earliest.append((token, *best))
     earliest.reverse()  # ascending tokens, each with the earliest proof at or above it
     tokens = [p[0] for p in earliest]
-    problems = []
+    problems, lifetimes = [], []
     for ident, lease in sorted(leases.items()):
         if lease.token:
             i = bisect_right(tokens, lease.token)
@@ -274,10 +276,11 @@ def _early_expiries(events: Sequence[LockEvent]) -> list[str]:
         if at >= lease.let_go or at == math.inf:
             continue
         renewed = max((s for s in lease.renewals if s < at), default=-math.inf)
+        lifetimes.append(at - renewed)
         if at < renewed + lease.ttl:
             problems.append(
                 f"lease {ident} of worker {lease.worker} (TTL {lease.ttl:g} s) ended early: "
                 f"seen gone at {at:.3f} s ({how}), only {at - renewed:.3f} s after the send "
                 f"of its last acknowledged keep-alive at {renewed:.3f} s"
             )
-    return problems
+    return problems, lifetimes

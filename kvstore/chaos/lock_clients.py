@@ -9,8 +9,9 @@ holds the lock, finds the client process that was granted that lease, and stops 
 another client takes the lock and writes, and the resumed one writes with its old
 token: the store must refuse that write (409 fenced).
 
-After recovery the store's history of the shared key is read back from every node, and
-kvstore.chaos.lock_checker judges it with what the clients recorded. Every client
+After recovery the store's history of the shared key is read back from every node
+(kept in the run directory as locks/applied.jsonl), and kvstore.chaos.lock_checker
+judges it with what the clients recorded (locks/worker-N.jsonl). Every client
 process is stopped by its PID, whatever happens.
 """
 
@@ -212,6 +213,8 @@ async def judge_locks(
             if key == REGISTER_KEY and kind == "put"
         ]
     applied = next(iter(applied_by_node.values()), [])
+    lines = (json.dumps({"revision": r, "value": v}) + "\n" for r, v in applied)
+    (clients.dir / "applied.jsonl").write_text("".join(lines), encoding="utf-8")
     result = check_locks(clients.events(), applied)
     problems = [
         f"node {node} holds another history of {REGISTER_KEY} than the others"

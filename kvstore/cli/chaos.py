@@ -215,8 +215,9 @@ def chaos_command(
             f"clients ({lock['holds']} holds, {lock['leases']} leases of TTL {lock['ttl']} s); "
             f"{lock['writes_fenced']} stale writes refused (fenced), {lock['writes_unknown']} "
             f"unknown; holder pauses past the TTL {lock['holder_pauses']} of "
-            f"{lock['holder_pauses_planned']} planned; early lease expiries "
-            f"{lock['early_expiries']}"
+            f"{lock['holder_pauses_planned']} planned; {lock['leases_expired']} leases expired "
+            f"(the soonest {lock['shortest_expiry_s']} s after its last keep-alive was sent), "
+            f"{lock['early_expiries']} before their TTL"
         )
     click.echo(f"outputs: {result.run_dir}/ (history.jsonl, summary.json, latency.png)")
     if result.passed:
