@@ -47,6 +47,7 @@ from kvstore.runtime.founding import REPLACE_DISK, FoundingRefused, check_foundi
 from kvstore.runtime.incarnation import IncarnationError, read_incarnation
 from kvstore.runtime.leveldb_storage import CorruptLogError, LevelDBStorage
 from kvstore.runtime.log_format import NodeContext, configure_logging
+from kvstore.runtime.loop_lag import watch_loop_lag
 from kvstore.runtime.node import NodeRuntime
 from kvstore.security import TlsContexts, check_exposure
 
@@ -234,7 +235,9 @@ async def _serve(
 
     async def runtime_ctx(_app: web.Application) -> AsyncIterator[None]:
         await runtime.start()
+        lag = asyncio.create_task(watch_loop_lag(runtime.stats.loop_lag))
         yield
+        lag.cancel()
         await runtime.stop()
 
     async def drain(_app: web.Application) -> None:

@@ -223,6 +223,21 @@ class NodeCollector(Collector):
             "Installing a snapshot received from the leader.",
             stats.snapshot_install_seconds,
         )
+        yield _histogram(
+            "kv_event_loop_lag_seconds",
+            "How late the event loop woke a 10 ms timer (a stall delays every request).",
+            stats.loop_lag.buckets,
+        )
+        yield GaugeMetricFamily(
+            "kv_event_loop_lag_max_seconds",
+            "The longest event loop stall since the node started.",
+            value=stats.loop_lag.max_s,
+        )
+        yield GaugeMetricFamily(
+            "kv_event_loop_lag_max_busy_seconds",
+            "The longest stall counting only time the process was on a CPU.",
+            value=stats.loop_lag.max_busy_s,
+        )
 
     def _peer_families(self) -> Iterator[Metric]:
         rt = self._runtime

@@ -28,6 +28,8 @@ def status_json(runtime: NodeRuntime) -> dict[str, Any]:
         "snapshot_index": st.first_index - 1,
         "log_size": st.last_index - st.first_index + 1,
         "last_snapshot": runtime.snapshots.compactor.last,
+        "loop_lag_max_ms": round(runtime.stats.loop_lag.max_s * 1000, 1),
+        "loop_lag_max_busy_ms": round(runtime.stats.loop_lag.max_busy_s * 1000, 1),
         "revision": runtime.sm.revision,
         "keys": len(runtime.sm),
         "members": [

@@ -1,35 +1,66 @@
-"""Log compaction that does not stall writes.
+"""Log compaction that does not stall writes, at any state size.
 
-Taking a snapshot has three steps, and only the cheap ones run on the event loop:
-1. capture (loop, right after `advance`): a shallow copy of the keys dict, which holds
-   immutable values, so it is a consistent picture of the applied state (~8 ms for
-   100,000 keys);
-2. serialize (a worker thread of its own, never the persist thread, so the leader's
-   fsyncs do not queue behind it): sort and msgpack (~150 ms for 100,000 keys);
-3. store (loop, between Readys): `storage.apply_snapshot`, one synced LevelDB batch
-   that also deletes the covered entries. LevelDBStorage assumes one writer, so this
-   must never overlap `storage.save`, which the ready loop guarantees by calling it
-   only while no Ready is being persisted.
+Taking a snapshot has four steps, and only cheap ones run on the event loop:
+1. capture (loop): the state at the snapshot's index without its keys (sessions and
+   the like, few and small), then the keys a slice of SLICE_KEYS at a time, one slice
+   per loop callback while applies go on, corrected at the end with the history
+   (kvstore.state.snapshot_capture). No step costs more than ~1 ms at any key count;
+2. serialize and write (a worker thread of its own, never the persist thread, so the
+   leader's fsyncs do not queue behind it): merge the corrections, msgpack a batch at a
+   time straight into the snapshot's own file, fsync (`prepare_snapshot`);
+3. commit (loop, between Readys): one small unsynced LevelDB batch pointing the log at
+   the file (`commit_snapshot`). LevelDBStorage assumes one writer of its log, so this
+   must never overlap `storage.save`, which the ready loop guarantees by calling it only
+   while no Ready is being persisted;
+4. forget (the worker thread): delete the entries the snapshot covers, and the old file.
+
+A storage without the two-step interface (the tests' MemoryStorage) gets the bytes in
+one `apply_snapshot` at step 3.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from consensus.storage import WritableStorage
 from consensus.types import SnapshotMeta
 from kvstore.runtime.stats import RuntimeStats
 from kvstore.state.machine import KVStateMachine
 from kvstore.state.snapshot import SnapshotView
+from kvstore.state.snapshot_capture import CaptureAborted, KeyCapture, merge_at
 
 log = logging.getLogger("kvstore.snapshot")
 
-_Job = asyncio.Future[tuple[SnapshotMeta, bytes, float]]
+
+@runtime_checkable
+class TwoStepStore(Protocol):
+    """A storage that writes snapshot files off the loop (kvstore.runtime.leveldb_storage)."""
+
+    def prepare_snapshot(self, meta: SnapshotMeta, fill: Callable[[BinaryIO], object]) -> Any: ...
+
+    def commit_snapshot(self, meta: SnapshotMeta, file: Any) -> Callable[[], None]: ...
+
+
+class _OneStep:
+    """The two steps over `apply_snapshot`, for storages that keep snapshots in memory."""
+
+    def __init__(self, storage: WritableStorage) -> None:
+        self._storage = storage
+
+    def prepare_snapshot(self, meta: SnapshotMeta, fill: Callable[[BinaryIO], object]) -> bytes:
+        out = io.BytesIO()
+        fill(out)
+        return out.getvalue()
+
+    def commit_snapshot(self, meta: SnapshotMeta, file: bytes) -> Callable[[], None]:
+        self._storage.apply_snapshot(meta, file)
+        return lambda: None
 
 
 class Compactor:
@@ -45,32 +76,85 @@ class Compactor:
     ) -> None:
         self._sm = sm
         self._storage = storage
+        self._store: TwoStepStore = (
+            storage if isinstance(storage, TwoStepStore) else _OneStep(storage)
+        )
         self._wake = wake
         self._stats = stats
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"snapshot-{name}")
-        self._job: _Job | None = None
+        self._capture: KeyCapture | None = None
+        self._job: asyncio.Future[tuple[SnapshotMeta, Any, int, float]] | None = None
+        self._meta: SnapshotMeta | None = None
+        self._view: SnapshotView | None = None
+        self._started = 0.0
         self._capture_s = 0.0
+        self._loop_s = 0.0
         self.last: dict[str, Any] | None = None
         """Figures of the last snapshot stored, for `GET /v1/status`."""
+        self.last_bytes = 0
+        """The size of the last snapshot this node took (0: none yet)."""
+        self._applied_bytes_at_start = 0
+
+    def log_bytes_since(self) -> int:
+        """Bytes of log applied since the last snapshot began (since start-up if none)."""
+        return self._stats.applied_bytes - self._applied_bytes_at_start
 
     @property
     def running(self) -> bool:
-        return self._job is not None
+        return self._capture is not None or self._job is not None
 
     def start(self, meta: SnapshotMeta, sm: KVStateMachine | None = None) -> None:
-        """Capture the state now (it must be the state at meta.index) and serialize it
-        in the background; the event loop is woken when the bytes are ready."""
+        """Begin a snapshot of the state now (it must be the state at meta.index): the
+        keys are read a slice per loop callback, then serialized in the background; the
+        event loop is woken when the file is ready."""
         started = time.perf_counter()
-        view = (sm or self._sm).snapshot_view()
+        view, capture = (sm or self._sm).begin_snapshot()
         if view.applied_index != meta.index:
+            capture.abandon()
             raise AssertionError(f"snapshot of index {view.applied_index} labelled {meta.index}")
-        self._capture_s = time.perf_counter() - started
-        job = asyncio.get_running_loop().run_in_executor(self._executor, _serialize, meta, view)
+        self._meta, self._view, self._capture = meta, view, capture
+        self._applied_bytes_at_start = self._stats.applied_bytes
+        self._started = started
+        self._loop_s = time.perf_counter() - started
+        asyncio.get_running_loop().call_soon(self._step)
+
+    def _step(self) -> None:
+        capture, meta, view = self._capture, self._meta, self._view
+        if capture is None or meta is None or view is None:
+            return  # closed meanwhile
+        started = time.perf_counter()
+        try:
+            if not capture.step():
+                asyncio.get_running_loop().call_soon(self._step)
+                return
+            read, corrections = capture.finish()
+        except CaptureAborted:
+            self._capture = None
+            return  # a leader's snapshot replaced the state: it will do
+        finally:
+            self._loop_s += time.perf_counter() - started
+        self._capture = None
+        self._capture_s = time.perf_counter() - self._started
+        store = self._store
+
+        def write() -> tuple[SnapshotMeta, Any, int, float]:
+            began = time.perf_counter()
+            full = view.with_keys(merge_at(read, corrections))
+            size = 0
+
+            def fill(out: BinaryIO) -> None:
+                nonlocal size
+                size = full.write_to(out)
+
+            file = store.prepare_snapshot(meta, fill)
+            return meta, file, size, time.perf_counter() - began
+
+        job = asyncio.get_running_loop().run_in_executor(self._executor, write)
         job.add_done_callback(lambda _: self._wake())
         self._job = job
 
     def store_if_ready(self) -> None:
-        """Store a finished snapshot (call only between Readys: it writes the log)."""
+        """Commit a finished snapshot (call only between Readys: it writes the log)."""
         job = self._job
         if job is None or not job.done():
             return
@@ -81,39 +165,41 @@ class Compactor:
         if error is not None:
             log.error("taking a snapshot failed: %s", error, exc_info=error)
             return
-        meta, data, serialize_s = job.result()
+        meta, file, size, write_s = job.result()
         held = self._storage.snapshot_meta()
         if held is not None and held.index >= meta.index:
             return  # a newer snapshot (from the leader) was installed meanwhile
         started = time.perf_counter()
-        self._storage.apply_snapshot(meta, data)
+        forget = self._store.commit_snapshot(meta, file)
         store_s = time.perf_counter() - started
-        self._stats.snapshot_seconds.observe(self._capture_s + serialize_s + store_s)
+        self._executor.submit(forget)
+        self.last_bytes = size
+        self._stats.snapshot_seconds.observe(self._capture_s + write_s + store_s)
         self.last = {
             "index": meta.index,
             "term": meta.term,
-            "bytes": len(data),
+            "bytes": size,
             "capture_ms": round(self._capture_s * 1000, 1),
-            "serialize_ms": round(serialize_s * 1000, 1),
+            "capture_loop_ms": round(self._loop_s * 1000, 1),
+            "serialize_ms": round(write_s * 1000, 1),
             "store_ms": round(store_s * 1000, 1),
         }
         log.info(
             "compacted the log into a snapshot at index %d: %d bytes; capture %.0f ms "
-            "(loop), serialize %.0f ms (thread), store %.0f ms (loop)",
+            "(%.0f ms of it on the loop, in slices), serialize and write %.0f ms (thread), "
+            "commit %.0f ms (loop)",
             meta.index,
-            len(data),
+            size,
             self._capture_s * 1000,
-            serialize_s * 1000,
+            self._loop_s * 1000,
+            write_s * 1000,
             store_s * 1000,
         )
 
     def close(self) -> None:
+        if self._capture is not None:
+            self._capture.abandon()
+            self._capture = None
         if self._job is not None:
             self._job.cancel()
         self._executor.shutdown(wait=True)
-
-
-def _serialize(meta: SnapshotMeta, view: SnapshotView) -> tuple[SnapshotMeta, bytes, float]:
-    started = time.perf_counter()
-    data = view.serialize()
-    return meta, data, time.perf_counter() - started

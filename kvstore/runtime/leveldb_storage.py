@@ -17,8 +17,14 @@ end; and the log reaches the committed watermark kept beside it
 (kvstore.runtime.watermark), which catches a log LevelDB silently shortened while
 recovering a damaged `.log` file. Any violation raises CorruptLogError naming the path.
 
-The latest snapshot (metadata and the state machine's bytes) lives under two more keys;
-entries it covers are deleted in the same batch that stores it.
+The latest snapshot's metadata lives under one more key, its bytes in a file of their
+own (kvstore.runtime.snapshot_files) whose name, size and CRC32 live under another
+(older versions kept the bytes under a third key, still read). A node's own snapshot
+is stored in two steps so that the event loop never writes it: `prepare_snapshot`
+writes and syncs the file (the compaction thread), `commit_snapshot` points the log at
+it in one small batch (the loop) and hands back the deletion of the entries it covers,
+which the compaction thread runs later: entries at or below the snapshot's index are
+never read again, and any left by a crash are deleted when the log is opened.
 
 Threading: the driver runs `save` in a worker thread while the event loop keeps reading
 entries below the ones being written. `save` therefore publishes its cache updates only
@@ -33,10 +39,12 @@ import struct
 import zlib
 from array import array
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
+import msgpack
 import plyvel
 
 from consensus.codec import (
@@ -51,6 +59,7 @@ from consensus.codec import (
 from consensus.errors import CompactedError, ConsensusError, UnavailableError
 from consensus.storage import limit_size
 from consensus.types import Entry, HardState, SnapshotMeta
+from kvstore.runtime.snapshot_files import SnapshotFile, SnapshotFiles
 from kvstore.runtime.watermark import CommitWatermark, WatermarkError
 
 __all__ = ["CorruptLogError", "LevelDBStorage"]
@@ -60,6 +69,10 @@ _ENTRY_KEY_LEN = len(_ENTRY_PREFIX) + 8
 _HARD_STATE_KEY = b"hardstate"
 _SNAPSHOT_META_KEY = b"snapmeta"
 _SNAPSHOT_DATA_KEY = b"snapdata"
+_SNAPSHOT_FILE_KEY = b"snapfile"
+_ENTRIES_END = b"f"
+"""Stops a scan of the entry keys (b"e" + 8 bytes, so all below b"f")."""
+_DELETE_BATCH = 10_000
 _CRC = struct.Struct(">I")
 
 
@@ -152,10 +165,14 @@ class LevelDBStorage:
         except plyvel.CorruptionError as exc:
             raise CorruptLogError(self._path, None, f"LevelDB reports: {exc}") from None
         self._watermark = CommitWatermark(Path(self._path), watermark_interval_s)
+        self._files = SnapshotFiles(Path(self._path) / "snapshots")
         try:
             self._hard_state = self._load_hard_state()
             self._snapshot = self._load_snapshot_meta()
+            self._snapshot_file = self._load_snapshot_file()
+            self._files.keep_only(self._snapshot_file)
             self._base = self._snapshot.index if self._snapshot else 0
+            self._delete_entries(0, self._base)  # left by a crash after a snapshot
             self._terms, self._tail = self._scan_log()
             self._check_promises()
         except plyvel.CorruptionError as exc:
@@ -185,12 +202,23 @@ class LevelDBStorage:
         except (ValueError, CodecError) as exc:
             raise CorruptLogError(self._path, None, f"snapshot metadata: {exc}") from exc
 
+    def _load_snapshot_file(self) -> SnapshotFile | None:
+        value = self._db.get(_SNAPSHOT_FILE_KEY)
+        if value is None:
+            return None
+        try:
+            name, size, crc = msgpack.unpackb(_open_record(value))
+            return SnapshotFile(str(name), int(size), int(crc))
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            raise CorruptLogError(self._path, None, f"snapshot file record: {exc}") from exc
+
     def _scan_log(self) -> tuple[array[int], _Tail]:
         """Check every record and that indices run on from the snapshot without a hole."""
         # terms[i] is the term of entry base + i; terms[0] is the snapshot's (0: empty log)
         terms = array("Q", [self._snapshot.term if self._snapshot else 0])
         newest: deque[Entry] = deque(maxlen=self._cache_entries)
-        with self._db.iterator(prefix=_ENTRY_PREFIX, verify_checksums=True) as records:
+        first = _entry_key(self._base + 1)
+        with self._db.iterator(start=first, stop=_ENTRIES_END, verify_checksums=True) as records:
             for key, value in records:
                 index = self._key_index(key)
                 expected = self._base + len(terms)
@@ -256,12 +284,12 @@ class LevelDBStorage:
         return self._snapshot
 
     def snapshot_data(self) -> bytes | None:
-        value = self._db.get(_SNAPSHOT_DATA_KEY)
-        if value is None:
-            return None
         try:
-            return _open_record(value)
-        except ValueError as exc:
+            if self._snapshot_file is not None:
+                return self._files.read(self._snapshot_file)
+            value = self._db.get(_SNAPSHOT_DATA_KEY)
+            return None if value is None else _open_record(value)
+        except (OSError, ValueError) as exc:
             raise CorruptLogError(self._path, None, f"snapshot data: {exc}") from exc
 
     def first_index(self) -> int:
@@ -353,18 +381,39 @@ class LevelDBStorage:
             raise ValueError(f"entry terms must fit in 64 unsigned bits: {exc}") from exc
 
     def apply_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
-        """Store the snapshot and delete the entries it covers in one synced batch; keep
-        the entries after it only if the log holds the snapshot's own entry."""
+        """Store the snapshot durably and delete the entries it covers; keep the entries
+        after it only if the log holds the snapshot's own entry."""
+        file = self.prepare_snapshot(meta, lambda out: out.write(data))
+        self.commit_snapshot(meta, file, sync=True)()
+
+    def prepare_snapshot(
+        self, meta: SnapshotMeta, fill: Callable[[BinaryIO], object]
+    ) -> SnapshotFile:
+        """Write the file of `meta`'s snapshot with what `fill` writes, synced. Safe in
+        another thread than the log's writer (it touches no LevelDB state)."""
+        return self._files.write(meta, fill)
+
+    def commit_snapshot(
+        self, meta: SnapshotMeta, file: SnapshotFile, *, sync: bool = False
+    ) -> Callable[[], None]:
+        """Make `file` (from prepare_snapshot) the snapshot, dropping the log it covers
+        (the entries after it are kept only if the log holds the snapshot's own entry).
+        One small batch; returns the deletion of the covered entries and of the old
+        file, to run in any thread. Unsynced by default: the next synced `save` makes
+        it durable, and losing it loses only a compaction, never an entry (the batch
+        that stores it comes before the deletions in LevelDB's log)."""
         if self._snapshot is not None and meta.index <= self._snapshot.index:
             raise ValueError(f"snapshot at {meta.index} is not newer than {self._snapshot.index}")
         last = self.last_index()
         keeps_tail = meta.index <= last and self.term(meta.index) == meta.term
-        drop_up_to = meta.index if keeps_tail else last
-        batch = self._db.write_batch(sync=True)
+        first, old_file = self.first_index(), self._snapshot_file
+        batch = self._db.write_batch(sync=sync)
         batch.put(_SNAPSHOT_META_KEY, _seal(encode_snapshot_meta(meta)))
-        batch.put(_SNAPSHOT_DATA_KEY, _seal(data))
-        for index in range(self.first_index(), drop_up_to + 1):
-            batch.delete(_entry_key(index))
+        batch.put(_SNAPSHOT_FILE_KEY, _seal(msgpack.packb([file.name, file.size, file.crc])))
+        batch.delete(_SNAPSHOT_DATA_KEY)
+        if not keeps_tail:  # a log that disagrees with the snapshot goes now, not later
+            for index in range(max(first, meta.index + 1), last + 1):
+                batch.delete(_entry_key(index))
         batch.write()
         kept = self._terms[meta.index - self._base + 1 :] if keeps_tail else array("Q")
         tail = self._tail
@@ -375,9 +424,30 @@ class LevelDBStorage:
         elif not keeps_tail or tail.start <= meta.index:
             tail = _Tail(meta.index + 1, (), 0)
         self._snapshot = meta
+        self._snapshot_file = file
         self._base = meta.index
         self._tail = tail
         self._terms = array("Q", [meta.term]) + kept
+
+        def forget() -> None:
+            self._delete_entries(first, min(meta.index, last), sync)
+            if old_file is not None and old_file.name != file.name:
+                (self._files.directory / old_file.name).unlink(missing_ok=True)
+
+        return forget
+
+    def _delete_entries(self, lo: int, hi: int, sync: bool = False) -> None:
+        """Delete the stored entries lo..hi (inclusive), a batch at a time; only entries
+        no reader asks for any more (at or below the snapshot)."""
+        keys = self._db.iterator(start=_entry_key(lo), stop=_entry_key(hi + 1), include_value=False)
+        with keys:
+            batch = self._db.write_batch(sync=sync)
+            for count, key in enumerate(keys, 1):
+                batch.delete(key)
+                if count % _DELETE_BATCH == 0:
+                    batch.write()
+                    batch = self._db.write_batch(sync=sync)
+            batch.write()
 
     def close(self) -> None:
         if not self._db.closed:

@@ -495,6 +495,6 @@ class NodeRuntime:
                 pending.applied(entry, result)
         if conf_changed:
             self.membership.changed()
-        self.stats.applied_entries += len(entries)
+        self.stats.applied(entries)
         pending.applied_up_to(self.sm.applied_index)
         self.applied_changed.notify()

@@ -1,8 +1,16 @@
 """Snapshots on one node: taking them (compaction) and installing the leader's.
 
-Taking: every `snapshot_every` applied entries, kvstore.runtime.compaction folds the
-state into a snapshot without stalling the loop; `between_readies()` starts and
-finishes that work. Receiving: kvstore.peers.snapshot_transfer hands over a complete,
+Taking: kvstore.runtime.compaction folds the state into a snapshot without stalling
+the loop; `between_readies()` starts and finishes that work. When: once at least
+`snapshot_every` entries follow the last snapshot AND the log applied since it began
+is at least LOG_TO_SNAPSHOT_RATIO times that snapshot's size. Why both: a snapshot
+costs O(state) (CPU, disk), so taking one every N entries costs O(state) per N writes,
+which at a million keys kept every node's disk and CPU busy and cost a leader its
+office; tied to the log's bytes, the cost per byte written is a constant
+(1/LOG_TO_SNAPSHOT_RATIO bytes of snapshot per byte of log), whatever the state's size,
+and the log (disk, replay at restart) stays within that ratio of the state.
+
+Receiving: kvstore.peers.snapshot_transfer hands over a complete,
 verified snapshot; it is decoded off the event loop, then its InstallSnapshot is
 stepped, and the core hands it back in a Ready for `install` (state machine and
 storage, before the entries of that Ready are persisted).
@@ -26,6 +34,16 @@ from kvstore.state.machine import KVStateMachine, SnapshotError
 from kvstore.state.snapshot import ParsedState
 
 log = logging.getLogger(__name__)
+
+LOG_TO_SNAPSHOT_RATIO = 0.5
+"""Snapshot once the log since the last snapshot is this fraction of its size: lower
+keeps restart replay short, higher writes fewer snapshots."""
+
+
+def snapshot_due(entries: int, every: int, log_bytes: int, last_bytes: int) -> bool:
+    """Whether to take a snapshot: `entries` and `log_bytes` of log follow the last
+    one, which was `last_bytes` long (0: none taken yet); see the module docstring."""
+    return entries >= every and log_bytes >= LOG_TO_SNAPSHOT_RATIO * last_bytes
 
 
 class SnapshotKeeper:
@@ -98,7 +116,10 @@ class SnapshotKeeper:
         compactor.store_if_ready()
         if compactor.running or not self._running():
             return
-        if self._sm.applied_index - self._storage.first_index() < self.snapshot_every:
+        entries = self._sm.applied_index - self._storage.first_index()
+        if not snapshot_due(
+            entries, self.snapshot_every, compactor.log_bytes_since(), compactor.last_bytes
+        ):
             return
         try:
             meta = self._node.snapshot_meta()

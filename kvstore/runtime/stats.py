@@ -13,7 +13,10 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from consensus.types import Entry
 
 LATENCY_BOUNDS_S = (
     0.0005,
@@ -35,6 +38,7 @@ SNAPSHOT_BOUNDS_S = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.
 BATCH_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 """Entries per fsync: how well group commit batches concurrent writes."""
 LEADER_HISTORY = 20
+LOOP_LAG_BOUNDS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class Buckets:
@@ -66,6 +70,23 @@ class Buckets:
         return out
 
 
+class LoopLag:
+    """How late the event loop ran (kvstore.runtime.loop_lag writes it, on the loop)."""
+
+    __slots__ = ("buckets", "max_busy_s", "max_s")
+
+    def __init__(self) -> None:
+        self.buckets = Buckets(LOOP_LAG_BOUNDS_S)
+        self.max_s = 0.0
+        self.max_busy_s = 0.0
+        """The worst stall counting only time the process was on a CPU."""
+
+    def observe(self, lag_s: float, busy_s: float) -> None:
+        self.buckets.observe(lag_s)
+        self.max_s = max(self.max_s, lag_s)
+        self.max_busy_s = max(self.max_busy_s, busy_s)
+
+
 @dataclass(frozen=True, slots=True)
 class LeaderChange:
     """One change of the leader as this node saw it, for the status page."""
@@ -85,6 +106,8 @@ class RuntimeStats:
         """Commands and membership changes this node proposed as leader."""
         self.applied_entries = 0
         """Committed entries applied to the state machine since the process started."""
+        self.applied_bytes = 0
+        """Their approximate log size (`Entry.size`): what decides when to snapshot."""
         self.commit_latency = Buckets(LATENCY_BOUNDS_S)
         """From propose to applied on the leader, for proposals that succeeded."""
         self.persist_seconds = Buckets(LATENCY_BOUNDS_S)
@@ -94,8 +117,14 @@ class RuntimeStats:
         """Taking a snapshot: capture on the loop, serialize in a thread, store."""
         self.snapshot_install_seconds = Buckets(SNAPSHOT_BOUNDS_S)
         """Installing a snapshot received from the leader."""
+        self.loop_lag = LoopLag()
+        """Fed by kvstore.runtime.loop_lag while `kv serve` runs."""
         self.leader_changes = 0
         self.leader_history: deque[LeaderChange] = deque(maxlen=LEADER_HISTORY)
+
+    def applied(self, entries: Sequence[Entry]) -> None:
+        self.applied_entries += len(entries)
+        self.applied_bytes += sum(e.size() for e in entries)
 
     def persisted(self, seconds: float, entries: int) -> None:
         self.persist_seconds.observe(seconds)

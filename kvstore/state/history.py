@@ -82,7 +82,7 @@ def tombstone(key: str, revision: int) -> KeyValue:
 class History:
     """Events in revision order for the revisions after `compact_revision`."""
 
-    __slots__ = ("_events", "_first", "compact_revision", "window")
+    __slots__ = ("_events", "_first", "_pins", "compact_revision", "window")
 
     def __init__(self, window: int, compact_revision: int = 0, events: list[Event] | None = None):
         if type(window) is not int or window < 1:
@@ -91,6 +91,10 @@ class History:
         self.compact_revision = compact_revision
         self._events: list[Event] = events if events is not None else []
         self._first = 0
+        self._pins = 0
+        """Snapshots being captured (kvstore.state.snapshot_capture) read the events from
+        a position on; while any is, trimming forgets events only logically (the
+        compact revision rises alike on every replica) and never shifts the list."""
 
     def __len__(self) -> int:
         return len(self._events) - self._first
@@ -108,7 +112,7 @@ class History:
         events, first = self._events, self._first
         while first < len(events) and events[first].revision <= floor:
             first += 1
-        if first >= _SHRINK_AT and first * 2 >= len(events):
+        if first >= _SHRINK_AT and first * 2 >= len(events) and not self._pins:
             del events[:first]
             first = 0
         self._first = first
@@ -138,6 +142,27 @@ class History:
         for event in self.events_since(revision):
             key = event.kv.key
             if key not in before and wanted(key):
+                before[key] = event.prev
+        return before
+
+    def pin(self) -> int:
+        """Hold every event from now on in place until `unpin`; the position of the next
+        event, for `first_prev_since`."""
+        self._pins += 1
+        return len(self._events)
+
+    def unpin(self) -> None:
+        self._pins -= 1
+
+    def first_prev_since(self, position: int) -> dict[str, KeyValue | None]:
+        """For each key changed by an event at or after `position` (from `pin`): what it
+        held before the first of them (None: absent), i.e. its state when pinned."""
+        before: dict[str, KeyValue | None] = {}
+        events = self._events
+        for i in range(position, len(events)):
+            event = events[i]
+            key = event.kv.key
+            if key not in before:
                 before[key] = event.prev
         return before
 

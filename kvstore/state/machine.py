@@ -69,6 +69,7 @@ from kvstore.state.keyspace import KeySpace
 from kvstore.state.members import MemberAddress, MemberDirectory
 from kvstore.state.range import run_range
 from kvstore.state.snapshot import ClusterSettings, ParsedState, SnapshotView, parse_snapshot
+from kvstore.state.snapshot_capture import SLICE_KEYS, KeyCapture
 from kvstore.state.types import (
     NOT_FOUND,
     SESSION_EXPIRED,
@@ -341,9 +342,15 @@ class KVStateMachine:
         """Everything, in a canonical order, so equal states give equal bytes."""
         return self.snapshot_view().serialize()
 
-    def snapshot_view(self) -> SnapshotView:
-        """A consistent picture of the state now, cheap to take (a shallow copy of the
-        keys); `.serialize()` gives the snapshot bytes and may run in another thread."""
+    def begin_snapshot(self, slice_keys: int = SLICE_KEYS) -> tuple[SnapshotView, KeyCapture]:
+        """The state now without its keys, and a KeyCapture that reads the keys as they
+        are now a slice at a time while applies go on (kvstore.runtime.compaction)."""
+        capture = KeyCapture(self._space, lambda: self._space, slice_keys)
+        return self.snapshot_view(with_keys=False), capture
+
+    def snapshot_view(self, *, with_keys: bool = True) -> SnapshotView:
+        """A consistent picture of the state now (O(keys) pointer copies);
+        `.serialize()` gives the snapshot bytes and may run in another thread."""
         return SnapshotView.capture(
             self._applied_index,
             self._space,
@@ -352,6 +359,7 @@ class KVStateMachine:
             self._directory,
             self._settings,
             self._coordination,
+            with_keys=with_keys,
         )
 
     def restore(self, data: bytes) -> None:

@@ -1,10 +1,13 @@
-"""The state machine's snapshot bytes: a view taken in O(keys) pointer copies on the
-event loop, serialized later in another thread.
+"""The state machine's snapshot bytes: a view of immutable records, serialized later in
+another thread.
 
 Why a view: serializing 100,000 keys takes ~150 ms of CPU; doing it on the event loop
-would stall every write for that long. The keys dict holds immutable KeyValues, so a
-shallow copy of the dict is a consistent picture of the applied state; sessions are
-mutable, so they are encoded at capture time (they are few and small).
+would stall every write for that long. KeyValues are immutable, so a list of them in key
+order is a consistent picture of the keys; sessions are mutable, so they are encoded at
+capture time (they are few and small). `capture` takes the keys all at once (O(keys) on
+the caller's thread: fine for tests and the simulator); a running node takes them a
+slice at a time while applies continue (kvstore.state.snapshot_capture) and swaps them
+in with `with_keys`.
 
 Format 4 is a msgpack array `[4, applied_index, revision, keys, sessions, dropped,
 members, removed, compact_revision, events, settings]`: format 3 plus the cluster
@@ -19,9 +22,11 @@ read as having none.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from io import BytesIO
 from itertools import pairwise
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgpack
 
@@ -54,8 +59,8 @@ class SnapshotView:
 
     applied_index: int
     revision: int
-    data: dict[str, KeyValue]
-    ordered: list[str]
+    kvs: Sequence[KeyValue]
+    """Every key's record, in key order."""
     sessions: list[Any]
     dropped: list[tuple[str, int]]
     directory: MemberDirectory
@@ -73,7 +78,11 @@ class SnapshotView:
         directory: MemberDirectory,
         settings: ClusterSettings | None,
         coordination: Coordination,
+        *,
+        with_keys: bool = True,
     ) -> SnapshotView:
+        """Everything but the keys is copied now; the keys too unless `with_keys` is
+        False (then they come later, through `with_keys`)."""
         encoded = [
             (
                 client_id,
@@ -86,8 +95,7 @@ class SnapshotView:
         return cls(
             applied_index,
             space.revision,
-            dict(space.data),
-            list(space.keys),
+            [space.data[k] for k in space.keys] if with_keys else [],
             encoded,
             list(dropped.items()),
             directory.copy(),
@@ -96,37 +104,47 @@ class SnapshotView:
             coordination.copy_wire(),
         )
 
+    def with_keys(self, kvs: Sequence[KeyValue]) -> SnapshotView:
+        """This view with `kvs` (in key order) as its keys."""
+        return replace(self, kvs=kvs)
+
     def serialize(self) -> bytes:
-        """Everything, in a canonical order, so equal states give equal bytes.
+        """Everything, in a canonical order, so equal states give equal bytes."""
+        out = BytesIO()
+        self.write_to(out)
+        return out.getvalue()
+
+    def write_to(self, out: BinaryIO) -> int:
+        """Write the bytes of `serialize` to `out` a batch at a time; the count written.
 
         The key array is packed a batch at a time: one `packb` of 100,000 keys holds
         the GIL for ~40 ms, which the event loop (in another thread) would feel as a
-        stall; batches of PACK_BATCH keys let it in between. The bytes are the same
-        as one `packb` of the whole array."""
-        data = self.data
-        ordered = self.ordered
+        stall; batches of PACK_BATCH keys let it in between. Written as they are packed,
+        so a snapshot never exists twice in memory. The bytes are the same as one
+        `packb` of the whole array."""
+        kvs = self.kvs
         packer = msgpack.Packer(use_bin_type=True)
         members, removed = self.directory.to_wire()
         compact_revision, events = self.history.to_wire()
-        parts = [
-            packer.pack_array_header(_FORMATS[SNAPSHOT_FORMAT]),
-            packer.pack(SNAPSHOT_FORMAT),
-            packer.pack(self.applied_index),
-            packer.pack(self.revision),
-            packer.pack_array_header(len(ordered)),
-        ]
-        for start in range(0, len(ordered), PACK_BATCH):
+        written = out.write(
+            packer.pack_array_header(_FORMATS[SNAPSHOT_FORMAT])
+            + packer.pack(SNAPSHOT_FORMAT)
+            + packer.pack(self.applied_index)
+            + packer.pack(self.revision)
+            + packer.pack_array_header(len(kvs))
+        )
+        for start in range(0, len(kvs), PACK_BATCH):
             batch = [
                 (kv.key, kv.value, kv.version, kv.create_revision, kv.mod_revision)
-                for kv in (data[k] for k in ordered[start : start + PACK_BATCH])
+                for kv in kvs[start : start + PACK_BATCH]
             ]
             header = len(packer.pack_array_header(len(batch)))
-            parts.append(packer.pack(batch)[header:])
-        parts += [packer.pack(v) for v in (self.sessions, self.dropped, members, removed)]
+            written += out.write(packer.pack(batch)[header:])
+        parts = [packer.pack(v) for v in (self.sessions, self.dropped, members, removed)]
         settings = None if self.settings is None else self.settings.to_wire()
         parts += [packer.pack(compact_revision), packer.pack(events), packer.pack(settings)]
         parts.append(packer.pack(self.coordination))
-        return b"".join(parts)
+        return written + out.write(b"".join(parts))
 
 
 ParsedState = tuple[

@@ -1,0 +1,48 @@
+"""How late the event loop runs: the measure of every stall a node's loop suffers.
+
+Why: everything a node does (Raft ticks and heartbeats, applying, answering clients)
+runs on one event loop, so any callback that holds it (a big copy, a synchronous
+write, a GC pass) delays all of it; a stall longer than the election timeout costs a
+leader its office. `watch_loop_lag` asks to wake every INTERVAL_S and records how late
+it woke in RuntimeStats.loop_lag (the worst since start-up, and a histogram for
+`GET /metrics`), and warns in the log of any stall over WARN_S.
+
+A late wake-up has three possible causes: this process's own work (a long callback on
+the loop, or another thread holding the GIL), a blocking call on the loop (a synchronous
+fsync), or the machine not running the process at all (more runnable threads than
+cores). The third is not the node's doing, so each stall is also recorded as the part
+of it the process spent on a CPU (`busy`: the lateness, capped at the process CPU time
+used since the previous wake-up), an upper bound of the self-inflicted stall.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from kvstore.runtime.stats import LoopLag
+
+log = logging.getLogger("kvstore.loop")
+
+INTERVAL_S = 0.01
+WARN_S = 0.05
+
+
+async def watch_loop_lag(lag: LoopLag, interval_s: float = INTERVAL_S) -> None:
+    """Run until cancelled, recording how late each wake-up comes."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + interval_s
+        cpu = time.process_time()
+        await asyncio.sleep(interval_s)
+        late = max(0.0, loop.time() - due)
+        busy = min(late, time.process_time() - cpu)
+        lag.observe(late, busy)
+        if late > WARN_S:
+            log.warning(
+                "event loop stalled for %.0f ms (the process was on a CPU for %.0f ms of it "
+                "at most)",
+                late * 1000,
+                busy * 1000,
+            )
