@@ -9,7 +9,9 @@ never a traceback (the same table for every client command):
 - 2 usage: bad arguments or options, no or bad endpoints, a request the cluster
   refused as malformed (400/413);
 - 3 the cluster could not be reached (down, no leader): nothing was written;
-- 4 a write's outcome is unknown (it may or may not have been applied).
+- 4 a write's outcome is unknown (it may or may not have been applied);
+- 5 refused by authentication: no, a wrong or an expired credential (401), or a
+  permission the user lacks (403).
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ import click
 from kvstore.client import AsyncKV, ClientTLS, Consistency, Fence, KeyValue
 from kvstore.client.endpoints import ENV_VAR
 from kvstore.client.errors import (
+    AuthenticationFailed,
     ClusterUnavailable,
     EndpointConfigError,
     InvalidRequest,
     KVError,
     OutcomeUnknown,
+    PermissionDenied,
 )
 from kvstore.client.types import EndpointStatus
 
@@ -44,11 +48,14 @@ EXIT_NO = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_UNKNOWN = 4
+EXIT_DENIED = 5
+CREDENTIALS_HINT = "give --user (and --password) or --token, or set KV_USER/KV_PASSWORD or KV_TOKEN"
 
 
 def timed_endpoint_options(default_timeout: float) -> Callable[[F], F]:
     """The options every client command shares: where the cluster is, how to trust it
-    (https: --cacert, client --cert/--key), and how long the
+    (https: --cacert, client --cert/--key), who is asking (--user/--password or
+    --token, for a cluster with authentication on), and how long the
     whole command may take (`default_timeout` for commands that legitimately take long,
     such as a snapshot; shown in --help, and honoured exactly when given)."""
 
@@ -57,10 +64,12 @@ def timed_endpoint_options(default_timeout: float) -> Callable[[F], F]:
             ("--cacert", "ca_file", "KV_CACERT", "CA that signed the nodes' certificates."),
             ("--cert", "cert_file", "KV_CERT", "Client certificate, if the cluster wants one."),
             ("--key", "key_file", "KV_KEY", "Key of the client certificate."),
+            ("--token", "token", "KV_TOKEN", "A token (from `kv auth token`) to use as is."),
+            ("--password", "password", "KV_PASSWORD", "The user's password (else prompted)."),
+            ("--user", "user", "KV_USER", "User to authenticate as (auth enabled)."),
         ):
-            func = click.option(
-                name, dest, envvar=env, default=None, type=click.Path(dir_okay=False), help=text
-            )(func)
+            path = click.Path(dir_okay=False) if dest.endswith("_file") else None
+            func = click.option(name, dest, envvar=env, default=None, type=path, help=text)(func)
         func = click.option(
             "--timeout",
             type=click.FloatRange(min=0.1),
@@ -97,12 +106,23 @@ def fail(code: int, message: str) -> NoReturn:
 def run_client(params: dict[str, Any], action: Callable[[AsyncKV], Awaitable[T]]) -> T:
     """Run `action` against a fresh client and map every client error to an exit code."""
 
+    user, password, token = params["user"], params["password"], params["token"]
+    if user is not None and token is not None:
+        fail(EXIT_USAGE, "give --user or --token, not both (check KV_USER and KV_TOKEN)")
+    if password is not None and user is None:
+        fail(EXIT_USAGE, "--password goes with --user")
+    if user is not None and password is None:
+        password = click.prompt(f"Password for {user}", hide_input=True, err=True)
+
     async def main() -> T:
         async with AsyncKV(
             params["endpoints"],
             config=params["config"],
             timeout=params["timeout"],
             tls=ClientTLS(params["ca_file"], params["cert_file"], params["key_file"]),
+            user=user,
+            password=password,
+            token=token,
         ) as kv:
             return await action(kv)
 
@@ -116,6 +136,11 @@ def run_client(params: dict[str, Any], action: Callable[[AsyncKV], Awaitable[T]]
         fail(EXIT_UNKNOWN, f"outcome unknown: {exc.message}")
     except InvalidRequest as exc:
         fail(EXIT_USAGE, exc.message)
+    except AuthenticationFailed as exc:
+        fail(EXIT_DENIED, f"{exc.message}; {CREDENTIALS_HINT}")
+    except PermissionDenied as exc:
+        who = f" for user {user!r}" if user else ""
+        fail(EXIT_DENIED, f"{exc.message}{who}")
     except KVError as exc:
         fail(EXIT_NO, exc.message)
 

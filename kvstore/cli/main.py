@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from kvstore.cli.auth_commands import AUTH_COMMANDS
 from kvstore.cli.bench import bench_command
 from kvstore.cli.certs_commands import CERTS_COMMANDS
 from kvstore.cli.chaos import chaos_command
@@ -30,6 +31,7 @@ for command in (
     *WATCH_COMMANDS,
     *LOCK_COMMANDS,
     *CERTS_COMMANDS,
+    *AUTH_COMMANDS,
     bench_command,
     chaos_command,
 ):

@@ -6,6 +6,7 @@ kvstore.api, consensus, plyvel), so `pip install pyraftkv` without extras is eno
 
 from kvstore.client.async_client import AsyncKV, Consistency
 from kvstore.client.errors import (
+    AuthenticationFailed,
     ClusterUnavailable,
     Compacted,
     EndpointConfigError,
@@ -18,6 +19,7 @@ from kvstore.client.errors import (
     NoLeader,
     NotFound,
     OutcomeUnknown,
+    PermissionDenied,
     RevisionMismatch,
     TLSError,
     VersionMismatch,
@@ -37,6 +39,7 @@ from kvstore.client.watch import PrevValue, Watch, WatchEvent, WatchProgress
 __all__ = [
     "KV",
     "AsyncKV",
+    "AuthenticationFailed",
     "Change",
     "ClientTLS",
     "ClusterUnavailable",
@@ -67,6 +70,7 @@ __all__ = [
     "NotFound",
     "Op",
     "OutcomeUnknown",
+    "PermissionDenied",
     "PrevValue",
     "PutResult",
     "RangeIterator",

@@ -7,6 +7,7 @@ comes back (a 409 `revision_mismatch` from a put or a delete, a 410 from any rea
 from __future__ import annotations
 
 from kvstore.client.errors import (
+    AuthenticationFailed,
     Compacted,
     Fenced,
     InvalidRequest,
@@ -14,6 +15,7 @@ from kvstore.client.errors import (
     LeaseNotFound,
     MemberUnreachable,
     OutcomeUnknown,
+    PermissionDenied,
     RevisionMismatch,
     VersionMismatch,
 )
@@ -44,6 +46,12 @@ def raise_for_answer(answer: Answer, key: str | None) -> None:
         raise LeaseNotFound(answer.error_message, status=404, code=code)
     if answer.status == 409 and code == "member_unreachable":
         raise MemberUnreachable(answer.error_message, status=409, code=code)
+    if answer.status == 401:
+        raise AuthenticationFailed(
+            f"authentication failed ({code}): {answer.error_message}", status=401, code=code
+        )
+    if answer.status == 403 and code == "permission_denied":
+        raise PermissionDenied(f"permission denied: {answer.error_message}", status=403, code=code)
     if answer.status in (400, 413):
         raise InvalidRequest(answer.error_message, status=answer.status, code=code)
     what = f"{code}: {answer.error_message}" if code else f"HTTP {answer.status}"

@@ -34,6 +34,7 @@ from kvstore.client.answers import raise_for_answer
 from kvstore.client.attempts import AttemptSettings, Dispatcher
 from kvstore.client.attempts import Request as _Request
 from kvstore.client.cluster_view import ask_every_node
+from kvstore.client.credentials import Credentials
 from kvstore.client.endpoints import EndpointsArg, resolve_endpoints
 from kvstore.client.errors import (
     ClusterUnavailable,
@@ -103,7 +104,8 @@ class AsyncKV:
     `attempt_timeout` bounds one HTTP attempt; an attempt without an answer after
     `hedge_delay` (at most a third of the call's timeout) is hedged on the next node,
     so one hung node never holds a call up. Every method takes a `timeout` keyword
-    that overrides the default for that call.
+    that overrides the default for that call. With `user` and `password` (or a fixed
+    `token`) it authenticates to a cluster with auth on (kvstore.client.credentials).
     """
 
     def __init__(
@@ -121,7 +123,11 @@ class AsyncKV:
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         tls: ClientTLS | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
     ) -> None:
+        self._credentials = Credentials(user, password, token)
         self._router = EndpointRouter(resolve_endpoints(endpoints, config))
         self._session_state = WriteSession(client_id)
         self._timeout = timeout
@@ -133,7 +139,13 @@ class AsyncKV:
         self._closed = False
         settings = AttemptSettings(attempt_timeout, connect_timeout, hedge_delay, self._retry)
         self._dispatch = Dispatcher(
-            self._router, self._session_state, settings, self._ensure_http, self._rng, sleep
+            self._router,
+            self._session_state,
+            settings,
+            self._ensure_http,
+            self._rng,
+            sleep,
+            self._credentials,
         )
 
     # ----------------------------------------------------------------- lifecycle
@@ -169,6 +181,11 @@ class AsyncKV:
     def leader_url(self) -> str | None:
         """The cached leader URL (None until an answer named a leader this client can map)."""
         return self._router.leader_url
+
+    @property
+    def token(self) -> str | None:
+        """The token sent now (None before the first call with a user, or with auth off)."""
+        return self._credentials.token
 
     @property
     def first_outstanding(self) -> int:
@@ -413,13 +430,15 @@ class AsyncKV:
         body: bytes | None = None,
         *,
         write: bool = False,
+        once: bool = False,
         timeout: float | None = None,
     ) -> Answer:
         """A call of the HTTP API with this client's routing and retries (`write`:
-        exactly-once under a seq), for the feature modules; raises the typed errors."""
+        exactly-once under a seq; `once`: a change without a seq, never sent twice once
+        it may have arrived), for the feature modules; raises the typed errors."""
         if write:
             return await self._write(_Request(method, path, body=body), path, timeout)
-        answer = await self._call(_Request(method, path, body=body), timeout)
+        answer = await self._call(_Request(method, path, body=body, once=once), timeout)
         raise_for_answer(answer, None)
         return answer
 
@@ -448,7 +467,9 @@ class AsyncKV:
         """`async for event in kv.watch(prefix="config/", start_revision=R)`: every change
         in revision order across reconnects and nodes; options and the one error the
         caller handles (`Compacted`) in kvstore.client.watch.Watch."""
-        return Watch(self._ensure_http, self._router, rng=self._rng, **options)
+        return Watch(
+            self._ensure_http, self._router, rng=self._rng, credentials=self._credentials, **options
+        )
 
     def _ensure_http(self) -> aiohttp.ClientSession:
         if self._closed:

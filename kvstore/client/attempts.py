@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from kvstore.client.credentials import TOKEN_PATH, Credentials
 from kvstore.client.errors import ClusterUnavailable, NoLeader, OutcomeUnknown
 from kvstore.client.session import LEADER_HEADER, RetryPolicy, WriteSession
 from kvstore.client.transport import Answer, EndpointRouter, MaybeSent, NotSent, seconds, send
@@ -49,6 +50,8 @@ class Request:
     slow: bool = False
     """The answer may take longer than an attempt timeout (a catch-up the leader waits
     for, a large snapshot): an attempt may use the whole budget. Hedging still applies."""
+    anonymous: bool = False
+    """Sent without a token (the request that asks for one)."""
 
     @property
     def is_write(self) -> bool:
@@ -121,16 +124,38 @@ class Dispatcher:
         http: Callable[[], aiohttp.ClientSession],
         rng: random.Random,
         sleep: Callable[[float], Awaitable[object]],
+        credentials: Credentials | None = None,
     ) -> None:
         self.router = router
         self.writes = writes
         self.settings = settings
+        self.credentials = credentials or Credentials()
+        self.credentials.bind(self._fetch_token)
         self._http = http
         self._rng = rng
         self._sleep = sleep
         self._ids_asked: set[str] = set()
 
     async def call(self, request: Request, budget: float) -> Answer:
+        """`attempt` with this client's token (kvstore.client.credentials): one is asked
+        for first when needed, and a refusal that a new token fixes is retried once with
+        one. A refused request did nothing, so sending it again is safe."""
+        credentials = self.credentials
+        if request.anonymous or not credentials.active:
+            return await self.attempt(request, budget)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        await credentials.ready(budget)
+        answer = await self.attempt(request, deadline - loop.time())
+        if credentials.refused(answer) and loop.time() < deadline:
+            await credentials.ready(deadline - loop.time())
+            answer = await self.attempt(request, deadline - loop.time())
+        return answer
+
+    async def _fetch_token(self, body: bytes, budget: float) -> Answer:
+        return await self.attempt(Request("POST", TOKEN_PATH, body=body, anonymous=True), budget)
+
+    async def attempt(self, request: Request, budget: float) -> Answer:
         """Send with retries until a definite answer, the attempt budget or `budget` seconds.
 
         Retried: connection failures and foreign answers (moving to the next node), 503
@@ -246,7 +271,7 @@ class Dispatcher:
                     url,
                     "/v1/status",
                     body=None,
-                    headers={},
+                    headers=self.credentials.header(),
                     timeout=timeout,
                     connect_timeout=min(timeout, self.settings.connect_timeout),
                 )
@@ -271,7 +296,9 @@ class Dispatcher:
             return 0
         loop = asyncio.get_running_loop()
         remaining = deadline - loop.time()
-        headers = self.writes.headers(request.seq) if request.seq is not None else {}
+        headers = {} if request.anonymous else self.credentials.header()
+        if request.seq is not None:
+            headers.update(self.writes.headers(request.seq))
         task = loop.create_task(
             send(
                 self._http(),
@@ -374,7 +401,7 @@ class Dispatcher:
                 url,
                 "/v1/status",
                 body=None,
-                headers={},
+                headers=self.credentials.header(),
                 timeout=min(self.settings.hedge_delay, remaining),
                 connect_timeout=self.settings.connect_timeout,
             )

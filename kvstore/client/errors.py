@@ -102,6 +102,20 @@ class Compacted(KVError):
         self.compact_revision = compact_revision
 
 
+class AuthenticationFailed(KVError):
+    """The cluster does not know who is calling (401): no token where one is needed
+    (`auth_required`), a token that is malformed, signed with another key or of a
+    changed user (`bad_token`) or expired (`token_expired`), or a wrong user name or
+    password (`bad_credentials`). A client with a user and password renews its token
+    by itself; this is raised when that did not help, or with a fixed token."""
+
+
+class PermissionDenied(KVError, PermissionError):
+    """The caller is known but may not do this (403 `permission_denied`): a key outside
+    its roles' ranges, or an administrative call without the root role. Also a
+    `PermissionError`, as Python code expects of a refusal."""
+
+
 class TLSError(KVError):
     """A TLS problem that retrying cannot fix: an untrusted or wrong certificate, a
     handshake with a node that does not serve https, unreadable certificate files."""

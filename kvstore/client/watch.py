@@ -29,9 +29,16 @@ from typing import Any, Literal
 import aiohttp
 from yarl import URL
 
-from kvstore.client.errors import ClusterUnavailable, Compacted, InvalidRequest
+from kvstore.client.answers import raise_for_answer
+from kvstore.client.credentials import Credentials
+from kvstore.client.errors import (
+    ClusterUnavailable,
+    Compacted,
+    InvalidRequest,
+    PermissionDenied,
+)
 from kvstore.client.sse import SSEParser
-from kvstore.client.transport import EndpointRouter
+from kvstore.client.transport import Answer, EndpointRouter
 
 DEFAULT_IDLE_TIMEOUT = 15.0
 """Three of the server's default progress intervals (5 s) without a word: move on."""
@@ -93,6 +100,7 @@ class Watch:
         give_up_after: float = DEFAULT_GIVE_UP_AFTER,
         connect_timeout: float = 2.0,
         rng: random.Random | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         if (key is None) == (prefix is None):
             raise InvalidRequest("watch either a key or a prefix")
@@ -107,6 +115,7 @@ class Watch:
         self._prev_kv, self._progress = prev_kv, progress
         self._idle_timeout, self._give_up_after = idle_timeout, give_up_after
         self._connect_timeout = connect_timeout
+        self._credentials = credentials or Credentials()
         self._rng = rng or random.Random()
         self._cursor = self._rng.randrange(len(router.endpoints))  # spread watchers over nodes
         self._heard = False
@@ -145,6 +154,8 @@ class Watch:
                 async for batch in self._stream(url):
                     yield batch
                 last_error = f"{url}: the stream ended"
+            except PermissionDenied:
+                raise  # an OSError too, but final: another node will refuse it as well
             except (_Reconnect, aiohttp.ClientError, OSError, TimeoutError) as exc:
                 last_error = f"{url}: {exc or type(exc).__name__}"
             except (ValueError, KeyError) as exc:  # not a pyraftkv answer
@@ -171,11 +182,14 @@ class Watch:
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self._connect_timeout, sock_read=self._idle_timeout
         )
+        await self._credentials.ready(self._give_up_after)
         async with self._http().get(
-            URL(url + "/v1/watch").with_query(query), timeout=timeout
+            URL(url + "/v1/watch").with_query(query),
+            timeout=timeout,
+            headers=self._credentials.header(),
         ) as resp:
             if resp.status != 200:
-                await _refuse(resp)
+                await _refuse(resp, url, self._credentials)
             parser = SSEParser()
             clock = asyncio.get_running_loop().time
             last_message = clock()
@@ -216,10 +230,15 @@ class Watch:
         return []
 
 
-async def _refuse(resp: aiohttp.ClientResponse) -> None:
+async def _refuse(resp: aiohttp.ClientResponse, url: str, credentials: Credentials) -> None:
     """Raise what a non-200 answer to a watch means."""
+    answer = Answer(url, resp.status, resp.headers, await resp.read())
+    if credentials.refused(answer):
+        raise _Reconnect("the token was refused; reconnecting with a new one")
+    if resp.status in (401, 403):
+        raise_for_answer(answer, None)
     try:
-        body = json.loads(await resp.read())
+        body = json.loads(answer.body)
     except ValueError:
         body = {}
     body = body if isinstance(body, dict) else {}
