@@ -15,6 +15,7 @@ import pytest
 from kvstore.chaos.nemesis import (
     END_MARGIN_S,
     KINDS,
+    FaultWindow,
     Nemesis,
     PlannedFault,
     faulted_time,
@@ -357,3 +358,30 @@ class _AlwaysPut:
 
     def random(self) -> float:
         return 0.99
+
+
+async def test_a_client_fault_is_applied_by_its_handler_and_undone_on_heal() -> None:
+    """A workload's own fault kind (e.g. pause-holder): the handler applies it and names
+    its targets; heal (or heal_all) calls the undo it returned; None means nothing done."""
+    cluster = FakeCluster()
+    stopped: list[str] = []
+
+    async def pause_client(fault: PlannedFault, window: FaultWindow) -> Callable[[], None] | None:
+        if fault.pick == 0:
+            window.detail = "nothing to pause"
+            return None
+        stopped.append("c1")
+        window.targets = ["c1"]
+        return lambda: stopped.remove("c1")
+
+    nemesis = Nemesis(cluster, [], _clock(), {"pause-client": pause_client})  # type: ignore[arg-type]
+    first = await nemesis.begin(PlannedFault(0, 1, "pause-client", "past-ttl", 5))
+    assert stopped == ["c1"] and nemesis.windows[first].targets == ["c1"]
+    await nemesis.heal(first)
+    assert stopped == [] and nemesis.windows[first].end is not None
+    idle = await nemesis.begin(PlannedFault(0, 1, "pause-client", "past-ttl", 0))
+    assert nemesis.windows[idle].detail == "nothing to pause"
+    await nemesis.begin(PlannedFault(0, 1, "pause-client", "past-ttl", 6))
+    await nemesis.heal_all()
+    assert stopped == [] and not nemesis.active
+    _assert_healthy(cluster)
