@@ -25,6 +25,10 @@ from consensus.messages import (
     AppendEntriesResponse,
     InstallSnapshot,
     Message,
+    ProposeRequest,
+    ProposeResponse,
+    ReadIndexRequest,
+    ReadIndexResponse,
     RequestVote,
     RequestVoteResponse,
     TimeoutNow,
@@ -55,6 +59,10 @@ _TAG_APPEND_ENTRIES = 2
 _TAG_APPEND_ENTRIES_RESPONSE = 3
 _TAG_TIMEOUT_NOW = 4
 _TAG_INSTALL_SNAPSHOT = 5
+_TAG_READ_INDEX_REQUEST = 6
+_TAG_READ_INDEX_RESPONSE = 7
+_TAG_PROPOSE_REQUEST = 8
+_TAG_PROPOSE_RESPONSE = 9
 
 _ENTRY_TYPES: dict[int, EntryType] = {int(t): t for t in EntryType}
 
@@ -135,6 +143,28 @@ def _encode_install_snapshot(m: InstallSnapshot) -> list[Any]:
     return [_TAG_INSTALL_SNAPSHOT, m.term, m.sender, m.recipient, *_snapshot_fields(m.snapshot)]
 
 
+def _encode_read_index_request(m: ReadIndexRequest) -> list[Any]:
+    return [_TAG_READ_INDEX_REQUEST, m.term, m.sender, m.recipient, list(m.request_ids)]
+
+
+def _encode_read_index_response(m: ReadIndexResponse) -> list[Any]:
+    return [_TAG_READ_INDEX_RESPONSE, m.term, m.sender, m.recipient, list(m.request_ids), m.index]
+
+
+def _encode_propose_request(m: ProposeRequest) -> list[Any]:
+    if len(m.request_ids) != len(m.datas):
+        raise CodecError("ProposeRequest needs one request id per command")
+    ids, datas = list(m.request_ids), list(m.datas)
+    return [_TAG_PROPOSE_REQUEST, m.term, m.sender, m.recipient, ids, datas]
+
+
+def _encode_propose_response(m: ProposeResponse) -> list[Any]:
+    if len(m.request_ids) != len(m.indexes):
+        raise CodecError("ProposeResponse needs one index per request id")
+    ids, indexes = list(m.request_ids), list(m.indexes)
+    return [_TAG_PROPOSE_RESPONSE, m.term, m.sender, m.recipient, ids, indexes, m.refused]
+
+
 _ENCODERS: dict[type, Callable[[Any], list[Any]]] = {
     RequestVote: _encode_request_vote,
     RequestVoteResponse: _encode_request_vote_response,
@@ -142,6 +172,10 @@ _ENCODERS: dict[type, Callable[[Any], list[Any]]] = {
     AppendEntriesResponse: _encode_append_entries_response,
     TimeoutNow: _encode_timeout_now,
     InstallSnapshot: _encode_install_snapshot,
+    ReadIndexRequest: _encode_read_index_request,
+    ReadIndexResponse: _encode_read_index_response,
+    ProposeRequest: _encode_propose_request,
+    ProposeResponse: _encode_propose_response,
 }
 
 
@@ -292,6 +326,47 @@ def _build_install_snapshot(v: list[Any]) -> InstallSnapshot:
     return InstallSnapshot(term, sender, recipient, _build_snapshot_meta(meta))
 
 
+def _column(what: str, values: list[Any], kind: type) -> tuple[Any, ...]:
+    """A column of plain values (request ids, commands, indexes), checked one by one."""
+    for value in values:
+        if type(value) is not kind or (kind is int and value < 0):
+            raise CodecError(f"{what} must hold {kind.__name__} values, got {_describe(value)}")
+    return tuple(values)
+
+
+def _build_read_index_request(v: list[Any]) -> ReadIndexRequest:
+    term, sender, recipient, ids = v
+    return ReadIndexRequest(term, sender, recipient, _column("request ids", ids, bytes))
+
+
+def _build_read_index_response(v: list[Any]) -> ReadIndexResponse:
+    term, sender, recipient, ids, index = v
+    return ReadIndexResponse(term, sender, recipient, _column("request ids", ids, bytes), index)
+
+
+def _build_propose_request(v: list[Any]) -> ProposeRequest:
+    term, sender, recipient, ids, datas = v
+    if len(ids) != len(datas):
+        raise CodecError(f"ProposeRequest has {len(ids)} request ids for {len(datas)} commands")
+    return ProposeRequest(
+        term, sender, recipient, _column("request ids", ids, bytes), _column("data", datas, bytes)
+    )
+
+
+def _build_propose_response(v: list[Any]) -> ProposeResponse:
+    term, sender, recipient, ids, indexes, refused = v
+    if len(ids) != len(indexes):
+        raise CodecError(f"ProposeResponse has {len(ids)} request ids for {len(indexes)} indexes")
+    return ProposeResponse(
+        term,
+        sender,
+        recipient,
+        _column("request ids", ids, bytes),
+        _column("indexes", indexes, int),
+        refused,
+    )
+
+
 _LAYOUTS: dict[int, _Layout] = {
     _TAG_REQUEST_VOTE: _Layout(
         RequestVote, [_UINT, _STR, _STR, _UINT, _UINT, _BOOL, _BOOL], lambda v: RequestVote(*v)
@@ -312,6 +387,18 @@ _LAYOUTS: dict[int, _Layout] = {
     _TAG_TIMEOUT_NOW: _Layout(TimeoutNow, [_UINT, _STR, _STR], lambda v: TimeoutNow(*v)),
     _TAG_INSTALL_SNAPSHOT: _Layout(
         InstallSnapshot, [_UINT, _STR, _STR, *_SNAPSHOT_KINDS], _build_install_snapshot
+    ),
+    _TAG_READ_INDEX_REQUEST: _Layout(
+        ReadIndexRequest, [_UINT, _STR, _STR, _COLUMN], _build_read_index_request
+    ),
+    _TAG_READ_INDEX_RESPONSE: _Layout(
+        ReadIndexResponse, [_UINT, _STR, _STR, _COLUMN, _UINT], _build_read_index_response
+    ),
+    _TAG_PROPOSE_REQUEST: _Layout(
+        ProposeRequest, [_UINT, _STR, _STR, _COLUMN, _COLUMN], _build_propose_request
+    ),
+    _TAG_PROPOSE_RESPONSE: _Layout(
+        ProposeResponse, [_UINT, _STR, _STR, _COLUMN, _COLUMN, _STR], _build_propose_response
     ),
 }
 

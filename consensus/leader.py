@@ -31,6 +31,10 @@ from consensus.messages import (
     AppendEntriesResponse,
     InstallSnapshot,
     Message,
+    ProposeRequest,
+    ProposeResponse,
+    ReadIndexRequest,
+    ReadIndexResponse,
     TimeoutNow,
 )
 from consensus.progress import PeerProgress, Progress, ProgressState
@@ -74,6 +78,8 @@ class Leadership:
         self._transferee: NodeId | None = None
         self._reads = ReadIndexQueue(read_seq)
         self._replication_pending = False
+        self._commit_told = log.committed
+        """The commit index every follower in REPLICATE was last sent (see flush)."""
         # Any change in the log but not yet in effect counts as pending (one at a time).
         self._pending_conf_index = log.last_index()
         self._progress: dict[NodeId, Progress] = {}
@@ -107,7 +113,11 @@ class Leadership:
 
     def has_ready(self) -> bool:
         """Work that `flush` would turn into messages."""
-        return self._replication_pending or self._reads.has_unsent()
+        return (
+            self._replication_pending
+            or self._reads.has_unsent()
+            or self._log.committed > self._commit_told
+        )
 
     # --- inputs from the node -----------------------------------------------------------
 
@@ -183,6 +193,30 @@ class Leadership:
     def read_index(self, request_id: bytes) -> None:
         self._reads.request(request_id, self._log.committed, self.committed_in_term())
 
+    def read_index_for(self, msg: ReadIndexRequest) -> None:
+        """A follower's reads join the next round exactly like our own (the same rule on
+        committing in term first); the answer goes back once a quorum confirmed it."""
+        committed, in_term = self._log.committed, self.committed_in_term()
+        for request_id in msg.request_ids:
+            self._reads.request(request_id, committed, in_term, origin=msg.sender)
+
+    def propose_for(self, msg: ProposeRequest) -> None:
+        """Propose a follower's commands as if our own clients had sent them, and tell it
+        where each went (or why it was refused, so it knows it was never proposed)."""
+        indexes = []
+        refused = ""
+        for data in msg.datas:
+            try:
+                indexes.append(self.propose(data).index)
+            except ProposalDropped as exc:
+                indexes.append(0)
+                refused = exc.reason.value
+        self._send(
+            ProposeResponse(
+                self.term, self.id, msg.sender, msg.request_ids, tuple(indexes), refused
+            )
+        )
+
     def transfer(self, to: NodeId) -> None:
         """Hand leadership to `to` (§3.10): catch it up, then tell it to campaign now.
         Proposals are refused meanwhile; the transfer is abandoned after one election
@@ -231,12 +265,28 @@ class Leadership:
                 if peer != self.id:
                     while self._send_append(peer, send_if_empty=False):
                         pass
+        if self._log.committed > self._commit_told:
+            self._tell_commit()
         if self._reads.has_unsent():
             seq = self._reads.open_round()
             if self._membership.voters == (self.id,):
                 self._release_confirmed_reads()
             else:
                 self._broadcast_heartbeat(read_seq=seq)
+
+    def _tell_commit(self) -> None:
+        """Followers learn a new commit index now, not with the next append or heartbeat:
+        a follower serving reads (read index) or answering forwarded writes waits for it.
+        Whoever got entries in this flush has it already; the others get an empty append
+        at their match point (which they hold, so it is never rejected)."""
+        committed = self._log.committed
+        self._commit_told = committed
+        for peer, progress in self._progress.items():
+            if peer == self.id or progress.state is not ProgressState.REPLICATE:
+                continue
+            known = min(committed, progress.match)
+            if known > progress.commit_sent and progress.match >= self._log.first_index() - 1:
+                self._send_append_entries(peer, progress.match, (), known, self._reads.seq)
 
     def entries_persisted(self) -> None:
         """The driver made our own entries durable: they may complete a quorum now."""
@@ -333,6 +383,7 @@ class Leadership:
         leader_commit: int,
         read_seq: int,
     ) -> None:
+        self._progress[peer].commit_sent = leader_commit
         self._send(
             AppendEntries(
                 term=self.term,
@@ -397,4 +448,15 @@ class Leadership:
             acked = [p for p, pr in self._progress.items() if p == self.id or pr.read_ack >= seq]
             return quorum.has_quorum(self._membership.voters, acked)
 
-        self._serve_reads(self._reads.confirm(confirmed))
+        local: list[ReadState] = []
+        remote: dict[tuple[NodeId, int], list[bytes]] = {}
+        for origin, read in self._reads.confirm(confirmed):
+            if origin is None:
+                local.append(read)
+            else:
+                remote.setdefault((origin, read.index), []).append(read.request_id)
+        if local:
+            self._serve_reads(local)
+        for (origin, index), request_ids in remote.items():
+            if origin in self._progress:  # a follower removed meanwhile asks no more
+                self._send(ReadIndexResponse(self.term, self.id, origin, tuple(request_ids), index))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import msgpack
 
 from consensus.errors import ConsensusError
-from consensus.types import Membership, NodeId
+from consensus.types import Entry, EntryType, Membership, NodeId
 
 
 class ConfChangeType(enum.IntEnum):
@@ -55,6 +55,13 @@ def decode_conf_change(data: bytes) -> ConfChange:
 
 def bootstrap_change(voters: tuple[NodeId, ...]) -> ConfChange:
     return ConfChange(ConfChangeType.BOOTSTRAP, "", msgpack.packb(list(voters)))
+
+
+def bootstrap_entry(voters: tuple[NodeId, ...]) -> Entry:
+    """Every founding node writes the same committed entry 1 (term 1) naming the
+    founding voters, as etcd does: identical entries keep Log Matching, and the
+    membership history then lives entirely in the log."""
+    return Entry(1, 1, encode_conf_change(bootstrap_change(voters)), EntryType.CONF_CHANGE)
 
 
 def bootstrap_voters(change: ConfChange) -> tuple[NodeId, ...]:

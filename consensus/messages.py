@@ -88,6 +88,62 @@ class InstallSnapshot:
     snapshot: SnapshotMeta
 
 
+@dataclass(frozen=True, slots=True)
+class ReadIndexRequest:
+    """A follower asks the leader for a read index for reads of its own clients (the
+    follower side of §6.4). Every read asked since the follower's last Ready travels in
+    one request, and the leader puts them all in its next heartbeat round."""
+
+    term: int
+    sender: NodeId
+    recipient: NodeId
+    request_ids: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadIndexResponse:
+    """The leader's read index for the named reads: its commit index when they arrived
+    (once it had committed an entry of its term), confirmed by a heartbeat quorum of its
+    term after they arrived. The follower serves them once it has applied `index`."""
+
+    term: int
+    sender: NodeId
+    recipient: NodeId
+    request_ids: tuple[bytes, ...]
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProposeRequest:
+    """A follower hands its clients' commands to the leader, which proposes each as if
+    it came from a client of its own (`datas[i]` under `request_ids[i]`)."""
+
+    term: int
+    sender: NodeId
+    recipient: NodeId
+    request_ids: tuple[bytes, ...]
+    datas: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ProposeResponse:
+    """Where the leader put each forwarded proposal: `indexes[i]` in the leader's term
+    (`term`), or 0 when it refused it (then it was certainly never proposed, `refused`
+    says why). The follower learns the outcome by applying that index itself."""
+
+    term: int
+    sender: NodeId
+    recipient: NodeId
+    request_ids: tuple[bytes, ...]
+    indexes: tuple[int, ...]
+    refused: str = ""
+
+
+FORWARDING = (ReadIndexRequest, ReadIndexResponse, ProposeRequest, ProposeResponse)
+"""Messages a follower exchanges with its leader on behalf of its clients. They do not
+take part in elections or replication, so the common term rules do not apply to them
+(`RaftNode.step` explains what does)."""
+
 Message = (
     RequestVote
     | RequestVoteResponse
@@ -95,4 +151,19 @@ Message = (
     | AppendEntriesResponse
     | TimeoutNow
     | InstallSnapshot
+    | ReadIndexRequest
+    | ReadIndexResponse
+    | ProposeRequest
+    | ProposeResponse
 )
+
+
+def answer_to_stale(msg: Message, term: int, me: NodeId) -> Message | None:
+    """What a node of `term` answers a message of an older term: a stale leader learns
+    our term and steps down, and a pre-candidate learns it cannot win. Everything else
+    from the past is dropped."""
+    if isinstance(msg, AppendEntries):
+        return AppendEntriesResponse(term, me, msg.sender, success=False)
+    if isinstance(msg, RequestVote) and msg.pre_vote:
+        return RequestVoteResponse(term, me, msg.sender, False, pre_vote=True)
+    return None

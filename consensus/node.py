@@ -16,16 +16,17 @@ from collections.abc import Iterable, Mapping
 from consensus import quorum
 from consensus.config import Config
 from consensus.errors import NotLeader
+from consensus.forwarding import Forwarding
 from consensus.leader import Leadership
 from consensus.log import RaftLog
 from consensus.membership import (
     ConfChange,
     apply_change,
-    bootstrap_change,
+    bootstrap_entry,
     decode_conf_change,
-    encode_conf_change,
 )
 from consensus.messages import (
+    FORWARDING,
     AppendEntries,
     AppendEntriesResponse,
     InstallSnapshot,
@@ -33,6 +34,7 @@ from consensus.messages import (
     RequestVote,
     RequestVoteResponse,
     TimeoutNow,
+    answer_to_stale,
 )
 from consensus.progress import PeerProgress
 from consensus.ready import Ready, Status, hard_state_to_save, outgoing
@@ -74,9 +76,12 @@ class RaftNode:
         """The last ReadIndex round number of this node's past terms (see Leadership)."""
         self._msgs: list[Message] = []
         self._read_states: list[ReadState] = []
+        self._forwarding = Forwarding(self.id, self._send, self._serve_reads, self._leader_to_ask)
         self._become_follower(self.term, None)
         if is_pristine(storage) and config.voters:
-            self._bootstrap(config.voters)
+            self.term = 1  # the founders' identical first entry (membership.bootstrap_entry)
+            self.log.append([bootstrap_entry(config.voters)])
+            self.log.commit_to(1)
         self._apply_conf_changes(self.log.slice(self.log.first_index(), self.log.committed + 1))
 
     # --- public API ----------------------------------------------------------------
@@ -148,7 +153,12 @@ class RaftNode:
         return self._leading().propose_conf_change(change)
 
     def read_index(self, request_id: bytes) -> None:
-        self._leading().read_index(request_id)
+        """A ReadIndex read here or, on a follower, through the leader (see forwarding)."""
+        self._forwarding.read(request_id, self._leadership)
+
+    def forward_proposal(self, request_id: bytes, data: bytes) -> None:
+        """Propose here or through the leader; the outcome comes as `Ready.forwarded`."""
+        self._forwarding.propose(request_id, data, self._leadership)
 
     def transfer_leadership(self, to: NodeId) -> None:
         """Hand leadership to `to` (§3.10): catch it up, then tell it to campaign now."""
@@ -157,13 +167,18 @@ class RaftNode:
     def step(self, msg: Message) -> None:
         if msg.recipient != self.id or msg.sender == self.id:
             return
+        if type(msg) in FORWARDING:  # on behalf of clients: no term rules (see forwarding)
+            self._forwarding.step(msg, self._leadership, self.term)
+            return
         if isinstance(msg, RequestVote) and not self._may_consider(msg):
             return
         if msg.term > self.term:
             if not self._accept_higher_term(msg):
                 return
         elif msg.term < self.term:
-            self._answer_stale(msg)
+            answer = answer_to_stale(msg, self.term, self.id)
+            if answer is not None:
+                self._send(answer)
             return
         if isinstance(msg, RequestVote):
             self._handle_vote_request(msg)
@@ -179,6 +194,7 @@ class RaftNode:
         return bool(
             self._msgs
             or self._read_states
+            or self._forwarding.has_ready()
             or self.log.has_unstable()
             or self.log.has_next_committed()
             or (self._leadership is not None and self._leadership.has_ready())
@@ -190,6 +206,8 @@ class RaftNode:
     def ready(self) -> Ready:
         if self._leadership is not None:
             self._leadership.flush()
+        else:
+            self._forwarding.flush(self.term)
         entries = tuple(self.log.unstable_entries())
         snapshot = self.log.pending_snapshot
         committed = tuple(self.log.next_committed(self.config.max_batch_bytes))
@@ -203,9 +221,8 @@ class RaftNode:
         )
         leading = self._leadership is not None
         messages, early = outgoing(self._msgs, self.log, leading, hard_state, self._prev_hard_state)
-        ready = Ready(
-            hard_state, entries, messages, committed, tuple(self._read_states), snapshot, early
-        )
+        reads, forwarded = tuple(self._read_states), self._forwarding.take_outcomes()
+        ready = Ready(hard_state, entries, messages, committed, reads, snapshot, early, forwarded)
         self._msgs = []
         self._read_states = []
         return ready
@@ -223,17 +240,6 @@ class RaftNode:
         if ready.committed:
             self.log.applied_to(ready.committed[-1].index)
 
-    # --- start-up ------------------------------------------------------------------------
-
-    def _bootstrap(self, voters: tuple[NodeId, ...]) -> None:
-        """Every founding node writes the same committed entry 1 (term 1) naming the
-        founding voters, as etcd does: identical entries keep Log Matching, and the
-        membership history then lives entirely in the log."""
-        data = encode_conf_change(bootstrap_change(voters))
-        self.term = 1
-        self.log.append([Entry(1, 1, data, EntryType.CONF_CHANGE)])
-        self.log.commit_to(1)
-
     # --- role changes ----------------------------------------------------------------
 
     def _reset(self, term: int) -> None:
@@ -246,6 +252,7 @@ class RaftNode:
             self.config.election_tick, 2 * self.config.election_tick
         )
         self._votes = {}
+        self._forwarding.abandon()
         if self._leadership is not None:
             self._read_seq = self._leadership.read_seq
             self._leadership = None  # every leader-only state goes with it
@@ -356,14 +363,6 @@ class RaftNode:
         leader = msg.sender if isinstance(msg, (AppendEntries, TimeoutNow)) else None
         self._become_follower(msg.term, leader)
         return True
-
-    def _answer_stale(self, msg: Message) -> None:
-        """Tell a node with an old term about ours: a stale leader then steps down, and
-        a pre-candidate learns it cannot win. Everything else from the past is dropped."""
-        if isinstance(msg, AppendEntries):
-            self._send(AppendEntriesResponse(self.term, self.id, msg.sender, success=False))
-        elif isinstance(msg, RequestVote) and msg.pre_vote:
-            self._send(RequestVoteResponse(self.term, self.id, msg.sender, False, pre_vote=True))
 
     # --- votes ----------------------------------------------------------------------------
 
@@ -488,6 +487,10 @@ class RaftNode:
 
     def _serve_reads(self, reads: Iterable[ReadState]) -> None:
         self._read_states.extend(reads)
+
+    def _leader_to_ask(self) -> NodeId | None:
+        """Only a follower asks a leader (a candidate's old leader is gone)."""
+        return self.leader_id if self.role is Role.FOLLOWER else None
 
     def _leading(self) -> Leadership:
         """The leader's side, for requests only a leader takes."""

@@ -39,6 +39,7 @@ class PeerProgress:
 
 class Progress:
     __slots__ = (
+        "commit_sent",
         "inflight",
         "match",
         "match_at_heartbeat",
@@ -62,6 +63,8 @@ class Progress:
         self.max_inflight = max_inflight
         self.recent_active = False
         self.read_ack = 0
+        self.commit_sent = 0
+        """The commit index of the last AppendEntries sent to this peer."""
         self.match_at_heartbeat = 0
         self.stalled_heartbeats = 0
         self.pending_snapshot = 0

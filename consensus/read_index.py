@@ -5,6 +5,9 @@ linearizable reads costs one heartbeat round, not one per read. A round with
 sequence number s is confirmed when a quorum (the leader included) has echoed a
 sequence >= s in the current term; every read of that round and of earlier ones
 may then be served at the commit index recorded when it was asked.
+
+A read has an origin: None for the leader's own clients, or the follower that asked
+for it (ReadIndexRequest); either kind shares the same rounds.
 """
 
 from __future__ import annotations
@@ -12,34 +15,45 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from consensus.types import ReadState
+from consensus.types import NodeId, ReadState
+
+PendingRead = tuple[NodeId | None, ReadState]
+"""(origin, read): origin None for the leader's own reads, else the asking follower."""
 
 
 @dataclass(slots=True)
 class ReadRound:
     seq: int
-    reads: list[ReadState] = field(default_factory=list)
+    reads: list[PendingRead] = field(default_factory=list)
 
 
 class ReadIndexQueue:
     def __init__(self, seq: int = 0) -> None:
         self.seq = seq
         """The number of the last round opened; the next one is seq + 1."""
-        self._waiting_for_commit: list[bytes] = []
-        self._unsent: list[ReadState] = []
+        self._waiting_for_commit: list[tuple[NodeId | None, bytes]] = []
+        self._unsent: list[PendingRead] = []
         self._rounds: list[ReadRound] = []
 
-    def request(self, request_id: bytes, commit_index: int, term_committed: bool) -> None:
+    def request(
+        self,
+        request_id: bytes,
+        commit_index: int,
+        term_committed: bool,
+        origin: NodeId | None = None,
+    ) -> None:
         """Queue a read. Until the leader has committed an entry of its own term its
         commit index may be stale (§6.4 step 1), so the read waits for that first."""
         if term_committed:
-            self._unsent.append(ReadState(request_id, commit_index))
+            self._unsent.append((origin, ReadState(request_id, commit_index)))
         else:
-            self._waiting_for_commit.append(request_id)
+            self._waiting_for_commit.append((origin, request_id))
 
     def term_committed(self, commit_index: int) -> None:
         """The leader's no-op committed: release reads that waited for it."""
-        self._unsent.extend(ReadState(rid, commit_index) for rid in self._waiting_for_commit)
+        self._unsent.extend(
+            (origin, ReadState(rid, commit_index)) for origin, rid in self._waiting_for_commit
+        )
         self._waiting_for_commit.clear()
 
     def has_unsent(self) -> bool:
@@ -52,7 +66,7 @@ class ReadIndexQueue:
         self._unsent = []
         return self.seq
 
-    def confirm(self, is_confirmed: Callable[[int], bool]) -> list[ReadState]:
+    def confirm(self, is_confirmed: Callable[[int], bool]) -> list[PendingRead]:
         """Release every round up to the newest one a quorum has confirmed."""
         confirmed_upto = -1
         for position, round_ in enumerate(self._rounds):

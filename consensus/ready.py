@@ -7,7 +7,8 @@ The driver handles a Ready in this order, and only then calls `advance(ready)`:
    `messages_before_persist` may already go out before this step;
 2. send `messages` (they may promise what step 1 made durable); a driver that sent
    `messages_before_persist` early sends only `messages_after_persist` here;
-3. apply `committed` entries in order and serve `read_states` once applied.
+3. apply `committed` entries in order and serve `read_states` once applied; a
+   `forwarded` proposal resolves like one of the driver's own when its index is applied.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from dataclasses import dataclass, replace
 
 from consensus.log import RaftLog
 from consensus.messages import AppendEntries, Message, TimeoutNow
-from consensus.types import Entry, HardState, NodeId, ReadState, Role, SnapshotMeta
+from consensus.types import (
+    Entry,
+    ForwardedProposal,
+    HardState,
+    NodeId,
+    ReadState,
+    Role,
+    SnapshotMeta,
+)
 
 _EARLY = (AppendEntries, TimeoutNow)
 """What a leader may send before persisting its Ready (see `leader_messages_first`)."""
@@ -36,6 +45,8 @@ class Ready:
     early_messages: int = 0
     """How many of `messages`, from the start, may be sent before persisting (see
     `leader_messages_first`)."""
+    forwarded: tuple[ForwardedProposal, ...] = ()
+    """Where the leader put the proposals this node forwarded (`forward_proposal`)."""
 
     @property
     def must_sync(self) -> bool:

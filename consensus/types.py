@@ -59,6 +59,18 @@ class ReadState:
 
 
 @dataclass(frozen=True, slots=True)
+class ForwardedProposal:
+    """The fate of a proposal a follower forwarded (`RaftNode.forward_proposal`): the
+    leader appended it at (`index`, `term`), or refused it (`index` 0, `refused` says
+    why) and then it was certainly never proposed."""
+
+    request_id: bytes
+    index: int
+    term: int
+    refused: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Membership:
     """Who votes and who only replicates (learners catching up before promotion)."""
 

@@ -94,7 +94,7 @@ async def handle_keepalive(request: web.Request) -> web.StreamResponse:
         ttl = runtime.leases.keep_alive(lease)
         return _not_found(lease) if ttl is None else web.json_response({"id": lease, "ttl": ttl})
 
-    return await serve_read(request, runtime, renew, stale=False)
+    return await serve_read(request, runtime, renew, stale=False, leader_only=True)
 
 
 async def handle_ttl(request: web.Request) -> web.StreamResponse:
@@ -118,7 +118,7 @@ async def handle_ttl(request: web.Request) -> web.StreamResponse:
             }
         )
 
-    return await serve_read(request, runtime, describe, stale=False)
+    return await serve_read(request, runtime, describe, stale=False, leader_only=True)
 
 
 async def handle_list(request: web.Request) -> web.StreamResponse:
@@ -133,4 +133,4 @@ async def handle_list(request: web.Request) -> web.StreamResponse:
         ]
         return web.json_response({"leases": rows})
 
-    return await serve_read(request, runtime, listing, stale=False)
+    return await serve_read(request, runtime, listing, stale=False, leader_only=True)

@@ -1,8 +1,10 @@
 """Where a request is served: the read and write loops every data endpoint shares.
 
-The leader proposes writes and serves reads itself; a follower forwards writes and
-linearizable reads to the leader's client_url and passes the answer through, so a
-client may talk to any node. The answer codes keep one promise above all: 503 only
+Every node serves its own clients. A follower serves linearizable reads itself after
+getting a read index from the leader, and hands writes to the leader over the peer
+link (kvstore.runtime.via_leader), answering from its own state once it applied them;
+only reads that need the leader's own clock (`leader_only`: lease TTLs) are forwarded
+to the leader's client_url. The answer codes keep one promise above all: 503 only
 for a request that was never proposed (safe to retry), 504 `timeout` for a write that
 was (or may have been) proposed and is not confirmed, whatever happened to the leader.
 One loop for single keys, ranges and transactions, so that promise is kept in one place.
@@ -43,22 +45,25 @@ async def serve_read(
     *,
     stale: bool,
     wait: float = 0.0,
+    leader_only: bool = False,
 ) -> web.StreamResponse:
-    """`answer()` from this node's state: at once when `stale`, after a ReadIndex round
-    on the leader otherwise (then the state holds every write acknowledged before the
-    request began); a follower forwards a linearizable read to the leader. `wait` is
-    how long `answer` itself may wait (a long poll), added to the forwarding deadline."""
+    """`answer()` from this node's state: at once when `stale`, after a read index from
+    the leader otherwise (then the state holds every write acknowledged before the
+    request began). A follower forwards a `leader_only` read to the leader. `wait` is
+    how long `answer` itself may wait (a long poll), added to the deadline."""
     loop = runtime.loop
     deadline = loop.time() + runtime.tuning.request_timeout_ms / 1000 + wait
     stale = stale or (UNSAFE_LOCAL_READS and not runtime.is_leader)
     while True:
         if stale:
             return await _answered(answer())
-        if runtime.is_leader:
+        if runtime.is_leader or not leader_only:
             try:
                 await runtime.barrier(deadline - loop.time())
             except NotLeader:
-                continue  # lost office between the check and the call: forward instead
+                if await _leader_known(runtime, deadline):
+                    continue
+                return error(503, "no_leader", "no leader is known; the read was not served")
             except ReadAborted:
                 if loop.time() < deadline:
                     continue
@@ -73,6 +78,12 @@ async def serve_read(
         )
         if forwarded is not None:
             return forwarded
+
+
+async def _leader_known(runtime: NodeRuntime, deadline: float) -> bool:
+    """Wait (about two election timeouts at most) for a leader to be known."""
+    remaining = min(deadline - runtime.loop.time(), 2 * runtime.election_timeout_s)
+    return await runtime.wait_for_leader(remaining) is not None
 
 
 async def _answered(
@@ -97,7 +108,9 @@ async def serve_write(
             try:
                 result = await runtime.propose(cmd, deadline - loop.time())
             except NotLeader:
-                continue
+                if await _leader_known(runtime, deadline):
+                    continue
+                return error(503, "no_leader", "no leader is known; the write was not proposed")
             except ProposalDropped as exc:
                 await asyncio.sleep(runtime.tuning.tick_ms / 1000)  # both kinds clear soon
                 if loop.time() < deadline:

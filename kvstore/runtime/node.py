@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import random
 import ssl
@@ -59,6 +58,7 @@ from kvstore.runtime.requests import (
 from kvstore.runtime.settings import SettingsKeeper
 from kvstore.runtime.snapshots import SnapshotKeeper
 from kvstore.runtime.stats import RuntimeStats
+from kvstore.runtime.via_leader import ViaLeader
 from kvstore.runtime.watch_hub import WatchHub
 from kvstore.state.commands import Command, encode_command
 from kvstore.state.machine import ApplyResult, KeyValue, KVStateMachine
@@ -166,7 +166,7 @@ class NodeRuntime:
         self._on_fatal = on_fatal
         self._persisted: HardState = storage.initial_state()
         self._wake = asyncio.Event()
-        self._read_ids = itertools.count(1)
+        self.via_leader = ViaLeader(self.node, self.pending, self._wake.set, self._applied)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"persist-{node_id}")
         self.snapshots = SnapshotKeeper(
             self.node,
@@ -254,6 +254,9 @@ class NodeRuntime:
             if self._on_fatal is not None:
                 self._on_fatal(exc)
 
+    def _applied(self) -> int:
+        return self.sm.applied_index
+
     def _check_running(self) -> None:
         if self.stopping or self.fatal_error is not None:
             raise RuntimeStopped("the node is shutting down")
@@ -272,10 +275,15 @@ class NodeRuntime:
         self._wake.set()
 
     async def propose(self, command: Command, timeout: float) -> ApplyResult | None:
-        """Replicate and apply one command. Raises NotLeader / ProposalDropped before
+        """Replicate and apply one command (a follower hands it to the leader over the
+        peer link: kvstore.runtime.via_leader). Raises NotLeader / ProposalDropped before
         anything was proposed, ProposalOverwritten when it definitely failed, and
         ProposalTimeout when the outcome is unknown."""
         self._check_running()
+        if self.node.role is not Role.LEADER:
+            return await self.via_leader.propose(
+                encode_command(command), self.loop.time() + timeout
+            )
         entry: Entry = self.node.propose(encode_command(command))
         return await self._until_applied(entry, timeout)
 
@@ -311,22 +319,12 @@ class NodeRuntime:
         return self.sm.get(key)
 
     async def barrier(self, timeout: float) -> int:
-        """Confirm leadership with a quorum (ReadIndex) and wait until everything
-        committed before the call is applied here; returns the read index. Afterwards
-        the state machine holds every write acknowledged before the call began."""
+        """Confirm the leader's office with a quorum (ReadIndex, asked of the leader by a
+        follower) and wait until everything committed before the call is applied here;
+        returns the read index. Afterwards the state machine holds every write
+        acknowledged before the call began. Raises NotLeader when no leader is known."""
         self._check_running()
-        request_id = next(self._read_ids).to_bytes(8, "big")
-        self.node.read_index(request_id)  # raises NotLeader
-        deadline = self.loop.time() + timeout
-        future = self.pending.add_read(request_id, self.node.term, deadline)
-        self._wake.set()
-        try:
-            index = await future
-            if self.sm.applied_index < index:
-                await self.pending.wait_applied(index, deadline)
-        finally:
-            self.pending.reads.pop(request_id, None)
-        return index
+        return await self.via_leader.barrier(self.loop, timeout)
 
     # ------------------------------------------------------------------ leadership
 
@@ -451,6 +449,8 @@ class NodeRuntime:
             await self._persist(rd)
         if len(rd.messages) > rd.early_messages:
             transport.send(rd.messages_after_persist)
+        if rd.forwarded:  # before applying: the Ready may commit these very entries
+            self.pending.forwarded_outcomes(rd.forwarded, self.sm.applied_index)
         if rd.committed:
             self._apply(rd.committed)
         self.watches.advance()

@@ -14,7 +14,8 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from consensus import Entry
+from consensus import DropReason, Entry, ForwardedProposal, NotLeader, ProposalDropped
+from consensus.forwarding import NOT_LEADER
 from kvstore.state.machine import ApplyResult
 
 
@@ -48,6 +49,14 @@ class _Proposal:
 
 
 @dataclass(slots=True)
+class _Forwarded:
+    """A proposal handed to the leader, until it says where it put it."""
+
+    future: asyncio.Future[ApplyResult | None]
+    deadline: float
+
+
+@dataclass(slots=True)
 class _PendingRead:
     term: int
     future: asyncio.Future[int]
@@ -67,13 +76,14 @@ class PendingRequests:
     def __init__(self) -> None:
         self.proposals: dict[int, dict[int, _Proposal]] = {}
         self.reads: dict[bytes, _PendingRead] = {}
+        self.forwarded: dict[bytes, _Forwarded] = {}
         self._apply_waiters: list[tuple[int, int, asyncio.Future[None], float]] = []
         self._seq = itertools.count()
         self.answered = False
         """Set when a proposal was settled; the ready loop then yields once."""
 
     def __bool__(self) -> bool:
-        return bool(self.proposals or self.reads or self._apply_waiters)
+        return bool(self.proposals or self.reads or self._apply_waiters or self.forwarded)
 
     # -------------------------------------------------------------- registering
 
@@ -102,6 +112,35 @@ class PendingRequests:
                 del self.proposals[index]
         return taken
 
+    def add_forwarded(
+        self, request_id: bytes, deadline: float
+    ) -> asyncio.Future[ApplyResult | None]:
+        """A proposal forwarded to the leader (kvstore.runtime.via_leader): resolved by
+        `forwarded_outcomes`, then like a proposal of our own."""
+        future: asyncio.Future[ApplyResult | None] = asyncio.get_running_loop().create_future()
+        self.forwarded[request_id] = _Forwarded(future, deadline)
+        return future
+
+    def forwarded_outcomes(self, outcomes: tuple[ForwardedProposal, ...], applied: int) -> None:
+        """Where the leader put forwarded proposals. Called before the Ready's committed
+        entries are applied (they may include these): an accepted one then waits for
+        its (index, term) like our own; a refused one was certainly never proposed."""
+        for outcome in outcomes:
+            waiting = self.forwarded.pop(outcome.request_id, None)
+            if waiting is None or waiting.future.done():
+                continue
+            if outcome.index == 0:
+                waiting.future.set_exception(_refusal(outcome.refused))
+            elif outcome.index <= applied:  # cannot happen on one ordered peer stream
+                waiting.future.set_exception(
+                    ProposalTimeout(f"entry {outcome.index} was applied before its answer came")
+                )
+            else:
+                at_index = self.proposals.setdefault(outcome.index, {})
+                at_index[outcome.term] = _Proposal(
+                    outcome.index, outcome.term, waiting.future, waiting.deadline
+                )
+
     def add_read(self, request_id: bytes, term: int, deadline: float) -> asyncio.Future[int]:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.reads[request_id] = _PendingRead(term, future, deadline)
@@ -120,6 +159,12 @@ class PendingRequests:
                     ProposalTimeout(
                         f"entry {proposal.index} (term {proposal.term}) not applied in time"
                     )
+                )
+        for request_id in [r for r, f in self.forwarded.items() if f.deadline <= now]:
+            forwarded = self.forwarded.pop(request_id)
+            if not forwarded.future.done():
+                forwarded.future.set_exception(
+                    ProposalTimeout("the leader did not say in time where it put the proposal")
                 )
         for request_id in [r for r, p in self.reads.items() if p.deadline <= now]:
             read = self.reads.pop(request_id)
@@ -193,6 +238,10 @@ class PendingRequests:
         for proposal in self._take_proposals(lambda p: False):
             if not proposal.future.done():
                 proposal.future.set_exception(exc)
+        for forwarded in self.forwarded.values():
+            if not forwarded.future.done():
+                forwarded.future.set_exception(exc)
+        self.forwarded.clear()
         self.fail_reads(exc)
         for _, _, future, _ in self._apply_waiters:
             if not future.done():
@@ -201,6 +250,17 @@ class PendingRequests:
 
     def counts(self) -> dict[str, int]:
         return {
-            "pending_proposals": sum(len(p) for p in self.proposals.values()),
+            "pending_proposals": sum(len(p) for p in self.proposals.values()) + len(self.forwarded),
             "pending_reads": len(self.reads),
         }
+
+
+def _refusal(refused: str) -> Exception:
+    """The error for a forwarded proposal the leader refused (never proposed)."""
+    if refused == NOT_LEADER:
+        return NotLeader(None)
+    try:
+        reason = DropReason(refused)
+    except ValueError:
+        reason = DropReason.TRANSFERRING_LEADERSHIP  # an unknown reason: still never proposed
+    return ProposalDropped(reason, f"the leader refused the proposal ({refused})")

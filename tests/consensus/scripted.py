@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from consensus import (
     Config,
     Entry,
+    ForwardedProposal,
     HardState,
     InstallSnapshot,
     MemoryStorage,
@@ -40,6 +41,7 @@ class ScriptedCluster:
         }
         self.applied: dict[str, list[Entry]] = {node_id: [] for node_id in self.ids}
         self.read_states: dict[str, list[ReadState]] = {node_id: [] for node_id in self.ids}
+        self.forwarded: dict[str, list[ForwardedProposal]] = {node_id: [] for node_id in self.ids}
         self.cut_links: set[tuple[str, str]] = set()
         self.in_flight: list[Message] = []
         self.delivered: list[Message] = []
@@ -91,6 +93,7 @@ class ScriptedCluster:
             out.extend(ready.messages)
             self.applied[node_id].extend(ready.committed)
             self.read_states[node_id].extend(ready.read_states)
+            self.forwarded[node_id].extend(ready.forwarded)
             node.advance(ready)
         return out
 

@@ -201,14 +201,6 @@ def test_read_index_needs_a_quorum_of_heartbeat_acknowledgements() -> None:
     assert [s.request_id for s in cluster.read_states["a"]] == [b"r1", b"r2"]
 
 
-def test_read_index_on_a_follower_is_refused_with_the_leader() -> None:
-    cluster = ScriptedCluster()
-    cluster.elect("a")
-    with pytest.raises(NotLeader) as caught:
-        cluster.nodes["b"].read_index(b"r")
-    assert caught.value.leader_id == "a"
-
-
 def test_conflict_back_off_skips_a_whole_term_per_round_trip() -> None:
     """Figure 7's follower (f): the leader must not walk back one index at a time."""
     cluster = ScriptedCluster()

@@ -34,6 +34,7 @@ from consensus import (
     AppendEntriesResponse,
     Entry,
     EntryType,
+    ForwardedProposal,
     HardState,
     Membership,
     Message,
@@ -68,6 +69,7 @@ ALL_CHECKS = frozenset(
         "removed_leader_committed",
         "kv_determinism",
         "kv_exactly_once",
+        "forwarded_proposals",
     }
 )
 
@@ -124,6 +126,10 @@ class Checkers:
     """Retried (client, seq) entries applied after the first execution (coverage)."""
     kv_reopened: int = 0
     """Re-executions the state machine documents as possible (see on_kv_apply)."""
+    forwarded_at: dict[tuple[int, int], tuple[NodeId, bytes]] = field(default_factory=dict)
+    """(index, term) a leader said it put a follower's proposal at -> (follower, payload)."""
+    refused: dict[bytes, NodeId] = field(default_factory=dict)
+    """Payloads whose forwarding was refused ("certainly never proposed") -> follower."""
 
     def membership_at(self, index: int) -> Membership:
         """The committed configuration in force at `index` (newest change <= index)."""
@@ -281,6 +287,7 @@ class Checkers:
             if entry.type is EntryType.CONF_CHANGE:
                 self._record_conf(entry)
             self.committed.append(entry)
+            self._check_forwarded(entry)
         term = max(node.term, self._seg_terms[-1] if self._seg_terms else 0)
         if self._seg_terms and self._seg_terms[-1] == term:
             self._seg_upto[-1] = commit
@@ -516,6 +523,41 @@ class Checkers:
                 "kv_determinism",
                 f"{nid} has a KV snapshot {fingerprint[:12]} at index {index}, "
                 f"{earlier[0]} applied up to there and held {earlier[1][:12]}",
+            )
+
+    def on_forwarded(
+        self, nid: NodeId, outcome: ForwardedProposal, payload: bytes, unique: bool
+    ) -> None:
+        """A follower learnt where its forwarded proposal went. It answers its client
+        from the entry it applies at (index, term), so that entry must carry exactly
+        its payload; a refusal promises the payload is never committed (checked where
+        payloads are `unique` to one attempt)."""
+        if not self._on("forwarded_proposals"):
+            return
+        if outcome.index == 0:
+            if unique:
+                self.refused[payload] = nid
+                for entry in self.committed:
+                    self._check_forwarded(entry)
+            return
+        self.forwarded_at[(outcome.index, outcome.term)] = (nid, payload)
+        if outcome.index <= len(self.committed):
+            self._check_forwarded(self.committed[outcome.index - 1])
+
+    def _check_forwarded(self, entry: Entry) -> None:
+        forwarded = self.forwarded_at.get((entry.index, entry.term))
+        if forwarded is not None and forwarded[1] != entry.data:
+            self.fail(
+                "forwarded_proposals",
+                f"{forwarded[0]} was told its proposal {forwarded[1][:20]!r} is entry "
+                f"{entry.index} of term {entry.term}, which commits {entry.data[:20]!r}",
+            )
+        refused_by = self.refused.get(entry.data) if entry.type is EntryType.NORMAL else None
+        if refused_by is not None:
+            self.fail(
+                "forwarded_proposals",
+                f"{refused_by} was told its proposal {entry.data[:20]!r} was never proposed, "
+                f"but it is committed at {entry.index}",
             )
 
     def on_read_state(self, nid: NodeId, state: ReadState, required: int) -> None:

@@ -69,6 +69,7 @@ class Counters:
     proposals: int = 0
     reads_served: int = 0
     reads_failed: int = 0
+    forwarded: int = 0
     crashes: int = 0
     restarts: int = 0
     elections: int = 0
@@ -118,6 +119,7 @@ class Cluster(ReadyDriver):
             self._add_host(nid, self.founders)
         self._payloads = 0
         self._read_ids = 0
+        self._forward_ids = 0
         self.workload = KVWorkload(seed) if self.config.kv else None
 
     def _add_host(self, nid: NodeId, voters: tuple[NodeId, ...]) -> Host:
@@ -276,7 +278,7 @@ class Cluster(ReadyDriver):
             self.event(f"{host.nid} is {node.role.value} in term {node.term}")
             for watcher in self.watchers:
                 watcher(host)
-        if host.reads and (node.role is not Role.LEADER or node.term != host.read_term):
+        if host.reads and (node.role, node.term, node.leader_id) != host.read_view:
             self.counters.reads_failed += len(host.reads)
             host.reads.clear()
 
@@ -289,13 +291,7 @@ class Cluster(ReadyDriver):
         if not leaders:
             return None
         host = self.rng.choice(leaders)
-        self._payloads += 1
-        if data is not None:
-            payload = data
-        elif self.workload is not None:
-            payload = self.workload.next()
-        else:
-            payload = f"s{self.seed}-p{self._payloads}".encode()
+        payload = self._next_payload() if data is None else data
         assert host.node is not None
         try:
             entry = host.node.propose(payload)
@@ -305,14 +301,33 @@ class Cluster(ReadyDriver):
         self.counters.proposals += 1
         return entry
 
+    def _next_payload(self) -> bytes:
+        self._payloads += 1
+        if self.workload is not None:
+            return self.workload.next()
+        return f"s{self.seed}-p{self._payloads}".encode()
+
+    def _asking(self) -> list[Host]:
+        """Nodes a client may talk to: (believed) leaders, and followers knowing one."""
+        return [
+            h
+            for h in self.live()
+            if h.node is not None
+            and (
+                h.node.role is Role.LEADER
+                or (h.node.role is Role.FOLLOWER and h.node.leader_id is not None)
+            )
+        ]
+
     def read(self) -> bool:
-        """Ask a (believed) leader for a ReadIndex read; remember the commit index known
-        now, which a linearizable read must not fall behind."""
+        """A linearizable read on a (believed) leader, or on a follower, which asks its
+        leader for the read index; remember the commit index known now, which the read
+        must not fall behind (checked when it is served)."""
         self.ops += 1
-        leaders = self.leaders()
-        if not leaders:
+        hosts = self._asking()
+        if not hosts:
             return False
-        host = self.rng.choice(leaders)
+        host = self.rng.choice(hosts)
         node = host.node
         assert node is not None
         self._read_ids += 1
@@ -321,10 +336,30 @@ class Cluster(ReadyDriver):
             node.read_index(request_id)
         except ConsensusError:
             return False
-        if host.read_term != node.term:
-            host.read_term = node.term
+        host.read_view = (node.role, node.term, node.leader_id)
         host.reads[request_id] = len(self.check.committed)
         self._observe(host)
+        return True
+
+    def forward(self) -> bool:
+        """A client write on a follower: it hands the command to its leader, and learns
+        where the leader put it (or that it refused it) from `Ready.forwarded`."""
+        self.ops += 1
+        hosts = [h for h in self._asking() if h.node is not None and h.node.role is Role.FOLLOWER]
+        if not hosts:
+            return False
+        host = self.rng.choice(hosts)
+        assert host.node is not None
+        self._forward_ids += 1
+        request_id = f"f{self._forward_ids}".encode()
+        payload = self._next_payload()
+        try:
+            host.node.forward_proposal(request_id, payload)
+        except ConsensusError:
+            return False
+        host.forwarding[request_id] = payload
+        self._observe(host)
+        self.counters.forwarded += 1
         return True
 
     def transfer(self, to: NodeId) -> None:

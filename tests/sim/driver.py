@@ -157,6 +157,13 @@ class ReadyDriver:
             host.received = {m: d for m, d in host.received.items() if m in keep}
 
     def _apply_ready(self, host: Host, ready: Ready) -> None:
+        for outcome in ready.forwarded:
+            payload = host.forwarding.pop(outcome.request_id, None)
+            if payload is not None:
+                # A refusal claims "never proposed": checkable where payloads are unique
+                # (KV clients retry the same bytes) and no request was ever duplicated.
+                unique = not self.config.kv and self.net.stats.duplicated == 0
+                self.check.on_forwarded(host.nid, outcome, payload, unique)
         for entry in ready.committed:
             self._apply(host, entry)
         for state in ready.read_states:

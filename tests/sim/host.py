@@ -64,7 +64,11 @@ class Host:
     """An armed crash: the next Ready handling stops before this phase."""
     reads: dict[bytes, int] = field(default_factory=dict)
     """Waiting reads: request id -> commit index that was known when it was asked."""
-    read_term: int = 0
+    read_view: tuple[Role, int, NodeId | None] | None = None
+    """(role, term, leader) when the waiting reads were asked: a change fails them, as
+    the runtime's LeadershipWatch does (a follower's read index is asked of its leader)."""
+    forwarding: dict[bytes, bytes] = field(default_factory=dict)
+    """Proposals this follower forwarded to its leader: request id -> payload."""
     serving: list[tuple[ReadState, int]] = field(default_factory=list)
     received: dict[SnapshotMeta, bytes] = field(default_factory=dict)
     """Snapshot data this node's driver has received, waiting for the core to install."""
@@ -76,6 +80,7 @@ class Host:
         self.inflight = None
         self.crash_before = None
         self.reads.clear()
+        self.forwarding.clear()
         self.serving.clear()
         self.received.clear()
         self.last_view = None

@@ -107,6 +107,7 @@ def make_plan(rng: random.Random, nodes: int, seed: int | None = None) -> Plan:
     rates = {kind: rng.uniform(0.003, 0.04) for kind in sorted(faults)}
     rates["propose"] = rng.uniform(0.05, 0.6)
     rates["read"] = rng.uniform(0.0, 0.3)
+    rates["forward"] = rng.uniform(0.0, 0.3)
     rates["restart"] = rng.uniform(0.01, 0.08)
     rates["heal"] = rng.uniform(0.01, 0.05)
     if seed is not None:
@@ -192,6 +193,9 @@ def _random_operations(cluster: Cluster, rng: random.Random, plan: Plan) -> None
                 cluster.propose()
         elif kind == "read":
             cluster.read()
+        elif kind == "forward":
+            for _ in range(rng.randint(1, 3)):
+                cluster.forward()
         elif kind == "restart" and cluster.crashed():
             cluster.restart(rng.choice(cluster.crashed()))
         elif kind == "heal" and not cluster.net.is_healed():

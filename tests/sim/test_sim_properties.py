@@ -110,6 +110,10 @@ class RaftClusterMachine(RuleBasedStateMachine):
     def propose(self, count: int) -> None:
         self._run(lambda: [self.cluster.propose() for _ in range(count)])
 
+    @rule(count=st.integers(1, 4))
+    def forward(self, count: int) -> None:
+        self._run(lambda: [self.cluster.forward() for _ in range(count)])
+
     @rule()
     def read(self) -> None:
         self._run(self.cluster.read)

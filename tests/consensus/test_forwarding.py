@@ -1,0 +1,140 @@
+"""A follower's reads and proposals through the leader (consensus.forwarding), and the
+leader telling followers a new commit index at once."""
+
+from __future__ import annotations
+
+import pytest
+
+from consensus import (
+    AppendEntriesResponse,
+    NotLeader,
+    ProposeRequest,
+    ProposeResponse,
+    ReadIndexRequest,
+    ReadIndexResponse,
+)
+from tests.consensus.scripted import ScriptedCluster
+
+
+def test_follower_reads_share_one_request_and_get_the_leaders_confirmed_commit_index() -> None:
+    cluster = ScriptedCluster()
+    cluster.elect("a")
+    cluster.nodes["a"].propose(b"x")
+    cluster.deliver_all()
+    commit = cluster.nodes["a"].commit_index
+    follower = cluster.nodes["b"]
+    follower.read_index(b"r1")
+    follower.read_index(b"r2")
+    cluster.deliver_all()
+    requests = [m for m in cluster.delivered if isinstance(m, ReadIndexRequest)]
+    assert [m.request_ids for m in requests] == [(b"r1", b"r2")]
+    answers = [m for m in cluster.delivered if isinstance(m, ReadIndexResponse)]
+    assert [(m.recipient, m.request_ids, m.index) for m in answers] == [
+        ("b", (b"r1", b"r2"), commit)
+    ]
+    assert [(s.request_id, s.index) for s in cluster.read_states["b"]] == [
+        (b"r1", commit),
+        (b"r2", commit),
+    ]
+    assert cluster.read_states["a"] == []
+    assert follower.commit_index >= commit, "the follower can serve at once"
+
+
+def test_a_follower_read_waits_for_a_heartbeat_quorum() -> None:
+    """The leader answers only after a quorum of its term confirmed it still leads: a
+    deposed leader, cut off from the majority, never answers (the read fails or times
+    out and is retried), so its possibly stale commit index is never served."""
+    cluster = ScriptedCluster()
+    cluster.elect("a")
+    cluster.cut_links |= {("a", "c"), ("c", "a")}
+    cluster.drop = lambda msg: (
+        msg.sender == "b" and msg.recipient == "a" and not isinstance(msg, ReadIndexRequest)
+    )
+    cluster.nodes["b"].read_index(b"r")
+    cluster.deliver_all()
+    assert any(isinstance(m, ReadIndexRequest) for m in cluster.delivered)
+    assert cluster.read_states["b"] == []
+    assert not any(isinstance(m, ReadIndexResponse) for m in cluster.delivered)
+    cluster.drop = lambda msg: False
+    cluster.tick("a", cluster.nodes["a"].config.heartbeat_tick)
+    cluster.deliver_all()
+    assert [s.request_id for s in cluster.read_states["b"]] == [b"r"]
+
+
+def test_a_new_leader_answers_follower_reads_only_after_committing_in_its_term() -> None:
+    cluster = ScriptedCluster()
+    cluster.drop = lambda msg: isinstance(msg, AppendEntriesResponse)  # nothing commits
+    cluster.elect("a")
+    leader = cluster.nodes["a"]
+    assert leader.log.term(leader.commit_index) != leader.term
+    cluster.nodes["b"].read_index(b"r")
+    cluster.tick("a", leader.config.heartbeat_tick)
+    cluster.deliver_all()
+    assert cluster.read_states["b"] == [], "answered before the leader committed in its term"
+    cluster.drop = lambda msg: False
+    cluster.tick("a", leader.config.heartbeat_tick)
+    cluster.deliver_all()
+    assert leader.log.term(leader.commit_index) == leader.term
+    [state] = cluster.read_states["b"]
+    assert state.index == leader.commit_index
+
+
+def test_a_read_on_a_node_without_a_leader_is_refused() -> None:
+    cluster = ScriptedCluster()
+    with pytest.raises(NotLeader):
+        cluster.nodes["b"].read_index(b"r")
+
+
+def test_forwarded_proposals_travel_together_and_commit_where_the_leader_put_them() -> None:
+    cluster = ScriptedCluster()
+    cluster.elect("a")
+    follower = cluster.nodes["b"]
+    follower.forward_proposal(b"p1", b"one")
+    follower.forward_proposal(b"p2", b"two")
+    cluster.deliver_all()
+    [request] = [m for m in cluster.delivered if isinstance(m, ProposeRequest)]
+    assert request.datas == (b"one", b"two")
+    outcomes = cluster.forwarded["b"]
+    assert [o.request_id for o in outcomes] == [b"p1", b"p2"]
+    assert all(o.refused == "" and o.term == cluster.nodes["a"].term for o in outcomes)
+    applied = {e.index: e for e in cluster.applied["b"]}
+    assert [applied[o.index].data for o in outcomes] == [b"one", b"two"]
+    assert [applied[o.index].term for o in outcomes] == [o.term for o in outcomes]
+
+
+def test_a_proposal_sent_to_a_node_that_no_longer_leads_is_refused_as_never_proposed() -> None:
+    cluster = ScriptedCluster()
+    cluster.elect("a")
+    cluster.nodes["b"].step(ProposeRequest(1, "c", "b", (b"p",), (b"data",)))
+    [answer] = cluster.process_ready("b")
+    assert isinstance(answer, ProposeResponse)
+    assert answer.indexes == (0,) and answer.refused == "not_leader"
+    last = cluster.nodes["b"].log.last_index()
+    cluster.nodes["c"].step(answer)
+    cluster.process_ready("c")
+    [outcome] = cluster.forwarded["c"]
+    assert (outcome.index, outcome.refused) == (0, "not_leader")
+    assert cluster.nodes["b"].log.last_index() == last
+
+
+def test_proposals_still_queued_when_the_leader_changes_are_refused() -> None:
+    cluster = ScriptedCluster()
+    cluster.elect("a")
+    follower = cluster.nodes["b"]
+    follower.forward_proposal(b"p", b"data")
+    for _ in range(4 * follower.config.election_tick):  # b campaigns before sending
+        follower.tick()
+    cluster.process_ready("b")
+    [outcome] = cluster.forwarded["b"]
+    assert (outcome.index, outcome.refused) == (0, "not_leader")
+
+
+def test_followers_learn_a_new_commit_index_without_waiting_for_a_heartbeat() -> None:
+    cluster = ScriptedCluster()
+    cluster.elect("a")
+    leader = cluster.nodes["a"]
+    leader.propose(b"x")
+    cluster.deliver_all()  # no tick: only messages caused by the proposal
+    assert leader.commit_index == leader.log.last_index()
+    for follower in ("b", "c"):
+        assert cluster.nodes[follower].commit_index == leader.commit_index
