@@ -105,6 +105,7 @@ class LockClients:
             cmd += ["--worker", str(worker), "--t0", repr(self.t0), "--ttl", str(self.ttl)]
             cmd += ["--lock", LOCK_NAME, "--key", REGISTER_KEY, "--seed", str(self.seed)]
             cmd += ["--timeout", str(self.timeout), "--out", str(self.events_path(worker))]
+            cmd += ["--runner", str(os.getpid())]
             log = (self.dir / f"worker-{worker}.log").open("ab")
             self._logs.append(log)
             self.procs.append(

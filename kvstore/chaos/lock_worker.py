@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import random
 import signal
 import time
@@ -77,9 +78,12 @@ class LockWorker:
         self.rng = random.Random(f"{args.seed}-lock-{args.worker}")
         self.stop = asyncio.Event()
         self.seq = 0
+        self.runner: int = args.runner
 
     async def run(self) -> None:
-        while not self.stop.is_set():
+        """Rounds until SIGTERM, or until the runner is gone (killed without a chance to
+        stop its clients: an orphan would otherwise knock on dead ports for ever)."""
+        while not self.stop.is_set() and os.getppid() == self.runner:
             await self.round()
             await self._pause(self.rng.uniform(0.05, 0.3))
 
@@ -207,6 +211,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--timeout", type=float, required=True, help="per call, retries included")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--runner", type=int, required=True, help="the parent's PID")
     return parser.parse_args(argv)
 
 
