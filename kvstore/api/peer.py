@@ -245,6 +245,7 @@ async def handle_snapshot(request: web.Request) -> web.Response:
     try:
         chunk = decode_chunk(body)
     except ChunkError as exc:
+        log.warning("refused an undecodable snapshot chunk from %s: %s", request.remote, exc)
         return _error(exc.status, exc.code, str(exc), next_offset=exc.next_offset)
     rejected = _check(sink, [chunk.msg], verified)
     if rejected is not None:
