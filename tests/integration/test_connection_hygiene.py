@@ -90,10 +90,17 @@ def test_garbage_is_one_log_line_on_both_ports(short: Cluster) -> None:
         sock.sendall(head + b"%x\r\n" % len(chunk) + chunk + b"\r\n")
         sock.settimeout(10)
         assert b" 400 " in sock.recv(65536)
+    with socket.create_connection(_address(node.peer_url)) as sock:
+        sock.sendall(b"POST /raft/snapshot HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\n\r\ngarbage")
+        sock.settimeout(10)
+        assert b" 400 " in sock.recv(65536)
+    wait_until(lambda: _log_lines(short, "n2", "undecodable snap"), 5, "the bad chunk logged")
+    (bad_chunk,) = _log_lines(short, "n2", "undecodable snapshot chunk")
+    assert "127.0.0.1" in bad_chunk
     wait_until(lambda: _log_lines(short, "n2", "undecodable"), 5, "the bad frame logged")
     (bad_http,) = _log_lines(short, "n2", "malformed request")
     assert "127.0.0.1" in bad_http
-    (bad_frame,) = _log_lines(short, "n2", "undecodable")
+    (bad_frame,) = _log_lines(short, "n2", "undecodable message batch")
     assert "127.0.0.1" in bad_frame
     assert "Traceback" not in short.logs()
 
