@@ -223,7 +223,8 @@ def main() -> int:
             print(
                 f"round {round_no} {result['label']:6} {result['ops_per_s']:8.1f} ops/s  "
                 f"p50 {result['lat_ms']['p50']} ms  p99 {result['lat_ms']['p99']} ms  "
-                f"server cpu {result['server_cpu_pct']}%  errors {result['errors']}",
+                f"cpu: servers {result['server_cpu_pct']}% generator {result['gen_cpu_pct']}% "
+                f"others {result['other_cpu_pct']}%  errors {result['errors']}",
                 flush=True,
             )
             if args.out is not None:
