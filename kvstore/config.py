@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import tempfile
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -130,6 +129,8 @@ class ClusterConfig:
     """`[peer_auth]`: the shared key that authenticates every peer request (HMAC)."""
     tls: TlsConfig | None = None
     """`[tls]`: certificates for the https URLs (mutual TLS between peers)."""
+    token_ttl: int = 300
+    """`[auth] token_ttl`: seconds a token this node issues stays valid."""
 
     @property
     def founders(self) -> tuple[str, ...]:
@@ -204,29 +205,6 @@ def member_node_config(node_id: str, client_url: str, peer_url: str, data_root: 
     )
 
 
-def check_data_dir(path: Path) -> None:
-    """Create the directory if needed and prove it takes a new file.
-
-    Writing a probe file is the only check that also catches read-only mounts, ACLs and
-    full quotas the same way the node would meet them later.
-    """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"data directory {path}: exists but is not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise ConfigError(f"data directory {path}: exists but is not a directory") from None
-    except OSError as exc:
-        raise ConfigError(f"data directory {path}: cannot create it: {exc.strerror}") from None
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=path)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise ConfigError(f"data directory {path}: not writable: {exc.strerror}") from None
-
-
 _TOML_TYPES = (
     (bool, "a boolean"),
     (int, "an integer"),
@@ -277,7 +255,7 @@ class _Parser:
         return value
 
     def cluster(self, doc: dict[str, Any]) -> ClusterConfig:
-        self.keys(doc, {"cluster", "nodes", "tuning", "peer_auth", "tls"}, "")
+        self.keys(doc, {"cluster", "nodes", "tuning", "peer_auth", "tls", "auth"}, "")
         if "cluster" not in doc:
             raise self.fail("cluster", "missing required table [cluster]")
         table = doc["cluster"]
@@ -298,8 +276,11 @@ class _Parser:
             )
         secret = self.peer_secret(doc.get("peer_auth"))
         tls = self.tls(doc.get("tls"), nodes)
+        ttl = self.table(doc.get("auth", {}), "auth", {"token_ttl"}).get("token_ttl", 300)
+        if type(ttl) is not int or not 1 <= ttl <= 86400:
+            raise self.fail("auth.token_ttl", f"expected seconds in 1..86400, got {_show(ttl)}")
         return ClusterConfig(
-            name, data_dir, nodes, tuning, self.path, log_format, cluster_id, secret, tls
+            name, data_dir, nodes, tuning, self.path, log_format, cluster_id, secret, tls, ttl
         )
 
     def table(self, raw: object, key: str, allowed: set[str]) -> dict[str, Any]:

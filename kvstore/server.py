@@ -31,6 +31,7 @@ from pathlib import Path
 from aiohttp import web
 
 from kvstore.api.app import make_client_app
+from kvstore.api.auth import TOKEN_TTL_KEY
 from kvstore.api.connections import ConnectionGuard, one_line_protocol_errors
 from kvstore.api.forwarding import FORWARD_SSL_KEY
 from kvstore.api.peer import DEFAULT_MAX_BODY, add_peer_routes, make_peer_app
@@ -38,11 +39,11 @@ from kvstore.config import (
     ClusterConfig,
     ConfigError,
     NodeConfig,
-    check_data_dir,
     load_cluster_config,
 )
 from kvstore.peers.auth import PeerAuth
 from kvstore.peers.seen import SeenProbe
+from kvstore.runtime.data_dir import check_data_dir
 from kvstore.runtime.founding import REPLACE_DISK, FoundingRefused, check_founding, pristine
 from kvstore.runtime.incarnation import IncarnationError, read_incarnation
 from kvstore.runtime.leveldb_storage import CorruptLogError, LevelDBStorage
@@ -232,6 +233,7 @@ async def _serve(
         add_peer_routes(app, runtime)
     if tls.forward is not None:
         app[FORWARD_SSL_KEY] = tls.forward
+    app[TOKEN_TTL_KEY] = cluster.token_ttl
 
     async def runtime_ctx(_app: web.Application) -> AsyncIterator[None]:
         await runtime.start()

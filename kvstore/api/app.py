@@ -8,6 +8,8 @@ import os
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from kvstore.api.access import auth_middleware
+from kvstore.api.auth import add_auth_routes
 from kvstore.api.common import LEADER_HEADER, RUNTIME_KEY, error, strict
 from kvstore.api.forwarding import proxy_session
 from kvstore.api.health import add_health_routes
@@ -77,4 +79,6 @@ def make_client_app(runtime: NodeRuntime, client_max_size: int) -> web.Applicati
     add_health_routes(app)
     add_status_page_routes(app)
     add_watch_routes(app)
+    add_auth_routes(app)
+    app.middlewares.append(auth_middleware(runtime))  # after metrics: refusals are counted
     return app

@@ -15,6 +15,9 @@ SESSION_HEADERS = ("X-KV-Client-Id", "X-KV-Seq", "X-KV-First-Outstanding")
 JSON_TYPE = "application/json"
 
 RUNTIME_KEY = web.AppKey("runtime", NodeRuntime)
+USER_KEY: Any = web.RequestKey("kv_user", str) if hasattr(web, "RequestKey") else "kv_user"
+"""The request's authenticated user (kvstore.api.access); absent while auth is off.
+(aiohttp before 3.13 has no RequestKey: a plain name then.)"""
 
 
 class BadRequest(Exception):

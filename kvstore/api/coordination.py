@@ -18,6 +18,7 @@ from kvstore.runtime.node import NodeRuntime
 from kvstore.state.coordination_commands import MAX_LOCK_NAME_BYTES, Fence
 from kvstore.state.types import (
     ApplyResult,
+    AuthResult,
     FencedResult,
     LeaseNotFoundResult,
     LockNotFoundResult,
@@ -85,8 +86,24 @@ def parse_name(raw_path: str, prefix: str) -> str:
     return name
 
 
+AUTH_STATUS = {
+    "permission_denied": 403,
+    "no_root_user": 409,
+    "user_exists": 409,
+    "role_exists": 409,
+    "user_not_found": 404,
+    "role_not_found": 404,
+    "role_not_granted": 404,
+    "permission_not_found": 404,
+}
+"""HTTP status of each refusal code of kvstore.state.auth_commands (others: 400)."""
+
+
 def refusal(result: ApplyResult | None) -> web.Response | None:
-    """The answer to a coordination refusal any command may meet; None for others."""
+    """The answer to a refusal any command may meet (a coordination refusal, or a
+    permission denied at apply time); None for others."""
+    if type(result) is AuthResult and result.code:
+        return error(AUTH_STATUS.get(result.code, 400), result.code, result.message)
     if type(result) is FencedResult:
         return error(
             409,

@@ -108,7 +108,7 @@ async def _forward(
     hops_n = int(hops) if hops.isdigit() else MAX_HOPS
     if hops_n >= MAX_HOPS:
         return error(503, "no_leader", "the leader moved while the request was forwarded")
-    passed = (*SESSION_HEADERS, "Accept")
+    passed = (*SESSION_HEADERS, "Accept", "Authorization")  # the leader checks the token again
     headers = {h: request.headers[h] for h in passed if h in request.headers}
     headers[HOPS_HEADER] = str(hops_n + 1)
     if body:

@@ -24,6 +24,7 @@ from typing import Any
 import msgpack
 from aiohttp import web
 
+from kvstore.api.access import read_access
 from kvstore.api.common import (
     CONSISTENCY,
     JSON_TYPE,
@@ -153,15 +154,28 @@ def document_response(
 
 
 def run_query(request: web.Request, runtime: NodeRuntime, query: RangeQuery) -> web.Response:
-    """The answer from this node's state; 410 beyond the history."""
+    """The answer from this node's state; 410 beyond the history. With auth on, only
+    the keys the user may read (kvstore.api.access): a range partly outside them
+    answers the readable ones (`count` then counts those), one wholly outside 403."""
+    keys = query.keys
+    try:
+        readable = read_access(request, runtime.sm.auth, keys.start, keys.end)
+    except BadRequest as exc:
+        return error(exc.status, exc.code, exc.message)
+    partial = not readable.covers(keys.start, keys.end)
+    if partial and query.count_only:
+        return error(403, "permission_denied", "count_only over keys you may not all read")
     try:
         result = runtime.sm.range(query)
     except Compacted as exc:
         return error(410, "compacted", str(exc), compact_revision=exc.compact_revision)
     except FutureRevision as exc:
         return error(400, "future_revision", str(exc), revision=exc.current)
-    binary = wants_msgpack(request)
-    return document_response(request, range_document(result, query, binary=binary), result.revision)
+    document = range_document(result, query, binary=wants_msgpack(request))
+    if partial:  # after range_document: `next` still continues after the last key read
+        document["kvs"] = [kv for kv in document["kvs"] if readable.key(kv["key"])]
+        document["count"] = len(document["kvs"])
+    return document_response(request, document, result.revision)
 
 
 async def handle_range(request: web.Request) -> web.StreamResponse:

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from consensus import DropReason, NotLeader, ProposalDropped
-from kvstore.api.common import error
+from kvstore.api.common import USER_KEY, error
 from kvstore.api.forwarding import forward_to_leader
 from kvstore.runtime.node import NodeRuntime
 from kvstore.runtime.requests import (
@@ -29,7 +29,7 @@ from kvstore.runtime.requests import (
     ReadAborted,
     RuntimeStopped,
 )
-from kvstore.state.commands import Command
+from kvstore.state.commands import AsUser, Command
 from kvstore.state.machine import ApplyResult
 
 UNSAFE_LOCAL_READS = os.environ.get("KV_UNSAFE_STALE_READS") == "1"
@@ -100,7 +100,12 @@ async def serve_write(
     respond: Callable[[ApplyResult | None], web.StreamResponse],
 ) -> web.StreamResponse:
     """Propose `cmd` on the leader (forward `body` from a follower) and `respond` to its
-    result once applied."""
+    result once applied. A request of an authenticated user proposes the command as
+    that user's (AsUser), so the state machine checks the user's permissions again at
+    the entry's log position; whatever forwards the command must keep it so."""
+    user = request.get(USER_KEY)
+    if user is not None:
+        cmd = AsUser(user, cmd)  # type: ignore[arg-type]
     loop = runtime.loop
     deadline = loop.time() + runtime.tuning.request_timeout_ms / 1000
     while True:

@@ -35,12 +35,13 @@ def _page() -> bytes:
 
 
 async def _member_status(
-    session: aiohttp.ClientSession, client_url: str
+    session: aiohttp.ClientSession, client_url: str, headers: dict[str, str]
 ) -> tuple[dict[str, Any] | None, str | None]:
     """(the member's /v1/status, None) or (None, why it could not be read)."""
     timeout = aiohttp.ClientTimeout(total=MEMBER_TIMEOUT_S)
+    url = client_url.rstrip("/") + "/v1/status"
     try:
-        async with session.get(client_url.rstrip("/") + "/v1/status", timeout=timeout) as resp:
+        async with session.get(url, timeout=timeout, headers=headers) as resp:
             if resp.status != 200:
                 return None, f"HTTP {resp.status}"
             return await resp.json(), None
@@ -48,15 +49,18 @@ async def _member_status(
         return None, type(exc).__name__ if isinstance(exc, TimeoutError) else str(exc)[:200]
 
 
-async def cluster_view(runtime: NodeRuntime, session: aiohttp.ClientSession) -> dict[str, Any]:
+async def cluster_view(
+    runtime: NodeRuntime, session: aiohttp.ClientSession, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Every member as its own node reports it, with how far each is behind the most
-    advanced commit index seen, and this node's record of leader changes."""
+    advanced commit index seen, and this node's record of leader changes. `headers`
+    go with each member's request (the caller's token, when auth is on)."""
     own = status_json(runtime)
     members = runtime.membership.members
     ids = sorted(members)
     others = [i for i in ids if i != runtime.node_id]
     answers = await asyncio.gather(
-        *(_member_status(session, members[i].client_url) for i in others)
+        *(_member_status(session, members[i].client_url, headers or {}) for i in others)
     )
     statuses: dict[str, tuple[dict[str, Any] | None, str | None]] = dict(
         zip(others, answers, strict=True)
@@ -96,7 +100,9 @@ async def handle_cluster(request: web.Request) -> web.Response:
         check_query(request)
     except BadRequest as exc:
         return error(exc.status, exc.code, exc.message)
-    view = await cluster_view(request.app[RUNTIME_KEY], request.app[PROXY_KEY])
+    token = request.headers.get("Authorization")
+    headers = {} if token is None else {"Authorization": token}
+    view = await cluster_view(request.app[RUNTIME_KEY], request.app[PROXY_KEY], headers)
     return web.json_response(view)
 
 

@@ -37,6 +37,7 @@ from typing import Any
 
 from aiohttp import web
 
+from kvstore.api.access import command_refusal
 from kvstore.api.common import RUNTIME_KEY, BadRequest, error, query_values
 from kvstore.api.coordination import FENCE_QUERY, parse_fence
 from kvstore.api.kv import parse_session, result_response
@@ -241,6 +242,9 @@ async def handle_txn(request: web.Request) -> web.StreamResponse:
         txn = replace(parse_txn(body, tuning.max_key_bytes, tuning.max_value_bytes), fence=fence)
     except BadRequest as exc:
         return error(exc.status, exc.code, exc.message)
+    refused = command_refusal(request, runtime.sm.auth, txn)
+    if refused is not None:
+        return refused
     if not txn.writes:
         return await serve_read(
             request, runtime, lambda: _respond(request, txn, runtime.sm.read_txn(txn)), stale=False

@@ -29,6 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
+from kvstore.api.access import read_access
 from kvstore.api.common import (
     RUNTIME_KEY,
     BadRequest,
@@ -49,7 +50,9 @@ from kvstore.runtime.watch_hub import (
     Selector,
     Watcher,
 )
+from kvstore.state.auth import KeyAccess
 from kvstore.state.history import Compacted, Event, EventKind
+from kvstore.state.keyrange import KeyRange
 
 WATCH_PATH = "/v1/watch"
 MAX_WAIT_S = 300.0
@@ -172,30 +175,53 @@ async def handle_watch(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME_KEY]
     try:
         wr = parse_watch(request, runtime.tuning.max_key_bytes)
+        keys = _keys(wr.selector)
+        readable: KeyAccess | None = read_access(request, runtime.sm.auth, keys.start, keys.end)
     except BadRequest as exc:
         return error(exc.status, exc.code, exc.message)
+    if readable.covers(keys.start, keys.end):
+        readable = None  # all of it: nothing to filter
     try:
         watcher = runtime.watches.watch(wr.selector, wr.start_revision)
     except Compacted as exc:
         return _compacted(exc)
     try:
         if wr.wait is not None:
-            return await _long_poll(runtime, watcher, wr, wr.wait)
-        return await _stream(request, runtime, watcher, wr)
+            return await _long_poll(runtime, watcher, wr, wr.wait, readable)
+        return await _stream(request, runtime, watcher, wr, readable)
     finally:
         watcher.close()
 
 
+def _keys(selector: Selector) -> KeyRange:
+    if selector.key is not None:
+        return KeyRange.single(selector.key)
+    return KeyRange.prefix(selector.prefix or "")
+
+
+def _visible(item: Item | None, readable: KeyAccess | None) -> Item | None:
+    """`item` with only the events the user may read (auth on, a watch partly outside
+    the user's permissions); a revision with none of them has no events."""
+    if readable is None or type(item) is not Changes:
+        return item
+    events = tuple(e for e in item.events if readable.key(e.kv.key))
+    return item if len(events) == len(item.events) else Changes(item.revision, events)
+
+
 async def _long_poll(
-    runtime: NodeRuntime, watcher: Watcher, wr: WatchRequest, wait: float
+    runtime: NodeRuntime,
+    watcher: Watcher,
+    wr: WatchRequest,
+    wait: float,
+    readable: KeyAccess | None,
 ) -> web.Response:
-    item: Item | None = await watcher.next(wait)
+    item: Item | None = _visible(await watcher.next(wait), readable)
     events: list[dict[str, Any]] = []
     while type(item) is Changes:
         events += (event_json(e, wr.prev_kv) for e in item.events)
         if len(events) >= MAX_POLL_EVENTS:
             break
-        item = watcher.poll()
+        item = _visible(watcher.poll(), readable)
     if not events and runtime.leader_id is None:
         return error(503, "no_leader", "this node knows no leader; poll another node")
     if not events and type(item) is Ended:
@@ -212,7 +238,11 @@ async def _long_poll(
 
 
 async def _stream(
-    request: web.Request, runtime: NodeRuntime, watcher: Watcher, wr: WatchRequest
+    request: web.Request,
+    runtime: NodeRuntime,
+    watcher: Watcher,
+    wr: WatchRequest,
+    readable: KeyAccess | None,
 ) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={
@@ -223,20 +253,24 @@ async def _stream(
     )
     await response.prepare(request)
     try:
-        await _events(response, runtime, watcher, wr)
+        await _events(response, runtime, watcher, wr, readable)
     except (TimeoutError, ConnectionError):
         response.force_close()  # the reader is gone or stuck; it resumes from its last id
     return response
 
 
 async def _events(
-    response: web.StreamResponse, runtime: NodeRuntime, watcher: Watcher, wr: WatchRequest
+    response: web.StreamResponse,
+    runtime: NodeRuntime,
+    watcher: Watcher,
+    wr: WatchRequest,
+    readable: KeyAccess | None,
 ) -> None:
     created = {"start_revision": watcher.next_revision, "revision": runtime.watches.revision}
     await _write(response, f"retry: {RETRY_MS}\nevent: created\ndata: {json.dumps(created)}\n\n")
     interval = runtime.tuning.watch_progress_ms / 1000
     while True:
-        item = await watcher.next(interval)
+        item = _visible(await watcher.next(interval), readable)
         if item is None and runtime.leader_id is None:
             # Cut off from the cluster (or between leaders): this node's state may be
             # old and stay old. The reader resumes on another node instead of hearing
@@ -255,12 +289,13 @@ async def _events(
         parts: list[bytes] = []
         size = 0
         while type(item) is Changes:
-            text = _changes_text(item, wr.prev_kv)
-            parts.append(text)
-            size += len(text)
+            if item.events:
+                text = _changes_text(item, wr.prev_kv)
+                parts.append(text)
+                size += len(text)
             if size >= COALESCE_BYTES:
                 break
-            item = watcher.poll()
+            item = _visible(watcher.poll(), readable)
         if parts:
             await _write(response, b"".join(parts))
         if type(item) is Ended:

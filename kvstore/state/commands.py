@@ -23,6 +23,13 @@ from typing import Any, TypeAlias
 
 import msgpack
 
+from kvstore.state.auth_commands import (
+    AUTH_COMMANDS,
+    AUTH_TAGS,
+    AuthCommand,
+    auth_fields,
+    decode_auth,
+)
 from kvstore.state.coordination_commands import (
     CoordinationCommand,
     Fence,
@@ -38,6 +45,7 @@ from kvstore.state.session_ref import MAX_CLIENT_ID_LENGTH, SessionRef, is_int
 
 __all__ = [
     "MAX_CLIENT_ID_LENGTH",
+    "AsUser",
     "Command",
     "CommandDecodeError",
     "Compare",
@@ -80,6 +88,9 @@ _LOCK_ACQUIRE = 14
 _LOCK_RELEASE = 15
 _PROCLAIM = 16
 _TXN_FENCED = 17
+# A command proposed on behalf of an authenticated user (kvstore.state.auth_check):
+# [40, user, the command's own bytes]; auth commands themselves are tags 30..38.
+_AS_USER = 40
 
 
 class CommandDecodeError(ValueError):
@@ -285,7 +296,25 @@ class SetSettings:
             raise ValueError("only_if_unset must be a bool")
 
 
-Command: TypeAlias = Put | Delete | Txn | SetSettings | CoordinationCommand
+@dataclass(frozen=True, slots=True)
+class AsUser:
+    """`command`, proposed on behalf of `user`: the state machine checks the user's
+    permissions against the auth state of the entry's own log position, so a permission
+    revoked by an earlier entry is enforced. Commands without it come from an open
+    cluster (auth disabled when the request was admitted) or from the node itself
+    (lease expiry), and are not checked."""
+
+    user: str
+    command: Put | Delete | Txn | CoordinationCommand | AuthCommand
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.user, str) or not self.user:
+            raise ValueError("the user of a command is a non-empty string")
+        if type(self.command) in (AsUser, SetSettings):
+            raise ValueError(f"{type(self.command).__name__} is never proposed for a user")
+
+
+Command: TypeAlias = Put | Delete | Txn | SetSettings | CoordinationCommand | AuthCommand | AsUser
 
 
 def encode_command(cmd: Command) -> bytes:
@@ -326,6 +355,10 @@ def encode_command(cmd: Command) -> bytes:
         fields = [_LOCK_RELEASE, cmd.name, cmd.token]
     elif type(cmd) is Proclaim:
         fields = [_PROCLAIM, cmd.name, cmd.token, cmd.value]
+    elif type(cmd) in AUTH_COMMANDS:
+        return msgpack.packb(auth_fields(cmd), use_bin_type=True)  # type: ignore[arg-type]
+    elif type(cmd) is AsUser:
+        return msgpack.packb([_AS_USER, cmd.user, encode_command(cmd.command)], use_bin_type=True)
     else:
         raise TypeError(f"not a command: {type(cmd).__name__}")
     s = cmd.session
@@ -367,6 +400,10 @@ def decode_command(data: bytes) -> Command:
             return build(fields[1:width], session)
         if tag == _SETTINGS and n == 5:
             return SetSettings(*fields[1:])
+        if tag == _AS_USER and n == 3 and type(fields[2]) is bytes:
+            return AsUser(fields[1], decode_command(fields[2]))  # type: ignore[arg-type]
+        if tag in AUTH_TAGS:
+            return decode_auth(fields)
     except (ValueError, TypeError) as exc:
         raise CommandDecodeError(f"malformed command: {exc}") from None
     raise CommandDecodeError(f"unknown command tag {tag} with {n} fields")

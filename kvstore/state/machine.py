@@ -61,7 +61,18 @@ from collections.abc import Mapping, Sequence
 
 from consensus.types import Entry, EntryType
 from kvstore.state import txn as txn_executor
-from kvstore.state.commands import Command, Delete, Put, SetSettings, Txn, decode_command
+from kvstore.state.auth import AuthState
+from kvstore.state.auth_check import refuse
+from kvstore.state.auth_commands import AUTH_COMMANDS, apply_auth
+from kvstore.state.commands import (
+    AsUser,
+    Command,
+    Delete,
+    Put,
+    SetSettings,
+    Txn,
+    decode_command,
+)
 from kvstore.state.coordination import Coordination
 from kvstore.state.history import DEFAULT_HISTORY_REVISIONS, History
 from kvstore.state.keyrange import RangeQuery
@@ -152,6 +163,12 @@ class KVStateMachine:
         self._dropped: OrderedDict[str, int] = OrderedDict()
         self._directory = MemberDirectory()
         self._coordination = Coordination()
+        self._auth = AuthState()
+
+    @property
+    def auth(self) -> AuthState:
+        """Users, roles, the enabled flag (read them; only apply() changes them)."""
+        return self._auth
 
     @property
     def coordination(self) -> Coordination:
@@ -233,14 +250,17 @@ class KVStateMachine:
         self._expire_idle_sessions(index)
         if command is None:
             return None
+        user = None
+        if type(command) is AsUser:
+            user, command = command.user, command.command
         if type(command) is SetSettings:
             if not (command.only_if_unset and self._settings is not None):
                 limits = (command.session_ttl_entries, command.max_sessions)
                 self._use(ClusterSettings(*limits, command.history_revisions))
             return None
         if command.session is None:
-            return self._execute(command, index)
-        return self._apply_in_session(command, index)
+            return self._execute(command, index, user)
+        return self._apply_in_session(command, index, user)
 
     def _use(self, settings: ClusterSettings | None) -> None:
         """Put the log's settings (None: the initial limits) in force, alike everywhere."""
@@ -266,7 +286,7 @@ class KVStateMachine:
         while len(self._dropped) > self._max_sessions:
             self._dropped.popitem(last=False)
 
-    def _apply_in_session(self, command: Command, index: int) -> ApplyResult:
+    def _apply_in_session(self, command: Command, index: int, user: str | None) -> ApplyResult:
         ref = command.session
         assert ref is not None
         session = self._sessions.get(ref.client_id)
@@ -284,7 +304,7 @@ class KVStateMachine:
             stored = session.results.get(ref.seq)
             if stored is not None:
                 return stored
-        result = self._execute(command, index)
+        result = self._execute(command, index, user)
         session.remember(ref.seq, result, self._max_results)
         return result
 
@@ -296,8 +316,16 @@ class KVStateMachine:
             self._record_dropped(oldest, index)
         return session
 
-    def _execute(self, command: Command, index: int) -> ApplyResult:
+    def _execute(self, command: Command, index: int, user: str | None) -> ApplyResult:
+        """Run a command; one proposed for a user who may not run it (by the auth
+        state at this log position) answers permission_denied and changes nothing."""
         coordination = self._coordination
+        if user is not None and self._auth.enabled:
+            refused = refuse(self._auth, user, command, self._lease_keys)
+            if refused is not None:
+                return refused
+        if type(command) in AUTH_COMMANDS:
+            return apply_auth(self._auth, command, index)  # type: ignore[arg-type]
         if type(command) is not Put and type(command) is not Delete and type(command) is not Txn:
             return coordination.execute(command, index, self._delete_keys)
         refused = coordination.refuse_write(command)
@@ -309,6 +337,11 @@ class KVStateMachine:
             touched = (event.kv.key for event in self._space.history.events_since(before))
             coordination.written(command, result, touched)
         return result
+
+    def _lease_keys(self, lease_id: int) -> list[str]:
+        """A lease's keys in order (the order decides which key a refusal names)."""
+        found = self._coordination.leases.get(lease_id)
+        return [] if found is None else sorted(found.keys)
 
     def _delete_keys(self, keys: Sequence[str]) -> tuple[int, int]:
         """Delete `keys` (a lease's) in one revision; returns (revision, how many existed)."""
@@ -359,6 +392,7 @@ class KVStateMachine:
             self._directory,
             self._settings,
             self._coordination,
+            self._auth,
             with_keys=with_keys,
         )
 
@@ -389,6 +423,7 @@ class KVStateMachine:
             self._directory,
             settings,
             self._coordination,
+            self._auth,
         ) = state
         self._use(settings)
 

@@ -16,7 +16,8 @@ when it set none). Format 3 is format 2 plus the retained change history
 (kvstore.state.history). Format 2 (without the history) and format 1 (without the
 member directory either) are still read; their history starts empty at their revision.
 Format 5 adds `[leases, locks]` (kvstore.state.coordination) at the end; older formats
-read as having none.
+read as having none. Format 6 adds the auth state `[enabled, key, users, roles]`
+(kvstore.state.auth) at the end; older formats read as auth disabled with no users.
 """
 
 from __future__ import annotations
@@ -30,15 +31,16 @@ from typing import Any, BinaryIO
 
 import msgpack
 
+from kvstore.state.auth import AuthState
 from kvstore.state.coordination import Coordination
 from kvstore.state.history import DEFAULT_HISTORY_REVISIONS, History
 from kvstore.state.keyspace import KeySpace
 from kvstore.state.members import MemberDirectory
 from kvstore.state.types import KeyValue, Session, decode_kv, decode_result, encode_result, ints
 
-SNAPSHOT_FORMAT = 5
+SNAPSHOT_FORMAT = 6
 PACK_BATCH = 2000
-_FORMATS = {1: 6, 2: 8, 3: 10, 4: 11, 5: 12}  # format -> array length
+_FORMATS = {1: 6, 2: 8, 3: 10, 4: 11, 5: 12, 6: 13}  # format -> array length
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,7 @@ class SnapshotView:
     history: History
     settings: ClusterSettings | None
     coordination: tuple[list[Any], list[Any]]
+    auth: list[Any]
 
     @classmethod
     def capture(
@@ -78,6 +81,7 @@ class SnapshotView:
         directory: MemberDirectory,
         settings: ClusterSettings | None,
         coordination: Coordination,
+        auth: AuthState,
         *,
         with_keys: bool = True,
     ) -> SnapshotView:
@@ -102,6 +106,7 @@ class SnapshotView:
             space.history.copy(),
             settings,
             coordination.copy_wire(),
+            auth.to_wire(),  # now: users and roles change in place
         )
 
     def with_keys(self, kvs: Sequence[KeyValue]) -> SnapshotView:
@@ -143,7 +148,7 @@ class SnapshotView:
         parts = [packer.pack(v) for v in (self.sessions, self.dropped, members, removed)]
         settings = None if self.settings is None else self.settings.to_wire()
         parts += [packer.pack(compact_revision), packer.pack(events), packer.pack(settings)]
-        parts.append(packer.pack(self.coordination))
+        parts += [packer.pack(self.coordination), packer.pack(self.auth)]
         return written + out.write(b"".join(parts))
 
 
@@ -155,6 +160,7 @@ ParsedState = tuple[
     MemberDirectory,
     ClusterSettings | None,
     Coordination,
+    AuthState,
 ]
 
 
@@ -219,7 +225,8 @@ def parse_snapshot(data: bytes) -> ParsedState:
         ordered.sort()  # this version writes keys in order; accept any order all the same
     space = KeySpace(history, revision, kvs, ordered)
     coordination = Coordination.from_wire(*rest[5]) if fmt >= 5 else Coordination()
-    return applied_index, space, live, gone, directory, settings, coordination
+    auth = AuthState.from_wire(rest[6]) if fmt >= 6 else AuthState()
+    return applied_index, space, live, gone, directory, settings, coordination, auth
 
 
 def _expect_end(unpacker: msgpack.Unpacker) -> None:

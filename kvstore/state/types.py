@@ -131,6 +131,15 @@ class FencedResult:
     holder: int
 
 
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    """The answer of an auth command ("" code: done), or a command refused for want of
+    a permission (code "permission_denied") at its log position (kvstore.state.auth)."""
+
+    code: str
+    message: str
+
+
 CoordinationResult: TypeAlias = (
     LeaseGrantResult
     | LeaseRevokeResult
@@ -149,6 +158,7 @@ ApplyResult: TypeAlias = (
     | TxnResult
     | SessionExpiredResult
     | CoordinationResult
+    | AuthResult
 )
 
 NOT_FOUND = NotFoundResult()
@@ -193,6 +203,7 @@ _COORDINATION_RESULTS: dict[type, int] = {
     FencedResult: 15,
 }
 _COORDINATION_TAGS = {tag: cls for cls, tag in _COORDINATION_RESULTS.items()}
+_RESULT_AUTH = 20
 
 
 def encode_result(result: ApplyResult) -> tuple[Any, ...]:
@@ -210,6 +221,8 @@ def encode_result(result: ApplyResult) -> tuple[Any, ...]:
     if type(result) is TxnResult:
         ops = [_encode_op_result(r) for r in result.results]
         return (_RESULT_TXN, int(result.succeeded), result.revision, ops)
+    if type(result) is AuthResult:
+        return (_RESULT_AUTH, result.code, result.message)
     tag = _COORDINATION_RESULTS.get(type(result))
     if tag is not None:
         return (tag, *(getattr(result, name) for name in result.__slots__))  # type: ignore[union-attr]
@@ -265,6 +278,8 @@ def decode_result(tag: int, *fields: Any) -> ApplyResult:
         succeeded, revision = ints(fields[:2], 2)
         ops = tuple(_decode_op_result(*op) for op in fields[2])
         return TxnResult(bool(succeeded), revision, ops)
+    if tag == _RESULT_AUTH and len(fields) == 2 and all(type(f) is str for f in fields):
+        return AuthResult(*fields)
     cls = _COORDINATION_TAGS.get(tag)
     if cls is not None:
         result: ApplyResult = cls(*ints(fields, len(cls.__slots__)))

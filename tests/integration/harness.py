@@ -130,6 +130,9 @@ class Cluster:
     context: ssl.SSLContext | None = None
     """Verifies a TLS cluster's certificates in `http` and `status`."""
     name: str = "test"
+    headers: dict[str, str] = field(default_factory=dict)
+    """Sent with every request of `http` (and so `status`, `leader`): a token, once a
+    test enables authentication."""
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -276,6 +279,8 @@ class Cluster:
         return self.nodes[node_id].client_url
 
     def http(self, node_id: str, method: str, path: str, **kwargs: Any) -> Reply:
+        if self.headers:
+            kwargs["headers"] = {**self.headers, **(kwargs.get("headers") or {})}
         return request(self.url(node_id), method, path, context=self.context, **kwargs)
 
     def put(self, node_id: str, key: str, value: bytes, **kwargs: Any) -> Reply:

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from kvstore import config as config_module
 from kvstore.config import (
     MIB,
     ClusterConfig,
     ConfigError,
     Tuning,
-    check_data_dir,
     load_cluster_config,
 )
+from kvstore.runtime import data_dir as data_dir_module
+from kvstore.runtime.data_dir import check_data_dir
 
 ROOT_CONFIG = Path(__file__).resolve().parents[2] / "cluster.toml"
 
@@ -161,7 +161,7 @@ CLUSTER = '[cluster]\nname = "t"\ndata_dir = "d"\n'
     [
         (
             GOOD + "[extra]\n",
-            "extra: unknown key (allowed: cluster, nodes, peer_auth, tls, tuning)",
+            "extra: unknown key (allowed: auth, cluster, nodes, peer_auth, tls, tuning)",
         ),
         (GOOD.replace('name = "test"', 'name = "t"\nnmae = "x"'), "cluster.nmae: unknown key"),
         (GOOD.replace('id = "n2"', 'id = "n2"\nport = 1'), "nodes[1].port: unknown key"),
@@ -292,6 +292,6 @@ def test_check_data_dir_reports_a_failed_write_probe(
     def refuse(**_: object) -> tuple[int, str]:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(config_module.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(data_dir_module.tempfile, "mkstemp", refuse)
     with pytest.raises(ConfigError, match=r"data directory .*: not writable: Permission denied"):
         check_data_dir(tmp_path)
