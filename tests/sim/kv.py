@@ -187,7 +187,8 @@ class KVWorkload:
         puts = rng.sample(KEYS, rng.randint(0, 2))
         for key in puts:
             self.values += 1
-            ops.append(TxnPut(key, f"v{self.values}".encode()))
+            lease = self._id(self.grants) if rng.random() < 0.2 else 0  # maybe ended
+            ops.append(TxnPut(key, f"v{self.values}".encode(), lease))
         keys = KeyRange.single(rng.choice(KEYS)) if rng.random() < 0.5 else KeyRange("b", "d")
         if rng.random() < 0.4:
             ops.append(TxnRange(RangeQuery(keys, limit=rng.randint(0, 2))))
