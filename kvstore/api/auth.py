@@ -105,8 +105,7 @@ def _route(build: Any, answer: Any = None, *, own_query: bool = False) -> Any:
         except BadRequest as exc:
             return error(exc.status, exc.code, exc.message)
         reply = answer(request) if answer is not None else {}
-        body = await request.read()  # a follower forwards it: the leader hashes again
-        return await serve_write(request, runtime, command, body, _done(reply))
+        return await serve_write(request, runtime, command, _done(reply))
 
     return handle
 

@@ -1,5 +1,10 @@
 """Forwarding to the leader: a follower has the leader serve what it cannot.
 
+Only what is rare and needs the leader itself takes this second HTTP hop: membership
+changes and reads (`GET /v1/members`, `/v1/snapshot` from a node that lost office) and
+reads of lease TTLs, which run on the leader's clock. Client writes and linearizable
+reads are served by every node through the peer link (kvstore.runtime.via_leader).
+
 The answer codes keep one promise above all: 503 only for a request that was never
 sent to a leader (safe to retry), 504 `timeout` for a write that was (or may have been)
 sent, whatever happened to the leader afterwards.

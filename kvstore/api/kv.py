@@ -155,7 +155,7 @@ async def handle_kv(request: web.Request) -> web.StreamResponse:
             else:
                 body = await read_value(request, tuning.max_value_bytes)
                 cmd = Put(key, body, version, session, revision, query.get("lease", 0), fence)
-            return await serve_write(request, runtime, cmd, body, result_response)
+            return await serve_write(request, runtime, cmd, result_response)
     except BadRequest as exc:
         return error(exc.status, exc.code, exc.message)
     return error(

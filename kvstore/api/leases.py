@@ -68,7 +68,7 @@ async def handle_grant(request: web.Request) -> web.StreamResponse:
         return error(exc.status, exc.code, exc.message)
     except ValueError as exc:
         return error(400, "bad_ttl", str(exc))
-    return await serve_write(request, runtime, command, b"", _granted)
+    return await serve_write(request, runtime, command, _granted)
 
 
 async def handle_revoke(request: web.Request) -> web.StreamResponse:
@@ -78,7 +78,7 @@ async def handle_revoke(request: web.Request) -> web.StreamResponse:
         command = LeaseRevoke(_lease_id(request), parse_session(request))
     except BadRequest as exc:
         return error(exc.status, exc.code, exc.message)
-    return await serve_write(request, runtime, command, b"", _revoked)
+    return await serve_write(request, runtime, command, _revoked)
 
 
 async def handle_keepalive(request: web.Request) -> web.StreamResponse:

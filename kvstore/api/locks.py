@@ -90,16 +90,16 @@ async def handle_queue(request: web.Request) -> web.StreamResponse:
             lease = require(query_values(request, {"lease": positive}), "lease")
             value = await _value(request) if election else b""
             command = LockAcquire(name, lease, value, parse_session(request))
-            return await serve_write(request, runtime, command, value, _queued(name))
+            return await serve_write(request, runtime, command, _queued(name))
         if method == "DELETE":
             token = require(query_values(request, {"token": positive}), "token")
             release = LockRelease(name, token, parse_session(request))
-            return await serve_write(request, runtime, release, b"", _queued(name))
+            return await serve_write(request, runtime, release, _queued(name))
         if method == "PUT" and election:
             token = require(query_values(request, {"token": positive}), "token")
             value = await _value(request)
             proclaim = Proclaim(name, token, value, parse_session(request))
-            return await serve_write(request, runtime, proclaim, value, _queued(name))
+            return await serve_write(request, runtime, proclaim, _queued(name))
         if method == "GET":
             query = query_values(request, {"token": positive, "after": uint, "wait": seconds})
             token, after = query.get("token"), query.get("after")

@@ -96,44 +96,41 @@ async def serve_write(
     request: web.Request,
     runtime: NodeRuntime,
     cmd: Command,
-    body: bytes,
     respond: Callable[[ApplyResult | None], web.StreamResponse],
 ) -> web.StreamResponse:
-    """Propose `cmd` on the leader (forward `body` from a follower) and `respond` to its
-    result once applied. A request of an authenticated user proposes the command as
-    that user's (AsUser), so the state machine checks the user's permissions again at
-    the entry's log position; whatever forwards the command must keep it so."""
+    """Propose `cmd` (a follower through the leader, over the peer link) and `respond`
+    to its result once applied here. Every refusal below means never proposed, so
+    retrying is safe until the deadline. A request of an authenticated user proposes
+    the command as that user's (AsUser), so the state machine checks the user's
+    permissions again at the entry's log position; a follower forwards the encoded
+    command as it is, user included."""
     user = request.get(USER_KEY)
     if user is not None:
         cmd = AsUser(user, cmd)  # type: ignore[arg-type]
     loop = runtime.loop
     deadline = loop.time() + runtime.tuning.request_timeout_ms / 1000
     while True:
-        if runtime.is_leader:
-            try:
-                result = await runtime.propose(cmd, deadline - loop.time())
-            except NotLeader:
-                if await _leader_known(runtime, deadline):
-                    continue
-                return error(503, "no_leader", "no leader is known; the write was not proposed")
-            except ProposalDropped as exc:
-                await asyncio.sleep(runtime.tuning.tick_ms / 1000)  # both kinds clear soon
-                if loop.time() < deadline:
-                    continue
-                if exc.reason is DropReason.TOO_MANY_UNCOMMITTED:
-                    return error(503, "overloaded", f"{exc}; not proposed")
-                return error(503, "no_leader", f"{exc}; not proposed")
-            except ProposalOverwritten:
-                if loop.time() < deadline:
-                    continue  # it can never commit, so proposing again is safe
-                return error(503, "no_leader", "the proposal was dropped by a leader change")
-            except ProposalTimeout as exc:
-                return error(504, "timeout", f"outcome unknown: {exc}")
-            except RuntimeStopped as exc:
-                return error(503, "unavailable", f"not proposed: {exc}")
-            return respond(result)
-        answer = await forward_to_leader(
-            request, runtime, body, deadline, is_write=True, unserved="the write was not proposed"
-        )
-        if answer is not None:
-            return answer
+        try:
+            result = await runtime.propose(cmd, deadline - loop.time())
+        except NotLeader:
+            # No leader known, or the one we knew no longer leads: wait for news.
+            await asyncio.sleep(runtime.tuning.tick_ms / 1000)
+            if loop.time() < deadline and await _leader_known(runtime, deadline):
+                continue
+            return error(503, "no_leader", "no leader is known; the write was not proposed")
+        except ProposalDropped as exc:
+            await asyncio.sleep(runtime.tuning.tick_ms / 1000)  # both kinds clear soon
+            if loop.time() < deadline:
+                continue
+            if exc.reason is DropReason.TOO_MANY_UNCOMMITTED:
+                return error(503, "overloaded", f"{exc}; not proposed")
+            return error(503, "no_leader", f"{exc}; not proposed")
+        except ProposalOverwritten:
+            if loop.time() < deadline:
+                continue  # it can never commit, so proposing again is safe
+            return error(503, "no_leader", "the proposal was dropped by a leader change")
+        except ProposalTimeout as exc:
+            return error(504, "timeout", f"outcome unknown: {exc}")
+        except RuntimeStopped as exc:
+            return error(503, "unavailable", f"not proposed: {exc}")
+        return respond(result)

@@ -251,5 +251,5 @@ async def handle_txn(request: web.Request) -> web.StreamResponse:
         )
     command = replace(txn, session=session)
     return await serve_write(
-        request, runtime, command, body, lambda result: _respond(request, txn, result)
+        request, runtime, command, lambda result: _respond(request, txn, result)
     )

@@ -36,7 +36,7 @@ from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 from consensus.codec import encode_messages
-from consensus.messages import AppendEntries, Message
+from consensus.messages import AppendEntries, Message, ProposeRequest
 from consensus.types import NodeId
 from kvstore.peers.auth import FrameTagger, PeerAuth
 from kvstore.peers.tls import transport_identity
@@ -52,6 +52,8 @@ def message_bytes(msg: Message) -> int:
     """A cheap size estimate used to bound queues and frames."""
     if type(msg) is AppendEntries:
         return 48 + sum(e.size() for e in msg.entries)
+    if type(msg) is ProposeRequest:
+        return 48 + sum(len(data) + 16 for data in msg.datas)
     return 48
 
 

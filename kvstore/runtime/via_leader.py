@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable
 
 from consensus import RaftNode
-from kvstore.runtime.requests import PendingRequests
+from kvstore.runtime.requests import PendingRequests, ProposalTimeout, RuntimeStopped
 from kvstore.state.machine import ApplyResult
 
 
@@ -69,4 +69,7 @@ class ViaLeader:
         self._node.forward_proposal(request_id, data)
         future = self._pending.add_forwarded(request_id, deadline)
         self._wake()
-        return await future
+        try:
+            return await future
+        except RuntimeStopped as exc:  # perhaps proposed already: the outcome is unknown
+            raise ProposalTimeout(f"the forwarded proposal was not answered: {exc}") from None

@@ -1,6 +1,7 @@
 """What a node answers when forwarding or proposing fails, by what really happened
 (issue 10, items 5 and 11): 503 only for a write that was certainly never proposed,
-504 `timeout` when it may have been."""
+504 `timeout` when it may have been. A follower forwards writes over the peer link
+(kvstore.runtime.via_leader)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,13 @@ import functools
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
 
-from consensus import Config
-from kvstore.api.forwarding import HOPS_HEADER
+from consensus import Config, DropReason, ForwardedProposal, ProposeRequest, ProposeResponse
+from consensus.leader import Leadership
 from kvstore.runtime import node as node_module
+from kvstore.runtime.requests import PendingRequests
 from tests.kvstore.test_runtime import _LocalCluster
 
 pytestmark = pytest.mark.timeout(60)
@@ -33,54 +33,43 @@ async def cluster(tmp_path: Path) -> AsyncIterator[_LocalCluster]:
         await local.close()
 
 
-def _break_forwarding(monkeypatch: pytest.MonkeyPatch, fail: Any, *, send_first: bool) -> list[str]:
-    """Make every forwarded request (the ones carrying the hops header) fail with
-    `fail()`; with `send_first`, only after the leader received it. Returns the URLs."""
-    original = aiohttp.ClientSession._request
-    seen: list[str] = []
-
-    async def request(self: aiohttp.ClientSession, method: str, url: Any, **kw: Any) -> Any:
-        if HOPS_HEADER not in (kw.get("headers") or {}):
-            return await original(self, method, url, **kw)
-        seen.append(str(url))
-        if send_first:
-            resp = await original(self, method, url, **kw)
-            await resp.read()
-            resp.release()
-        raise fail()
-
-    monkeypatch.setattr(aiohttp.ClientSession, "_request", request)
-    return seen
-
-
-async def test_a_forwarded_write_that_fails_after_it_was_sent_is_a_timeout(
+async def test_a_forwarded_write_whose_answer_is_lost_is_a_timeout(
     cluster: _LocalCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A follower hands the write to the leader over the peer link; if it never hears
+    where the leader put it, the write may have happened: 504, never 503."""
     leader = await cluster.leader()
     follower = next(n for n in cluster.nodes if n != leader)
-    seen = _break_forwarding(
-        monkeypatch, lambda: aiohttp.ServerDisconnectedError(), send_first=True
+    lost: list[ForwardedProposal] = []
+    monkeypatch.setattr(
+        PendingRequests, "forwarded_outcomes", lambda self, outcomes, applied: lost.extend(outcomes)
     )
     status, _, body = await cluster.call(follower, "PUT", "/v1/kv/sent", b"v")
-    assert seen, "the write was not forwarded"
+    assert lost, "the write was not forwarded over the peer link"
     assert status == 504 and json.loads(body)["error"] == "timeout", body
-    # It was sent, and it did take effect: a 503 would have been a lie.
+    # It was proposed, and it did take effect: a 503 would have been a lie.
     status, _, body = await cluster.call(leader, "GET", "/v1/kv/sent")
     assert (status, body) == (200, b"v")
 
 
-async def test_a_connect_timeout_to_the_leader_is_not_an_unknown_outcome(
+async def test_a_write_the_leader_refuses_is_never_proposed(
     cluster: _LocalCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     leader = await cluster.leader()
     follower = next(n for n in cluster.nodes if n != leader)
-    seen = _break_forwarding(
-        monkeypatch, lambda: aiohttp.ConnectionTimeoutError("connect timed out"), send_first=False
-    )
+    refused: list[ProposeRequest] = []
+
+    def refuse(self: Leadership, msg: ProposeRequest) -> None:
+        refused.append(msg)
+        zeros = (0,) * len(msg.request_ids)
+        reason = DropReason.TOO_MANY_UNCOMMITTED.value
+        self._send(ProposeResponse(self.term, self.id, msg.sender, msg.request_ids, zeros, reason))
+
+    monkeypatch.setattr(Leadership, "propose_for", refuse)
     status, _, body = await cluster.call(follower, "PUT", "/v1/kv/unsent", b"v")
-    assert seen, "the write was not forwarded"
-    # Nothing was sent: never proposed, so a definite, retryable 503.
-    assert status == 503 and json.loads(body)["error"] == "no_leader", body
+    assert refused, "the write was not forwarded over the peer link"
+    # Refused: never proposed, so a definite, retryable 503 that says why.
+    assert status == 503 and json.loads(body)["error"] == "overloaded", body
     status, _, _ = await cluster.call(leader, "GET", "/v1/kv/unsent")
     assert status == 404
 

@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from consensus import Entry
+from consensus import DropReason, Entry, ForwardedProposal, NotLeader, ProposalDropped
 from kvstore.runtime.requests import (
     PendingRequests,
     ProposalOverwritten,
@@ -91,4 +91,51 @@ async def test_every_waiting_request_ends_by_its_deadline(seed: int) -> None:
             assert future.done() or deadline > now, f"seed {seed}: a wait outlived its deadline"
     pending.expire(now + 10)
     assert all(f.done() for f, _ in futures)
+    assert not pending
+
+
+async def test_a_forwarded_proposal_waits_for_the_entry_the_leader_named() -> None:
+    pending = PendingRequests()
+    placed = pending.add_forwarded(b"a", deadline=1e9)
+    overwritten = pending.add_forwarded(b"b", deadline=1e9)
+    pending.forwarded_outcomes(
+        (ForwardedProposal(b"a", 5, 3), ForwardedProposal(b"b", 6, 3)), applied=4
+    )
+    assert not placed.done()
+    pending.applied(Entry(3, 5, b"x"), PutResult(9, 1))
+    pending.applied(Entry(4, 6, b"y"), PutResult(10, 1))  # another term won index 6
+    assert placed.result() == PutResult(9, 1)
+    with pytest.raises(ProposalOverwritten):
+        overwritten.result()
+    assert not pending
+
+
+async def test_a_refused_forwarded_proposal_says_it_was_never_proposed() -> None:
+    pending = PendingRequests()
+    not_leader = pending.add_forwarded(b"a", deadline=1e9)
+    dropped = pending.add_forwarded(b"b", deadline=1e9)
+    pending.forwarded_outcomes(
+        (
+            ForwardedProposal(b"a", 0, 0, "not_leader"),
+            ForwardedProposal(b"b", 0, 0, DropReason.TOO_MANY_UNCOMMITTED.value),
+        ),
+        applied=0,
+    )
+    with pytest.raises(NotLeader):
+        not_leader.result()
+    with pytest.raises(ProposalDropped) as caught:
+        dropped.result()
+    assert caught.value.reason is DropReason.TOO_MANY_UNCOMMITTED
+    assert not pending
+
+
+async def test_an_unanswered_forwarded_proposal_ends_unknown_at_its_deadline() -> None:
+    pending = PendingRequests()
+    lost = pending.add_forwarded(b"a", deadline=5.0)
+    late = pending.add_forwarded(b"b", deadline=5.0)
+    pending.forwarded_outcomes((ForwardedProposal(b"b", 3, 2),), applied=3)  # applied already
+    pending.expire(now=6.0)
+    for future in (lost, late):
+        with pytest.raises(ProposalTimeout):
+            future.result()
     assert not pending
