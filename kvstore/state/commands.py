@@ -313,6 +313,11 @@ class AsUser:
         if type(self.command) in (AsUser, SetSettings):
             raise ValueError(f"{type(self.command).__name__} is never proposed for a user")
 
+    @property
+    def session(self) -> SessionRef | None:
+        """The command's own: the session is the client's, whichever user it acts for."""
+        return self.command.session
+
 
 Command: TypeAlias = Put | Delete | Txn | SetSettings | CoordinationCommand | AuthCommand | AsUser
 

@@ -249,6 +249,8 @@ def test_a_role_does_exactly_what_it_is_granted(auth: Auth) -> None:
     assert auth.call("alice", "POST", f"/v1/locks/app/lock?lease={lease}").status == 200
     assert auth.call("root", "GET", "/v1/members").status == 200
     assert auth.call("alice", "GET", "/v1/status").status == 200
+    view = _json(auth.call("alice", "GET", "/v1/cluster", node="n3"))  # asks every member
+    assert [m["reachable"] for m in view["members"]] == [True, True, True], view
 
 
 def test_a_watch_sees_only_readable_keys(auth: Auth) -> None:

@@ -9,8 +9,18 @@ from hypothesis import strategies as st
 
 from consensus.types import Entry, EntryType
 from kvstore.config import Tuning
+from kvstore.state.auth import Permission
+from kvstore.state.auth_commands import (
+    AuthDisable,
+    AuthEnable,
+    RoleAdd,
+    RolePermission,
+    UserAdd,
+    UserRole,
+)
 from kvstore.state.commands import (
     MAX_CLIENT_ID_LENGTH,
+    AsUser,
     Command,
     CommandDecodeError,
     Delete,
@@ -540,11 +550,27 @@ _sessions = st.none() | st.builds(
     st.integers(min_value=1, max_value=6),
     st.integers(min_value=0, max_value=6),
 )
-_commands = st.one_of(
-    st.none(),
+_writes = st.one_of(
     st.builds(Put, _keys, st.binary(max_size=3), _prev, _sessions),
     st.builds(Delete, _keys, _prev, _sessions),
 )
+# Users, roles and the enabled flag change what a user's write does (kvstore.state.auth):
+# replicas must agree on that too, and a retried write still applies at most once.
+_users = st.sampled_from(["root", "u"])
+_auth = st.one_of(
+    st.builds(UserAdd, _users, st.just(b"salt"), st.just(b"hash")),
+    st.builds(UserRole, _users, st.sampled_from(["root", "r"]), st.booleans()),
+    st.builds(RoleAdd, st.just("r")),
+    st.builds(
+        RolePermission,
+        st.just("r"),
+        st.builds(Permission, st.sampled_from(["read", "write", "readwrite"]), _keys, st.just("")),
+        st.booleans(),
+    ),
+    st.builds(AuthEnable, st.just(b"k" * 32)),
+    st.builds(AuthDisable),
+)
+_commands = st.one_of(st.none(), _writes, st.builds(AsUser, _users, _writes), _auth)
 _limits = st.fixed_dictionaries(
     {
         "session_ttl_entries": st.integers(min_value=1, max_value=12),
