@@ -144,6 +144,10 @@ class KV(Closing):
     def leader_url(self) -> str | None:
         return self._async.leader_url
 
+    @property
+    def token(self) -> str | None:
+        return self._async.token
+
     def close(self) -> None:
         """Close the connections and stop the loop thread (idempotent)."""
         with self._lock:
