@@ -81,9 +81,9 @@ def test_enable_auth_and_work_inside_a_prefix(secured: Cluster) -> None:
             kv.put("other/b", b"2")
         with pytest.raises(PermissionDenied):
             kv.get("other/b")
-    with KV(c.endpoints().split(","), user="alice", password="nope", timeout=10) as kv:
-        with pytest.raises(AuthenticationFailed):
-            kv.get("app/a")
+    wrong = KV(c.endpoints().split(","), user="alice", password="nope", timeout=10)
+    with wrong as kv, pytest.raises(AuthenticationFailed):
+        kv.get("app/a")
 
     ok(run(c, "auth", "disable", user="root"))
     ok(run(c, "put", "other/a", "open again"))
@@ -97,9 +97,10 @@ def test_tokens_expire_and_the_client_renews_its_own(secured: Cluster) -> None:
     token = ok(run(c, "auth", "token", user="root")).strip()
     assert ok(c.kv("put", "k", "v", "--endpoints", c.endpoints(), "--token", token))
     expired = wait_until(
-        lambda: (d := c.kv("get", "k", "--endpoints", c.endpoints(), "--token", token)).returncode
-        == 5
-        and d,
+        lambda: (
+            (d := c.kv("get", "k", "--endpoints", c.endpoints(), "--token", token)).returncode == 5
+            and d
+        ),
         TOKEN_TTL + 10,
         "the token to expire",
     )
