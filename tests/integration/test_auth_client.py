@@ -6,12 +6,13 @@ and a client with a password renews its own (short `[auth] token_ttl`)."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
 
 import pytest
 
-from kvstore.client import KV, AuthenticationFailed, PermissionDenied
+from kvstore.client import KV, AsyncKV, AuthenticationFailed, PermissionDenied
 from tests.integration.harness import Cluster, wait_until
 
 pytestmark = pytest.mark.integration
@@ -81,12 +82,24 @@ def test_enable_auth_and_work_inside_a_prefix(secured: Cluster) -> None:
             kv.put("other/b", b"2")
         with pytest.raises(PermissionDenied):
             kv.get("other/b")
+    asyncio.run(_watch_as_alice(c.endpoints().split(",")))
     wrong = KV(c.endpoints().split(","), user="alice", password="nope", timeout=10)
     with wrong as kv, pytest.raises(AuthenticationFailed):
         kv.get("app/a")
 
     ok(run(c, "auth", "disable", user="root"))
     ok(run(c, "put", "other/a", "open again"))
+
+
+async def _watch_as_alice(endpoints: list[str]) -> None:
+    """A watch carries the token, sees the user's prefix, and is refused outside it."""
+    async with AsyncKV(endpoints, user="alice", password="alicepw", timeout=10) as kv:
+        watch = kv.watch(prefix="app/", start_revision=1)
+        event = await asyncio.wait_for(watch.__anext__(), 10)
+        assert event.key.startswith("app/")
+        await watch.aclose()
+        with pytest.raises(PermissionDenied):
+            await asyncio.wait_for(kv.watch(prefix="other/").__anext__(), 10)
 
 
 def test_tokens_expire_and_the_client_renews_its_own(secured: Cluster) -> None:
