@@ -26,7 +26,9 @@ release on an existing lease, and a keep-alive of an existing lease.
 
 Only ops that complete inside the window [start + warmup, start + warmup + duration]
 count; ops/s = completed ops in the window / duration. Any non-200 answer or exception
-is an error, counted by kind (the client then pauses 10 ms).
+is an error, counted by kind (the client then pauses 10 ms). Each line also gives the
+servers' CPU in the window, the generator's, and what the rest of the machine used
+(other tenants; 100 = one core), as loadgen.py does.
 
 Rounds are interleaved (etcd, kv, etcd, kv, ...); each system is started FRESH for
 each round with the shared scripts (etcd_cluster.sh, kv_cluster.sh; KV names the kv
@@ -187,8 +189,10 @@ async def measure(
         async def mark() -> None:
             await asyncio.sleep(max(0.0, t0 - clock()))
             marks["cpu0"], marks["host0"] = cpu_seconds(args.pids), host_busy()
+            marks["gen0"] = time.process_time()
             await asyncio.sleep(max(0.0, t1 - clock()))
             marks["cpu1"], marks["host1"] = cpu_seconds(args.pids), host_busy()
+            marks["gen1"] = time.process_time()
 
         async def client(i: int) -> None:
             ep, lease = endpoints[i % len(endpoints)], leases[i]
@@ -227,6 +231,9 @@ async def measure(
     if marks.get("cpu0") is not None and marks.get("cpu1") is not None:
         server_cpu = marks["cpu1"] - marks["cpu0"]
     busy = (marks["host1"][0] - marks["host0"][0]) / max(1, marks["host1"][1] - marks["host0"][1])
+    gen_cpu = marks["gen1"] - marks["gen0"]
+    # What the rest of the machine (other tenants) used: all busy CPU minus ours.
+    other = busy * (os.cpu_count() or 1) * args.duration - gen_cpu - (server_cpu or 0.0)
 
     def pct(q: float) -> float | None:
         return (
@@ -247,6 +254,9 @@ async def measure(
         "errors": dict(errors),
         "server_cpu_ms_per_op": round(1000 * server_cpu / ok, 3) if server_cpu and ok else None,
         "host_busy_pct": round(100 * busy, 1),
+        "server_cpu_pct": round(100 * server_cpu / args.duration, 1) if server_cpu else None,
+        "gen_cpu_pct": round(100 * gen_cpu / args.duration, 1),
+        "other_cpu_pct": round(max(0.0, 100 * other / args.duration), 1),
     }
 
 
