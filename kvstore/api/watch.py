@@ -32,6 +32,7 @@ from aiohttp import web
 from kvstore.api.access import read_access
 from kvstore.api.common import (
     RUNTIME_KEY,
+    USER_KEY,
     BadRequest,
     error,
     flag,
@@ -50,7 +51,7 @@ from kvstore.runtime.watch_hub import (
     Selector,
     Watcher,
 )
-from kvstore.state.auth import KeyAccess
+from kvstore.state.auth import READ
 from kvstore.state.history import Compacted, Event, EventKind
 from kvstore.state.keyrange import KeyRange
 
@@ -176,19 +177,20 @@ async def handle_watch(request: web.Request) -> web.StreamResponse:
     try:
         wr = parse_watch(request, runtime.tuning.max_key_bytes)
         keys = _keys(wr.selector)
-        readable: KeyAccess | None = read_access(request, runtime.sm.auth, keys.start, keys.end)
+        read_access(request, runtime.sm.auth, keys.start, keys.end)  # 403: none of it
     except BadRequest as exc:
         return error(exc.status, exc.code, exc.message)
-    if readable.covers(keys.start, keys.end):
-        readable = None  # all of it: nothing to filter
+    # A user's changes are filtered by the permissions in force when each is sent: a
+    # revoke applies to a running watch from its next event.
+    user = request.get(USER_KEY)
     try:
         watcher = runtime.watches.watch(wr.selector, wr.start_revision)
     except Compacted as exc:
         return _compacted(exc)
     try:
         if wr.wait is not None:
-            return await _long_poll(runtime, watcher, wr, wr.wait, readable)
-        return await _stream(request, runtime, watcher, wr, readable)
+            return await _long_poll(runtime, watcher, wr, wr.wait, user)
+        return await _stream(request, runtime, watcher, wr, user)
     finally:
         watcher.close()
 
@@ -199,11 +201,13 @@ def _keys(selector: Selector) -> KeyRange:
     return KeyRange.prefix(selector.prefix or "")
 
 
-def _visible(item: Item | None, readable: KeyAccess | None) -> Item | None:
-    """`item` with only the events the user may read (auth on, a watch partly outside
-    the user's permissions); a revision with none of them has no events."""
-    if readable is None or type(item) is not Changes:
+def _visible(item: Item | None, runtime: NodeRuntime, user: str | None) -> Item | None:
+    """`item` with only the events `user` may read now (None: no filter); a revision
+    with none of them has no events."""
+    auth = runtime.sm.auth
+    if user is None or type(item) is not Changes or not auth.enabled:
         return item
+    readable = auth.access(user, READ)
     events = tuple(e for e in item.events if readable.key(e.kv.key))
     return item if len(events) == len(item.events) else Changes(item.revision, events)
 
@@ -213,15 +217,15 @@ async def _long_poll(
     watcher: Watcher,
     wr: WatchRequest,
     wait: float,
-    readable: KeyAccess | None,
+    user: str | None,
 ) -> web.Response:
-    item: Item | None = _visible(await watcher.next(wait), readable)
+    item: Item | None = _visible(await watcher.next(wait), runtime, user)
     events: list[dict[str, Any]] = []
     while type(item) is Changes:
         events += (event_json(e, wr.prev_kv) for e in item.events)
         if len(events) >= MAX_POLL_EVENTS:
             break
-        item = _visible(watcher.poll(), readable)
+        item = _visible(watcher.poll(), runtime, user)
     if not events and runtime.leader_id is None:
         return error(503, "no_leader", "this node knows no leader; poll another node")
     if not events and type(item) is Ended:
@@ -242,7 +246,7 @@ async def _stream(
     runtime: NodeRuntime,
     watcher: Watcher,
     wr: WatchRequest,
-    readable: KeyAccess | None,
+    user: str | None,
 ) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={
@@ -253,7 +257,7 @@ async def _stream(
     )
     await response.prepare(request)
     try:
-        await _events(response, runtime, watcher, wr, readable)
+        await _events(response, runtime, watcher, wr, user)
     except (TimeoutError, ConnectionError):
         response.force_close()  # the reader is gone or stuck; it resumes from its last id
     return response
@@ -264,13 +268,13 @@ async def _events(
     runtime: NodeRuntime,
     watcher: Watcher,
     wr: WatchRequest,
-    readable: KeyAccess | None,
+    user: str | None,
 ) -> None:
     created = {"start_revision": watcher.next_revision, "revision": runtime.watches.revision}
     await _write(response, f"retry: {RETRY_MS}\nevent: created\ndata: {json.dumps(created)}\n\n")
     interval = runtime.tuning.watch_progress_ms / 1000
     while True:
-        item = _visible(await watcher.next(interval), readable)
+        item = _visible(await watcher.next(interval), runtime, user)
         if item is None and runtime.leader_id is None:
             # Cut off from the cluster (or between leaders): this node's state may be
             # old and stay old. The reader resumes on another node instead of hearing
@@ -295,7 +299,7 @@ async def _events(
                 size += len(text)
             if size >= COALESCE_BYTES:
                 break
-            item = _visible(watcher.poll(), readable)
+            item = _visible(watcher.poll(), runtime, user)
         if parts:
             await _write(response, b"".join(parts))
         if type(item) is Ended:
