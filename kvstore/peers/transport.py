@@ -213,7 +213,9 @@ class Transport:
         self._snapshot_sends[msg.recipient] = (msg.snapshot, task)
 
     async def _post_snapshot(self, link: PeerLink, msg: InstallSnapshot) -> None:
-        data = self._snapshot_source(msg.snapshot) if self._snapshot_source else None
+        source = self._snapshot_source
+        # In a thread: a snapshot of a large state is hundreds of MB read from its file.
+        data = await asyncio.to_thread(source, msg.snapshot) if source else None
         if data is None:
             log.info("snapshot %d for %s was superseded", msg.snapshot.index, link.node_id)
             return

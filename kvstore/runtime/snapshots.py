@@ -29,6 +29,7 @@ from consensus.storage import WritableStorage
 from consensus.types import SnapshotMeta
 from kvstore.peers.snapshot_transfer import ChunkError
 from kvstore.runtime.compaction import Compactor
+from kvstore.runtime.leveldb_storage import CorruptLogError
 from kvstore.runtime.requests import PendingRequests
 from kvstore.state.machine import KVStateMachine, SnapshotError
 from kvstore.state.snapshot import ParsedState
@@ -142,7 +143,17 @@ class SnapshotKeeper:
         log.info("installed a snapshot from the leader at index %d", meta.index)
 
     def for_peer(self, meta: SnapshotMeta) -> bytes | None:
-        """The stored snapshot's bytes, if it is still the one the core asked to send."""
+        """The stored snapshot's bytes, if it is still the one the core asked to send.
+
+        Runs in a worker thread (the transport reads hundreds of MB off the loop) while
+        the loop may replace the snapshot: the bytes count only if the same snapshot is
+        stored before and after reading them (a replaced one's file may vanish midway)."""
         if self._storage.snapshot_meta() != meta:
             return None
-        return self._storage.snapshot_data()
+        try:
+            data = self._storage.snapshot_data()
+        except CorruptLogError:
+            if self._storage.snapshot_meta() != meta:
+                return None
+            raise
+        return data if self._storage.snapshot_meta() == meta else None
