@@ -21,6 +21,7 @@ one `apply_snapshot` at step 3.
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import logging
 import time
@@ -171,6 +172,11 @@ class Compactor:
             return  # a newer snapshot (from the leader) was installed meanwhile
         started = time.perf_counter()
         forget = self._store.commit_snapshot(meta, file)
+        # What is alive now is mostly the state just written out: long-lived objects
+        # the cyclic collector would otherwise re-scan, all of them, on every full
+        # collection (~0.4 s on the loop at 500,000 keys, measured). Frozen, they are
+        # still freed by reference counting; only a cycle among them would be kept.
+        gc.freeze()
         store_s = time.perf_counter() - started
         self._executor.submit(forget)
         self.last_bytes = size

@@ -34,11 +34,23 @@ class SnapshotFile:
     crc: int
 
 
+SYNC_EVERY_BYTES = 8 << 20
+"""Flush the file to disk after every this many bytes written, not once at the end."""
+
+
 class _Checksummed:
-    """A write-only stream that counts and checksums what passes through it."""
+    """A write-only stream that counts and checksums what passes through it, and
+    syncs the file every SYNC_EVERY_BYTES.
+
+    Why sync along the way: with ext4's ordered data mode, the next log fsync commits
+    the journal, which must first write every dirty block allocated since, so one
+    300 MB file synced at the end made each node's log fsyncs wait for it (measured:
+    100-1,000 ms fsyncs, followers silent for longer than the election timeout, the
+    leader stepping down). Synced 8 MB at a time, a log fsync waits for 8 MB at most."""
 
     def __init__(self, out: BinaryIO) -> None:
         self._out = out
+        self._unsynced = 0
         self.size = 0
         self.crc = 0
 
@@ -46,6 +58,11 @@ class _Checksummed:
         self._out.write(data)
         self.size += len(data)
         self.crc = zlib.crc32(data, self.crc)
+        self._unsynced += len(data)
+        if self._unsynced >= SYNC_EVERY_BYTES:
+            self._out.flush()
+            os.fdatasync(self._out.fileno())
+            self._unsynced = 0
         return len(data)
 
 

@@ -170,22 +170,17 @@ def parse_snapshot(data: bytes) -> ParsedState:
     gets the default window; the machine that installs the state sets its own."""
     # Read with an Unpacker, a key at a time: one `unpackb` of 100,000 keys holds the
     # GIL for tens of ms, and a joining node's event loop must keep answering the leader.
-    unpacker = msgpack.Unpacker(raw=False, use_list=False, max_buffer_size=max(1, len(data)))
-    unpacker.feed(data)
+    # Read from a BytesIO, which shares `data`'s buffer: `feed` would copy all of it.
+    unpacker = msgpack.Unpacker(
+        BytesIO(data), raw=False, use_list=False, max_buffer_size=max(1, len(data))
+    )
     try:
         length = unpacker.read_array_header()
         fmt = unpacker.unpack()
         if type(fmt) is not int or _FORMATS.get(fmt) != length:
             raise ValueError("unknown snapshot format")
         applied_index, revision = ints((unpacker.unpack(), unpacker.unpack()), 2)
-        kvs: dict[str, KeyValue] = {}
-        ordered: list[str] = []
-        for _ in range(unpacker.read_array_header()):
-            kv = decode_kv(unpacker.unpack())
-            if kv.key in kvs:
-                raise ValueError(f"duplicate key record {kv.key!r}")
-            kvs[kv.key] = kv
-            ordered.append(kv.key)
+        kvs, ordered = _read_keys(unpacker)
         sessions, dropped, *rest = (unpacker.unpack() for _ in range(length - 4))
         _expect_end(unpacker)
     except msgpack.UnpackException as exc:  # OutOfData and friends are not ValueErrors
@@ -227,6 +222,19 @@ def parse_snapshot(data: bytes) -> ParsedState:
     coordination = Coordination.from_wire(*rest[5]) if fmt >= 5 else Coordination()
     auth = AuthState.from_wire(rest[6]) if fmt >= 6 else AuthState()
     return applied_index, space, live, gone, directory, settings, coordination, auth
+
+
+def _read_keys(unpacker: msgpack.Unpacker) -> tuple[dict[str, KeyValue], list[str]]:
+    kvs: dict[str, KeyValue] = {}
+    ordered: list[str] = []
+    unpack, append = unpacker.unpack, ordered.append
+    for _ in range(unpacker.read_array_header()):
+        kv = decode_kv(unpack())
+        if kv.key in kvs:
+            raise ValueError(f"duplicate key record {kv.key!r}")
+        kvs[kv.key] = kv
+        append(kv.key)
+    return kvs, ordered
 
 
 def _expect_end(unpacker: msgpack.Unpacker) -> None:

@@ -257,10 +257,22 @@ def encode_kv(kv: KeyValue) -> tuple[str, bytes, int, int, int]:
 
 
 def decode_kv(record: Any) -> KeyValue:
-    key, value, *numbers = record
-    if type(key) is not str or type(value) is not bytes:
+    """Checked inline, without `ints`: restoring a million keys is mostly this call."""
+    try:
+        key, value, version, create, mod = record
+    except (TypeError, ValueError):
+        raise ValueError(f"bad key record {record!r}") from None
+    if (
+        type(key) is not str
+        or type(value) is not bytes
+        or type(version) is not int
+        or type(create) is not int
+        or type(mod) is not int
+        or min(version, create, mod) < 0
+    ):
         raise ValueError(f"bad key record for {key!r}")
-    return KeyValue(key, value, *ints(numbers, 3))
+    # One int object for both revisions of a never-rewritten key, as apply makes it.
+    return KeyValue(key, value, version, create, create if mod == create else mod)
 
 
 def decode_result(tag: int, *fields: Any) -> ApplyResult:
