@@ -34,7 +34,7 @@ from consensus.types import SnapshotMeta
 from kvstore.runtime.stats import RuntimeStats
 from kvstore.state.machine import KVStateMachine
 from kvstore.state.snapshot import SnapshotView
-from kvstore.state.snapshot_capture import CaptureAborted, KeyCapture, merge_at
+from kvstore.state.snapshot_capture import SLICE_KEYS, CaptureAborted, KeyCapture, merge_at
 
 log = logging.getLogger("kvstore.snapshot")
 
@@ -74,8 +74,11 @@ class Compactor:
         wake: Callable[[], None],
         name: str,
         stats: RuntimeStats,
+        slice_keys: int = SLICE_KEYS,
     ) -> None:
+        """`slice_keys`: keys read per loop callback (tests use a few, to interleave)."""
         self._sm = sm
+        self._slice_keys = slice_keys
         self._storage = storage
         self._store: TwoStepStore = (
             storage if isinstance(storage, TwoStepStore) else _OneStep(storage)
@@ -109,7 +112,7 @@ class Compactor:
         keys are read a slice per loop callback, then serialized in the background; the
         event loop is woken when the file is ready."""
         started = time.perf_counter()
-        view, capture = (sm or self._sm).begin_snapshot()
+        view, capture = (sm or self._sm).begin_snapshot(self._slice_keys)
         if view.applied_index != meta.index:
             capture.abandon()
             raise AssertionError(f"snapshot of index {view.applied_index} labelled {meta.index}")

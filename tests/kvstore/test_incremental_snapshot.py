@@ -10,12 +10,18 @@ shrink threshold to make that happen within a few writes).
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consensus.types import Entry
+from consensus.types import Entry, Membership, SnapshotMeta
+from kvstore.runtime.compaction import Compactor
+from kvstore.runtime.leveldb_storage import LevelDBStorage
 from kvstore.runtime.snapshots import LOG_TO_SNAPSHOT_RATIO, snapshot_due
+from kvstore.runtime.stats import RuntimeStats
 from kvstore.state import history as history_module
 from kvstore.state.commands import Delete, Put, Txn, TxnDeleteRange, TxnPut, encode_command
 from kvstore.state.keyrange import KeyRange
@@ -146,3 +152,38 @@ def test_the_snapshot_bytes_written_per_log_byte_do_not_grow_with_the_state() ->
     # Geometric growth: the snapshots sum to at most (1 + 1/ratio) times the final
     # state; a fixed count of entries would make it ~keys/(2 * every) times (50 at 1M).
     assert small <= 4 and large <= 4, (small, large)
+
+
+async def test_the_compactor_stores_the_state_at_its_index_while_applies_go_on(
+    tmp_path: Path,
+) -> None:
+    """The runtime's path end to end: slices on the loop between applies, the file
+    written in a thread, the commit; the stored bytes are the stop-the-world ones."""
+    sm = KVStateMachine()
+    storage = LevelDBStorage(tmp_path / "raft")
+
+    def apply(cmd: object) -> None:
+        entry = Entry(1, sm.applied_index + 1, encode_command(cmd))  # type: ignore[arg-type]
+        storage.save(None, [entry])
+        sm.apply(entry)
+
+    for i in range(3000):
+        apply(Put(f"k{i % 2000:05d}", b"v%d" % i))
+    expected, meta = sm.snapshot(), SnapshotMeta(sm.applied_index, 1, Membership(("n1",)))
+    ready = asyncio.Event()
+    compactor = Compactor(sm, storage, ready.set, "n1", RuntimeStats(), slice_keys=50)
+    try:
+        compactor.start(meta)
+        i = 0
+        while not ready.is_set():
+            apply(Delete(f"k{i % 2000:05d}") if i % 3 else Put(f"new{i}", b"x"))
+            i += 1
+            await asyncio.sleep(0)
+        assert i > 40  # the capture really was interleaved with applies
+        compactor.store_if_ready()
+        assert storage.snapshot_meta() == meta
+        assert storage.snapshot_data() == expected
+        assert compactor.last is not None and compactor.last["bytes"] == len(expected)
+    finally:
+        compactor.close()
+        storage.close()
