@@ -160,9 +160,16 @@ def add_node(cluster: Cluster) -> dict[str, Any]:
     wait_until(lambda: cluster.status("n4"), 60, "n4 to answer")
     body = json.dumps({"id": "n4", "client_url": node.client_url, "peer_url": node.peer_url})
     target = cluster.status(leader, timeout=5)["commit_index"]
-    reply = request(
-        cluster.url(leader), "POST", "/v1/members?timeout=300", body.encode(), timeout=310
-    )
+    for _ in range(5):  # a 503 was certainly not proposed: ask the new leader
+        reply = request(
+            cluster.url(cluster.wait_leader(60)),
+            "POST",
+            "/v1/members?timeout=300",
+            body.encode(),
+            timeout=310,
+        )
+        if reply.status != 503:
+            break
     voter_s = time.perf_counter() - started
     assert reply.status == 200, reply.body
     wait_until(
@@ -180,13 +187,33 @@ def add_node(cluster: Cluster) -> dict[str, Any]:
     }
 
 
+def reuse(root: Path) -> None:
+    """The restart and the new node on a cluster kept by an earlier run (--keep)."""
+    shutil.rmtree(root / "cluster" / "data" / "n4", ignore_errors=True)
+    cluster = Cluster(root / "cluster", size=3)  # fresh ports: founders' come from the file
+    try:
+        result: dict[str, Any] = {"restart": restart(cluster)}
+        print(json.dumps(result), file=sys.stderr)
+        result["nodes_rss_mb_after_restart"] = {n: round(rss_mb(cluster, n)) for n in NODES}
+        result["join"] = add_node(cluster)
+        print(json.dumps(result, indent=2))
+    finally:
+        cluster.stop_all()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--value-size", type=int, default=256)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
+    parser.add_argument(
+        "--reuse", type=Path, help="a kept directory: skip the fill, restart it and add a node"
+    )
     args = parser.parse_args()
+    if args.reuse is not None:
+        reuse(args.reuse)
+        return
     root = Path(tempfile.mkdtemp(prefix="scalefill-"))
     cluster = Cluster(root / "cluster", size=3)
     result: dict[str, Any] = {"keys": args.keys, "value_size": args.value_size}
@@ -200,14 +227,16 @@ def main() -> None:
         )
         result["leader_after_fill"] = cluster.wait_leader(60)
         result["raw_value_mb"] = round(args.keys * args.value_size / 2**20)
+        written = args.keys - result["fill"]["failed"]  # a failed write was never proposed
         wait_until(
-            lambda: all(cluster.status(n, timeout=5)["keys"] >= args.keys for n in NODES),
+            lambda: all(cluster.status(n, timeout=5)["keys"] >= written for n in NODES),
             300,
             "every node to apply the fill",
         )
         result["nodes"] = {n: node_figures(cluster, n, changes) for n in NODES}
         print(json.dumps(result, indent=2), file=sys.stderr)
         result["restart"] = restart(cluster)
+        print(json.dumps(result["restart"]), file=sys.stderr)
         result["join"] = add_node(cluster)
         print(json.dumps(result, indent=2))
     finally:

@@ -47,6 +47,8 @@ class TwoStepStore(Protocol):
 
     def commit_snapshot(self, meta: SnapshotMeta, file: Any) -> Callable[[], None]: ...
 
+    def snapshot_bytes(self) -> int: ...
+
 
 class _OneStep:
     """The two steps over `apply_snapshot`, for storages that keep snapshots in memory."""
@@ -62,6 +64,9 @@ class _OneStep:
     def commit_snapshot(self, meta: SnapshotMeta, file: bytes) -> Callable[[], None]:
         self._storage.apply_snapshot(meta, file)
         return lambda: None
+
+    def snapshot_bytes(self) -> int:
+        return len(self._storage.snapshot_data() or b"")
 
 
 class Compactor:
@@ -95,8 +100,9 @@ class Compactor:
         self._loop_s = 0.0
         self.last: dict[str, Any] | None = None
         """Figures of the last snapshot stored, for `GET /v1/status`."""
-        self.last_bytes = 0
-        """The size of the last snapshot this node took (0: none yet)."""
+        self.last_bytes = self._store.snapshot_bytes()
+        """The size of the last snapshot (at start: the stored one's, so a restarted
+        node does not take a whole new snapshot 10,000 entries after its last)."""
         self._applied_bytes_at_start = 0
 
     def log_bytes_since(self) -> int:

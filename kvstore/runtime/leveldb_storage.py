@@ -292,6 +292,10 @@ class LevelDBStorage:
         except (OSError, ValueError) as exc:
             raise CorruptLogError(self._path, None, f"snapshot data: {exc}") from exc
 
+    def snapshot_bytes(self) -> int:
+        """The stored snapshot's size (0: none, or one an older version stored)."""
+        return 0 if self._snapshot_file is None else self._snapshot_file.size
+
     def first_index(self) -> int:
         return self._base + 1
 
