@@ -151,14 +151,14 @@ def restart(cluster: Cluster) -> dict[str, float]:
     return {"restart_to_first_read_s": round(time.perf_counter() - started, 2)}
 
 
-def add_node(cluster: Cluster) -> dict[str, Any]:
+def add_node(cluster: Cluster, new: str = "n4") -> dict[str, Any]:
     """A fourth node joins: seconds until it is a voter and has caught up."""
     leader = cluster.wait_leader(60)
-    node = cluster.add_node("n4")
+    node = cluster.add_node(new)
     started = time.perf_counter()
-    cluster.start("n4", join=True)
-    wait_until(lambda: cluster.status("n4"), 60, "n4 to answer")
-    body = json.dumps({"id": "n4", "client_url": node.client_url, "peer_url": node.peer_url})
+    cluster.start(new, join=True)
+    wait_until(lambda: cluster.status(new), 60, f"{new} to answer")
+    body = json.dumps({"id": new, "client_url": node.client_url, "peer_url": node.peer_url})
     target = cluster.status(leader, timeout=5)["commit_index"]
     for _ in range(5):  # a 503 was certainly not proposed: ask the new leader
         reply = request(
@@ -173,29 +173,30 @@ def add_node(cluster: Cluster) -> dict[str, Any]:
     voter_s = time.perf_counter() - started
     assert reply.status == 200, reply.body
     wait_until(
-        lambda: cluster.status("n4", timeout=5)["applied_index"] >= target,
+        lambda: cluster.status(new, timeout=5)["applied_index"] >= target,
         300,
-        "n4 to apply everything",
+        f"{new} to apply everything",
     )
     caught_up_s = time.perf_counter() - started
     return {
         "start_to_voter_s": round(voter_s, 2),
         "start_to_caught_up_s": round(caught_up_s, 2),
-        "n4_rss_mb": round(rss_mb(cluster, "n4")),
-        "n4_loop_lag_max_ms": cluster.status("n4", timeout=5)["loop_lag_max_ms"],
+        "new_node_rss_mb": round(rss_mb(cluster, new)),
+        "new_node_loop_lag_max_ms": cluster.status(new, timeout=5)["loop_lag_max_ms"],
         "installed": re.findall(r"installed a snapshot.*", node.log_path.read_text())[-1:],
     }
 
 
 def reuse(root: Path) -> None:
     """The restart and the new node on a cluster kept by an earlier run (--keep)."""
-    shutil.rmtree(root / "cluster" / "data" / "n4", ignore_errors=True)
+    for stale in ("n4", "n5"):
+        shutil.rmtree(root / "cluster" / "data" / stale, ignore_errors=True)
     cluster = Cluster(root / "cluster", size=3)  # fresh ports: founders' come from the file
     try:
         result: dict[str, Any] = {"restart": restart(cluster)}
         print(json.dumps(result), file=sys.stderr)
         result["nodes_rss_mb_after_restart"] = {n: round(rss_mb(cluster, n)) for n in NODES}
-        result["join"] = add_node(cluster)
+        result["join"] = add_node(cluster, "n5")  # n4 joined in the run that kept it
         print(json.dumps(result, indent=2))
     finally:
         cluster.stop_all()

@@ -129,13 +129,23 @@ in the cyclic collector, most of it re-scanning long-lived objects. Memory is st
 freed by reference counting at once; only cyclic garbage waits a little longer."""
 
 
+def _pause_gc() -> None:
+    """Before the state is restored: collect what the imports left (a small heap, so
+    cheap), then pause the cyclic collector until `_tune_gc`. Restoring a million keys
+    allocates millions of objects, and with the collector on, each full collection
+    re-scanned every key restored so far (measured: a third of a restore's time)."""
+    gc.collect()
+    gc.disable()
+
+
 def _tune_gc() -> None:
     """Once the node is up: move everything allocated while starting (modules, the
-    state machine restored from a snapshot) out of the collector's sight, and collect
-    less often. Both only change when cycles are found, never whether they are."""
-    gc.collect()
+    state machine restored from a snapshot) out of the collector's sight, collect less
+    often, and turn the collector back on. Only cycles made while it was paused and
+    already garbage at this point are never collected (starting up makes few)."""
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    gc.enable()
 
 
 def _loop_factory():  # type: ignore[no-untyped-def]
@@ -195,6 +205,7 @@ async def _serve(
     except ConfigError as exc:
         raise StartupError(EXIT_CONFIG, str(exc)) from None
     created = not (me.data_dir / "raft").exists()
+    _pause_gc()
     storage = _open_storage(me.data_dir / "raft")
     await _check_founding(cluster, me, storage, tls, not (join or initial), created)
     was_removed = False
