@@ -7,8 +7,10 @@ closed loop, its window, its counting, its KVAdapter); the secure rounds only ad
 a real client of such a cluster sends, an `ssl` context that verifies the nodes against
 the cluster CA and an `Authorization: Bearer` token of a user with readwrite on
 `bench/` (asked for before the round; its lifetime, 300 s, outlasts a round). Each
-round starts a fresh cluster the way shared/bench/kv_cluster.sh does (same ports, one
-`kv serve --config F --node ID` per node, fresh data) and stops it by PID.
+round starts a fresh cluster the way shared/bench/kv_cluster.sh does (one `kv serve
+--config F --node ID` per node, fresh data) and stops it by PID; its ports come from
+the OS, not kv_cluster.sh's fixed ones, so that a cluster someone else runs there is
+never measured (or written to) by mistake.
 
     .venv/bin/python bench/secure_cost.py --rounds 3 --duration 8
     (--loadgen-dir defaults to ../shared/bench beside the project root)
@@ -21,6 +23,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import ssl
 import statistics
 import subprocess
@@ -33,18 +36,30 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 KV = [sys.executable, "-m", "kvstore.cli.main"]
-CLIENT_PORTS, PEER_PORTS = (15001, 15002, 15003), (16001, 16002, 16003)
 BENCH_USER, BENCH_PASSWORD = "bench", "bench-password"
 
 
+def free_ports(count: int) -> list[int]:
+    """Ports the OS says are free now (all bound at once, so they differ)."""
+    socks = [socket.socket() for _ in range(count)]
+    for sock in socks:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in socks]
+    for sock in socks:
+        sock.close()
+    return ports
+
+
 class Cluster:
-    """Three nodes on kv_cluster.sh's ports; `secure`: https everywhere, auth on."""
+    """Three loopback nodes; `secure`: https on both ports, auth on."""
 
     def __init__(self, secure: bool) -> None:
         self.secure = secure
         self.root = Path(tempfile.mkdtemp(prefix="kv-secure-cost-"))
+        ports = free_ports(6)
+        self.client_ports, self.peer_ports = ports[:3], ports[3:]
         scheme = "https" if secure else "http"
-        self.endpoints = [f"{scheme}://127.0.0.1:{p}" for p in CLIENT_PORTS]
+        self.endpoints = [f"{scheme}://127.0.0.1:{p}" for p in self.client_ports]
         self.procs: list[subprocess.Popen[bytes]] = []
         self.context: ssl.SSLContext | None = None
         self.token: str | None = None
@@ -52,7 +67,7 @@ class Cluster:
     def config(self, tls_table: str = "") -> Path:
         lines = ["[cluster]", 'name = "bench"', f'data_dir = "{self.root}/data"', ""]
         scheme = "https" if self.secure else "http"
-        for i, (client, peer) in enumerate(zip(CLIENT_PORTS, PEER_PORTS, strict=True)):
+        for i, (client, peer) in enumerate(zip(self.client_ports, self.peer_ports, strict=True)):
             lines += [
                 "[[nodes]]",
                 f'id = "n{i + 1}"',
@@ -109,6 +124,8 @@ class Cluster:
     def wait_leader(self) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
+            if any(proc.poll() is not None for proc in self.procs):
+                raise RuntimeError(f"a node exited; logs in {self.root}")
             for url in self.endpoints:
                 try:
                     with urllib.request.urlopen(
@@ -206,6 +223,7 @@ def main() -> int:
     parser.add_argument("--loadgen-dir", type=Path, default=ROOT.parent / "shared" / "bench")
     parser.add_argument("--out", type=Path, default=None, help="append JSON lines here")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the nodes are stopped too
     sys.path.insert(0, str(args.loadgen_dir))
     import loadgen  # the neutral generator, unchanged
 
