@@ -8,6 +8,12 @@ client URLs, so the nemesis cuts the cluster apart, not the clients from it.
 
 Processes are tracked by PID and always stopped by PID (SIGCONT if paused, SIGTERM,
 SIGKILL after a deadline); every wait has a deadline. Everything binds 127.0.0.1.
+
+With `tls=True` every URL is https: `start` makes a CA and the node certificates with
+the code behind `kv certs init` (kvstore.certs) from the nodes' own config file, every
+file gets the [tls] table that command prints, and `client_tls` is what the run's
+clients must trust. The proxies forward bytes, so TLS passes through them unchanged
+(a certificate names 127.0.0.1, the host of every real and proxied URL).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -29,6 +36,7 @@ from urllib.parse import quote
 import aiohttp
 
 from kvstore.chaos.proxy import LinkProxy, ProxyNet
+from kvstore.client.tls import ClientTLS
 from kvstore.config import ClusterConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -44,14 +52,6 @@ class NodeSpec:
     id: str
     client_port: int
     peer_port: int
-
-    @property
-    def client_url(self) -> str:
-        return f"http://{HOST}:{self.client_port}"
-
-    @property
-    def peer_url(self) -> str:
-        return f"http://{HOST}:{self.peer_port}"
 
 
 def free_ports(count: int) -> list[int]:
@@ -103,6 +103,7 @@ class LocalCluster:
         tuning: Mapping[str, int] | None = None,
         extra_env: Mapping[str, str] | None = None,
         proxies: bool = True,
+        tls: bool = False,
     ) -> None:
         self.root = Path(root).resolve()
         self.nodes = {n.id: n for n in (nodes or fresh_layout())}
@@ -111,6 +112,10 @@ class LocalCluster:
         self.extra_env = dict(extra_env or {})
         self.net = ProxyNet()
         self.use_proxies = proxies
+        self.scheme = "https" if tls else "http"
+        self.certs_dir = self.root / "certs"
+        self.client_tls = ClientTLS(ca_file=str(self.certs_dir / "ca.crt")) if tls else None
+        """What every client of the run verifies the nodes with (None: plain http)."""
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.paused: set[str] = set()
         self._session: aiohttp.ClientSession | None = None
@@ -137,9 +142,24 @@ class LocalCluster:
             await self.net.start()
         for node_id in self.ids:
             self.config_path(node_id).write_text(self.config_text(node_id))
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0))
+        if self.client_tls is not None:
+            self._make_certs()
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self.ssl_context()),
+            timeout=aiohttp.ClientTimeout(total=1.0),
+        )
         for node_id in self.ids:
             self.start_node(node_id)
+
+    def _make_certs(self) -> None:
+        """`kv certs init` for this cluster: the files name the same nodes and hosts."""
+        from kvstore.certs import init_certs, plan_from_config  # needs the [server] extra
+
+        init_certs(plan_from_config(self.config_path(self.ids[0])), self.certs_dir)
+
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        """For an aiohttp connector: the run's CA, or aiohttp's default (True)."""
+        return True if self.client_tls is None else self.client_tls.context()
 
     def config_path(self, node_id: str) -> Path:
         return self.root / f"cluster-{node_id}.toml"
@@ -150,10 +170,12 @@ class LocalCluster:
         lines = ["[cluster]", 'name = "chaos"', f'data_dir = "{data_dir}"', ""]
         for other in self.ids:
             spec = self.nodes[other]
-            client_url, peer_url = spec.client_url, spec.peer_url
+            client_port, peer_port = spec.client_port, spec.peer_port
             if other != node_id and self.use_proxies:
                 peer_proxy, client_proxy = self.net.links[(node_id, other)]
-                client_url, peer_url = client_proxy.url, peer_proxy.url
+                client_port, peer_port = client_proxy.port, peer_proxy.port
+            client_url = f"{self.scheme}://{HOST}:{client_port}"
+            peer_url = f"{self.scheme}://{HOST}:{peer_port}"
             lines += [
                 "[[nodes]]",
                 f'id = "{other}"',
@@ -164,6 +186,10 @@ class LocalCluster:
         if self.tuning:
             lines.append("[tuning]")
             lines += [f"{key} = {value}" for key, value in self.tuning.items()]
+        if self.client_tls is not None:
+            from kvstore.certs import tls_snippet
+
+            lines += ["", tls_snippet(self.certs_dir, "client")]
         return "\n".join(lines) + "\n"
 
     def env(self) -> dict[str, str]:
@@ -177,7 +203,7 @@ class LocalCluster:
     # -------------------------------------------------------------- processes
 
     def client_url(self, node_id: str) -> str:
-        return self.nodes[node_id].client_url
+        return f"{self.scheme}://{HOST}:{self.nodes[node_id].client_port}"
 
     def running(self, node_id: str) -> bool:
         proc = self.procs.get(node_id)

@@ -81,8 +81,11 @@ class LockClients:
         op_timeout_s: float,
         workers: int = LOCK_WORKERS,
         ttl: int = LOCK_TTL,
+        ca_file: str | None = None,
     ) -> None:
         self.urls = urls
+        self.ca_file = ca_file
+        """The run's CA for https nodes, handed to every client process."""
         self.dir = run_dir / "locks"
         self.seed = seed
         self.t0 = t0
@@ -106,6 +109,8 @@ class LockClients:
             cmd += ["--lock", LOCK_NAME, "--key", REGISTER_KEY, "--seed", str(self.seed)]
             cmd += ["--timeout", str(self.timeout), "--out", str(self.events_path(worker))]
             cmd += ["--runner", str(os.getpid())]
+            if self.ca_file is not None:
+                cmd += ["--cacert", self.ca_file]
             log = (self.dir / f"worker-{worker}.log").open("ab")
             self._logs.append(log)
             self.procs.append(

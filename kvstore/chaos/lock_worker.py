@@ -33,6 +33,7 @@ from kvstore.client import AsyncKV, ClusterUnavailable, KVError
 from kvstore.client import leases as lease_api
 from kvstore.client.errors import Fenced, InvalidRequest, LeaseNotFound
 from kvstore.client.fence import Fence
+from kvstore.client.tls import ClientTLS
 
 ACQUIRE_TIMEOUT_S = 15.0
 POLL_WAIT_S = 0.8
@@ -194,7 +195,8 @@ async def main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     urls = args.urls.split(",")
     with Path(args.out).open("a", encoding="utf-8") as out:
-        async with AsyncKV(urls, timeout=args.timeout) as kv:
+        tls = ClientTLS(ca_file=args.cacert) if args.cacert else None
+        async with AsyncKV(urls, timeout=args.timeout, tls=tls) as kv:
             worker = LockWorker(kv, Recorder(out, args.worker, args.t0), args)
             loop.add_signal_handler(signal.SIGTERM, worker.stop.set)
             await worker.run()
@@ -212,6 +214,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, required=True, help="per call, retries included")
     parser.add_argument("--out", required=True)
     parser.add_argument("--runner", type=int, required=True, help="the parent's PID")
+    parser.add_argument("--cacert", default=None, help="the CA of https nodes")
     return parser.parse_args(argv)
 
 

@@ -77,6 +77,8 @@ class RunOptions:
     """"watch": also run watchers (kvstore.chaos.watchers) and check their streams;
     "transfer": also run transfers between accounts (kvstore.chaos.transfers);
     "lock": also run lock clients and pause lock holders (kvstore.chaos.lock_clients)."""
+    tls: bool = False
+    """https everywhere: certificates made for the run, every client verifies with its CA."""
 
 
 @dataclass(frozen=True)
@@ -145,15 +147,19 @@ async def run_chaos(
         schedule = sorted(schedule + holder_schedule(seed, opts.duration), key=lambda f: f.at)
     request_timeout_ms = tuning.get("request_timeout_ms", Tuning.request_timeout_ms)
     op_timeout_s = opts.op_timeout_s or request_timeout_ms / 1000 + 0.5
+    cluster = LocalCluster(
+        run_dir / "cluster", layout, tuning=tuning, extra_env=opts.extra_env, tls=opts.tls
+    )
+    client_tls = cluster.client_tls
     wl_config = WorkloadConfig(
         clients=opts.clients,
         op_timeout_s=op_timeout_s,
         rate_per_client=opts.rate_per_client,
         seed=seed,
+        tls=client_tls,
     )
     ids = [n.id for n in layout]
     settings = _settings(opts, seed, run_dir, ids, tuning, schedule, op_timeout_s)
-    cluster = LocalCluster(run_dir / "cluster", layout, tuning=tuning, extra_env=opts.extra_env)
     reasons: list[str] = []
     ops: list[Operation] = []
     node_states: NodeStates = {}
@@ -175,15 +181,18 @@ async def run_chaos(
             workload = Workload(urls, now, wl_config)
             ops = workload.ops
             if opts.workload == "watch":
-                watchers = Watchers(urls, seed)
+                watchers = Watchers(urls, seed, client_tls)
                 watchers.start()
             if opts.workload == "transfer":
-                transfers = tx.Transfers(urls, seed, op_timeout_s)
+                transfers = tx.Transfers(urls, seed, op_timeout_s, tls=client_tls)
                 await transfers.setup()
                 transfers.start()
             if opts.workload == "lock":
                 t0 = time.monotonic() - now()
-                locks = LockClients(urls, run_dir, seed=seed, t0=t0, op_timeout_s=op_timeout_s)
+                ca_file = None if client_tls is None else client_tls.ca_file
+                locks = LockClients(
+                    urls, run_dir, seed=seed, t0=t0, op_timeout_s=op_timeout_s, ca_file=ca_file
+                )
                 locks.start()
                 nemesis.client_faults = locks.fault_handlers(cluster)
             end_of_run = await _play(opts, workload, nemesis, now, progress)
@@ -307,7 +316,7 @@ async def _judge_transfers(
 ) -> dict[str, Any]:
     """After recovery: read every account once more and check the transfer invariants."""
     try:
-        final = await tx.final_page(urls, transfers.timeout)
+        final = await tx.final_page(urls, transfers.timeout, transfers.tls)
     except KVError as exc:
         final = None
         transfers.stats.errors.append(f"final read of the accounts failed: {exc}")
@@ -406,6 +415,7 @@ def _settings(
         "nodes": node_ids,
         "tuning": tuning,
         "extra_env": opts.extra_env,
+        "tls": opts.tls,
         "op_timeout_s": op_timeout_s,
         "rate_per_client": opts.rate_per_client,
         "run_dir": str(run_dir),

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvstore.client import AsyncKV, ClusterUnavailable, Cmp, KVError, Op, OutcomeUnknown
+from kvstore.client.tls import ClientTLS
 from kvstore.client.txn import RangePage
 
 PREFIX = "acct/"
@@ -48,8 +49,16 @@ def account_sum(page: RangePage) -> int:
 class Transfers:
     """The transfer clients and the auditor; `start`, `stop`, then `check_transfers`."""
 
-    def __init__(self, urls: list[str], seed: int, op_timeout_s: float, clients: int = 3):
+    def __init__(
+        self,
+        urls: list[str],
+        seed: int,
+        op_timeout_s: float,
+        clients: int = 3,
+        tls: ClientTLS | None = None,
+    ):
         self.urls = urls
+        self.tls = tls
         self.seed = seed
         self.timeout = op_timeout_s * 2
         self.clients = clients
@@ -59,7 +68,7 @@ class Transfers:
 
     async def setup(self) -> None:
         """Create the accounts in one transaction (only if none exists yet)."""
-        async with AsyncKV(self.urls, timeout=self.timeout) as kv:
+        async with AsyncKV(self.urls, timeout=self.timeout, tls=self.tls) as kv:
             puts = [Op.put(f"{PREFIX}{i}", str(START_BALANCE)) for i in range(ACCOUNTS)]
             await kv.txn().if_(Cmp.missing(f"{PREFIX}0")).then(*puts).commit()
 
@@ -81,7 +90,7 @@ class Transfers:
     async def _worker(self, index: int) -> None:
         rng = random.Random(f"{self.seed}-transfer-{index}")
         stats = self.stats
-        async with AsyncKV(self.urls, timeout=self.timeout) as kv:
+        async with AsyncKV(self.urls, timeout=self.timeout, tls=self.tls) as kv:
             while not self._stop.is_set():
                 try:
                     page = await kv.range_page(prefix=PREFIX)
@@ -115,7 +124,7 @@ class Transfers:
     async def _auditor(self, url: str) -> None:
         """Stale range reads on one node (any applied prefix of the log must balance)
         and, every few rounds, a linearizable one."""
-        async with AsyncKV([url], timeout=self.timeout) as kv:
+        async with AsyncKV([url], timeout=self.timeout, tls=self.tls) as kv:
             rounds = 0
             while not self._stop.is_set():
                 rounds += 1
@@ -130,8 +139,8 @@ class Transfers:
                 await asyncio.sleep(0.05)
 
 
-async def final_page(urls: list[str], timeout: float) -> RangePage:
-    async with AsyncKV(urls, timeout=timeout) as kv:
+async def final_page(urls: list[str], timeout: float, tls: ClientTLS | None) -> RangePage:
+    async with AsyncKV(urls, timeout=timeout, tls=tls) as kv:
         return await kv.range_page(prefix=PREFIX)
 
 

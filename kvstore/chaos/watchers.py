@@ -32,6 +32,7 @@ import aiohttp
 from kvstore.chaos.history import Operation
 from kvstore.client import AsyncKV, ClusterUnavailable, WatchEvent
 from kvstore.client.errors import KVError
+from kvstore.client.tls import ClientTLS
 
 Change = tuple[int, str, str, bytes]
 """(revision, "put" or "delete", key, value): one event as both sides know it."""
@@ -48,6 +49,7 @@ class Watchers:
 
     endpoints: Sequence[str]
     seed: int
+    tls: ClientTLS | None = None
     streams: list[list[Change]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     reconnects: list[int] = field(default_factory=list)
@@ -61,7 +63,7 @@ class Watchers:
 
     async def _follow(self, i: int) -> None:
         rng = random.Random(f"{self.seed}-watch-{i}")  # which node each watcher starts on
-        async with AsyncKV(self.endpoints, rng=rng) as kv:
+        async with AsyncKV(self.endpoints, rng=rng, tls=self.tls) as kv:
             watch = kv.watch(prefix="", start_revision=1, idle_timeout=2.0, give_up_after=600)
             try:
                 async for event in watch:

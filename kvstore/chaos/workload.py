@@ -9,7 +9,8 @@ Outcomes follow chaos.history: 200 (and 404 for a get) are ok; 409 version_misma
 404 on a delete, 503 and 400/413 are definite failures; 504, a timeout, a connection
 lost after the request may have been sent, or anything unexpected is "unknown". Only a
 connection that never opened proves a request was not sent, so only that counts as a
-failure among transport errors.
+failure among transport errors (error "refused", or "tls" when the client rejected the
+node's certificate).
 
 aiohttp (since 3.9) silently re-sends a PUT or DELETE once when a pooled keep-alive
 connection breaks, and the retry's "connection refused" would then hide a first attempt
@@ -35,6 +36,7 @@ import aiohttp
 
 from kvstore.chaos.history import Operation
 from kvstore.client.http_session import single_send_session
+from kvstore.client.tls import ClientTLS
 
 DEFAULT_KEYS: tuple[str, ...] = tuple(f"k{i}" for i in range(5))
 KIND_WEIGHTS: dict[str, int] = {"get": 40, "put": 25, "cas": 20, "delete": 15}
@@ -52,6 +54,8 @@ class WorkloadConfig:
     fail_pause_s: float = 0.05
     """Pause after a failure, so a dead node's quick refusals do not flood the history."""
     seed: int = 0
+    tls: ClientTLS | None = None
+    """The CA the nodes' https certificates are verified with (None: plain http)."""
 
 
 @dataclass
@@ -71,7 +75,7 @@ class Workload:
         self._stop.set()
 
     async def run(self) -> None:
-        async with make_session() as session:
+        async with make_session(self.config.tls) as session:
             await asyncio.gather(*(self._client(session, c) for c in range(self.config.clients)))
 
     async def _client(self, session: aiohttp.ClientSession, client: int) -> None:
@@ -128,9 +132,12 @@ class Workload:
                         **fields, call=call, ret=ret, outcome="unknown", error="resent"
                     )
                 return self._record(fields, call, ret, resp.status, resp.headers, body)
-        except aiohttp.ClientConnectorError:
+        except aiohttp.ClientConnectorError as exc:
             outcome = "fail" if sent.count == 0 else "unknown"
-            return Operation(**fields, call=call, ret=self.now(), outcome=outcome, error="refused")
+            # A handshake the client refused is named apart, so it cannot pass for a dead node.
+            tls = (aiohttp.ClientConnectorCertificateError, aiohttp.ClientConnectorSSLError)
+            error = "tls" if isinstance(exc, tls) else "refused"
+            return Operation(**fields, call=call, ret=self.now(), outcome=outcome, error=error)
         except (TimeoutError, aiohttp.ClientError) as exc:
             error = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
             return Operation(**fields, call=call, ret=self.now(), outcome="unknown", error=error)
@@ -198,11 +205,12 @@ async def _on_headers_sent(
         sent.count += 1
 
 
-def make_session() -> aiohttp.ClientSession:
-    """A session that sends each request at most once (see the module docstring)."""
+def make_session(tls: ClientTLS | None = None) -> aiohttp.ClientSession:
+    """A session that sends each request at most once (see the module docstring) and,
+    given `tls`, verifies the nodes' certificates with its CA."""
     trace = aiohttp.TraceConfig()
     trace.on_request_headers_sent.append(_on_headers_sent)
-    connector = aiohttp.TCPConnector(limit=0)
+    connector = aiohttp.TCPConnector(limit=0, ssl=True if tls is None else tls.context())
     return single_send_session(connector=connector, auto_decompress=False, trace_configs=[trace])
 
 

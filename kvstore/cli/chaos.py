@@ -120,6 +120,12 @@ class _ProgressLine:
     help="Operations per second per client at most (0: unlimited).",
 )
 @click.option(
+    "--tls",
+    is_flag=True,
+    help="https on every client and peer port, with a CA and node certificates made for "
+    "the run as `kv certs init` makes them; every client verifies the nodes with that CA.",
+)
+@click.option(
     "--node-env",
     multiple=True,
     metavar="NAME=VALUE",
@@ -136,6 +142,7 @@ def chaos_command(
     nodes: int,
     out_dir: Path | None,
     rate: float,
+    tls: bool,
     node_env: tuple[str, ...],
 ) -> None:
     """Run a workload against a local cluster under faults and check it is linearizable."""
@@ -168,6 +175,7 @@ def chaos_command(
         extra_env=_parse_env(node_env),
         rate_per_client=rate,
         workload=workload,
+        tls=tls,
     )
     line = _ProgressLine()
     try:
@@ -219,6 +227,8 @@ def chaos_command(
             f"(the soonest {lock['shortest_expiry_s']} s after its last keep-alive was sent), "
             f"{lock['early_expiries']} before their TTL"
         )
+    if tls:
+        click.echo(f"tls: every port https, certificates in {result.run_dir}/cluster/certs/")
     click.echo(f"outputs: {result.run_dir}/ (history.jsonl, summary.json, latency.png)")
     if result.passed:
         extra = "; every watcher saw exactly the committed history" if watch else ""

@@ -4,7 +4,8 @@ The command runs in a subprocess with a hard timeout; it stops its own nodes by 
 (and the run directory is under tmp_path). The first test demands a PASS under about
 30 s of mixed faults; the second proves the checker has teeth: with the test-only
 switch KV_UNSAFE_STALE_READS=1 followers answer reads from local state, and partitions
-must make that visible as a linearizability violation.
+must make that visible as a linearizability violation. The third is a short `--tls`
+run: https everywhere with certificates made as `kv certs init` makes them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,27 @@ def test_unsafe_stale_reads_are_caught(tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["checks"]["linearizable"] is False
     assert summary["settings"]["extra_env"] == {UNSAFE_SWITCH: "1"}
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_tls_run_passes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = _kv_chaos(out, "--tls", "--duration", "12", "--seed", "3", timeout=200)
+    report = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, report
+    assert "PASS" in result.stdout and "tls: every port https" in result.stdout, report
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["verdict"] == "PASS" and summary["settings"]["tls"] is True
+    assert summary["faults"], "the run injected no fault"
+    certs = out / "cluster" / "certs"
+    for node in summary["settings"]["nodes"]:
+        config = tomllib.loads((out / "cluster" / f"cluster-{node}.toml").read_text())
+        urls = [n[k] for n in config["nodes"] for k in ("client_url", "peer_url")]
+        assert urls and all(u.startswith("https://127.0.0.1:") for u in urls), urls
+        assert config["tls"]["ca_file"] == str(certs / "ca.crt")
+        assert (certs / f"{node}.crt").is_file() and (certs / f"{node}.key").is_file()
+    ops = read_history(out / "history.jsonl")
+    assert summary["ops"]["by_outcome"]["ok"] >= 100
+    assert not [op for op in ops if op.error == "tls"], "a client rejected a node's certificate"
