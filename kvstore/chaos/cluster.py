@@ -139,7 +139,8 @@ class LocalCluster:
                         spec = self.nodes[dst]
                         self.net.add(LinkProxy(src, dst, (HOST, spec.peer_port)))
                         self.net.add(LinkProxy(src, dst, (HOST, spec.client_port)))
-            await self.net.start()
+            ports = {p for n in self.nodes.values() for p in (n.client_port, n.peer_port)}
+            await self.net.start(avoid=ports)
         for node_id in self.ids:
             self.config_path(node_id).write_text(self.config_text(node_id))
         if self.client_tls is not None:

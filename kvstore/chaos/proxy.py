@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -85,10 +85,22 @@ class LinkProxy:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    async def start(self) -> None:
-        """Listen; with port 0 the OS picks a free port, read back into `self.port`."""
-        self._server = await asyncio.start_server(self._accept, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
+    async def start(self, avoid: Collection[int] = ()) -> None:
+        """Listen; with port 0 the OS picks a free port, read back into `self.port`, and
+        never one of `avoid` (ports the nodes were given but have not bound yet: the OS
+        may hand them out again, and the node could then not start)."""
+        held: list[asyncio.Server] = []
+        try:
+            while True:
+                server = await asyncio.start_server(self._accept, self.host, self.port)
+                port = server.sockets[0].getsockname()[1]
+                if self.port or port not in avoid:
+                    break
+                held.append(server)  # kept open until a good port is found, so not drawn again
+        finally:
+            for other in held:
+                other.close()
+        self._server, self.port = server, port
 
     async def close(self) -> None:
         if self._server is not None:
@@ -275,9 +287,9 @@ class ProxyNet:
     def proxies(self) -> list[LinkProxy]:
         return [proxy for group in self.links.values() for proxy in group]
 
-    async def start(self) -> None:
+    async def start(self, avoid: Collection[int] = ()) -> None:
         for proxy in self.proxies:
-            await proxy.start()
+            await proxy.start(avoid)
 
     async def close(self) -> None:
         for proxy in self.proxies:
