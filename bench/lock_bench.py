@@ -19,9 +19,10 @@ release on an existing lease, and a keep-alive of an existing lease.
       acquire = POST /v3/lock/lock {"name", "lease"} (answers once held; the answer's
       "key" is the ownership key), release = POST /v3/lock/unlock {"key"};
       keep-alive = POST /v3/lease/keepalive {"ID"}; POST /v3/lease/revoke at the end.
-    pyraftkv: POST /v1/leases?ttl=60; acquire = POST /v1/locks/{name}?lease=ID, and
-      while the answer says held=false, GET /v1/locks/{name}?token=T&wait=5 (long
-      poll until T holds); release = DELETE /v1/locks/{name}?token=T;
+    pyraftkv: POST /v1/leases?ttl=60; acquire = POST /v1/locks/{name}?lease=ID&wait=5
+      (queues, then answers once held, like etcd's lock call), and only if the answer
+      still says held=false, GET /v1/locks/{name}?token=T&wait=5 (long poll until T
+      holds); release = DELETE /v1/locks/{name}?token=T;
       keep-alive = POST /v1/leases/{id}/keepalive; DELETE /v1/leases/{id} at the end.
 
 Only ops that complete inside the window [start + warmup, start + warmup + duration]
@@ -125,7 +126,7 @@ class KV:
 
     async def lock_pair(self, s: aiohttp.ClientSession, ep: str, name: str, lease: str) -> None:
         path = f"{ep}/v1/locks/{quote(name, safe='')}"
-        async with s.post(f"{path}?lease={lease}") as r:
+        async with s.post(f"{path}?lease={lease}&wait={KV_WAIT_S}") as r:
             if r.status != 200:
                 raise OpError(f"http_{r.status}")
             doc = await r.json()

@@ -6,10 +6,15 @@ publish a value. So both URL families address the same queues, and a fence names
 either.
 
 - POST queues the caller's lease (a log entry; a lease already queued keeps its
-  place), answering its token at once; GET with `token` and `wait` then waits, on
-  the leader, until that token holds or has left the queue. Splitting the two keeps
-  every HTTP request short and lets a client that lost its connection wait again
-  without losing its place.
+  place), answering its token; with `wait`, the same request then waits until the
+  token holds or has left the queue (or `wait` s pass), so one request acquires, as
+  etcd's blocking lock call does. GET with `token` and `wait` waits the same way for
+  a token already queued: a client whose wait ran out (or whose connection dropped)
+  waits again without losing its place.
+- Every wait is served by the node that received the request, from its own applied
+  state: a POST's wait starts once its entry is applied here, a GET's after a read
+  index (serve_read), so a `held` (or left-the-queue) answer is true at an applied
+  log position at least as new as the request's start; no hop to the leader.
 - DELETE leaves the queue (release, withdraw, resign); PUT on an election publishes
   a new value, refused with 409 `fenced` unless the token leads.
 - GET with `after=CHANGED` waits until the head changes (a new leader or value):
@@ -71,6 +76,38 @@ def _queued(name: str) -> Any:
     return respond
 
 
+def _acquired(runtime: NodeRuntime, name: str, wait: float) -> Any:
+    """The answer to a POST with `wait`: once its entry is applied here (so this node's
+    state is at least as new as the request), wait on local applies until the token
+    holds or has left the queue, then answer from that state (`queued` false: it
+    left, its lease ended)."""
+
+    async def respond(result: ApplyResult | None) -> web.Response:
+        if type(result) is not LockResult:
+            return unexpected(result)
+        token = result.token
+        await wait_until(runtime, lambda: _settled(runtime, name, token), wait)
+        tokens = _tokens(runtime, name)
+        held = bool(tokens) and tokens[0] == token
+        holder = tokens[0] if tokens else 0
+        body = {"name": name, "token": token, "holder": holder, "held": held}
+        return web.json_response({**body, "queued": token in tokens})
+
+    return respond
+
+
+def _tokens(runtime: NodeRuntime, name: str) -> list[int]:
+    """The queue's tokens in order (the head holds) in this node's applied state."""
+    queue = runtime.sm.coordination.locks.queue(name)
+    return [] if queue is None else [w.token for w in queue.waiters]
+
+
+def _settled(runtime: NodeRuntime, name: str, token: int) -> bool:
+    """`token` holds `name`, or is no longer queued for it: a waiter's wait is over."""
+    tokens = _tokens(runtime, name)
+    return not tokens or tokens[0] == token or token not in tokens
+
+
 async def _value(request: web.Request) -> bytes:
     value = await read_value(request, MAX_ELECTION_VALUE_BYTES)
     try:
@@ -87,10 +124,13 @@ async def handle_queue(request: web.Request) -> web.StreamResponse:
     try:
         name = parse_name(request.raw_path, _prefix(request))
         if method == "POST":
-            lease = require(query_values(request, {"lease": positive}), "lease")
+            query = query_values(request, {"lease": positive, "wait": seconds})
+            lease = require(query, "lease")
             value = await _value(request) if election else b""
             command = LockAcquire(name, lease, value, parse_session(request))
-            return await serve_write(request, runtime, command, _queued(name))
+            wait = query.get("wait")
+            respond = _queued(name) if wait is None else _acquired(runtime, name, wait)
+            return await serve_write(request, runtime, command, respond)
         if method == "DELETE":
             token = require(query_values(request, {"token": positive}), "token")
             release = LockRelease(name, token, parse_session(request))
@@ -122,10 +162,9 @@ async def _observe(
     for the head to change from `after`."""
 
     def settled() -> bool:
-        queue = runtime.sm.coordination.locks.queue(name)
-        tokens = [] if queue is None else [w.token for w in queue.waiters]
-        if token is not None and (not tokens or tokens[0] == token or token not in tokens):
+        if token is not None and _settled(runtime, name, token):
             return True
+        queue = runtime.sm.coordination.locks.queue(name)
         changed = 0 if queue is None else queue.changed
         return after is not None and changed != after
 

@@ -96,10 +96,11 @@ async def serve_write(
     request: web.Request,
     runtime: NodeRuntime,
     cmd: Command,
-    respond: Callable[[ApplyResult | None], web.StreamResponse],
+    respond: Callable[[ApplyResult | None], web.StreamResponse | Awaitable[web.StreamResponse]],
 ) -> web.StreamResponse:
     """Propose `cmd` (a follower through the leader, over the peer link) and `respond`
-    to its result once applied here. Every refusal below means never proposed, so
+    to its result once applied here (`respond` may wait further, as a lock acquire
+    that waits for its turn does). Every refusal below means never proposed, so
     retrying is safe until the deadline. A request of an authenticated user proposes
     the command as that user's (AsUser), so the state machine checks the user's
     permissions again at the entry's log position; a follower forwards the encoded
@@ -133,4 +134,4 @@ async def serve_write(
             return error(504, "timeout", f"outcome unknown: {exc}")
         except RuntimeStopped as exc:
             return error(503, "unavailable", f"not proposed: {exc}")
-        return respond(result)
+        return await _answered(respond(result))

@@ -8,8 +8,11 @@
     async for leader in election.observe(): ...
 
 Both queue a lease at the cluster (first come, first served) and wait for their turn
-with short polls (each under the client's hedge delay, so no attempt is hedged on
-another node). The token a holder gets is its fencing token: writes carrying it
+in the same request (`POST ...?lease=ID&wait=S`: one request acquires a free lock, or
+one whose turn comes within the wait), then, while still queued, with short polls;
+every wait stays under the client's hedge delay, so no attempt is hedged on another
+node (a hedged POST would be harmless anyway: same seq, and a queued lease keeps its
+place). The token a holder gets is its fencing token: writes carrying it
 (`lock.put`, `lock.delete`, or `fence=lock.fence` on any write) are refused with
 `Fenced` once it no longer holds, even if the holder does not know yet.
 """
@@ -89,33 +92,43 @@ class _Queue:
         self._lease = lease
         token = 0
         try:
-            answer = await self._kv.request(
-                "POST", f"{self._path}?lease={lease.id}", value or None, write=True
-            )
-            token = int(answer.json()["token"])
-            while not await self._poll_held(token, deadline):
+            wait = self._wait(deadline)
+            path = f"{self._path}?lease={lease.id}&wait={wait:.3f}"
+            body = (await self._kv.request("POST", path, value or None, write=True)).json()
+            token = int(body["token"])
+            held = self._settled(body)
+            while not held:
                 if lease.lost.is_set():
                     raise KVError(f"the lease behind {self.name!r} was lost while waiting")
+                held = await self._poll_held(token, deadline)
         except BaseException:
             await self._leave_queue(token)
             raise
         self.token = token
         return token
 
-    async def _poll_held(self, token: int, deadline: float | None) -> bool:
-        """One wait of at most POLL_S; True when `token` holds. Raises LockTimeout at the
-        deadline and KVError when the token left the queue (its lease ended)."""
-        loop = asyncio.get_running_loop()
-        wait = POLL_S if deadline is None else min(POLL_S, deadline - loop.time())
-        if wait <= 0:
+    def _wait(self, deadline: float | None) -> float:
+        """The server-side wait of the next request: at most POLL_S, and never past the
+        deadline (`LockTimeout` once it has passed)."""
+        remaining = POLL_S if deadline is None else deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
             raise LockTimeout(f"{self.name!r} was not obtained in time", code="lock_timeout")
-        path = f"{self._path}?token={token}&wait={wait:.3f}"
-        body = (await self._kv.request("GET", path)).json()
+        return min(POLL_S, remaining)
+
+    def _settled(self, body: dict[str, Any]) -> bool:
+        """True when the answer says the token holds; KVError when it left the queue
+        (its lease ended)."""
         if body.get("held"):
             return True
         if not body.get("queued"):
             raise KVError(f"the waiter for {self.name!r} left the queue (its lease ended?)")
         return False
+
+    async def _poll_held(self, token: int, deadline: float | None) -> bool:
+        """One more wait of at most POLL_S for a token already queued; True when it
+        holds. Raises LockTimeout at the deadline and KVError when it left the queue."""
+        path = f"{self._path}?token={token}&wait={self._wait(deadline):.3f}"
+        return self._settled((await self._kv.request("GET", path)).json())
 
     async def _leave_queue(self, queued: int = 0) -> None:
         """Release or withdraw (best effort), then end the lease if it was ours."""
@@ -129,7 +142,7 @@ class _Queue:
             await lease.close()
 
     async def describe(self) -> dict[str, Any]:
-        """The queue as the leader sees it: holder (token, lease, value), waiters."""
+        """The queue now (a linearizable read): holder (token, lease, value), waiters."""
         return (await self._kv.request("GET", self._path)).json()
 
 

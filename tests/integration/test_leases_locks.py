@@ -9,6 +9,7 @@ wakes up and writes with its old token) ends with the stale write refused.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -110,6 +111,81 @@ def test_http_api_from_a_follower(cluster: Cluster) -> None:
     assert call("DELETE", f"/v1/elections/pool?token={token}")[0] == 200
     assert call("GET", "/v1/elections/pool")[1]["holder"] is None
     assert call("GET", "/v1/locks/jobs%2Fx?wait=x")[1]["error"] == "bad_wait"
+
+
+def lock_requests_seen(cluster: Cluster, nodes: list[str]) -> int:
+    """How many lock and election requests `nodes` answered on their client port."""
+    seen = 0
+    for node in nodes:
+        for line in cluster.http(node, "GET", "/metrics").body.decode().splitlines():
+            if line.startswith("kv_http_requests_total{") and (
+                "/v1/locks/" in line or "/v1/elections/" in line
+            ):
+                seen += int(float(line.rsplit(" ", 1)[1]))
+    return seen
+
+
+def test_post_with_wait_acquires_in_one_request_on_a_follower(cluster: Cluster) -> None:
+    """POST ?lease=ID&wait=S queues and waits in one request: held at once, held once
+    the holder releases, held false (still queued) when the wait runs out, queued false
+    when its lease ends meanwhile; every wait is served by the follower that got it
+    (no lock request reaches another node's client port)."""
+    leader = cluster.wait_leader()
+    node = next(n for n in cluster.nodes if n != leader)
+    others = [n for n in cluster.nodes if n != node]
+    before = lock_requests_seen(cluster, others)
+
+    def call(method: str, path: str, body: bytes | None = None) -> dict[str, object]:
+        reply = cluster.http(node, method, path, body=body, timeout=15)
+        assert reply.status == 200, reply.body
+        return reply.json()  # type: ignore[no-any-return]
+
+    a, b, c, d = (call("POST", "/v1/leases?ttl=30")["id"] for _ in range(4))
+    first = call("POST", f"/v1/locks/w?lease={a}&wait=5")
+    assert first["held"] is True and first["queued"] is True
+    assert first["holder"] == first["token"]
+    started = time.monotonic()
+    second = call("POST", f"/v1/locks/w?lease={b}&wait=0.5")
+    assert time.monotonic() - started >= 0.45
+    assert second["held"] is False and second["queued"] is True
+    assert second["holder"] == first["token"]
+    assert call("GET", "/v1/locks/w")["waiters"] == 1  # it kept its place
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        # The same lease asks again (same place, same token) and waits for its turn.
+        again = pool.submit(call, "POST", f"/v1/locks/w?lease={b}&wait=10")
+        with pytest.raises(concurrent.futures.TimeoutError):
+            again.result(timeout=0.3)
+        call("DELETE", f"/v1/locks/w?token={first['token']}")
+        assert again.result(timeout=15) == {
+            "name": "w",
+            "token": second["token"],
+            "holder": second["token"],
+            "held": True,
+            "queued": True,
+        }
+        # A waiter whose lease ends while it waits: held false, no longer queued.
+        leaving = pool.submit(call, "POST", f"/v1/locks/w?lease={c}&wait=10")
+        with pytest.raises(concurrent.futures.TimeoutError):
+            leaving.result(timeout=0.3)
+        call("DELETE", f"/v1/leases/{c}")
+        left = leaving.result(timeout=15)
+        assert left["held"] is False and left["queued"] is False
+
+    queued = call("POST", f"/v1/locks/w?lease={d}")
+    assert queued["held"] is False
+    waited = call("GET", f"/v1/locks/w?token={queued['token']}&wait=0.3")
+    assert waited["held"] is False and waited["queued"] is True
+    call("DELETE", f"/v1/locks/w?token={second['token']}")
+    assert call("GET", f"/v1/locks/w?token={queued['token']}&wait=5")["held"] is True
+
+    campaign = call("POST", f"/v1/elections/pool2?lease={a}&wait=5", b"node-b")
+    assert campaign["held"] is True and campaign["queued"] is True
+    for bad in ("wait=31", "wait=x", "wait=-1", "wait=1&wait=2"):
+        reply = cluster.http(node, "POST", f"/v1/locks/w?lease={a}&{bad}")
+        assert reply.status == 400, bad
+        assert reply.json()["error"] in ("bad_wait", "bad_query"), bad
+    assert lock_requests_seen(cluster, others) == before
 
 
 def test_transaction_puts_attach_keys_to_a_lease(cluster: Cluster) -> None:
