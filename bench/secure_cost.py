@@ -1,18 +1,20 @@
 """What TLS + authentication cost: write throughput at concurrency 64 on the same
-three-node cluster with everything open and with `kv certs init` certificates (https on
-both ports) plus users and tokens on, in interleaved rounds of one run.
+three-node cluster open and secure, for pyraftkv and for etcd 3.4, in interleaved
+rounds of one run (kv open, kv secure, etcd open, etcd secure; then again).
 
-The load is the neutral benchmark's own (shared/bench/loadgen.py, imported: its
-closed loop, its window, its counting, its KVAdapter); the secure rounds only add what
-a real client of such a cluster sends, an `ssl` context that verifies the nodes against
-the cluster CA and an `Authorization: Bearer` token of a user with readwrite on
-`bench/` (asked for before the round; its lifetime, 300 s, outlasts a round). Each
-round starts a fresh cluster the way shared/bench/kv_cluster.sh does (one `kv serve
---config F --node ID` per node, fresh data) and stops it by PID; its ports come from
-the OS, not kv_cluster.sh's fixed ones, so that a cluster someone else runs there is
-never measured (or written to) by mistake.
+Secure means: TLS on client and peer ports with kvstore.certs certificates (mutual
+TLS between peers) plus users and tokens on, the generator writing as a user with
+readwrite on `bench/` only (bench/secure_clusters.py builds both clusters). The load is
+the neutral benchmark's own (shared/bench/loadgen.py, imported: its closed loop, its
+window, its counting, its KVAdapter and EtcdAdapter); the secure rounds only add what a
+real client of such a cluster sends, an `ssl` context that verifies the nodes against
+the cluster CA and an `Authorization` header (pyraftkv: `Bearer <token>`, 300 s
+lifetime; etcd: its simple token, 300 s TTL renewed on use; both outlast a round). Each
+round's cluster is fresh and stopped by PID. The figure per system is the median of the
+per-round ratios secure / open: on a shared machine only ratios within a run mean
+anything.
 
-    .venv/bin/python bench/secure_cost.py --rounds 3 --duration 8
+    .venv/bin/python bench/secure_cost.py --rounds 3 --duration 8 [--systems kv,etcd]
     (--loadgen-dir defaults to ../shared/bench beside the project root)
 """
 
@@ -21,197 +23,95 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
-import socket
-import ssl
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-KV = [sys.executable, "-m", "kvstore.cli.main"]
-BENCH_USER, BENCH_PASSWORD = "bench", "bench-password"
+from secure_clusters import ROOT, Cluster, EtcdCluster, KVCluster
+
+CLUSTERS: dict[str, type[Cluster]] = {"kv": KVCluster, "etcd": EtcdCluster}
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports the OS says are free now (all bound at once, so they differ)."""
-    socks = [socket.socket() for _ in range(count)]
-    for sock in socks:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in socks]
-    for sock in socks:
-        sock.close()
-    return ports
+class _WithSSL:
+    """A session whose put/post carry the secure cluster's ssl context, so that the
+    generator's own write() (URL, body, status check) runs unchanged over https."""
+
+    def __init__(self, session: Any, context: Any) -> None:
+        self.session, self.context = session, context
+
+    def put(self, *args: Any, **kwargs: Any) -> Any:
+        return self.session.put(*args, ssl=self.context, **kwargs)
+
+    def post(self, *args: Any, **kwargs: Any) -> Any:
+        return self.session.post(*args, ssl=self.context, **kwargs)
 
 
-class Cluster:
-    """Three loopback nodes; `secure`: https on both ports, auth on."""
+def secure_adapter(base: type) -> type:
+    """loadgen's adapter `base`, sending what a client of a TLS + auth cluster sends."""
 
-    def __init__(self, secure: bool) -> None:
-        self.secure = secure
-        self.root = Path(tempfile.mkdtemp(prefix="kv-secure-cost-"))
-        ports = free_ports(6)
-        self.client_ports, self.peer_ports = ports[:3], ports[3:]
-        scheme = "https" if secure else "http"
-        self.endpoints = [f"{scheme}://127.0.0.1:{p}" for p in self.client_ports]
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.context: ssl.SSLContext | None = None
-        self.token: str | None = None
-
-    def config(self, tls_table: str = "") -> Path:
-        lines = ["[cluster]", 'name = "bench"', f'data_dir = "{self.root}/data"', ""]
-        scheme = "https" if self.secure else "http"
-        for i, (client, peer) in enumerate(zip(self.client_ports, self.peer_ports, strict=True)):
-            lines += [
-                "[[nodes]]",
-                f'id = "n{i + 1}"',
-                f'client_url = "{scheme}://127.0.0.1:{client}"',
-                f'peer_url = "{scheme}://127.0.0.1:{peer}"',
-                "",
-            ]
-        path = self.root / "cluster.toml"
-        path.write_text("\n".join(lines) + tls_table)
-        return path
-
-    def kv(self, *args: str) -> str:
-        extra = ["--cacert", str(self.root / "certs" / "ca.crt")] if self.secure else []
-        done = subprocess.run(
-            [*KV, *args, "--endpoints", ",".join(self.endpoints), *extra],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=ROOT,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"kv {' '.join(args)}: {done.stderr.strip()}")
-        return done.stdout
-
-    def start(self) -> None:
-        path = self.config()
-        if self.secure:
-            made = subprocess.run(
-                [*KV, "certs", "init", "--config", str(path), "--dir", str(self.root / "certs")],
-                capture_output=True,
-                text=True,
-                check=True,
-                cwd=ROOT,
-            )
-            table = made.stdout[made.stdout.index("[tls]") :]
-            path = self.config("\n" + table)
-            self.context = ssl.create_default_context(cafile=str(self.root / "certs" / "ca.crt"))
-        for i in range(3):
-            log = (self.root / f"n{i + 1}.log").open("wb")
-            self.procs.append(
-                subprocess.Popen(
-                    [*KV, "serve", "--config", str(path), "--node", f"n{i + 1}"],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    cwd=ROOT,
-                    start_new_session=True,
-                )
-            )
-        self.wait_leader()
-        if self.secure:
-            self.enable_auth()
-
-    def wait_leader(self) -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if any(proc.poll() is not None for proc in self.procs):
-                raise RuntimeError(f"a node exited; logs in {self.root}")
-            for url in self.endpoints:
-                try:
-                    with urllib.request.urlopen(
-                        url + "/v1/status", timeout=1, context=self.context
-                    ) as resp:
-                        if json.loads(resp.read()).get("role") == "leader":
-                            return
-                except OSError:
-                    pass
-            time.sleep(0.2)
-        raise RuntimeError(f"no leader in 30 s; logs in {self.root}")
-
-    def enable_auth(self) -> None:
-        """As the README says: a root user, a role on bench/, a user holding it."""
-        root = ["--user", "root", "--password", "root-password"]
-        self.kv("user", "add", "root", "--new-password", "root-password")
-        self.kv("user", "grant", "root", "root")
-        self.kv("auth", "enable")
-        self.kv("role", "add", "bench", *root)
-        self.kv("role", "grant", "bench", "readwrite", "--prefix", "bench/", *root)
-        self.kv("user", "add", BENCH_USER, "--new-password", BENCH_PASSWORD, *root)
-        self.kv("user", "grant", BENCH_USER, "bench", *root)
-        self.token = self.kv("auth", "token", "--user", BENCH_USER, "--password", BENCH_PASSWORD)
-        self.token = self.token.strip()
-
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.procs]
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-def secure_adapter(loadgen: Any) -> type:
-    """loadgen's KVAdapter, sending what a client of a TLS + auth cluster sends."""
-
-    class SecureKVAdapter(loadgen.KVAdapter):  # type: ignore[misc, name-defined]
+    class SecureAdapter(base):  # type: ignore[misc, valid-type]
         def __init__(self, cfg: argparse.Namespace) -> None:
             super().__init__(cfg)
-            self.headers = {**self.headers, "Authorization": f"Bearer {cfg.token}"}
-            self.ssl = cfg.ssl_context
+            self.headers = {**self.headers, "Authorization": cfg.authorization}
+            self.ssl_context = cfg.ssl_context
 
         async def write(self, session: Any, ep: str, ki: int) -> str | None:
-            async with session.put(
-                ep + self.paths[ki], data=self.value, headers=self.headers, ssl=self.ssl
-            ) as r:
-                await r.read()
-                return None if r.status == 200 else f"http_{r.status}"
+            result: str | None = await super().write(_WithSSL(session, self.ssl_context), ep, ki)
+            return result
 
-    return SecureKVAdapter
+    return SecureAdapter
 
 
 def measure(loadgen: Any, cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
     cfg = loadgen.build_parser().parse_args(
         [
-            "--target",
-            "kv",
-            "--endpoints",
-            ",".join(cluster.endpoints),
-            "--mode",
-            "write",
-            "--concurrency",
-            str(args.concurrency),
-            "--duration",
-            str(args.duration),
-            "--warmup",
-            str(args.warmup),
-            "--label",
-            "secure" if cluster.secure else "plain",
+            *("--target", cluster.system, "--endpoints", ",".join(cluster.endpoints)),
+            *("--mode", "write", "--concurrency", str(args.concurrency)),
+            *("--duration", str(args.duration), "--warmup", str(args.warmup)),
+            *("--label", f"{cluster.system}-{cluster.label}"),
         ]
     )
     cfg.endpoints = list(cluster.endpoints)
     cfg.server_pids = cluster.pids()
     if cluster.secure:
-        loadgen.ADAPTERS["kv-secure"] = secure_adapter(loadgen)
-        cfg.target, cfg.token, cfg.ssl_context = "kv-secure", cluster.token, cluster.context
+        target = f"{cluster.system}-secure"
+        loadgen.ADAPTERS[target] = secure_adapter(loadgen.ADAPTERS[cluster.system])
+        cfg.target, cfg.authorization = target, cluster.authorization
+        cfg.ssl_context = cluster.context
     result: dict[str, Any] = loadgen.run(cfg)  # procs=1: the adapter runs in this process
+    result.update(system=cluster.system, security=cluster.label)
     return result
+
+
+def table(rows: list[dict[str, Any]], systems: list[str]) -> str:
+    """One line per system: medians, p50s, per-round ratios and their median."""
+    lines = [
+        "| system | open ops/s | TLS+auth ops/s | p50 open / TLS+auth ms "
+        "| per-round ratio TLS+auth/open | median ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for system in systems:
+        open_ = [r for r in rows if r["system"] == system and r["security"] == "open"]
+        secure = [r for r in rows if r["system"] == system and r["security"] == "secure"]
+        ratios = [s["ops_per_s"] / o["ops_per_s"] for o, s in zip(open_, secure, strict=True)]
+
+        def med(part: list[dict[str, Any]], pick: Any) -> float:
+            return float(statistics.median(pick(r) for r in part))
+
+        def ops(r: dict[str, Any]) -> float:
+            return float(r["ops_per_s"])
+
+        def p50(r: dict[str, Any]) -> float:
+            return float(r["lat_ms"]["p50"])
+
+        lines.append(
+            f"| {system} | {med(open_, ops):.0f} | {med(secure, ops):.0f} "
+            f"| {med(open_, p50):.0f} / {med(secure, p50):.0f} "
+            f"| {', '.join(f'{r:.2f}' for r in ratios)} | {statistics.median(ratios):.2f} |"
+        )
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -220,42 +120,42 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--systems", default="kv,etcd", help="comma-separated: kv, etcd")
     parser.add_argument("--loadgen-dir", type=Path, default=ROOT.parent / "shared" / "bench")
     parser.add_argument("--out", type=Path, default=None, help="append JSON lines here")
     args = parser.parse_args()
+    systems = args.systems.split(",")
+    unknown = sorted(set(systems) - set(CLUSTERS))
+    if unknown or not systems:
+        parser.error(f"--systems: unknown {', '.join(unknown)} (use {', '.join(CLUSTERS)})")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the nodes are stopped too
     sys.path.insert(0, str(args.loadgen_dir))
     import loadgen  # the neutral generator, unchanged
 
     rows: list[dict[str, Any]] = []
     for round_no in range(1, args.rounds + 1):
-        for secure in (False, True):
-            cluster = Cluster(secure)
-            try:
-                cluster.start()
-                result = measure(loadgen, cluster, args)
-            finally:
-                cluster.stop()
-            result["round"] = round_no
-            rows.append(result)
-            print(
-                f"round {round_no} {result['label']:6} {result['ops_per_s']:8.1f} ops/s  "
-                f"p50 {result['lat_ms']['p50']} ms  p99 {result['lat_ms']['p99']} ms  "
-                f"cpu: servers {result['server_cpu_pct']}% generator {result['gen_cpu_pct']}% "
-                f"others {result['other_cpu_pct']}%  errors {result['errors']}",
-                flush=True,
-            )
-            if args.out is not None:
-                with args.out.open("a") as out:
-                    out.write(json.dumps(result) + "\n")
-    plain = [r["ops_per_s"] for r in rows if r["label"] == "plain"]
-    secure = [r["ops_per_s"] for r in rows if r["label"] == "secure"]
-    ratios = [s / p for p, s in zip(plain, secure, strict=True) if p]
-    print(
-        f"median ops/s: plain {statistics.median(plain):.1f}, TLS+auth "
-        f"{statistics.median(secure):.1f}; per-round ratios (TLS+auth / plain) "
-        f"{', '.join(f'{r:.2f}' for r in ratios)}; median ratio {statistics.median(ratios):.2f}"
-    )
+        for system in systems:
+            for secure in (False, True):
+                cluster = CLUSTERS[system](secure)
+                try:
+                    cluster.start()
+                    result = measure(loadgen, cluster, args)
+                finally:
+                    cluster.stop()
+                result["round"] = round_no
+                rows.append(result)
+                print(
+                    f"round {round_no} {result['label']:11} {result['ops_per_s']:8.1f} ops/s  "
+                    f"p50 {result['lat_ms']['p50']} ms  p99 {result['lat_ms']['p99']} ms  "
+                    f"cpu: servers {result['server_cpu_pct']}% generator "
+                    f"{result['gen_cpu_pct']}% others {result['other_cpu_pct']}%  "
+                    f"errors {result['errors']}",
+                    flush=True,
+                )
+                if args.out is not None:
+                    with args.out.open("a") as out:
+                        out.write(json.dumps(result) + "\n")
+    print(table(rows, systems))
     return 0
 
 
