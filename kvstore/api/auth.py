@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -146,35 +147,57 @@ async def _disable(request: web.Request) -> AuthCommand:
     return AuthDisable()
 
 
+# ---------------------------------------------------------------------- reads
+
+_Describe = Callable[[NodeRuntime, str], "dict[str, Any] | None"]
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _listing(
+    field: str, table: Callable[[NodeRuntime], Iterable[str]], describe: _Describe
+) -> _Handler:
+    """A linearizable read of every user (or role), described by `describe`, by name."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        runtime = request.app[RUNTIME_KEY]
+
+        def listing() -> web.Response:
+            names = sorted(table(runtime))
+            return web.json_response({field: [describe(runtime, n) for n in names]})
+
+        return await serve_read(request, runtime, listing, stale=False)
+
+    return handle
+
+
+def _lookup(what: str, describe: _Describe) -> _Handler:
+    """A linearizable read of the user (or role) the path names; 404 `<what>_not_found`."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        runtime = request.app[RUNTIME_KEY]
+        name = request.match_info["name"]
+
+        def answer() -> web.Response:
+            found = describe(runtime, name)
+            if found is None:
+                return error(404, f"{what}_not_found", f"no {what} {name!r}")
+            return web.json_response(found)
+
+        return await serve_read(request, runtime, answer, stale=False)
+
+    return handle
+
+
 # ---------------------------------------------------------------------- users
+
+
+def _user_names(runtime: NodeRuntime) -> Iterable[str]:
+    return runtime.sm.auth.users
 
 
 def _user_json(runtime: NodeRuntime, name: str) -> dict[str, Any] | None:
     user = runtime.sm.auth.users.get(name)
     return None if user is None else {"name": name, "roles": sorted(user.roles)}
-
-
-async def handle_users(request: web.Request) -> web.StreamResponse:
-    runtime = request.app[RUNTIME_KEY]
-
-    def listing() -> web.Response:
-        names = sorted(runtime.sm.auth.users)
-        return web.json_response({"users": [_user_json(runtime, n) for n in names]})
-
-    return await serve_read(request, runtime, listing, stale=False)
-
-
-async def handle_user(request: web.Request) -> web.StreamResponse:
-    runtime = request.app[RUNTIME_KEY]
-    name = request.match_info["name"]
-
-    def describe() -> web.Response:
-        found = _user_json(runtime, name)
-        if found is None:
-            return error(404, "user_not_found", f"no user {name!r}")
-        return web.json_response(found)
-
-    return await serve_read(request, runtime, describe, stale=False)
 
 
 async def _user_add(request: web.Request) -> AuthCommand:
@@ -202,34 +225,15 @@ async def _user_revoke(request: web.Request) -> AuthCommand:
 # ---------------------------------------------------------------------- roles
 
 
+def _role_names(runtime: NodeRuntime) -> Iterable[str]:
+    return runtime.sm.auth.roles
+
+
 def _role_json(runtime: NodeRuntime, name: str) -> dict[str, Any] | None:
     role = runtime.sm.auth.roles.get(name)
     if role is None:
         return None
     return {"name": name, "permissions": [p.to_json() for p in role.listing()]}
-
-
-async def handle_roles(request: web.Request) -> web.StreamResponse:
-    runtime = request.app[RUNTIME_KEY]
-
-    def listing() -> web.Response:
-        names = sorted(runtime.sm.auth.roles)
-        return web.json_response({"roles": [_role_json(runtime, n) for n in names]})
-
-    return await serve_read(request, runtime, listing, stale=False)
-
-
-async def handle_role(request: web.Request) -> web.StreamResponse:
-    runtime = request.app[RUNTIME_KEY]
-    name = request.match_info["name"]
-
-    def describe() -> web.Response:
-        found = _role_json(runtime, name)
-        if found is None:
-            return error(404, "role_not_found", f"no role {name!r}")
-        return web.json_response(found)
-
-    return await serve_read(request, runtime, describe, stale=False)
 
 
 async def _role_add(request: web.Request) -> AuthCommand:
@@ -286,17 +290,17 @@ def add_auth_routes(app: web.Application) -> None:
     router.add_post(AUTH + "/token", handle_token)
     router.add_post(AUTH + "/enable", _route(_enable, _enabled(True)))
     router.add_post(AUTH + "/disable", _route(_disable, _enabled(False)))
-    router.add_get(AUTH + "/users", strict(handle_users))
+    router.add_get(AUTH + "/users", strict(_listing("users", _user_names, _user_json)))
     user = AUTH + "/users/{name}"
-    router.add_get(user, strict(handle_user))
+    router.add_get(user, strict(_lookup("user", _user_json)))
     router.add_put(user, _route(_user_add, _name_of))
     router.add_delete(user, _route(_user_delete))
     router.add_post(user + "/password", _route(_user_password))
     router.add_put(user + "/roles/{role}", _route(_user_grant))
     router.add_delete(user + "/roles/{role}", _route(_user_revoke))
-    router.add_get(AUTH + "/roles", strict(handle_roles))
+    router.add_get(AUTH + "/roles", strict(_listing("roles", _role_names, _role_json)))
     role = AUTH + "/roles/{name}"
-    router.add_get(role, strict(handle_role))
+    router.add_get(role, strict(_lookup("role", _role_json)))
     router.add_put(role, _route(_role_add))
     router.add_delete(role, _route(_role_delete))
     router.add_post(role + "/permissions", _route(_role_grant, own_query=True))
