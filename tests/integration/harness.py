@@ -141,8 +141,17 @@ class Cluster:
             self._new_node(f"n{i + 1}")
         self.write_config()
 
+    def _ports_in_use(self) -> set[int]:
+        urls = [u for n in self.nodes.values() for u in (n.client_url, n.peer_url)]
+        return {int(url.rsplit(":", 1)[1]) for url in urls}
+
     def _new_node(self, node_id: str) -> NodeProcess:
+        # Each call binds and releases its ports, so the OS may hand an earlier node's
+        # port out again: draw until none is one of this cluster's.
+        taken = self._ports_in_use()
         client_port, peer_port = free_ports(2)
+        while {client_port, peer_port} & taken:
+            client_port, peer_port = free_ports(2)
         node = NodeProcess(
             node_id,
             f"{self.scheme}://127.0.0.1:{client_port}",
