@@ -1,5 +1,6 @@
 """Who leads, as this node sees it: leader-change logging, waiting for a leader, and
-failing linearizable reads whose leadership was not confirmed before it changed.
+failing linearizable reads whose leadership was not confirmed before it changed (and
+forwarded proposals the old leader never placed).
 
 An object of its own (owned by NodeRuntime, kvstore.runtime.node) with one input,
 `observe()`, called by the ready loop after every batch of Readys.
@@ -67,6 +68,11 @@ class LeadershipWatch:
                     node.role.value,
                     node.term,
                 )
+        if self._pending.forwarded and (node.leader_id != old_leader or node.term != old_term):
+            self._pending.fail_forwarded(
+                f"leadership changed (term {old_term} to {node.term}) before the leader "
+                "said where it put the proposal"
+            )
         if self._pending.reads:
             keep = node.term if node.role is Role.LEADER else None
             self._pending.fail_reads(

@@ -232,6 +232,16 @@ class PendingRequests:
             if not pending.future.done():
                 pending.future.set_exception(exc)
 
+    def fail_forwarded(self, reason: str) -> None:
+        """Fail forwarded proposals the leader has not placed yet: the leader changed, so
+        an answer may never come. The old leader may have appended one (it could still
+        commit), so each outcome is unknown (ProposalTimeout), answered now rather than
+        at the request's deadline, so the client can retry on the new leader at once."""
+        waiting, self.forwarded = self.forwarded, {}
+        for forwarded in waiting.values():
+            if not forwarded.future.done():
+                forwarded.future.set_exception(ProposalTimeout(reason))
+
     def abort_all(self, exc: RuntimeUnavailable) -> None:
         """Fail everything (shutdown). Proposals fail as ProposalTimeout upstream: a
         proposed write's outcome stays unknown."""

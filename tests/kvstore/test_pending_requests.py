@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import random
+from types import SimpleNamespace
 
 import pytest
 
-from consensus import DropReason, Entry, ForwardedProposal, NotLeader, ProposalDropped
+from consensus import DropReason, Entry, ForwardedProposal, NotLeader, ProposalDropped, Role
+from kvstore.runtime.leadership import LeadershipWatch
 from kvstore.runtime.requests import (
     PendingRequests,
     ProposalOverwritten,
     ProposalTimeout,
     RuntimeStopped,
 )
+from kvstore.runtime.stats import RuntimeStats
 from kvstore.state.machine import PutResult
 
 
@@ -139,3 +142,25 @@ async def test_an_unanswered_forwarded_proposal_ends_unknown_at_its_deadline() -
         with pytest.raises(ProposalTimeout):
             future.result()
     assert not pending
+
+
+async def test_a_leader_change_ends_unplaced_forwarded_proposals_as_unknown_at_once() -> None:
+    """A follower whose leader died must not hold its clients until their deadline: when
+    the leadership it sees changes, proposals the old leader never placed end now, as
+    unknown (the old leader may have appended them), and placed ones keep waiting."""
+    pending = PendingRequests()
+    node = SimpleNamespace(role=Role.FOLLOWER, term=3, leader_id="n1")
+    watch = LeadershipWatch("n2", node, pending, RuntimeStats())  # type: ignore[arg-type]
+    watch.observe()  # n1 leads
+    placed = pending.add_forwarded(b"placed", deadline=1e9)
+    pending.forwarded_outcomes((ForwardedProposal(b"placed", 7, 3),), applied=5)
+    unplaced = pending.add_forwarded(b"unplaced", deadline=1e9)
+    watch.observe()
+    assert not unplaced.done()  # nothing changed yet
+    node.role, node.term, node.leader_id = Role.CANDIDATE, 4, None  # n1 went silent
+    watch.observe()
+    with pytest.raises(ProposalTimeout, match="leadership changed"):
+        unplaced.result()
+    assert not placed.done()  # its entry decides: it may still commit at index 7
+    pending.applied(Entry(3, 7, b"x"), PutResult(9, 1))
+    assert placed.result() == PutResult(9, 1)
