@@ -24,8 +24,7 @@ import json
 import os
 import random
 from collections.abc import Awaitable, Callable
-from types import TracebackType
-from typing import Any, Literal, Self, Unpack
+from typing import Any, Literal, Unpack
 from urllib.parse import quote
 
 import aiohttp
@@ -34,6 +33,7 @@ from kvstore.client.answers import raise_for_answer
 from kvstore.client.attempts import AttemptSettings, Dispatcher
 from kvstore.client.attempts import Request as _Request
 from kvstore.client.cluster_view import ask_every_node
+from kvstore.client.context import AsyncHeld
 from kvstore.client.credentials import Credentials
 from kvstore.client.endpoints import EndpointsArg, resolve_endpoints
 from kvstore.client.errors import (
@@ -96,7 +96,7 @@ DEFAULT_CONNECT_TIMEOUT = 2.0
 DEFAULT_HEDGE_DELAY = 1.0  # a node silent this long is probably hung: ask the next one too
 
 
-class AsyncKV:
+class AsyncKV(AsyncHeld):
     """asyncio client: leader discovery, retries with back-off, exactly-once writes.
 
     One `aiohttp.ClientSession` is created lazily (inside the running loop) and
@@ -150,16 +150,8 @@ class AsyncKV:
 
     # ----------------------------------------------------------------- lifecycle
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+    async def _enter(self) -> None:
+        """Nothing to open: the HTTP session is made on first use."""
 
     async def close(self) -> None:
         """Close the HTTP session; the client cannot be used afterwards."""
@@ -167,6 +159,8 @@ class AsyncKV:
         if self._http is not None:
             await self._http.close()
             self._http = None
+
+    _exit = close
 
     @property
     def client_id(self) -> str:

@@ -1,7 +1,9 @@
-"""`with` support for the blocking client's objects, written once.
+"""`with` and `async with` support for the client's objects, written once.
 
 `Closing`: `with obj:` closes it at the end (KV, BlockingWatch, BlockingMirror).
 `Held`: `with obj:` starts it, and stops it at the end (SyncLease, SyncLock).
+`AsyncHeld`: `async with obj:` awaits `_enter()`, and `_exit()` at the end (Lease,
+Lock, Mirror: each names its own start and end methods as these two).
 Each subclass supplies only the methods named here; the bases touch no state.
 """
 
@@ -45,3 +47,23 @@ class Held:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class AsyncHeld:
+    async def _enter(self) -> object:
+        raise NotImplementedError
+
+    async def _exit(self) -> object:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self._enter()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._exit()

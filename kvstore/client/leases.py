@@ -16,9 +16,9 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 
+from kvstore.client.context import AsyncHeld
 from kvstore.client.errors import InvalidRequest, KVError, LeaseNotFound
 from kvstore.client.fence import Fence
 from kvstore.client.transport import Answer
@@ -108,7 +108,7 @@ async def list_leases(kv: KVCalls, *, timeout: float | None = None) -> list[Leas
     return [LeaseInfo(r["id"], r["ttl"], float(r["remaining"])) for r in body["leases"]]
 
 
-class Lease:
+class Lease(AsyncHeld):
     """A lease granted on entry and kept alive until exit (then revoked)."""
 
     def __init__(self, kv: KVCalls, ttl: int, *, on_lost: LostCallback | None = None) -> None:
@@ -119,18 +119,6 @@ class Lease:
         """Set when the lease ended or could not be confirmed alive for a whole TTL."""
         self._on_lost = on_lost
         self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def start(self) -> None:
         """Grant the lease and start keeping it alive."""
@@ -177,3 +165,6 @@ class Lease:
             outcome = self._on_lost()
             if inspect.isawaitable(outcome):
                 await outcome
+
+    _enter = start
+    _exit = close

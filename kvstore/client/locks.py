@@ -23,10 +23,10 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import quote
 
+from kvstore.client.context import AsyncHeld
 from kvstore.client.errors import InvalidRequest, KVError, LockTimeout
 from kvstore.client.fence import Fence
 from kvstore.client.leases import KVCalls, Lease
@@ -146,7 +146,7 @@ class _Queue:
         return (await self._kv.request("GET", self._path)).json()
 
 
-class Lock(_Queue):
+class Lock(_Queue, AsyncHeld):
     """A lock held between `acquire` and `release` (or inside `async with`)."""
 
     def __init__(
@@ -155,18 +155,6 @@ class Lock(_Queue):
         super().__init__(kv, name)
         self.ttl = ttl
         self.timeout = timeout
-
-    async def __aenter__(self) -> Self:
-        await self.acquire()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.release()
 
     async def acquire(self, *, lease: Lease | None = None) -> int:
         """Wait for the lock (first come, first served; `LockTimeout` after `timeout`)
@@ -182,6 +170,9 @@ class Lock(_Queue):
 
     async def delete(self, key: str, **options: Any) -> int:
         return await self._kv.delete(key, fence=self.fence, **options)
+
+    _enter = acquire
+    _exit = release
 
 
 class Election(_Queue):

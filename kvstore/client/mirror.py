@@ -26,9 +26,9 @@ import inspect
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
+from kvstore.client.context import AsyncHeld
 from kvstore.client.errors import Compacted
 from kvstore.client.watch import WatchEvent, WatchProgress
 
@@ -49,7 +49,7 @@ class Change:
 OnChange = Callable[[Change], Awaitable[None] | None]
 
 
-class Mirror:
+class Mirror(AsyncHeld):
     """Every key under `prefix` as bytes, with `revision`: the store revision the copy
     reflects (it advances with changes and with the watch's progress reports)."""
 
@@ -104,18 +104,6 @@ class Mirror:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # ------------------------------------------------------------------ syncing
 
@@ -180,3 +168,6 @@ class Mirror:
             result = self._on_change(change)
             if inspect.isawaitable(result):
                 await result
+
+    _enter = start
+    _exit = close
