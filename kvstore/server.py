@@ -249,7 +249,9 @@ async def _serve(
     async def runtime_ctx(_app: web.Application) -> AsyncIterator[None]:
         await runtime.start()
         lag = asyncio.create_task(watch_loop_lag(runtime.stats.loop_lag))
+        runtime.stats.gc_pauses.install()
         yield
+        runtime.stats.gc_pauses.remove()
         lag.cancel()
         await runtime.stop()
 

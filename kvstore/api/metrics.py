@@ -238,6 +238,14 @@ class NodeCollector(Collector):
             "The longest stall counting only time the process was on a CPU.",
             value=stats.loop_lag.max_busy_s,
         )
+        pauses = GaugeMetricFamily(
+            "kv_gc_pause_max_seconds",
+            "The longest garbage collection since the node started, per generation.",
+            labels=["generation"],
+        )
+        for generation, longest in enumerate(stats.gc_pauses.max_s):
+            pauses.add_metric([str(generation)], longest)
+        yield pauses
 
     def _peer_families(self) -> Iterator[Metric]:
         rt = self._runtime

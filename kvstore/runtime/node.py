@@ -443,7 +443,7 @@ class NodeRuntime:
             transport.send(rd.messages_before_persist)
         if rd.snapshot is not None:
             started = time.perf_counter()
-            self.snapshots.install(rd.snapshot)
+            await self.snapshots.install(rd.snapshot)
             self.stats.snapshot_install_seconds.observe(time.perf_counter() - started)
         if rd.must_sync:
             await self._persist(rd)

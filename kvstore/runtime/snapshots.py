@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from typing import BinaryIO
 
 from consensus import RaftNode
 from consensus.errors import ConsensusError
@@ -29,8 +30,9 @@ from consensus.storage import WritableStorage
 from consensus.types import SnapshotMeta
 from kvstore.peers.snapshot_transfer import ChunkError
 from kvstore.runtime.compaction import Compactor
-from kvstore.runtime.leveldb_storage import CorruptLogError
+from kvstore.runtime.leveldb_storage import CorruptLogError, LevelDBStorage
 from kvstore.runtime.requests import PendingRequests
+from kvstore.runtime.snapshot_files import SYNC_EVERY_BYTES
 from kvstore.state.machine import KVStateMachine, SnapshotError
 from kvstore.state.snapshot import ParsedState
 
@@ -129,14 +131,25 @@ class SnapshotKeeper:
         if meta.index == self._sm.applied_index:
             compactor.start(meta)
 
-    def install(self, meta: SnapshotMeta) -> None:
-        """The core's Ready asks for the snapshot `meta`: replace state and log prefix."""
+    async def install(self, meta: SnapshotMeta) -> None:
+        """The core's Ready asks for the snapshot `meta`: replace state and log prefix.
+
+        The file (hundreds of MB at a million keys) is written and synced in a worker
+        thread, and the covered entries deleted in another: done on the loop, as before,
+        it stalled a follower for 1.7 s. Only the small synced batch that points the log
+        at the file runs here; the runtime awaits this as it awaits a persist."""
         incoming = self._incoming.pop(meta, None)
         if incoming is None:
             raise RuntimeError(f"the core installs snapshot {meta} but no such data arrived")
         self._incoming.clear()
         data, parsed = incoming
-        self._storage.apply_snapshot(meta, data)
+        storage = self._storage
+        if isinstance(storage, LevelDBStorage):
+            loop = asyncio.get_running_loop()
+            file = await loop.run_in_executor(None, storage.prepare_snapshot, meta, _writer(data))
+            loop.run_in_executor(None, storage.commit_snapshot(meta, file, sync=True))
+        else:
+            storage.apply_snapshot(meta, data)
         self._sm.install(parsed)
         self._pending.snapshot_installed(meta.index)
         self._installed(meta)
@@ -157,3 +170,15 @@ class SnapshotKeeper:
                 return None
             raise
         return data if self._storage.snapshot_meta() == meta else None
+
+
+def _writer(data: bytes) -> Callable[[BinaryIO], None]:
+    """Writes `data` a sync interval at a time, so the file is synced along the way
+    (kvstore.runtime.snapshot_files: one sync of it all would hold up the log's)."""
+
+    def fill(out: BinaryIO) -> None:
+        view = memoryview(data)
+        for start in range(0, len(data), SYNC_EVERY_BYTES):
+            out.write(view[start : start + SYNC_EVERY_BYTES])
+
+    return fill

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from consensus.types import Entry
+from kvstore.runtime.gc_pauses import GcPauses
 
 LATENCY_BOUNDS_S = (
     0.0005,
@@ -119,6 +120,8 @@ class RuntimeStats:
         """Installing a snapshot received from the leader."""
         self.loop_lag = LoopLag()
         """Fed by kvstore.runtime.loop_lag while `kv serve` runs."""
+        self.gc_pauses = GcPauses()
+        """The garbage collector's pauses; installed while `kv serve` runs."""
         self.leader_changes = 0
         self.leader_history: deque[LeaderChange] = deque(maxlen=LEADER_HISTORY)
 

@@ -6,6 +6,9 @@ must also become a history event (kvstore.state.history). Doing both in one plac
 no writer (single put, delete, transaction) can change a key without its event, or
 leave the order stale.
 
+Each key's current record is kept packed (kvstore.state.records: one bytes object, never
+tracked by the garbage collector); `get` makes its KeyValue when it is read.
+
 Key order: keys are Python strings compared by code point, which is exactly the byte
 order of their UTF-8 encodings (the only encoding a key can have on the wire), so
 "byte order of keys" and `sorted()` agree.
@@ -16,6 +19,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterator
 
+from kvstore.state import records as rec
 from kvstore.state.history import EventKind, History, tombstone
 from kvstore.state.keyrange import KeyRange
 from kvstore.state.types import KeyValue
@@ -24,42 +28,50 @@ from kvstore.state.types import KeyValue
 class KeySpace:
     """Current keys, their order, the revision, and the history of recent changes."""
 
-    __slots__ = ("data", "history", "keys", "revision")
+    __slots__ = ("history", "keys", "records", "revision")
 
     def __init__(
         self,
         history: History,
         revision: int = 0,
-        data: dict[str, KeyValue] | None = None,
+        records: dict[str, bytes] | None = None,
         keys: list[str] | None = None,
     ) -> None:
-        self.data: dict[str, KeyValue] = data if data is not None else {}
-        self.keys: list[str] = keys if keys is not None else sorted(self.data)
+        self.records: dict[str, bytes] = records if records is not None else {}
+        """Key -> its packed record (kvstore.state.records)."""
+        self.keys: list[str] = keys if keys is not None else sorted(self.records)
         self.revision = revision
         self.history = history
 
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.records
+
     def get(self, key: str) -> KeyValue | None:
-        return self.data.get(key)
+        record = self.records.get(key)
+        return None if record is None else rec.unpack(key, record)
 
     def put(self, key: str, value: bytes, revision: int) -> KeyValue:
         """Write `key` stamped with `revision` (the caller's pending revision)."""
-        prev = self.data.get(key)
+        prev = self.get(key)
         if prev is None:
             kv = KeyValue(key, value, 1, revision, revision)
             insort(self.keys, key)
         else:
             kv = KeyValue(key, value, prev.version + 1, prev.create_revision, revision)
-        self.data[key] = kv
+        self.records[key] = rec.pack(value, kv.version, kv.create_revision, revision)
         self.history.record(EventKind.PUT, kv, prev)
         return kv
 
     def delete(self, key: str, revision: int) -> bool:
         """Remove `key` if present; True when it was there."""
-        prev = self.data.pop(key, None)
-        if prev is None:
+        record = self.records.pop(key, None)
+        if record is None:
             return False
         del self.keys[bisect_left(self.keys, key)]
-        self.history.record(EventKind.DELETE, tombstone(key, revision), prev)
+        self.history.record(EventKind.DELETE, tombstone(key, revision), rec.unpack(key, record))
         return True
 
     def delete_range(self, keys: KeyRange, revision: int) -> int:

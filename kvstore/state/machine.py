@@ -184,7 +184,7 @@ class KVStateMachine:
         return self._applied_index
 
     def __len__(self) -> int:
-        return len(self._space.data)
+        return len(self._space)
 
     def get(self, key: str) -> KeyValue | None:
         return self._space.get(key)

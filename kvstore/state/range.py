@@ -15,6 +15,7 @@ from itertools import islice
 
 from kvstore.state.keyrange import RangeQuery
 from kvstore.state.keyspace import KeySpace
+from kvstore.state.records import unpack
 from kvstore.state.types import KeyValue, RangeResult
 
 
@@ -26,8 +27,7 @@ def run_range(space: KeySpace, query: RangeQuery) -> RangeResult:
     keys = query.keys
     changed = space.history.state_at(revision, keys.__contains__) if revision < current else {}
     lo, hi = space.bounds(keys)
-    data = space.data
-    count = hi - lo + sum((then is not None) - (key in data) for key, then in changed.items())
+    count = hi - lo + sum((then is not None) - (key in space) for key, then in changed.items())
     if query.count_only:
         return RangeResult(revision, (), count, False)
     if query.newest_first:
@@ -54,13 +54,13 @@ def _in_key_order(
         lo = max(lo, space.bounds_after(after.key))
     hi = max(lo, hi)
     extra = sorted(k for k in changed if after is None or k > after.key)
-    data = space.data
+    get = space.get
     previous = None
     for key in heapq.merge(space.iter_from(lo, hi), extra):
         if key == previous:
             continue
         previous = key
-        kv = changed[key] if key in changed else data[key]
+        kv = changed[key] if key in changed else get(key)
         if kv is not None:
             yield kv
 
@@ -68,8 +68,8 @@ def _in_key_order(
 def _newest_first(
     space: KeySpace, lo: int, hi: int, changed: dict[str, KeyValue | None], query: RangeQuery
 ) -> Iterator[KeyValue]:
-    data = space.data
-    items = [data[k] for k in space.iter_from(lo, hi) if k not in changed]
+    records = space.records
+    items = [unpack(k, records[k]) for k in space.iter_from(lo, hi) if k not in changed]
     items += [kv for kv in changed.values() if kv is not None]
     items.sort(key=lambda kv: (-kv.mod_revision, kv.key))
     after = query.after

@@ -2,7 +2,7 @@
 another thread.
 
 Why a view: serializing 100,000 keys takes ~150 ms of CPU; doing it on the event loop
-would stall every write for that long. KeyValues are immutable, so a list of them in key
+would stall every write for that long. Key records are immutable bytes, so a list of them in key
 order is a consistent picture of the keys; sessions are mutable, so they are encoded at
 capture time (they are few and small). `capture` takes the keys all at once (O(keys) on
 the caller's thread: fine for tests and the simulator); a running node takes them a
@@ -36,7 +36,8 @@ from kvstore.state.coordination import Coordination
 from kvstore.state.history import DEFAULT_HISTORY_REVISIONS, History
 from kvstore.state.keyspace import KeySpace
 from kvstore.state.members import MemberDirectory
-from kvstore.state.types import KeyValue, Session, decode_kv, decode_result, encode_result, ints
+from kvstore.state.records import from_wire, wire_fields
+from kvstore.state.types import Session, decode_result, encode_result, ints
 
 SNAPSHOT_FORMAT = 6
 PACK_BATCH = 2000
@@ -61,8 +62,8 @@ class SnapshotView:
 
     applied_index: int
     revision: int
-    kvs: Sequence[KeyValue]
-    """Every key's record, in key order."""
+    kvs: Sequence[tuple[str, bytes]]
+    """Every key and its packed record (kvstore.state.records), in key order."""
     sessions: list[Any]
     dropped: list[tuple[str, int]]
     directory: MemberDirectory
@@ -99,7 +100,7 @@ class SnapshotView:
         return cls(
             applied_index,
             space.revision,
-            [space.data[k] for k in space.keys] if with_keys else [],
+            [(k, space.records[k]) for k in space.keys] if with_keys else [],
             encoded,
             list(dropped.items()),
             directory.copy(),
@@ -109,7 +110,7 @@ class SnapshotView:
             auth.to_wire(),  # now: users and roles change in place
         )
 
-    def with_keys(self, kvs: Sequence[KeyValue]) -> SnapshotView:
+    def with_keys(self, kvs: Sequence[tuple[str, bytes]]) -> SnapshotView:
         """This view with `kvs` (in key order) as its keys."""
         return replace(self, kvs=kvs)
 
@@ -139,10 +140,7 @@ class SnapshotView:
             + packer.pack_array_header(len(kvs))
         )
         for start in range(0, len(kvs), PACK_BATCH):
-            batch = [
-                (kv.key, kv.value, kv.version, kv.create_revision, kv.mod_revision)
-                for kv in kvs[start : start + PACK_BATCH]
-            ]
+            batch = [wire_fields(k, r) for k, r in kvs[start : start + PACK_BATCH]]
             header = len(packer.pack_array_header(len(batch)))
             written += out.write(packer.pack(batch)[header:])
         parts = [packer.pack(v) for v in (self.sessions, self.dropped, members, removed)]
@@ -224,17 +222,17 @@ def parse_snapshot(data: bytes) -> ParsedState:
     return applied_index, space, live, gone, directory, settings, coordination, auth
 
 
-def _read_keys(unpacker: msgpack.Unpacker) -> tuple[dict[str, KeyValue], list[str]]:
-    kvs: dict[str, KeyValue] = {}
+def _read_keys(unpacker: msgpack.Unpacker) -> tuple[dict[str, bytes], list[str]]:
+    records: dict[str, bytes] = {}
     ordered: list[str] = []
     unpack, append = unpacker.unpack, ordered.append
     for _ in range(unpacker.read_array_header()):
-        kv = decode_kv(unpack())
-        if kv.key in kvs:
-            raise ValueError(f"duplicate key record {kv.key!r}")
-        kvs[kv.key] = kv
-        append(kv.key)
-    return kvs, ordered
+        key, record = from_wire(unpack())
+        if key in records:
+            raise ValueError(f"duplicate key record {key!r}")
+        records[key] = record
+        append(key)
+    return records, ordered
 
 
 def _expect_end(unpacker: msgpack.Unpacker) -> None:

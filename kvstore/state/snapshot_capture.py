@@ -14,8 +14,8 @@ held in place (`History.pin`) from R on:
 The slices are taken in key order, each resuming after the last key of the one before
 (a bisect, so inserts and deletes in between do not shift it); keys deleted after R
 before their slice was read come back from the correction. `finish` returns the keys at
-R as a sorted list of immutable records plus the corrections; `merge_at` (any thread)
-merges them.
+R as a sorted list of (key, packed record) pairs (kvstore.state.records; bytes, so
+immutable) plus the corrections; `merge_at` (any thread) merges them.
 """
 
 from __future__ import annotations
@@ -25,7 +25,11 @@ from bisect import bisect_right
 from collections.abc import Callable, Sequence
 
 from kvstore.state.keyspace import KeySpace
+from kvstore.state.records import pack_kv
 from kvstore.state.types import KeyValue
+
+Record = tuple[str, bytes]
+"""A key and its packed record (kvstore.state.records)."""
 
 SLICE_KEYS = 8192
 """Keys read per step: ~0.5 ms of the loop's time."""
@@ -47,23 +51,23 @@ class KeyCapture:
         self.revision = space.revision
         self._position = space.history.pin()
         self._pinned = True
-        self._read: list[KeyValue] = []
+        self._read: list[Record] = []
         self._after: str | None = None
         self.done = False
 
     def step(self) -> bool:
         """Read the next slice; True once every key was read. Call between applies."""
         space = self._check()
-        keys, data = space.keys, space.data
+        keys, records = space.keys, space.records
         lo = 0 if self._after is None else bisect_right(keys, self._after)
         chunk = keys[lo : lo + self._slice]
-        self._read += [data[k] for k in chunk]
+        self._read += [(k, records[k]) for k in chunk]
         if chunk:
             self._after = chunk[-1]
         self.done = lo + self._slice >= len(keys)
         return self.done
 
-    def finish(self) -> tuple[list[KeyValue], dict[str, KeyValue | None]]:
+    def finish(self) -> tuple[list[Record], dict[str, KeyValue | None]]:
         """The keys read and the corrections (key -> its record at R, None: absent);
         unpins the history. Call once `step` said done, between applies."""
         space = self._check()
@@ -84,15 +88,11 @@ class KeyCapture:
         return self._space
 
 
-def merge_at(read: Sequence[KeyValue], corrections: dict[str, KeyValue | None]) -> list[KeyValue]:
+def merge_at(read: Sequence[Record], corrections: dict[str, KeyValue | None]) -> list[Record]:
     """The keys at R in key order: `read` with every corrected key replaced by its
     correction (dropped when None). Pure, O(keys): run it off the event loop."""
     if not corrections:
         return list(read)
-    kept = [kv for kv in read if kv.key not in corrections]
-    restored = sorted((kv for kv in corrections.values() if kv is not None), key=_key)
-    return list(heapq.merge(kept, restored, key=_key))
-
-
-def _key(kv: KeyValue) -> str:
-    return kv.key
+    kept = [item for item in read if item[0] not in corrections]
+    restored = sorted((k, pack_kv(kv)) for k, kv in corrections.items() if kv is not None)
+    return list(heapq.merge(kept, restored))

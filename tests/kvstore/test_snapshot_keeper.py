@@ -57,11 +57,11 @@ class _Follower:
         meta, data, parsed = snap
         self.keeper.receive(InstallSnapshot(term, sender, "n2", meta), data, parsed)
 
-    def run_ready(self) -> SnapshotMeta | None:
+    async def run_ready(self) -> SnapshotMeta | None:
         """What the runtime's ready loop does with the snapshot part of a Ready."""
         rd = self.node.ready()
         if rd.snapshot is not None:
-            self.keeper.install(rd.snapshot)
+            await self.keeper.install(rd.snapshot)
         self.node.advance(rd)
         return rd.snapshot
 
@@ -78,7 +78,7 @@ async def test_a_second_delivery_before_the_install_keeps_the_first(
     first = _snapshot(10, 3)
     follower.deliver(3, "n1", first)
     follower.deliver(term, sender, _snapshot(index, snap_term))
-    installed = follower.run_ready()  # before the fix: RuntimeError, the node exits
+    installed = await follower.run_ready()  # before the fix: RuntimeError, the node exits
     assert installed == first[0]
     assert follower.sm.applied_index == 10 and follower.sm.get("k10") is not None
     assert follower.storage.snapshot_meta() == first[0]
@@ -89,7 +89,7 @@ async def test_a_newer_snapshot_replaces_the_pending_one() -> None:
     follower.deliver(3, "n1", _snapshot(10, 3))
     newer = _snapshot(20, 4)
     follower.deliver(4, "n3", newer)
-    assert follower.run_ready() == newer[0]
+    assert await follower.run_ready() == newer[0]
     assert follower.sm.applied_index == 20
     assert follower.keeper.holding() == (), "a snapshot nobody will install is still held"
 
@@ -99,5 +99,5 @@ async def test_held_snapshots_are_released_once_installed() -> None:
     follower.deliver(3, "n1", _snapshot(10, 3))
     follower.deliver(2, "n3", _snapshot(5, 2))
     assert follower.keeper.holding() == (SnapshotMeta(10, 3, Membership(VOTERS)),)
-    follower.run_ready()
+    await follower.run_ready()
     assert follower.keeper.holding() == ()

@@ -1,0 +1,68 @@
+"""A key's current record packed into one bytes object: the form the key space keeps.
+
+Why not the KeyValue itself: at a million keys the per-key objects decide both the
+memory and the event loop's stalls. A KeyValue (like any instance of a Python class) is
+tracked by the cyclic garbage collector, so every collection of the generation holding
+them walks all of them (measured: a full collection at 300,000 keys took 153 ms on the
+loop, and a node's young generations fill with the keys written since the last freeze);
+and it costs a record (80 B) plus an int object per revision (32 B) beside the value.
+A bytes object is never tracked by the collector, and packing the three numbers in
+front of the value costs 24 B instead. A KeyValue is made again, on demand, when a key
+is read (`unpack`): reads and the history keep the KeyValue interface unchanged.
+
+Layout: `<version:u64><create_revision:u64><mod_revision:u64><value>`, little-endian.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from kvstore.state.types import KeyValue
+
+_META = struct.Struct("<QQQ")
+_unpack_meta = _META.unpack_from
+_pack_meta = _META.pack
+META_BYTES = _META.size
+
+
+def pack(value: bytes, version: int, create_revision: int, mod_revision: int) -> bytes:
+    """The record of a key holding `value` (the key itself is kept beside it)."""
+    return _pack_meta(version, create_revision, mod_revision) + value
+
+
+def pack_kv(kv: KeyValue) -> bytes:
+    return _pack_meta(kv.version, kv.create_revision, kv.mod_revision) + kv.value
+
+
+def unpack(key: str, record: bytes) -> KeyValue:
+    """The KeyValue of `key` whose record is `record`."""
+    version, create, mod = _unpack_meta(record)
+    return KeyValue(key, record[META_BYTES:], version, create, mod)
+
+
+def wire_fields(key: str, record: bytes) -> tuple[str, bytes, int, int, int]:
+    """The snapshot's key record `(key, value, version, create, mod)` (types.encode_kv)."""
+    version, create, mod = _unpack_meta(record)
+    return key, record[META_BYTES:], version, create, mod
+
+
+def from_wire(fields: Any) -> tuple[str, bytes]:
+    """The inverse of wire_fields, checked inline (restoring a million keys is mostly
+    this call); raises ValueError on anything but a well-formed record."""
+    try:
+        key, value, version, create, mod = fields
+    except (TypeError, ValueError):
+        raise ValueError(f"bad key record {fields!r}") from None
+    if (
+        type(key) is not str
+        or type(value) is not bytes
+        or type(version) is not int
+        or type(create) is not int
+        or type(mod) is not int
+    ):
+        raise ValueError(f"bad key record for {key!r}")
+    try:
+        return key, _pack_meta(version, create, mod) + value
+    except struct.error:  # negative, or 2**64 and beyond
+        raise ValueError(f"bad key record for {key!r}") from None

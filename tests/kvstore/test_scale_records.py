@@ -1,0 +1,61 @@
+"""The key space at scale: per-key records the garbage collector never walks, and the
+collector's pauses measured (kvstore.state.records, kvstore.runtime.gc_pauses)."""
+
+from __future__ import annotations
+
+import gc
+import logging
+
+import pytest
+
+from kvstore.runtime.gc_pauses import GcPauses
+from kvstore.state import records
+from kvstore.state.history import History
+from kvstore.state.keyspace import KeySpace
+from kvstore.state.types import KeyValue
+
+
+def test_records_are_untracked_bytes_and_read_back_as_key_values() -> None:
+    space = KeySpace(History(10))
+    space.put("a", b"one", 1)
+    space.commit(1)
+    space.put("a", b"two", 2)
+    space.commit(2)
+    space.put("b", b"", 3)
+    space.commit(3)
+    for record in space.records.values():
+        assert type(record) is bytes and not gc.is_tracked(record)
+    assert space.get("a") == KeyValue("a", b"two", 2, 1, 2)
+    assert space.get("b") == KeyValue("b", b"", 1, 3, 3)
+    assert space.get("c") is None and "b" in space and len(space) == 2
+    assert records.wire_fields("a", space.records["a"]) == ("a", b"two", 2, 1, 2)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        ("k", b"v", True, 1, 1),
+        ("k", b"v", 1, -1, 1),
+        ("k", b"v", 1, 1, 2**64),
+        ("k", "v", 1, 1, 1),
+        (b"k", b"v", 1, 1, 1),
+        ("k", b"v", 1, 1),
+        None,
+    ],
+)
+def test_a_bad_key_record_is_refused(fields: object) -> None:
+    with pytest.raises(ValueError):
+        records.from_wire(fields)
+
+
+def test_collections_are_timed_and_a_long_one_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    pauses = GcPauses(warn_s=0.0).install()
+    try:
+        with caplog.at_level(logging.WARNING, logger="kvstore.gc"):
+            gc.collect()
+    finally:
+        pauses.remove()
+    assert pauses.counts[2] >= 1 and pauses.max_s[2] > 0
+    assert "garbage collection of generation 2 took" in caplog.text
+    gc.collect()
+    assert pauses.counts[2] == 1  # removed: no longer timed
