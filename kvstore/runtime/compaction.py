@@ -149,7 +149,7 @@ class Compactor:
 
         def write() -> tuple[SnapshotMeta, Any, int, float]:
             began = time.perf_counter()
-            full = view.with_keys(merge_at(read, corrections))
+            full = view.with_keys(*merge_at(read, corrections))
             size = 0
 
             def fill(out: BinaryIO) -> None:

@@ -62,8 +62,10 @@ class SnapshotView:
 
     applied_index: int
     revision: int
-    kvs: Sequence[tuple[str, bytes]]
-    """Every key and its packed record (kvstore.state.records), in key order."""
+    keys: Sequence[str]
+    """Every key, in key order."""
+    records: Sequence[bytes]
+    """Their packed records (kvstore.state.records), in the same order."""
     sessions: list[Any]
     dropped: list[tuple[str, int]]
     directory: MemberDirectory
@@ -100,7 +102,8 @@ class SnapshotView:
         return cls(
             applied_index,
             space.revision,
-            [(k, space.records[k]) for k in space.keys] if with_keys else [],
+            list(space.keys) if with_keys else [],
+            [space.records[k] for k in space.keys] if with_keys else [],
             encoded,
             list(dropped.items()),
             directory.copy(),
@@ -110,9 +113,9 @@ class SnapshotView:
             auth.to_wire(),  # now: users and roles change in place
         )
 
-    def with_keys(self, kvs: Sequence[tuple[str, bytes]]) -> SnapshotView:
-        """This view with `kvs` (in key order) as its keys."""
-        return replace(self, kvs=kvs)
+    def with_keys(self, keys: Sequence[str], records: Sequence[bytes]) -> SnapshotView:
+        """This view with `keys` (in key order) and their `records` as its keys."""
+        return replace(self, keys=keys, records=records)
 
     def serialize(self) -> bytes:
         """Everything, in a canonical order, so equal states give equal bytes."""
@@ -128,7 +131,7 @@ class SnapshotView:
         stall; batches of PACK_BATCH keys let it in between. Written as they are packed,
         so a snapshot never exists twice in memory. The bytes are the same as one
         `packb` of the whole array."""
-        kvs = self.kvs
+        keys, records = self.keys, self.records
         packer = msgpack.Packer(use_bin_type=True)
         members, removed = self.directory.to_wire()
         compact_revision, events = self.history.to_wire()
@@ -137,10 +140,11 @@ class SnapshotView:
             + packer.pack(SNAPSHOT_FORMAT)
             + packer.pack(self.applied_index)
             + packer.pack(self.revision)
-            + packer.pack_array_header(len(kvs))
+            + packer.pack_array_header(len(keys))
         )
-        for start in range(0, len(kvs), PACK_BATCH):
-            batch = [wire_fields(k, r) for k, r in kvs[start : start + PACK_BATCH]]
+        for start in range(0, len(keys), PACK_BATCH):
+            end = start + PACK_BATCH
+            batch = list(map(wire_fields, keys[start:end], records[start:end]))
             header = len(packer.pack_array_header(len(batch)))
             written += out.write(packer.pack(batch)[header:])
         parts = [packer.pack(v) for v in (self.sessions, self.dropped, members, removed)]

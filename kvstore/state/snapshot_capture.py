@@ -14,22 +14,24 @@ held in place (`History.pin`) from R on:
 The slices are taken in key order, each resuming after the last key of the one before
 (a bisect, so inserts and deletes in between do not shift it); keys deleted after R
 before their slice was read come back from the correction. `finish` returns the keys at
-R as a sorted list of (key, packed record) pairs (kvstore.state.records; bytes, so
-immutable) plus the corrections; `merge_at` (any thread) merges them.
+R as a sorted list of keys and the list of their packed records (kvstore.state.records;
+bytes, so immutable) plus the corrections; `merge_at` (any thread) merges them. Two
+lists of objects the garbage collector does not track, not a list of (key, record)
+pairs: a million new tuples made the young collections run during the capture, up to
+30 ms each on the loop (measured at 300,000 keys).
 """
 
 from __future__ import annotations
 
-import heapq
-from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable
 
 from kvstore.state.keyspace import KeySpace
 from kvstore.state.records import pack_kv
 from kvstore.state.types import KeyValue
 
-Record = tuple[str, bytes]
-"""A key and its packed record (kvstore.state.records)."""
+Keys = tuple[list[str], list[bytes]]
+"""Keys in order and their packed records (kvstore.state.records)."""
 
 SLICE_KEYS = 8192
 """Keys read per step: ~0.5 ms of the loop's time."""
@@ -51,7 +53,8 @@ class KeyCapture:
         self.revision = space.revision
         self._position = space.history.pin()
         self._pinned = True
-        self._read: list[Record] = []
+        self._keys: list[str] = []
+        self._records: list[bytes] = []
         self._after: str | None = None
         self.done = False
 
@@ -61,19 +64,20 @@ class KeyCapture:
         keys, records = space.keys, space.records
         lo = 0 if self._after is None else bisect_right(keys, self._after)
         chunk = keys[lo : lo + self._slice]
-        self._read += [(k, records[k]) for k in chunk]
+        self._keys += chunk
+        self._records += map(records.__getitem__, chunk)
         if chunk:
             self._after = chunk[-1]
         self.done = lo + self._slice >= len(keys)
         return self.done
 
-    def finish(self) -> tuple[list[Record], dict[str, KeyValue | None]]:
+    def finish(self) -> tuple[Keys, dict[str, KeyValue | None]]:
         """The keys read and the corrections (key -> its record at R, None: absent);
         unpins the history. Call once `step` said done, between applies."""
         space = self._check()
         corrections = space.history.first_prev_since(self._position)
         self.abandon()
-        return self._read, corrections
+        return (self._keys, self._records), corrections
 
     def abandon(self) -> None:
         """Let the history trim again (idempotent)."""
@@ -88,11 +92,27 @@ class KeyCapture:
         return self._space
 
 
-def merge_at(read: Sequence[Record], corrections: dict[str, KeyValue | None]) -> list[Record]:
+def merge_at(read: Keys, corrections: dict[str, KeyValue | None]) -> Keys:
     """The keys at R in key order: `read` with every corrected key replaced by its
-    correction (dropped when None). Pure, O(keys): run it off the event loop."""
+    correction (dropped when None). Pure, O(keys + corrections log keys), and makes no
+    object per key (no collector work): run it off the event loop."""
+    keys, records = read
     if not corrections:
-        return list(read)
-    kept = [item for item in read if item[0] not in corrections]
-    restored = sorted((k, pack_kv(kv)) for k, kv in corrections.items() if kv is not None)
-    return list(heapq.merge(kept, restored))
+        return keys, records
+    kept_keys = [k for k in keys if k not in corrections]
+    kept_records = [r for k, r in zip(keys, records, strict=True) if k not in corrections]
+    out_keys: list[str] = []
+    out_records: list[bytes] = []
+    done = 0
+    for key, kv in sorted(corrections.items()):
+        if kv is None:
+            continue
+        at = bisect_left(kept_keys, key, done)
+        out_keys += kept_keys[done:at]
+        out_records += kept_records[done:at]
+        out_keys.append(key)
+        out_records.append(pack_kv(kv))
+        done = at
+    out_keys += kept_keys[done:]
+    out_records += kept_records[done:]
+    return out_keys, out_records

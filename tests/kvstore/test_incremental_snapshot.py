@@ -69,7 +69,7 @@ def _incremental(machine: _Machine, slice_keys: int, during: list[list[object]])
         for cmd in batch:
             machine.apply(cmd)
     read, corrections = capture.finish()
-    return view.with_keys(merge_at(read, corrections)).serialize()
+    return view.with_keys(*merge_at(read, corrections)).serialize()
 
 
 @settings(max_examples=200, deadline=None)
