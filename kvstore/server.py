@@ -33,6 +33,8 @@ from aiohttp import web
 from kvstore.api.app import make_client_app
 from kvstore.api.auth import TOKEN_TTL_KEY
 from kvstore.api.connections import ConnectionGuard, one_line_protocol_errors
+from kvstore.api.fast_lane import ENABLED as FAST_LANE_ENABLED
+from kvstore.api.fast_lane import FastLane
 from kvstore.api.forwarding import FORWARD_SSL_KEY
 from kvstore.api.peer import DEFAULT_MAX_BODY, add_peer_routes, make_peer_app
 from kvstore.config import (
@@ -262,21 +264,27 @@ async def _serve(
     app.on_shutdown.insert(0, drain)  # before a shared app's peer streams are ended
     runners = [_runner(app, cluster, shutdown_timeout=2.0)]
     targets = [(*me.client_bind, tls.client or tls.peer_server)]
+    idle_s = cluster.tuning.idle_timeout_ms / 1000
+    lane = FastLane(app, *runners[0], idle_s) if FAST_LANE_ENABLED else None
+    protocols = [lane.protocol if lane is not None else None]
     if not shared:
         runners.append(_runner(make_peer_app(runtime), cluster, shutdown_timeout=1.0))
         targets.append((*me.peer_bind, tls.peer_server))
+        protocols.append(None)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     started: list[tuple[web.AppRunner, list[asyncio.Server]]] = []
     one_line_protocol_errors()
     try:
-        for (runner, guard), (host, port, ssl_context) in zip(runners, targets, strict=True):
+        for (runner, guard), (host, port, ssl_context), protocol in zip(
+            runners, targets, protocols, strict=True
+        ):
             await runner.setup()
             listeners: list[asyncio.Server] = []
             started.append((runner, listeners))
             try:
-                listeners.append(await guard.listen(runner, host, port, ssl_context))
+                listeners.append(await guard.listen(runner, host, port, ssl_context, protocol))
             except OSError as exc:
                 raise StartupError(
                     EXIT_FAILURE, f"cannot listen on {host}:{port}: {exc.strerror or exc}"

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from kvstore.api.common import USER_KEY, BadRequest, error
+from kvstore.api.common import USER_KEY, Answer, BadRequest, error, error_answer
 from kvstore.api.coordination import parse_name
 from kvstore.api.credentials import TokenError, verify_token
 from kvstore.api.kv import KV_PREFIX, parse_key
@@ -77,9 +77,16 @@ def _key(request: web.Request, auth: AuthState, user: str) -> str | None:
         key = parse_key(request.raw_path, 1 << 20)
     except BadRequest:
         return None  # the handler answers the malformed key with its 400
-    if auth.access(user, _need(request)).key(key):
+    return key_rule(auth, user, request.method, key)
+
+
+def key_rule(auth: AuthState, user: str, method: str, key: str) -> str | None:
+    """The rule of `/v1/kv/{key}` on a parsed key: read for GET and HEAD, write
+    otherwise (also asked directly by the fast lane, kvstore.api.fast_lane)."""
+    need = READ if method in ("GET", "HEAD") else WRITE
+    if auth.access(user, need).key(key):
         return None
-    verb = "read" if _need(request) == READ else "write"
+    verb = "read" if need == READ else "write"
     return f"user {user!r} may not {verb} {key!r}"
 
 
@@ -138,24 +145,37 @@ def rule_for(canonical: str | None, method: str) -> Rule:
     return rule
 
 
-def _unauthorized(code: str, message: str) -> web.Response:
-    answer = error(401, code, message)
-    answer.headers["WWW-Authenticate"] = "Bearer"
-    return answer
+def _unauthorized(code: str, message: str) -> Answer:
+    plain = error_answer(401, code, message)
+    return Answer(401, plain.body, plain.content_type, (("WWW-Authenticate", "Bearer"),))
 
 
-def authenticate(request: web.Request, auth: AuthState) -> str | web.Response:
-    """The user of the request's bearer token, or the 401 to answer."""
-    header = request.headers.get("Authorization")
-    if header is None:
+def authenticate(authorization: str | None, auth: AuthState) -> str | Answer:
+    """The user of a request's `Authorization` header (a bearer token), or the 401."""
+    if authorization is None:
         return _unauthorized("auth_required", "authentication is enabled: send a token")
-    scheme, _, token = header.partition(" ")
+    scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return _unauthorized("bad_token", "expected Authorization: Bearer <token>")
     try:
         return verify_token(auth, token.strip(), time.time())
     except TokenError as exc:
         return _unauthorized(exc.code, str(exc))
+
+
+def admit(
+    auth: AuthState, authorization: str | None, why_not: Callable[[str], str | None]
+) -> str | Answer:
+    """The gate of a route that needs a token (auth on): the request's user, or the
+    answer refusing it: 401 without a valid token, 403 when `why_not(user)`, the
+    route's rule, names a reason. The middleware and the fast lane both call it."""
+    user = authenticate(authorization, auth)
+    if not isinstance(user, str):
+        return user
+    why = why_not(user)
+    if why is not None:
+        return error_answer(403, "permission_denied", why)
+    return user
 
 
 def auth_middleware(runtime: NodeRuntime) -> Callable[..., object]:
@@ -170,12 +190,10 @@ def auth_middleware(runtime: NodeRuntime) -> Callable[..., object]:
         canonical = resource.canonical if resource is not None else None
         if canonical in OPEN or (canonical or "").startswith(PEER_ROUTES):
             return await handler(request)
-        user = authenticate(request, auth)
+        rule = rule_for(canonical, request.method)
+        user = admit(auth, request.headers.get("Authorization"), lambda u: rule(request, auth, u))
         if not isinstance(user, str):
-            return user
-        why = rule_for(canonical, request.method)(request, auth, user)
-        if why is not None:
-            return error(403, "permission_denied", why)
+            return user.response()
         request[USER_KEY] = user
         return await handler(request)
 

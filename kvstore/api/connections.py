@@ -40,7 +40,7 @@ def streamed_body(request: web.Request) -> None:
         watch.streamed = True
 
 
-class _Watch:
+class Watch:
     """One connection's receive deadline, and how many of its requests are being handled."""
 
     __slots__ = ("_guard", "_timer", "_transport", "handling", "peer", "streamed")
@@ -84,7 +84,7 @@ class _GuardedProtocol(asyncio.Protocol):
 
     def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
         self._guard, self._inner = guard, inner
-        self._watch: _Watch | None = None
+        self._watch: Watch | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._watch = self._guard.opened(self._inner, transport)
@@ -115,18 +115,18 @@ class ConnectionGuard:
 
     def __init__(self, receive_s: float) -> None:
         self.receive_s = receive_s
-        self._watches: dict[object, _Watch] = {}
+        self._watches: dict[object, Watch] = {}
 
     def install(self, app: web.Application) -> None:
         """Guard `app`'s requests: the middleware first of all, and the guard findable."""
         app.middlewares.insert(0, self.middleware)
         app[GUARD_KEY] = self
 
-    def watch_of(self, request: web.Request) -> _Watch | None:
+    def watch_of(self, request: web.Request) -> Watch | None:
         return self._watches.get(request.protocol)
 
-    def opened(self, protocol: asyncio.Protocol, transport: asyncio.BaseTransport) -> _Watch:
-        watch = self._watches[protocol] = _Watch(self, transport)
+    def opened(self, protocol: asyncio.Protocol, transport: asyncio.BaseTransport) -> Watch:
+        watch = self._watches[protocol] = Watch(self, transport)
         return watch
 
     def closed(self, protocol: asyncio.Protocol) -> None:
@@ -154,16 +154,26 @@ class ConnectionGuard:
             if not request.content.is_eof():  # answered early: aiohttp drains the rest
                 watch.arm(missing, request)
 
+    def guarded(self, inner: asyncio.Protocol) -> asyncio.Protocol:
+        """aiohttp's protocol `inner` behind this guard (for a connection handed over)."""
+        return _GuardedProtocol(self, inner)
+
     async def listen(
-        self, runner: web.AppRunner, host: str, port: int, ssl_context: ssl.SSLContext | None
+        self,
+        runner: web.AppRunner,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None,
+        protocol: Callable[[], asyncio.Protocol] | None = None,
     ) -> asyncio.Server:
         """Serve `runner`'s application on host:port through the guard (the runner must be
-        set up, and its app `install`ed)."""
+        set up, and its app `install`ed). `protocol` makes each connection's protocol
+        instead (the fast lane, which hands connections to `guarded` aiohttp ones)."""
         server = runner.server
         assert server is not None, "runner.setup() first"
         loop = asyncio.get_running_loop()
         return await loop.create_server(
-            lambda: _GuardedProtocol(self, server()),
+            protocol or (lambda: _GuardedProtocol(self, server())),
             host,
             port,
             ssl=ssl_context,

@@ -13,7 +13,7 @@ from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
-from kvstore.api.common import BadRequest, error, text, uint
+from kvstore.api.common import Answer, BadRequest, error_answer, text, uint
 from kvstore.runtime.node import NodeRuntime
 from kvstore.state.coordination_commands import MAX_LOCK_NAME_BYTES, Fence
 from kvstore.state.types import (
@@ -99,27 +99,35 @@ AUTH_STATUS = {
 """HTTP status of each refusal code of kvstore.state.auth_commands (others: 400)."""
 
 
-def refusal(result: ApplyResult | None) -> web.Response | None:
+def refusal_answer(result: ApplyResult | None) -> Answer | None:
     """The answer to a refusal any command may meet (a coordination refusal, or a
     permission denied at apply time); None for others."""
     if type(result) is AuthResult and result.code:
-        return error(AUTH_STATUS.get(result.code, 400), result.code, result.message)
+        return error_answer(AUTH_STATUS.get(result.code, 400), result.code, result.message)
     if type(result) is FencedResult:
-        return error(
+        return error_answer(
             409,
             "fenced",
             "the fencing token does not hold the lock (any more): the write was refused",
             holder=result.holder,
         )
     if type(result) is LeaseNotFoundResult:
-        return error(404, "lease_not_found", f"lease {result.lease} does not exist (it ended?)")
+        return error_answer(
+            404, "lease_not_found", f"lease {result.lease} does not exist (it ended?)"
+        )
     if type(result) is LockNotFoundResult:
-        return error(404, "not_queued", "that token is not queued for this lock")
+        return error_answer(404, "not_queued", "that token is not queued for this lock")
     return None
 
 
+def unexpected_answer(result: ApplyResult | None) -> Answer:
+    return refusal_answer(result) or error_answer(
+        500, "internal", f"unexpected apply result {result!r}"
+    )
+
+
 def unexpected(result: ApplyResult | None) -> web.Response:
-    return refusal(result) or error(500, "internal", f"unexpected apply result {result!r}")
+    return unexpected_answer(result).response()
 
 
 async def wait_until(runtime: NodeRuntime, done: Callable[[], bool], wait: float) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
@@ -18,16 +19,20 @@ from kvstore.api.common import (
     CONSISTENCY,
     RUNTIME_KEY,
     SESSION_HEADERS,
+    USER_KEY,
+    Answer,
     BadRequest,
+    Refused,
     error,
-    json_text,
-    query_values,
+    error_answer,
+    json_answer,
+    pair_values,
     uint,
 )
-from kvstore.api.coordination import FENCE_QUERY, parse_fence, positive, refusal
-from kvstore.api.serve import serve_read, serve_write
+from kvstore.api.coordination import FENCE_QUERY, parse_fence, positive, unexpected_answer
+from kvstore.api.serve import confirm_read, proposed
 from kvstore.runtime.node import NodeRuntime
-from kvstore.state.commands import Delete, Put, SessionRef
+from kvstore.state.commands import Command, Delete, Put, SessionRef
 from kvstore.state.machine import (
     ApplyResult,
     DeleteResult,
@@ -49,6 +54,10 @@ _PUT_QUERY = {**_WRITE_QUERY, "lease": positive}
 
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _UINT = re.compile(r"[0-9]{1,18}")
+_SESSION_NAMES = tuple(h.lower() for h in SESSION_HEADERS)
+
+Headers = Mapping[str, str]
+"""A request's headers looked up by lower-case name (aiohttp's are case-insensitive)."""
 
 # ---------------------------------------------------------------------- request parsing
 
@@ -72,9 +81,9 @@ def parse_key(raw_path: str, max_key_bytes: int) -> str:
     return key
 
 
-def parse_session(request: web.Request) -> SessionRef | None:
+def parse_session(headers: Headers) -> SessionRef | None:
     """The exactly-once headers as a SessionRef (None when the client sends none)."""
-    client_id, seq, first = (request.headers.get(h) for h in SESSION_HEADERS)
+    client_id, seq, first = (headers.get(h) for h in _SESSION_NAMES)
     if client_id is None and seq is None and first is None:
         return None
     if client_id is None or seq is None:
@@ -101,80 +110,110 @@ async def read_value(request: web.Request, limit: int) -> bytes:
     return body
 
 
-def result_response(result: ApplyResult | None) -> web.Response:
+def result_answer(result: ApplyResult | None) -> Answer:
     if type(result) is PutResult:
-        return json_text(f'{{"revision":{result.revision},"version":{result.version}}}')
+        return json_answer(f'{{"revision":{result.revision},"version":{result.version}}}')
     if type(result) is DeleteResult:
-        return json_text(f'{{"revision":{result.revision}}}')
+        return json_answer(f'{{"revision":{result.revision}}}')
     if type(result) is NotFoundResult:
-        return error(404, "not_found", "no such key")
+        return error_answer(404, "not_found", "no such key")
     if type(result) is RevisionMismatchResult:
-        return error(
+        return error_answer(
             409,
             "revision_mismatch",
             f"the key is at mod_revision {result.current_revision}",
             mod_revision=result.current_revision,
         )
     if type(result) is VersionMismatchResult:
-        return error(
+        return error_answer(
             409,
             "version_mismatch",
             f"the key is at version {result.current_version}",
             version=result.current_version,
         )
     if type(result) is SessionExpiredResult:
-        return error(
+        return error_answer(
             409,
             "session_expired",
             "the session of this client id was forgotten; the outcome of the original "
             "request is unknown; start over with a new client id",
         )
-    return refusal(result) or error(500, "internal", f"unexpected apply result {result!r}")
+    return unexpected_answer(result)
 
 
-# ---------------------------------------------------------------------- handlers
+# ---------------------------------------------------------------------- serving
 
 
 async def handle_kv(request: web.Request) -> web.StreamResponse:
+    """The aiohttp route: the request's parts handed to kv_answer."""
     runtime = request.app[RUNTIME_KEY]
     tuning = runtime.tuning
-    method = request.method
     try:
         key = parse_key(request.raw_path, tuning.max_key_bytes)
-        if method == "GET":
-            stale = query_values(request, {"consistency": CONSISTENCY}).get("consistency")
-            return await serve_read(
-                request, runtime, lambda: _key_answer(runtime, key), stale=stale == "stale"
-            )
-        if method in ("PUT", "DELETE"):
-            query = query_values(request, _PUT_QUERY if method == "PUT" else _WRITE_QUERY)
-            session, fence = parse_session(request), parse_fence(query)
-            version, revision = query.get("prev_version"), query.get("prev_revision")
-            if method == "DELETE":
-                cmd, body = Delete(key, version, session, revision, fence), b""
-            else:
-                body = await read_value(request, tuning.max_value_bytes)
-                cmd = Put(key, body, version, session, revision, query.get("lease", 0), fence)
-            return await serve_write(request, runtime, cmd, result_response)
     except BadRequest as exc:
         return error(exc.status, exc.code, exc.message)
-    return error(
+    answer = await kv_answer(
+        runtime,
+        request.method,
+        key,
+        request.query.items(),
+        request.headers,
+        request.get(USER_KEY),
+        lambda: read_value(request, tuning.max_value_bytes),
+    )
+    return answer.response()
+
+
+async def kv_answer(
+    runtime: NodeRuntime,
+    method: str,
+    key: str,
+    query: Iterable[tuple[str, str]],
+    headers: Headers,
+    user: str | None,
+    read_body: Callable[[], Awaitable[bytes]],
+) -> Answer:
+    """The answer to `method` on `key` (parsed by parse_key), whichever transport
+    carried the request: the aiohttp route above and the fast lane
+    (kvstore.api.fast_lane) both call this. `query` is the (name, value) pairs in
+    order; `headers` is looked up by lower-case name; `user` is the authenticated user
+    (None: auth is off); `read_body` reads the value of a PUT (raising BadRequest 413)."""
+    try:
+        if method == "GET":
+            stale = pair_values(query, {"consistency": CONSISTENCY}).get("consistency")
+            deadline = runtime.loop.time() + runtime.tuning.request_timeout_ms / 1000
+            await confirm_read(runtime, deadline, stale=stale == "stale")
+            return key_answer(runtime, key)
+        if method in ("PUT", "DELETE"):
+            values = pair_values(query, _PUT_QUERY if method == "PUT" else _WRITE_QUERY)
+            session, fence = parse_session(headers), parse_fence(values)
+            version, revision = values.get("prev_version"), values.get("prev_revision")
+            if method == "DELETE":
+                cmd: Command = Delete(key, version, session, revision, fence)
+            else:
+                body = await read_body()
+                cmd = Put(key, body, version, session, revision, values.get("lease", 0), fence)
+            return result_answer(await proposed(runtime, cmd, user))
+    except Refused as exc:
+        return error_answer(exc.status, exc.code, exc.message)
+    return error_answer(
         405, "method_not_allowed", f"{method} is not supported on /v1/kv/ (GET, PUT, DELETE)"
     )
 
 
-def _key_answer(runtime: NodeRuntime, key: str) -> web.StreamResponse:
+def key_answer(runtime: NodeRuntime, key: str) -> Answer:
     sm = runtime.sm
     kv = sm.get(key)
     if kv is None:
-        return error(404, "not_found", "no such key", revision=sm.revision)
-    return web.Response(
-        body=kv.value,
-        content_type="application/octet-stream",
-        headers={
-            "X-KV-Version": str(kv.version),
-            "X-KV-Create-Revision": str(kv.create_revision),
-            "X-KV-Mod-Revision": str(kv.mod_revision),
-            REVISION_HEADER: str(sm.revision),
-        },
+        return error_answer(404, "not_found", "no such key", revision=sm.revision)
+    return Answer(
+        200,
+        kv.value,
+        "application/octet-stream",
+        (
+            ("X-KV-Version", str(kv.version)),
+            ("X-KV-Create-Revision", str(kv.create_revision)),
+            ("X-KV-Mod-Revision", str(kv.mod_revision)),
+            (REVISION_HEADER, str(sm.revision)),
+        ),
     )

@@ -63,7 +63,7 @@ async def handle_grant(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME_KEY]
     try:
         ttl = require(query_values(request, {"ttl": positive}), "ttl")
-        command = LeaseGrant(ttl, parse_session(request))
+        command = LeaseGrant(ttl, parse_session(request.headers))
     except BadRequest as exc:
         return error(exc.status, exc.code, exc.message)
     except ValueError as exc:
@@ -75,7 +75,7 @@ async def handle_revoke(request: web.Request) -> web.StreamResponse:
     """DELETE /v1/leases/{id} -> {"revision", "deleted"}: its keys go in one entry."""
     runtime = request.app[RUNTIME_KEY]
     try:
-        command = LeaseRevoke(_lease_id(request), parse_session(request))
+        command = LeaseRevoke(_lease_id(request), parse_session(request.headers))
     except BadRequest as exc:
         return error(exc.status, exc.code, exc.message)
     return await serve_write(request, runtime, command, _revoked)

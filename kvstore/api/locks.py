@@ -127,18 +127,18 @@ async def handle_queue(request: web.Request) -> web.StreamResponse:
             query = query_values(request, {"lease": positive, "wait": seconds})
             lease = require(query, "lease")
             value = await _value(request) if election else b""
-            command = LockAcquire(name, lease, value, parse_session(request))
+            command = LockAcquire(name, lease, value, parse_session(request.headers))
             wait = query.get("wait")
             respond = _queued(name) if wait is None else _acquired(runtime, name, wait)
             return await serve_write(request, runtime, command, respond)
         if method == "DELETE":
             token = require(query_values(request, {"token": positive}), "token")
-            release = LockRelease(name, token, parse_session(request))
+            release = LockRelease(name, token, parse_session(request.headers))
             return await serve_write(request, runtime, release, _queued(name))
         if method == "PUT" and election:
             token = require(query_values(request, {"token": positive}), "token")
             value = await _value(request)
-            proclaim = Proclaim(name, token, value, parse_session(request))
+            proclaim = Proclaim(name, token, value, parse_session(request.headers))
             return await serve_write(request, runtime, proclaim, _queued(name))
         if method == "GET":
             query = query_values(request, {"token": positive, "after": uint, "wait": seconds})

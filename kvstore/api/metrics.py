@@ -63,10 +63,15 @@ class RequestStats:
         buckets.observe(seconds)
 
 
+def kv_operation(method: str) -> str:
+    """The operation label of a request on /v1/kv/ (the fast lane counts with it too)."""
+    return _KV_OPS.get(method, "other")
+
+
 def operation(request: web.Request) -> str:
     """`get`/`put`/`delete` for keys, else the method and route template (bounded)."""
     if request.path.startswith(KV_PREFIX):
-        return _KV_OPS.get(request.method, "other")
+        return kv_operation(request.method)
     resource = request.match_info.route.resource
     return f"{request.method} {resource.canonical}" if resource is not None else "other"
 
@@ -304,6 +309,8 @@ def make_registry(runtime: NodeRuntime, requests: RequestStats) -> CollectorRegi
 
 
 REGISTRY_KEY = web.AppKey("metrics_registry", CollectorRegistry)
+STATS_KEY = web.AppKey("request_stats", RequestStats)
+"""The app's request counters, for requests served beside its middlewares (fast lane)."""
 
 
 async def handle_metrics(request: web.Request) -> web.Response:
@@ -317,7 +324,7 @@ async def handle_metrics(request: web.Request) -> web.Response:
 
 def add_metrics(app: web.Application) -> None:
     """Count the app's requests and serve `GET /metrics` (call before the app starts)."""
-    requests = RequestStats()
+    requests = app[STATS_KEY] = RequestStats()
     app[REGISTRY_KEY] = make_registry(app[RUNTIME_KEY], requests)
     app.middlewares.append(request_middleware(requests))
     app.router.add_get(METRICS_PATH, handle_metrics)

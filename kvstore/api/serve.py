@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from consensus import DropReason, NotLeader, ProposalDropped
-from kvstore.api.common import USER_KEY, error
+from kvstore.api.common import USER_KEY, Refused, error
 from kvstore.api.forwarding import forward_to_leader
 from kvstore.runtime.node import NodeRuntime
 from kvstore.runtime.requests import (
@@ -47,37 +47,54 @@ async def serve_read(
     wait: float = 0.0,
     leader_only: bool = False,
 ) -> web.StreamResponse:
-    """`answer()` from this node's state: at once when `stale`, after a read index from
-    the leader otherwise (then the state holds every write acknowledged before the
-    request began). A follower forwards a `leader_only` read to the leader. `wait` is
-    how long `answer` itself may wait (a long poll), added to the deadline."""
-    loop = runtime.loop
-    deadline = loop.time() + runtime.tuning.request_timeout_ms / 1000 + wait
-    stale = stale or (UNSAFE_LOCAL_READS and not runtime.is_leader)
+    """`answer()` from this node's state once `confirm_read` allows it. A follower
+    forwards a `leader_only` read to the leader. `wait` is how long `answer` itself may
+    wait (a long poll), added to the deadline."""
+    deadline = runtime.loop.time() + runtime.tuning.request_timeout_ms / 1000 + wait
     while True:
-        if stale:
-            return await _answered(answer())
-        if runtime.is_leader or not leader_only:
-            try:
-                await runtime.barrier(deadline - loop.time())
-            except NotLeader:
-                if await _leader_known(runtime, deadline):
-                    continue
-                return error(503, "no_leader", "no leader is known; the read was not served")
-            except ReadAborted:
-                if loop.time() < deadline:
-                    continue
-                return error(503, "no_leader", "leadership changed during the read; retry")
-            except TimeoutError:
-                return error(504, "timeout", "the read was not confirmed by a quorum in time")
-            except RuntimeStopped as exc:
-                return error(503, "unavailable", str(exc))
+        try:
+            local = await confirm_read(runtime, deadline, stale=stale, leader_only=leader_only)
+        except Refused as exc:
+            return error(exc.status, exc.code, exc.message)
+        if local:
             return await _answered(answer())
         forwarded = await forward_to_leader(
             request, runtime, b"", deadline, is_write=False, unserved="the read was not served"
         )
         if forwarded is not None:
             return forwarded
+
+
+async def confirm_read(
+    runtime: NodeRuntime, deadline: float, *, stale: bool, leader_only: bool = False
+) -> bool:
+    """True once this node may answer from its own state: at once when `stale`, after a
+    read index from the leader otherwise (then the state holds every write acknowledged
+    before the request began). False: a follower must forward this `leader_only` read.
+    Raises Refused (503, 504) when the read cannot be served. Shared by serve_read and
+    the fast lane (kvstore.api.kv.kv_answer)."""
+    loop = runtime.loop
+    if stale or (UNSAFE_LOCAL_READS and not runtime.is_leader):
+        return True
+    while runtime.is_leader or not leader_only:
+        try:
+            await runtime.barrier(deadline - loop.time())
+        except NotLeader:
+            if await _leader_known(runtime, deadline):
+                continue
+            raise Refused(503, "no_leader", "no leader is known; the read was not served") from None
+        except ReadAborted:
+            if loop.time() < deadline:
+                continue
+            raise Refused(503, "no_leader", "leadership changed during the read; retry") from None
+        except TimeoutError:
+            raise Refused(
+                504, "timeout", "the read was not confirmed by a quorum in time"
+            ) from None
+        except RuntimeStopped as exc:
+            raise Refused(503, "unavailable", str(exc)) from None
+        return True
+    return False
 
 
 async def _leader_known(runtime: NodeRuntime, deadline: float) -> bool:
@@ -98,40 +115,50 @@ async def serve_write(
     cmd: Command,
     respond: Callable[[ApplyResult | None], web.StreamResponse | Awaitable[web.StreamResponse]],
 ) -> web.StreamResponse:
-    """Propose `cmd` (a follower through the leader, over the peer link) and `respond`
-    to its result once applied here (`respond` may wait further, as a lock acquire
-    that waits for its turn does). Every refusal below means never proposed, so
-    retrying is safe until the deadline. A request of an authenticated user proposes
-    the command as that user's (AsUser), so the state machine checks the user's
-    permissions again at the entry's log position; a follower forwards the encoded
-    command as it is, user included."""
-    user = request.get(USER_KEY)
+    """`respond` to the result of `cmd` once `proposed` has it applied here (`respond`
+    may wait further, as a lock acquire that waits for its turn does)."""
+    try:
+        result = await proposed(runtime, cmd, request.get(USER_KEY))
+    except Refused as exc:
+        return error(exc.status, exc.code, exc.message)
+    return await _answered(respond(result))
+
+
+async def proposed(runtime: NodeRuntime, cmd: Command, user: str | None) -> ApplyResult | None:
+    """Propose `cmd` (a follower through the leader, over the peer link) and return its
+    result once applied here. Every Refused 503 below means never proposed, so retrying
+    is safe until the deadline; 504 means the outcome is unknown. A request of an
+    authenticated user proposes the command as that user's (AsUser), so the state
+    machine checks the user's permissions again at the entry's log position; a follower
+    forwards the encoded command as it is, user included. Shared by serve_write and the
+    fast lane (kvstore.api.kv.kv_answer)."""
     if user is not None:
         cmd = AsUser(user, cmd)  # type: ignore[arg-type]
     loop = runtime.loop
     deadline = loop.time() + runtime.tuning.request_timeout_ms / 1000
     while True:
         try:
-            result = await runtime.propose(cmd, deadline - loop.time())
+            return await runtime.propose(cmd, deadline - loop.time())
         except NotLeader:
             # No leader known, or the one we knew no longer leads: wait for news.
             await asyncio.sleep(runtime.tuning.tick_ms / 1000)
             if loop.time() < deadline and await _leader_known(runtime, deadline):
                 continue
-            return error(503, "no_leader", "no leader is known; the write was not proposed")
+            raise Refused(
+                503, "no_leader", "no leader is known; the write was not proposed"
+            ) from None
         except ProposalDropped as exc:
             await asyncio.sleep(runtime.tuning.tick_ms / 1000)  # both kinds clear soon
             if loop.time() < deadline:
                 continue
             if exc.reason is DropReason.TOO_MANY_UNCOMMITTED:
-                return error(503, "overloaded", f"{exc}; not proposed")
-            return error(503, "no_leader", f"{exc}; not proposed")
+                raise Refused(503, "overloaded", f"{exc}; not proposed") from None
+            raise Refused(503, "no_leader", f"{exc}; not proposed") from None
         except ProposalOverwritten:
             if loop.time() < deadline:
                 continue  # it can never commit, so proposing again is safe
-            return error(503, "no_leader", "the proposal was dropped by a leader change")
+            raise Refused(503, "no_leader", "the proposal was dropped by a leader change") from None
         except ProposalTimeout as exc:
-            return error(504, "timeout", f"outcome unknown: {exc}")
+            raise Refused(504, "timeout", f"outcome unknown: {exc}") from None
         except RuntimeStopped as exc:
-            return error(503, "unavailable", f"not proposed: {exc}")
-        return await _answered(respond(result))
+            raise Refused(503, "unavailable", f"not proposed: {exc}") from None

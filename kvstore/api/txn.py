@@ -40,7 +40,7 @@ from aiohttp import web
 from kvstore.api.access import command_refusal
 from kvstore.api.common import RUNTIME_KEY, BadRequest, error, query_values
 from kvstore.api.coordination import FENCE_QUERY, parse_fence
-from kvstore.api.kv import parse_session, result_response
+from kvstore.api.kv import parse_session, result_answer
 from kvstore.api.range import MAX_PAGE, document_response, range_document, wants_msgpack
 from kvstore.api.serve import serve_read, serve_write
 from kvstore.runtime.node import NodeRuntime
@@ -224,7 +224,7 @@ def _txn_document(result: TxnResult, txn: Txn, *, binary: bool) -> dict[str, Any
 
 def _respond(request: web.Request, txn: Txn, result: ApplyResult | None) -> web.StreamResponse:
     if type(result) is not TxnResult:
-        return result_response(result)  # session_expired
+        return result_answer(result).response()  # session_expired
     document = _txn_document(result, txn, binary=wants_msgpack(request))
     return document_response(request, document, result.revision)
 
@@ -234,7 +234,7 @@ async def handle_txn(request: web.Request) -> web.StreamResponse:
     tuning = runtime.tuning
     try:
         fence = parse_fence(query_values(request, FENCE_QUERY))
-        session = parse_session(request)
+        session = parse_session(request.headers)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:

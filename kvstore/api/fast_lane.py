@@ -1,0 +1,307 @@
+"""The fast lane: the client port's hot routes served without aiohttp's request machinery.
+
+About half of a node's event-loop time under load went to aiohttp's request handling
+and the four middlewares around `/v1/kv/{key}`. Every connection of the client port
+now starts here: a protocol of our own parses each request (kvstore.api.http_wire)
+and serves GET, PUT and DELETE on `/v1/kv/{key}` itself, calling the very functions
+the aiohttp route and middlewares call: kv_answer (kvstore.api.kv), the auth gate
+(kvstore.api.access.admit with the key route's rule), the request counters of
+`/metrics` (RequestStats), and the connection guard's receive deadline
+(kvstore.api.connections). Each answer is one transport.write; pipelined requests are
+answered one after another, in order.
+
+Anything else (another route or method, a query that needs decoding, a chunked body,
+Expect, Upgrade, a malformed or unusual head, a value over the size limit: 413) is
+handed to aiohttp for the rest of the connection: its protocol takes the transport
+and every byte from the start of that request, and the connection never comes back.
+So watches, streams and every other route keep their exact behaviour, and aiohttp
+still answers malformed requests with its 400s.
+
+`KV_FAST_LANE=off` serves every connection with aiohttp (to compare the two paths).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import cast
+
+from aiohttp import web
+
+from kvstore.api.access import admit, key_rule
+from kvstore.api.common import RUNTIME_KEY, Answer, BadRequest, error_answer
+from kvstore.api.connections import ConnectionGuard, Watch
+from kvstore.api.http_wire import MAX_HEAD, Handoff, Head, encode_answer, parse_head
+from kvstore.api.kv import kv_answer, parse_key
+from kvstore.api.metrics import STATS_KEY, kv_operation
+
+log = logging.getLogger(__name__)
+
+ENABLED = os.environ.get("KV_FAST_LANE", "on") != "off"
+
+
+class FastLane:
+    """What every connection of one client port shares: the node, the app's request
+    counters, the guard, and aiohttp's protocol factory for the connections handed off.
+    Make it before the runner is set up (it registers for the app's shutdown)."""
+
+    def __init__(
+        self, app: web.Application, runner: web.AppRunner, guard: ConnectionGuard, idle_s: float
+    ) -> None:
+        self.runtime = app[RUNTIME_KEY]
+        self.stats = app.get(STATS_KEY)
+        self.guard = guard
+        self.idle_s = idle_s
+        self._runner = runner
+        tuning = self.runtime.tuning
+        self.max_key_bytes = tuning.max_key_bytes
+        self.max_value_bytes = tuning.max_value_bytes
+        self.max_buffered = MAX_HEAD + tuning.max_value_bytes
+        """Bytes read ahead (pipelined requests) before reading pauses."""
+        self.connections: set[_Connection] = set()
+        app.on_shutdown.append(self._shutdown)
+
+    def protocol(self) -> asyncio.Protocol:
+        """The protocol of a new client connection (ConnectionGuard.listen's factory)."""
+        return _Connection(self)
+
+    def aiohttp_protocol(self) -> asyncio.Protocol:
+        """aiohttp's protocol for a connection handed off, behind the guard."""
+        server = self._runner.server
+        assert server is not None, "the runner is set up before it listens"
+        return self.guard.guarded(server())
+
+    def route(self, head: Head) -> None:
+        """Set `head.key`, or Handoff when aiohttp's router could see this path otherwise
+        than parse_key does (an empty key is the range route; a newline stops the
+        route's pattern; dot segments may be normalized) or the key is refused (the
+        aiohttp route gives the 400)."""
+        try:
+            key = parse_key(head.path, self.max_key_bytes)
+        except BadRequest:
+            raise Handoff("a key the route refuses") from None
+        if "\n" in key or "/." in "/" + key:
+            raise Handoff("a key aiohttp's router may read otherwise")
+        if head.length > self.max_value_bytes:
+            raise Handoff("a value over the limit (413)")
+        head.key = key
+
+    async def answer(self, head: Head, body: bytes) -> Answer:
+        """The answer to one request, counted as the metrics middleware counts."""
+        started = time.perf_counter()
+        answer = await self._answer(head, body)
+        if self.stats is not None:
+            self.stats.observe(
+                kv_operation(head.method), answer.status, time.perf_counter() - started
+            )
+        return answer
+
+    async def _answer(self, head: Head, body: bytes) -> Answer:
+        runtime, method, key = self.runtime, head.method, head.key
+        auth = runtime.sm.auth
+        user = None
+        if auth.enabled:  # the auth middleware's gate, with the key route's rule
+            admitted = admit(
+                auth, head.headers.get("authorization"), lambda u: key_rule(auth, u, method, key)
+            )
+            if not isinstance(admitted, str):
+                return admitted
+            user = admitted
+
+        async def read_body() -> bytes:
+            return body
+
+        return await kv_answer(runtime, method, key, head.query, head.headers, user, read_body)
+
+    async def _shutdown(self, _app: web.Application) -> None:
+        """Close idle connections; busy ones close after their answer."""
+        for connection in list(self.connections):
+            connection.close_soon()
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection while the fast lane serves it."""
+
+    def __init__(self, lane: FastLane) -> None:
+        self._lane = lane
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._watch: Watch | None = None
+        self._buffer = bytearray()
+        """Bytes received and not yet taken as a request."""
+        self._head: Head | None = None
+        """A head whose body is still arriving."""
+        self._busy = False
+        """A request is being answered (the next one waits: answers go out in order)."""
+        self._closing = False
+        self._writing_paused = False
+        self._reading_paused = False
+        self._idle_since = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        """The answer being made (held: the loop keeps only weak references to tasks)."""
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._watch = self._lane.guard.opened(self, transport)
+        self._watch.arm("no request received")
+        self._lane.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if not self._busy and not self._writing_paused:
+            self._next()
+        self._flow()
+
+    def eof_received(self) -> bool | None:
+        return None  # as aiohttp: the transport closes
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self._lane.guard.closed(self)
+        self._lane.connections.discard(self)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._flow()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if not self._busy and self._buffer:
+            self._next()
+        self._flow()
+
+    # ------------------------------------------------------------------ requests
+
+    def _next(self) -> None:
+        """Take the next complete request from the buffer and answer it, hand the
+        connection to aiohttp, or arm the deadline of what is still arriving."""
+        buffer, head = self._buffer, self._head
+        watch = self._watch
+        assert watch is not None
+        if head is None:
+            handoff = False
+            try:
+                head = parse_head(buffer)
+                if head is not None:
+                    self._lane.route(head)
+            except Handoff:
+                handoff = True
+            if handoff:  # outside the except: aiohttp's own errors have no context
+                self._hand_off()
+                return
+            if head is None:
+                if buffer:
+                    watch.arm("the request head was not completed")
+                return
+        end = head.size + head.length
+        if len(buffer) < end:
+            if self._head is None:  # the head is in: its deadline ends, the body's begins
+                self._head = head
+                watch.disarm()
+                watch.arm(f"the body of {head.method} {head.path[:80]} was not received")
+            return
+        self._head = None
+        watch.disarm()
+        body = bytes(buffer[head.size : end])
+        del buffer[:end]
+        self._busy = True
+        self._task = self._loop.create_task(self._serve(head, body))
+
+    async def _serve(self, head: Head, body: bytes) -> None:
+        try:
+            answer = await self._lane.answer(head, body)
+            close = not head.keep_alive or self._closing
+        except Exception:  # a bug: aiohttp would answer 500 and log it, as here
+            log.exception("error serving %s %s", head.method, head.path[:80])
+            answer, close = error_answer(500, "internal", "internal error"), True
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        leader = self._lane.runtime.leader_id
+        transport.write(encode_answer(answer, head.version, leader, close))
+        self._busy = False
+        if close:
+            transport.close()
+            return
+        if self._buffer and not self._writing_paused:
+            self._next()
+        if not self._busy and not self._buffer:
+            self._idle()
+        self._flow()
+
+    def _flow(self) -> None:
+        """Read while answers leave and little waits in the buffer; pause otherwise."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        pause = self._writing_paused or len(self._buffer) > self._lane.max_buffered
+        if pause != self._reading_paused:
+            self._reading_paused = pause
+            if pause:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+
+    # ------------------------------------------------------------------ idle, shutdown
+
+    def _idle(self) -> None:
+        """A keep-alive connection with no request is closed after idle_s, quietly
+        (one timer per connection, moved forward only when it fires)."""
+        self._idle_since = self._loop.time()
+        if self._idle_timer is None:
+            self._idle_timer = self._loop.call_at(
+                self._idle_since + self._lane.idle_s, self._idle_check
+            )
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        if self._closing:
+            return
+        if self._busy or self._buffer:
+            self._idle_since = self._loop.time()  # in use since; the guard watches receipt
+        due = self._idle_since + self._lane.idle_s
+        if due <= self._loop.time():
+            assert self._transport is not None
+            self._transport.close()
+            return
+        self._idle_timer = self._loop.call_at(due, self._idle_check)
+
+    def close_soon(self) -> None:
+        """At shutdown: close now when idle, else after the answer being made."""
+        self._closing = True
+        if not self._busy and self._transport is not None:
+            self._transport.close()
+
+    # ------------------------------------------------------------------ handoff
+
+    def _hand_off(self) -> None:
+        """aiohttp serves this connection from now on, from the current request's first
+        byte (everything before it was answered here)."""
+        lane, transport = self._lane, self._transport
+        assert transport is not None
+        self._closing = True
+        lane.guard.closed(self)
+        lane.connections.discard(self)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+        self._transport = None  # no longer ours: _flow leaves it alone
+        protocol = lane.aiohttp_protocol()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if self._writing_paused:
+            protocol.pause_writing()
+        data, self._buffer = bytes(self._buffer), bytearray()
+        self._head = None
+        protocol.data_received(data)

@@ -1,0 +1,149 @@
+"""HTTP/1.1 on the wire for the fast lane (kvstore.api.fast_lane): a strict parser for
+the few requests it serves, and the bytes of their answers.
+
+The parser says yes only to what it is sure about, and raises Handoff for everything
+else, so that aiohttp (which knows all of HTTP, and answers malformed requests with
+its 400s) serves it: a request line `GET|PUT|DELETE /v1/kv/... HTTP/1.1|1.0` of plain
+characters, header fields of token names and visible-ASCII values, each at most once,
+a query of plain `name=value` pairs (no percent-encoding, no `+`), and a body given by
+Content-Length alone. Chunked bodies, Expect, Upgrade, an unusual Connection, obs-fold,
+odd whitespace, control or non-ASCII bytes, duplicate fields and heads over MAX_HEAD
+bytes are handed off.
+"""
+
+from __future__ import annotations
+
+import re
+from http import HTTPStatus
+
+from kvstore.api.common import LEADER_HEADER, Answer
+
+MAX_HEAD = 8190
+"""The longest head served here (aiohttp's own limit for a line or a field)."""
+
+_REQUEST = re.compile(
+    rb"(GET|PUT|DELETE) (/v1/kv/[A-Za-z0-9\-._~!$&'()*+,;=:@/%?]+) HTTP/1\.([01])\r\n"
+    rb"((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t -~]*\r\n)*)\r\n"
+)
+_FIELD = re.compile(r"([^:]+):[ \t]*([\t -~]*?)[ \t]*\r\n")
+_QUERY = re.compile(r"[A-Za-z_]+=[A-Za-z0-9\-._]*(?:&[A-Za-z_]+=[A-Za-z0-9\-._]*)*")
+_NEVER = ("transfer-encoding", "expect", "upgrade")
+"""Fields that change how the connection or the body works: aiohttp's business."""
+
+
+class Handoff(Exception):
+    """Not a request the fast lane serves: aiohttp takes over the connection."""
+
+
+class Head:
+    """One parsed request head (and, once the lane looked at its path, its key)."""
+
+    __slots__ = (
+        "headers",
+        "keep_alive",
+        "key",
+        "length",
+        "method",
+        "path",
+        "query",
+        "size",
+        "version",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]],
+        version: str,
+        headers: dict[str, str],
+        length: int,
+        keep_alive: bool,
+        size: int,
+    ) -> None:
+        self.method, self.path, self.query, self.version = method, path, query, version
+        self.headers = headers
+        """By lower-case name."""
+        self.length = length
+        """Of the body (Content-Length)."""
+        self.keep_alive = keep_alive
+        self.size = size
+        """Of the head, its blank line included."""
+        self.key = ""
+
+
+def parse_head(data: bytes | bytearray) -> Head | None:
+    """The head at the start of `data`; None while it is incomplete; Handoff when it is
+    not one the fast lane is sure to serve exactly as aiohttp would."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        if len(data) > MAX_HEAD:
+            raise Handoff("head too long")
+        return None
+    size = end + 4
+    if size > MAX_HEAD:
+        raise Handoff("head too long")
+    match = _REQUEST.fullmatch(data, 0, size)
+    if match is None:
+        raise Handoff("not a plain request of the fast lane")
+    method_b, target_b, minor, block = match.groups()
+    fields = _FIELD.findall(block.decode("ascii"))
+    headers = {name.lower(): value for name, value in fields}
+    if len(headers) != len(fields):
+        raise Handoff("a repeated header field")
+    if any(name in headers for name in _NEVER):
+        raise Handoff("a field about the connection or the body")
+    keep_alive = minor == b"1"
+    if keep_alive and "host" not in headers:
+        raise Handoff("an HTTP/1.1 request without Host (aiohttp answers 400)")
+    connection = headers.get("connection")
+    if connection is not None:
+        connection = connection.lower()
+        if connection == "close":
+            keep_alive = False
+        elif connection != "keep-alive":
+            raise Handoff("an unusual Connection field")
+    method = method_b.decode("ascii")
+    length = 0
+    declared = headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit() or len(declared) > 18:
+            raise Handoff("an unusual Content-Length")
+        length = int(declared)
+        if length and method != "PUT":
+            raise Handoff("a body on a request that takes none")
+    path, _, raw_query = target_b.decode("ascii").partition("?")
+    query: list[tuple[str, str]] = []
+    if raw_query:
+        if _QUERY.fullmatch(raw_query) is None:
+            raise Handoff("a query that needs decoding")
+        for pair in raw_query.split("&"):
+            name, _, value = pair.partition("=")
+            query.append((name, value))
+    version = "1.1" if minor == b"1" else "1.0"
+    return Head(method, path, query, version, headers, length, keep_alive, size)
+
+
+_STATUS_LINES = {
+    version: {s.value: f"HTTP/{version} {s.value} {s.phrase}\r\n" for s in HTTPStatus}
+    for version in ("1.0", "1.1")
+}
+
+
+def encode_answer(answer: Answer, version: str, leader: str | None, close: bool) -> bytes:
+    """The bytes of one answer, as aiohttp would frame it (without its Date and Server
+    fields): an HTTP/1.1 answer that ends its connection says so; HTTP/1.0 ones end it
+    anyway."""
+    body = answer.body
+    parts = [
+        _STATUS_LINES[version][answer.status],
+        f"Content-Type: {answer.content_type}\r\nContent-Length: {len(body)}\r\n",
+    ]
+    for name, value in answer.headers:
+        parts.append(f"{name}: {value}\r\n")
+    if leader is not None:
+        parts.append(f"{LEADER_HEADER}: {leader}\r\n")
+    if close and version == "1.1":
+        parts.append("Connection: close\r\n")
+    parts.append("\r\n")
+    return "".join(parts).encode() + body

@@ -1,0 +1,419 @@
+"""The fast lane (kvstore.api.fast_lane, kvstore.api.http_wire): its strict parser and
+every case it hands to aiohttp, and, over real sockets to one in-process node, that it
+answers byte for byte what the aiohttp route answers (open and with auth on), keeps
+connections alive, answers pipelined requests in order, takes requests in any split,
+closes HTTP/1.0 and `Connection: close` connections, leaves 413s, chunked bodies and
+every other route to aiohttp on the same connection, counts its requests in /metrics,
+and closes a trickled body at the receive deadline.
+
+The node listens twice: through the fast lane and through aiohttp alone (the
+KV_FAST_LANE=off path). aiohttp's answers carry Date and Server fields, the fast
+lane's do not: that tells which path answered."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from consensus import MemoryStorage
+from kvstore.api.app import make_client_app
+from kvstore.api.connections import ConnectionGuard
+from kvstore.api.fast_lane import FastLane
+from kvstore.api.http_wire import MAX_HEAD, Handoff, parse_head
+from kvstore.config import ClusterConfig, NodeConfig, Tuning
+from kvstore.runtime.node import NodeRuntime
+from tests.kvstore.test_runtime import _free_ports
+
+pytestmark = pytest.mark.timeout(30)
+
+MAX_VALUE = 1000
+RECEIVE_S = 0.5
+
+# ---------------------------------------------------------------------- the parser
+
+PUT = b"PUT /v1/kv/a%2Fb?prev_version=0 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+
+
+def test_a_plain_put_is_parsed() -> None:
+    head = parse_head(PUT)
+    assert head is not None
+    assert (head.method, head.path, head.query, head.version) == (
+        "PUT",
+        "/v1/kv/a%2Fb",
+        [("prev_version", "0")],
+        "1.1",
+    )
+    assert head.headers == {"host": "x", "content-length": "3"}
+    assert (head.length, head.keep_alive, head.size) == (3, True, len(PUT) - 3)
+
+
+def test_http_1_0_needs_no_host() -> None:
+    head = parse_head(b"GET /v1/kv/a?consistency=stale HTTP/1.0\r\n\r\n")
+    assert head is not None and head.version == "1.0" and not head.keep_alive
+
+
+def test_an_incomplete_head_waits_for_more() -> None:
+    end = PUT.index(b"\r\n\r\n") + 4
+    for cut in range(end):
+        assert parse_head(PUT[:cut]) is None
+    assert parse_head(PUT[:end]) is not None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"POST /v1/kv/a HTTP/1.1\r\nHost: x\r\n\r\n",  # another method
+        b"HEAD /v1/kv/a HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n",  # another route
+        b"GET /v1/kv/ HTTP/1.1\r\nHost: x\r\n\r\n",  # the range route
+        b"GET http://x/v1/kv/a HTTP/1.1\r\nHost: x\r\n\r\n",  # absolute form
+        b"GET /v1/kv/a HTTP/2.0\r\nHost: x\r\n\r\n",
+        b"GET /v1/kv/a HTTP/1.1 \r\nHost: x\r\n\r\n",  # odd whitespace
+        b"GET  /v1/kv/a HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v1/kv/a\tb HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v1/kv/a#f HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v1/kv/a?consistency=%73tale HTTP/1.1\r\nHost: x\r\n\r\n",  # a query to decode
+        b"GET /v1/kv/a?stale HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v1/kv/a?x=a+b HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v1/kv/a HTTP/1.1\r\nHost : x\r\n\r\n",  # space before the colon
+        b"GET /v1/kv/a HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n",  # obs-fold
+        b"GET /v1/kv/a HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n",  # a control byte
+        b"GET /v1/kv/a HTTP/1.1\r\nHost: x\r\nX: caf\xc3\xa9\r\n\r\n",  # not ASCII
+        b"GET /v1/kv/a HTTP/1.1\nHost: x\r\n\r\n",  # a bare LF
+        b"GET /v1/kv/a HTTP/1.1\r\nHost: x\r\nX: a\rb\r\n\r\n",  # a bare CR
+        b"PUT /v1/kv/a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+        b"PUT /v1/kv/a HTTP/1.1\r\nHost: x\r\ncontent-length: 1\r\nContent-Length: 1\r\n\r\nx",
+        b"PUT /v1/kv/a HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\nx",
+        b"PUT /v1/kv/a HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 1\r\n\r\nx",
+        b"PUT /v1/kv/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n",
+        b"PUT /v1/kv/a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+        b"GET /v1/kv/a HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"GET /v1/kv/a HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, close\r\n\r\n",
+        b"GET /v1/kv/a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx",  # a body where none goes
+        b"GET /v1/kv/a HTTP/1.1\r\nHost: x\r\nX: " + b"y" * MAX_HEAD + b"\r\n\r\n",  # a huge head
+        b"GET /v1/kv/a HTTP/1.1\r\nHost: x\r\nX: " + b"y" * MAX_HEAD,  # ... even unfinished
+        b"HELLO? \x00\x01\x02\r\n\r\n",
+        b"GET /v1/kv/a HTTP/1.1\r\nAccept: */*\r\n\r\n",  # no Host: aiohttp's 400
+    ],
+)
+def test_anything_unusual_is_handed_to_aiohttp(raw: bytes) -> None:
+    with pytest.raises(Handoff):
+        parse_head(raw)
+
+
+# ---------------------------------------------------------------------- one node, two ports
+
+
+@dataclass
+class Node:
+    fast: int
+    plain: int
+    runtime: NodeRuntime
+
+
+@pytest.fixture
+async def node(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> AsyncIterator[Node]:
+    caplog.set_level(logging.INFO)
+    client, peer, fast, plain = _free_ports(4)
+    me = NodeConfig(
+        id="n1",
+        client_url=f"http://127.0.0.1:{client}",
+        peer_url=f"http://127.0.0.1:{peer}",
+        client_host="127.0.0.1",
+        client_port=client,
+        peer_host="127.0.0.1",
+        peer_port=peer,
+        data_dir=tmp_path / "n1",
+    )
+    tuning = Tuning(tick_ms=5, max_value_bytes=MAX_VALUE, request_timeout_ms=2000)
+    runtime = NodeRuntime(ClusterConfig("t", tmp_path, (me,), tuning), "n1", MemoryStorage())
+    app = make_client_app(runtime, MAX_VALUE + 1)
+    guard = ConnectionGuard(RECEIVE_S)
+    guard.install(app)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=5.0)
+    lane = FastLane(app, runner, guard, idle_s=5.0)
+    await runner.setup()
+    await runtime.start()
+    listeners = [
+        await guard.listen(runner, "127.0.0.1", fast, None, lane.protocol),
+        await guard.listen(runner, "127.0.0.1", plain, None),
+    ]
+    try:
+        await asyncio.wait_for(runtime.wait_for_leader(5.0), 6.0)
+        yield Node(fast, plain, runtime)
+    finally:
+        for listener in listeners:
+            listener.close()
+        await runner.cleanup()
+        await runtime.stop()
+
+
+@dataclass
+class Reply:
+    status: int
+    fields: list[tuple[str, str]]
+    """Without Date and Server (aiohttp's only), lower-case names, sorted."""
+    body: bytes
+    aiohttp: bool
+    """aiohttp answered (it writes a Server field)."""
+
+    def json(self) -> dict[str, object]:
+        result: dict[str, object] = json.loads(self.body)
+        return result
+
+
+async def _reply(reader: asyncio.StreamReader) -> Reply:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+    status_line, *lines = head.decode().split("\r\n")[:-2]
+    fields = [(n.lower(), v.strip()) for n, _, v in (line.partition(":") for line in lines)]
+    length = int(dict(fields)["content-length"])
+    body = await asyncio.wait_for(reader.readexactly(length), 5.0)
+    kept = sorted((n, v) for n, v in fields if n not in ("date", "server"))
+    return Reply(int(status_line.split()[1]), kept, body, len(kept) < len(fields))
+
+
+async def _exchange(
+    port: int, *requests: bytes, answers: int | None = None, pace: int = 0
+) -> list[Reply]:
+    """Send `requests` on one connection (all at once; or `pace` bytes at a time with a
+    pause between), then read `answers` replies (one per request by default)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        data = b"".join(requests)
+        if pace:
+            for i in range(0, len(data), pace):
+                writer.write(data[i : i + pace])
+                await writer.drain()
+                await asyncio.sleep(0.001)
+        else:
+            writer.write(data)
+        return [await _reply(reader) for _ in range(answers or len(requests))]
+    finally:
+        writer.close()
+
+
+def _req(method: str, target: str, body: bytes = b"", **fields: str) -> bytes:
+    head = f"{method} {target} HTTP/1.1\r\nHost: t\r\n"
+    if body or method == "PUT":
+        head += f"Content-Length: {len(body)}\r\n"
+    head += "".join(f"{name.replace('_', '-')}: {value}\r\n" for name, value in fields.items())
+    return head.encode() + b"\r\n" + body
+
+
+def _script(p: str) -> list[bytes]:
+    """Requests on keys under `p` (each path runs it on its own keys)."""
+    return [
+        _req("PUT", f"/v1/kv/{p}k1", b"v1", Content_Type="application/octet-stream"),
+        _req("GET", f"/v1/kv/{p}k1"),
+        _req("GET", f"/v1/kv/{p}k1?consistency=stale"),
+        _req("GET", f"/v1/kv/{p}k1?consistency=linearizable"),
+        _req("GET", f"/v1/kv/{p}missing"),
+        _req("PUT", f"/v1/kv/{p}k1?prev_version=7", b"v2"),  # 409 version_mismatch
+        _req("PUT", f"/v1/kv/{p}k1?prev_version=1", b"v3"),
+        _req("GET", f"/v1/kv/{p}k1?consistency=maybe"),  # 400 bad_consistency
+        _req("GET", f"/v1/kv/{p}k1?typo=1"),  # 400 naming it
+        _req("GET", f"/v1/kv/{p}k1?consistency=stale&consistency=stale"),  # repeated
+        _req("PUT", f"/v1/kv/{p}k2", b"x", X_KV_Client_Id=p),  # 400 bad_header
+        _req("PUT", f"/v1/kv/{p}k2", b"x", X_KV_Client_Id=p, X_KV_Seq="1"),
+        _req("PUT", f"/v1/kv/{p}k2", b"x", X_KV_Client_Id=p, X_KV_Seq="1"),  # once only
+        _req("PUT", f"/v1/kv/{p}k3?fence_lock=l", b"x"),  # 400 bad_fence
+        _req("PUT", f"/v1/kv/{p}k3?lease=99", b"x"),  # 404 lease_not_found
+        _req("PUT", f"/v1/kv/{p}k3?lease=0", b"x"),  # 400 bad_lease
+        _req("PUT", f"/v1/kv/{p}caf%C3%A9%2Fx", b""),  # an empty value, a decoded key
+        _req("GET", f"/v1/kv/{p}caf%C3%A9%2Fx"),
+        _req("DELETE", f"/v1/kv/{p}k1?prev_version=1"),  # 409
+        _req("DELETE", f"/v1/kv/{p}k1"),
+        _req("DELETE", f"/v1/kv/{p}k1"),  # 404
+        # Handed off: keys the route refuses or aiohttp's router may read otherwise.
+        _req("GET", f"/v1/kv/{p}a%0Ab"),
+        _req("GET", f"/v1/kv/{p}x/../y"),
+        _req("GET", f"/v1/kv/{p}%ZZ"),
+        _req("PUT", f"/v1/kv/{p}" + "k" * 1025, b"x"),  # key_too_large, 400
+        _req("PUT", f"/v1/kv/{p}big", b"x" * (MAX_VALUE + 1)),  # 413: handed off
+    ]
+
+
+async def test_both_paths_give_the_same_answers(node: Node) -> None:
+    """The script through the fast lane and through aiohttp (on keys of its own): the
+    same statuses, fields and bodies, store revisions aside."""
+    fast = [(await _exchange(node.fast, req))[0] for req in _script("a")]
+    plain = [(await _exchange(node.plain, req))[0] for req in _script("b")]
+    for req, a, b in zip(_script("a"), fast, plain, strict=True):
+        assert b.aiohttp
+        assert a.status == b.status, req
+        assert _unrevisioned(a) == _unrevisioned(b, "b", "a"), req
+    assert [r.aiohttp for r in fast] == [False] * (len(fast) - 5) + [True] * 5
+    assert [r.status for r in fast[:7]] == [200, 200, 200, 200, 404, 409, 200]
+    assert fast[7].json()["error"] == "bad_consistency"
+    assert fast[8].json() == {"error": "bad_query", "message": "unknown query parameter 'typo'"}
+    assert "given twice" in str(fast[9].json()["message"])
+    assert [r.status for r in fast[10:13]] == [400, 200, 200]
+    assert fast[12].body == fast[11].body  # the same write, answered once more
+    assert fast[-1].status == 413 and fast[-1].json()["error"] == "value_too_large"
+    assert fast[1].body == b"v1" and ("content-type", "application/octet-stream") in fast[1].fields
+    assert ("x-kv-leader", "n1") in fast[0].fields
+
+
+def _unrevisioned(reply: Reply, old: str = "", new: str = "") -> object:
+    """The answer with its store revisions blanked (the second run starts later) and
+    its key prefix `old` read as `new`."""
+    fields = [(n, "R" if "revision" in n else v) for n, v in reply.fields]
+    if reply.body[:1] != b"{":
+        return fields, reply.body
+    text = reply.body.decode().replace(f"'{old}", f"'{new}")
+    body = json.loads(text.replace(f"/v1/kv/{old}", f"/v1/kv/{new}"))
+    blanked = {n: "R" if "revision" in n else v for n, v in body.items()}
+    return [f for f in fields if f[0] != "content-length"], blanked
+
+
+async def test_pipelined_requests_are_answered_in_order_then_handed_off(node: Node) -> None:
+    """Three requests in one write, then a route of aiohttp's, then a key again: the
+    first three come from the fast lane, the rest from aiohttp on the same connection."""
+    replies = await _exchange(
+        node.fast,
+        _req("PUT", "/v1/kv/p", b"1"),
+        _req("PUT", "/v1/kv/p", b"22"),
+        _req("GET", "/v1/kv/p"),
+        _req("GET", "/livez"),
+        _req("GET", "/v1/kv/p"),
+    )
+    assert [r.status for r in replies] == [200] * 5
+    assert [r.json()["version"] for r in replies[:2]] == [1, 2]
+    assert replies[2].body == replies[4].body == b"22"
+    assert [r.aiohttp for r in replies] == [False, False, False, True, True]
+
+
+async def test_requests_split_anywhere_are_served(node: Node) -> None:
+    """A byte at a time, and a body cut into reads of 7 bytes."""
+    replies = await _exchange(
+        node.fast, _req("PUT", "/v1/kv/s", b"value"), _req("GET", "/v1/kv/s"), pace=1
+    )
+    assert [r.status for r in replies] == [200, 200] and replies[1].body == b"value"
+    body = bytes(range(200)) * 4
+    replies = await _exchange(
+        node.fast, _req("PUT", "/v1/kv/s", body), _req("GET", "/v1/kv/s"), pace=7
+    )
+    assert replies[1].body == body and not replies[1].aiohttp
+
+
+async def test_http_1_0_and_connection_close_end_the_connection(node: Node) -> None:
+    for raw, line in (
+        (b"GET /v1/kv/nothing HTTP/1.0\r\n\r\n", b"HTTP/1.0 404 Not Found\r\n"),
+        (b"GET /v1/kv/nothing HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", b"HTTP/1.1 404"),
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.fast)
+        writer.write(raw + raw)  # the second is never read
+        everything = await asyncio.wait_for(reader.read(), 5.0)  # until the server closes
+        writer.close()
+        assert everything.startswith(line)
+        assert everything.count(b"HTTP/1.") == 1
+        assert (b"Connection: close" in everything) == raw.startswith(
+            b"GET /v1/kv/nothing HTTP/1.1"
+        )
+
+
+async def test_keep_alive_serves_one_request_after_another(node: Node) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.fast)
+    try:
+        for i in range(5):
+            writer.write(_req("PUT", "/v1/kv/ka", str(i).encode()))
+            reply = await _reply(reader)
+            assert reply.status == 200 and reply.json()["version"] == i + 1
+    finally:
+        writer.close()
+
+
+async def test_what_aiohttp_serves_after_a_handoff(node: Node) -> None:
+    """A chunked body, Expect: 100-continue, and garbage (aiohttp's 400)."""
+    chunked = b"PUT /v1/kv/c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunked += b"2\r\nab\r\n0\r\n\r\n"
+    (put, get) = await _exchange(node.fast, chunked, _req("GET", "/v1/kv/c"))
+    assert put.status == 200 and put.aiohttp and get.body == b"ab"
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.fast)
+    writer.write(
+        b"PUT /v1/kv/e HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+    )
+    assert (await asyncio.wait_for(reader.readline(), 5.0)).startswith(b"HTTP/1.1 100")
+    await reader.readline()
+    writer.write(b"ok")
+    assert (await _reply(reader)).status == 200
+    writer.close()
+    (bad,) = await _exchange(node.fast, b"HELLO? \x00\x01\x02\r\n\r\n")
+    assert bad.status == 400
+
+
+async def test_the_fast_lane_counts_in_metrics(node: Node) -> None:
+    def count(text: str, op: str, outcome: str) -> float:
+        name = f'kv_http_requests_total{{op="{op}",outcome="{outcome}"}} '
+        lines = [line for line in text.splitlines() if line.startswith(name)]
+        return float(lines[0].split()[-1]) if lines else 0.0
+
+    (before,) = await _exchange(node.plain, _req("GET", "/metrics"))
+    replies = await _exchange(
+        node.fast,
+        _req("PUT", "/v1/kv/m", b"1"),
+        _req("GET", "/v1/kv/m"),
+        _req("GET", "/v1/kv/nope"),
+    )
+    assert not any(r.aiohttp for r in replies)
+    (after,) = await _exchange(node.plain, _req("GET", "/metrics"))
+    old, new = before.body.decode(), after.body.decode()
+    assert count(new, "put", "ok") == count(old, "put", "ok") + 1
+    assert count(new, "get", "ok") == count(old, "get", "ok") + 1
+    assert count(new, "get", "not_found") == count(old, "get", "not_found") + 1
+
+
+async def test_a_trickled_body_is_closed_at_the_receive_deadline(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.fast)
+    writer.write(b"PUT /v1/kv/t HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nab")
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    assert await asyncio.wait_for(reader.read(), 5.0) == b""  # closed, nothing answered
+    assert loop.time() - start < RECEIVE_S + 2.0
+    writer.close()
+    assert any("the body of PUT /v1/kv/t was not received" in r.message for r in caplog.records)
+
+
+async def test_auth_refusals_are_the_same_on_both_paths(node: Node) -> None:
+    """No token: the same 401 (with WWW-Authenticate); a user without write permission
+    on the key: the same 403; a permitted write: 200 on both."""
+    setup = [
+        _req("PUT", "/v1/auth/users/root", b'{"password": "rpw"}'),
+        _req("PUT", "/v1/auth/users/root/roles/root"),
+        _req("PUT", "/v1/auth/users/alice", b'{"password": "apw"}'),
+        _req("PUT", "/v1/auth/roles/app"),
+        _req("POST", "/v1/auth/roles/app/permissions?access=readwrite&prefix=app/"),
+        _req("PUT", "/v1/auth/users/alice/roles/app"),
+        _req("POST", "/v1/auth/enable"),
+    ]
+    for req in setup:
+        (reply,) = await _exchange(node.plain, req)
+        assert reply.status == 200, (req, reply.body)
+    login = _req("POST", "/v1/auth/token", b'{"user": "alice", "password": "apw"}')
+    (token,) = await _exchange(node.plain, login)
+    bearer = f"Bearer {token.json()['token']}"
+    cases = [
+        _req("PUT", "/v1/kv/app/x", b"1"),
+        _req("GET", "/v1/kv/app/x", Authorization="Bearer nonsense"),
+        _req("GET", "/v1/kv/app/x", Authorization="Basic abc"),
+        _req("PUT", "/v1/kv/other", b"1", Authorization=bearer),
+        _req("GET", "/v1/kv/other", Authorization=bearer),
+        _req("PUT", "/v1/kv/app/x", b"1", Authorization=bearer),
+    ]
+    fast = [(await _exchange(node.fast, req))[0] for req in cases]
+    plain = [(await _exchange(node.plain, req))[0] for req in cases]
+    assert [r.status for r in fast] == [401, 401, 401, 403, 403, 200]
+    assert not any(r.aiohttp for r in fast)
+    for a, b in zip(fast[:-1], plain[:-1], strict=True):
+        assert (a.status, a.fields, a.body) == (b.status, b.fields, b.body)
+    assert ("www-authenticate", "Bearer") in fast[0].fields
+    assert plain[-1].status == 200 and plain[-1].json()["version"] == 2
