@@ -278,15 +278,26 @@ class Leadership:
         """Followers learn a new commit index now, not with the next append or heartbeat:
         a follower serving reads (read index) or answering forwarded writes waits for it.
         Whoever got entries in this flush has it already; the others get an empty append
-        at their match point (which they hold, so it is never rejected)."""
-        committed = self._log.committed
-        self._commit_told = committed
+        at their match point (`_bump_commit`)."""
+        self._commit_told = self._log.committed
         for peer, progress in self._progress.items():
-            if peer == self.id or progress.state is not ProgressState.REPLICATE:
-                continue
-            known = min(committed, progress.match)
-            if known > progress.commit_sent and progress.match >= self._log.first_index() - 1:
-                self._send_append_entries(peer, progress.match, (), known, self._reads.seq)
+            if peer != self.id:
+                self._bump_commit(peer, progress)
+
+    def _bump_commit(self, peer: NodeId, progress: Progress) -> None:
+        """Tell `peer` the commit index as far as it holds the log (an empty append at
+        its match point, which it holds, so it is never rejected), unless it knows it
+        already. Also called on every acknowledgement: a follower whose answer arrives
+        after the commit was told to the others learns it then, not at the next
+        heartbeat (as etcd-io/raft's CanBumpCommit); a follower answering a forwarded
+        write waits for exactly this (measured: 25 ms at the tail without it)."""
+        known = min(self._log.committed, progress.match)
+        if (
+            progress.state is ProgressState.REPLICATE
+            and known > progress.commit_sent
+            and progress.match >= self._log.first_index() - 1
+        ):
+            self._send_append_entries(peer, progress.match, (), known, self._reads.seq)
 
     def entries_persisted(self) -> None:
         """The driver made our own entries durable: they may complete a quorum now."""
@@ -348,6 +359,7 @@ class Leadership:
             self._send(TimeoutNow(self.term, self.id, peer))
         while self._send_append(peer, send_if_empty=False):
             pass
+        self._bump_commit(peer, progress)
 
     def _next_after_rejection(self, msg: AppendEntriesResponse, progress: Progress) -> int:
         next_index = msg.conflict_index
