@@ -118,6 +118,7 @@ class Node:
     fast: int
     plain: int
     runtime: NodeRuntime
+    lane: FastLane
 
 
 @pytest.fixture
@@ -149,7 +150,7 @@ async def node(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> AsyncIterato
     ]
     try:
         await asyncio.wait_for(runtime.wait_for_leader(5.0), 6.0)
-        yield Node(fast, plain, runtime)
+        yield Node(fast, plain, runtime, lane)
     finally:
         for listener in listeners:
             listener.close()
@@ -469,3 +470,71 @@ async def _raw_answer(port: int, data: bytes | bytearray) -> bytes:
 def _first_answer(raw: bytes) -> tuple[bytes, bytes]:
     head, _, body = raw.partition(b"\r\n\r\n")
     return head.split(b"\r\n")[0], re.sub(rb'"revision": \d+', b"R", body)
+
+
+async def test_an_idle_keep_alive_connection_is_closed_quietly(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    node.lane.idle_s = 0.3
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.fast)
+    writer.write(_req("GET", "/v1/kv/idle"))
+    assert (await _reply(reader)).status == 404
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    assert await asyncio.wait_for(reader.read(), 5.0) == b""
+    assert 0.25 < loop.time() - start < 3.0
+    writer.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+class _Transport:
+    """Just enough of a transport to watch the fast lane's flow control."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.reading = True
+        self.closing = False
+
+    def get_extra_info(self, name: str) -> object:
+        return ("127.0.0.1", 1) if name == "peername" else None
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+
+async def test_reading_pauses_while_answers_cannot_leave(node: Node) -> None:
+    """Writing paused (the client does not read): nothing more is answered, and reading
+    pauses once more than a request's worth waits; both resume with writing."""
+    connection, transport = node.lane.protocol(), _Transport()
+    connection.connection_made(transport)  # type: ignore[arg-type]
+    connection.pause_writing()
+    assert not transport.reading
+    connection.resume_writing()
+    assert transport.reading
+    connection.data_received(_req("GET", "/v1/kv/bp"))  # answered...
+    connection.pause_writing()  # ... while the client stops reading
+    many = _req("GET", "/v1/kv/bp") * (node.lane.max_buffered // 30)
+    connection.data_received(many)
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+    assert len(transport.written) == 1 and not transport.reading
+    connection.resume_writing()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5.0
+    while len(transport.written) < 1 + many.count(b"GET") and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    assert len(transport.written) == 1 + many.count(b"GET")
+    assert transport.reading and all(w.startswith(b"HTTP/1.1 404") for w in transport.written)
+    connection.connection_lost(None)
