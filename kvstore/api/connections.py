@@ -14,7 +14,9 @@ request `[tuning] receive_timeout_ms` to arrive:
 A response that lasts (a watch stream, a long poll) is not a request being received,
 so it is never cut. The guard sits between the listening socket and aiohttp's
 protocol and sees only when bytes arrive, plus (through a middleware) when a handler
-starts and ends: it needs nothing of aiohttp's internals.
+starts and ends: it needs nothing of aiohttp's internals. On the client port the fast
+lane (kvstore.api.fast_lane) takes the guarded protocol's place: it arms the same Watch
+for the requests it parses, and hands connections to `guarded` aiohttp protocols.
 """
 
 from __future__ import annotations

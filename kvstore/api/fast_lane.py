@@ -61,7 +61,7 @@ class FastLane:
         self.max_buffered = MAX_HEAD + tuning.max_value_bytes
         """Bytes read ahead (pipelined requests) before reading pauses."""
         self.connections: set[_Connection] = set()
-        app.on_shutdown.append(self._shutdown)
+        app.on_shutdown.append(self.shutdown)
 
     def protocol(self) -> asyncio.Protocol:
         """The protocol of a new client connection (ConnectionGuard.listen's factory)."""
@@ -115,8 +115,9 @@ class FastLane:
 
         return await kv_answer(runtime, method, key, head.query, head.headers, user, read_body)
 
-    async def _shutdown(self, _app: web.Application) -> None:
-        """Close idle connections; busy ones close after their answer."""
+    async def shutdown(self, _app: web.Application | None = None) -> None:
+        """The app's shutdown: idle connections close now, busy ones after their answer
+        (aiohttp does the same with its own connections)."""
         for connection in list(self.connections):
             connection.close_soon()
 

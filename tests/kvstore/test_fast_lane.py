@@ -538,3 +538,21 @@ async def test_reading_pauses_while_answers_cannot_leave(node: Node) -> None:
     assert len(transport.written) == 1 + many.count(b"GET")
     assert transport.reading and all(w.startswith(b"HTTP/1.1 404") for w in transport.written)
     connection.connection_lost(None)
+
+
+async def test_shutdown_closes_idle_connections_and_busy_ones_after_the_answer(
+    node: Node,
+) -> None:
+    (idle, idle_t), (busy, busy_t) = [(node.lane.protocol(), _Transport()) for _ in range(2)]
+    idle.connection_made(idle_t)  # type: ignore[arg-type]
+    busy.connection_made(busy_t)  # type: ignore[arg-type]
+    busy.data_received(_req("PUT", "/v1/kv/sd", b"x"))  # answered once committed
+    await node.lane.shutdown()
+    assert idle_t.closing and not busy_t.closing and not busy_t.written
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5.0
+    while not busy_t.closing and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    (answer,) = busy_t.written
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nConnection: close\r\n" in answer
+    assert busy_t.closing
