@@ -15,16 +15,12 @@ from collections.abc import Iterable, Mapping
 
 from consensus import quorum
 from consensus.config import Config
+from consensus.election_timer import ElectionTimer
 from consensus.errors import NotLeader
 from consensus.forwarding import Forwarding
 from consensus.leader import Leadership
 from consensus.log import RaftLog
-from consensus.membership import (
-    ConfChange,
-    apply_change,
-    bootstrap_entry,
-    decode_conf_change,
-)
+from consensus.membership import ConfChange, apply_change, bootstrap_entry, decode_conf_change
 from consensus.messages import (
     FORWARDING,
     AppendEntries,
@@ -56,7 +52,6 @@ class RaftNode:
     def __init__(self, config: Config, storage: Storage, rng: RandomSource) -> None:
         self.config = config
         self.id: NodeId = config.node_id
-        self._rng = rng
         self.log = RaftLog(storage)
         snapshot = storage.snapshot_meta()
         self.membership = snapshot.membership if snapshot else Membership(config.voters)
@@ -67,8 +62,7 @@ class RaftNode:
         self._prev_hard_state = hard_state
         self.role = Role.FOLLOWER
         self.leader_id: NodeId | None = None
-        self._election_elapsed = 0
-        self._randomized_timeout = config.election_tick
+        self._timer = ElectionTimer(config, rng)
         self._votes: dict[NodeId, bool] = {}
         self._leadership: Leadership | None = None
         """Present exactly while role is LEADER."""
@@ -164,6 +158,16 @@ class RaftNode:
         """Hand leadership to `to` (§3.10): catch it up, then tell it to campaign now."""
         self._leading().transfer(to)
 
+    def peer_unreachable(self, peer: NodeId) -> None:
+        """The driver's connection to `peer` broke (reset or refused, not a slow answer).
+        If `peer` is this follower's leader, hurry the election timer (and shorten the
+        lease with it); only with PreVote and CheckQuorum, which keep a healthy leader
+        in office (see consensus.election_timer)."""
+        c = self.config
+        may = c.pre_vote and c.check_quorum and self.promotable and self.role is Role.FOLLOWER
+        if may and peer == self.leader_id:
+            self._timer.hurry(sorted(v for v in self.voters if v != peer).index(self.id))
+
     def step(self, msg: Message) -> None:
         if msg.recipient != self.id or msg.sender == self.id:
             return
@@ -247,10 +251,7 @@ class RaftNode:
             self.term = term
             self.vote = None
         self.leader_id = None
-        self._election_elapsed = 0
-        self._randomized_timeout = self._rng.randrange(
-            self.config.election_tick, 2 * self.config.election_tick
-        )
+        self._timer.restart()
         self._votes = {}
         self._forwarding.abandon()
         if self._leadership is not None:
@@ -329,19 +330,18 @@ class RaftNode:
     # --- ticks -----------------------------------------------------------------------
 
     def _tick_election(self) -> None:
-        self._election_elapsed += 1
-        if self.promotable and self._election_elapsed >= self._randomized_timeout:
-            self._election_elapsed = 0
+        if self._timer.tick(self.promotable):
             self._campaign(pre_vote=self.config.pre_vote)
 
     # --- common term rules -------------------------------------------------------------
 
     def _in_lease(self) -> bool:
-        """Heard from a leader within the election timeout (leader stickiness, §4.2.3)."""
+        """Heard from a leader within the election timeout (leader stickiness, §4.2.3),
+        or within a heartbeat interval and a margin once told the link to it broke."""
         return (
             self.config.check_quorum
             and self.leader_id is not None
-            and self._election_elapsed < self.config.election_tick
+            and self._timer.elapsed < self._timer.lease()
         )
 
     def _accept_higher_term(self, msg: Message) -> bool:
@@ -354,9 +354,9 @@ class RaftNode:
                 return True  # a pre-vote never changes our term
             # Only a leader's message or a granted vote restarts the election timer
             # (§3.4): a candidate that cannot win must not postpone our campaign forever.
-            timer = self._election_elapsed, self._randomized_timeout
+            timer = self._timer.state()
             self._become_follower(msg.term, None)
-            self._election_elapsed, self._randomized_timeout = timer
+            self._timer.restore(timer)
             return True
         if isinstance(msg, RequestVoteResponse) and msg.pre_vote and msg.granted:
             return True  # granted pre-votes carry the term we would campaign in
@@ -386,7 +386,7 @@ class RaftNode:
         if can_vote and self.log.is_up_to_date(msg.last_log_index, msg.last_log_term):
             self._send(RequestVoteResponse(msg.term, self.id, msg.sender, True, msg.pre_vote))
             if not msg.pre_vote:
-                self._election_elapsed = 0
+                self._timer.elapsed = 0
                 self.vote = msg.sender
         else:
             self._send(RequestVoteResponse(self.term, self.id, msg.sender, False, msg.pre_vote))
@@ -412,11 +412,11 @@ class RaftNode:
 
     def _step_follower(self, msg: Message) -> None:
         if isinstance(msg, AppendEntries):
-            self._election_elapsed = 0
+            self._timer.heard_leader()
             self.leader_id = msg.sender
             self._handle_append(msg)
         elif isinstance(msg, InstallSnapshot):
-            self._election_elapsed = 0
+            self._timer.heard_leader()
             self.leader_id = msg.sender
             self._handle_snapshot(msg)
         elif isinstance(msg, TimeoutNow) and self.promotable:

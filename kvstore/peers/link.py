@@ -15,10 +15,16 @@ under TLS the peer's certificate must name the node this link is for.
 The peer answers only when it ends the stream (a 400 for a bad frame, or shutdown);
 any answer, reset or close makes the link drop what it had, report the peer
 unreachable once (a log line an operator can act on) and reconnect after a growing
-back-off. A peer that stops reading (hung, SIGSTOPped) shows as a write buffer that
-does not drain; after the request timeout the connection is aborted. Messages wait
-in a bounded queue while the link is down or the socket is full, dropping the OLDEST
-(the newest carry the freshest term and commit) and counting every drop.
+back-off. A connection the peer's side closed or reset, and a refused reconnection,
+also go to the owner's `on_unreachable` at once (every time): that is how a killed
+process looks, and the Raft core then campaigns without waiting for the election
+timeout if the peer was its leader (RaftNode.peer_unreachable). A peer that answers,
+or is merely slow, does not count.
+
+A peer that stops reading (hung, SIGSTOPped) shows as a write buffer that does not
+drain; after the request timeout the connection is aborted. Messages wait in a
+bounded queue while the link is down or the socket is full, dropping the OLDEST (the
+newest carry the freshest term and commit) and counting every drop.
 """
 
 from __future__ import annotations
@@ -142,6 +148,7 @@ class LinkSettings(Protocol):
     connect_timeout: float
     max_backoff: float
     on_removed: Callable[[NodeId, str], None] | None
+    on_unreachable: Callable[[NodeId], None] | None
 
 
 class PeerLink:
@@ -245,6 +252,8 @@ class PeerLink:
                     )
             except (OSError, TimeoutError) as exc:
                 self._mark_failed(describe_error(exc))
+                if isinstance(exc, (ConnectionRefusedError, ConnectionResetError)):
+                    self._tell_unreachable()
             if proto is not None and proto.refused:
                 self._mark_failed(proto.refused)
                 proto = None
@@ -278,8 +287,15 @@ class PeerLink:
             callback(self.node_id, text)
 
     def lost(self, proto: _Protocol, exc: Exception | None) -> None:
+        """The connection ended without our doing: the peer closed or reset it."""
         if proto is self.proto:
             self._drop_connection(describe_error(exc) if exc else "connection closed by peer")
+            self._tell_unreachable()
+
+    def _tell_unreachable(self) -> None:
+        callback = self.owner.on_unreachable
+        if callback is not None and not self.owner.closed:
+            callback(self.node_id)
 
     def _drop_connection(self, reason: str) -> None:
         self.proto = None

@@ -105,6 +105,7 @@ class Transport:
         self_url: str = "",
         snapshot_chunk_bytes: int = 1 << 20,
         on_removed: Callable[[NodeId, str], None] | None = None,
+        on_unreachable: Callable[[NodeId], None] | None = None,
         auth: PeerAuth | None = None,
         ssl_context: ssl.SSLContext | None = None,
         max_queue_messages: int = 4096,
@@ -130,6 +131,8 @@ class Transport:
         self.snapshot_chunk_bytes = snapshot_chunk_bytes
         self.on_removed = on_removed
         """Called when a peer says this node was removed from the cluster (HTTP 410)."""
+        self.on_unreachable = on_unreachable
+        """Called when a peer's connection was closed or reset by it, or refused."""
         self._links: dict[NodeId, PeerLink] = {}
         self._unknown_warned: set[NodeId] = set()
         self._watchdog: asyncio.Task[None] | None = None

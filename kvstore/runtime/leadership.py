@@ -2,8 +2,9 @@
 failing linearizable reads whose leadership was not confirmed before it changed (and
 forwarded proposals the old leader never placed).
 
-An object of its own (owned by NodeRuntime, kvstore.runtime.node) with one input,
-`observe()`, called by the ready loop after every batch of Readys.
+An object of its own (owned by NodeRuntime, kvstore.runtime.node) with two inputs:
+`observe()`, called by the ready loop after every batch of Readys, and
+`peer_unreachable()`, called by the transport when a peer's connection breaks.
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ class LeadershipWatch:
                 async with asyncio.timeout(timeout):
                     await self._leader_known.wait()
         return self._node.leader_id
+
+    def peer_unreachable(self, peer: NodeId) -> None:
+        """The transport lost its connection to `peer` (closed, reset or refused). The
+        core decides what that means (RaftNode.peer_unreachable: if `peer` led, an
+        early election)."""
+        self._node.peer_unreachable(peer)
 
     def observe(self) -> None:
         """Log leader changes and fail reads whose leadership was not confirmed in time."""

@@ -50,11 +50,7 @@ from kvstore.runtime.leadership import LeadershipWatch
 from kvstore.runtime.leases import LeaseKeeper
 from kvstore.runtime.member_view import MemberView
 from kvstore.runtime.membership import MembershipTracker
-from kvstore.runtime.requests import (
-    PendingRequests,
-    ProposalTimeout,
-    RuntimeStopped,
-)
+from kvstore.runtime.requests import PendingRequests, ProposalTimeout, RuntimeStopped
 from kvstore.runtime.settings import SettingsKeeper
 from kvstore.runtime.snapshots import SnapshotKeeper
 from kvstore.runtime.stats import RuntimeStats
@@ -149,6 +145,7 @@ class NodeRuntime:
             self_url=self.me.peer_url,
             snapshot_chunk_bytes=t.snapshot_chunk_bytes,
             on_removed=lambda peer, text: self.membership.told_removed(peer, text),
+            on_unreachable=self.leadership.peer_unreachable,
             max_post_bytes=max(4 * t.max_batch_bytes, 1 << 20),
             request_timeout=max(0.5, 4 * t.tick_ms * t.election_ticks / 1000),
         )

@@ -120,6 +120,8 @@ class Cluster(ReadyDriver):
         self._payloads = 0
         self._read_ids = 0
         self._forward_ids = 0
+        self._link_losses: list[tuple[int, NodeId, NodeId]] = []
+        """(tick, node, peer): `node` sees its connection to the crashed `peer` close."""
         self.workload = KVWorkload(seed) if self.config.kv else None
 
     def _add_host(self, nid: NodeId, voters: tuple[NodeId, ...]) -> Host:
@@ -212,6 +214,21 @@ class Cluster(ReadyDriver):
         self.counters.reads_failed += len(host.reads) + len(host.serving)
         host.wipe()
         self.counters.crashes += 1
+        # The kernel closes a dead process's connections at once; its peers see that
+        # after the bytes it sent before (TCP keeps order): after the slowest delivery.
+        due = self.now + self.net.config.max_delay
+        self._link_losses += [(due, other.nid, host.nid) for other in self.live()]
+
+    def link_lost(self, nid: NodeId, peer: NodeId) -> None:
+        """`nid`'s driver sees its connection to `peer` reset or refused: after `peer`
+        crashed, or spuriously (a link that broke and reconnects, or a peer that is
+        cut off but alive), when messages may well still flow both ways."""
+        host = self.hosts.get(nid)
+        if host is None or host.node is None or nid == peer:
+            return
+        self.event(f"{nid} lost its link to {peer}")
+        host.node.peer_unreachable(peer)
+        self._observe(host)
 
     def restart(self, nid: NodeId) -> None:
         self.ops += 1
@@ -256,6 +273,11 @@ class Cluster(ReadyDriver):
             if host is not None and host.node is not None:
                 self._deliver(host, msg)
                 self._observe(host)
+        due = [loss for loss in self._link_losses if loss[0] <= self.now]
+        if due:
+            self._link_losses = [loss for loss in self._link_losses if loss[0] > self.now]
+            for _, nid, peer in due:
+                self.link_lost(nid, peer)
         order = self.live()
         self.rng.shuffle(order)
         for host in order:

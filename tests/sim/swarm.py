@@ -41,6 +41,9 @@ FAULT_KINDS = (
     "lossy_network",
     "reorder",
 )
+LINK_DROP_FRACTION = 0.5
+"""Share of swarm seeds whose drivers also report lost links (RaftNode.peer_unreachable)
+while the peer is alive, mostly about their leader; a crash always reports them."""
 MEMBERSHIP_FRACTION = 0.25
 """Share of swarm seeds that also change membership (spares n{N+1}, n{N+2} join, voters
 leave). Drawn from its own rng so the other seeds keep the schedules they always had."""
@@ -128,6 +131,10 @@ def make_plan(rng: random.Random, nodes: int, seed: int | None = None) -> Plan:
             faults |= {"snapshot_echo"}
             net.snapshot_echo = side.uniform(0.3, 1.0)
             net.reorder_extra = max(net.reorder_extra, 15)
+        side = random.Random(f"link-drop-{seed}-{nodes}")
+        if side.random() < LINK_DROP_FRACTION:
+            faults |= {"link_drop"}
+            rates["link_drop"] = side.uniform(0.01, 0.2)
     return Plan(config, faults, rates)
 
 
@@ -234,6 +241,8 @@ def _random_operations(cluster: Cluster, rng: random.Random, plan: Plan) -> None
             # The next node to win an election crashes at once, its no-op (and maybe
             # more) durable only on its own disk: divergent tails of newer terms.
             cluster.watchers.append(_decapitate(cluster, rng.choice(PHASES)))
+        elif kind == "link_drop" and live:
+            _link_drop(cluster, rng, rng.choice(live))
         elif kind == "compact" and live:
             cluster.compact_node(rng.choice(live))
         elif kind == "transfer":
@@ -246,6 +255,19 @@ def _random_operations(cluster: Cluster, rng: random.Random, plan: Plan) -> None
             cluster.remove()
         elif kind == "retire":
             cluster.retire()
+
+
+def _link_drop(cluster: Cluster, rng: random.Random, nid: str) -> None:
+    """Tell `nid` it lost its link to its leader (mostly) or to another node, perhaps to
+    every other follower too at the same moment: none of it may break safety."""
+    node = cluster.hosts[nid].node
+    leader = node.leader_id if node is not None else None
+    if leader is None or rng.random() < 0.2:
+        cluster.link_lost(nid, rng.choice(cluster.ids))
+        return
+    told = [nid] if rng.random() < 0.7 else [h.nid for h in cluster.live() if h.nid != leader]
+    for follower in told:
+        cluster.link_lost(follower, leader)
 
 
 def _decapitate(cluster: Cluster, before: str) -> Callable[[Host], None]:
