@@ -166,7 +166,8 @@ class RaftNode:
         c = self.config
         may = c.pre_vote and c.check_quorum and self.promotable and self.role is Role.FOLLOWER
         if may and peer == self.leader_id:
-            self._timer.hurry(sorted(v for v in self.voters if v != peer).index(self.id))
+            survivors = sorted(v for v in self.voters if v != peer)
+            self._timer.hurry(survivors.index(self.id), len(survivors))
 
     def step(self, msg: Message) -> None:
         if msg.recipient != self.id or msg.sender == self.id:
