@@ -10,6 +10,7 @@ data when the Ready asks for it, or the install fails and the node exits.
 from __future__ import annotations
 
 import random
+import threading
 
 import pytest
 
@@ -17,6 +18,7 @@ from consensus import Config, Entry, MemoryStorage, RaftNode
 from consensus.messages import InstallSnapshot
 from consensus.types import Membership, SnapshotMeta
 from kvstore.runtime.compaction import Compactor
+from kvstore.runtime.leveldb_storage import LevelDBStorage
 from kvstore.runtime.requests import PendingRequests
 from kvstore.runtime.snapshots import SnapshotKeeper
 from kvstore.runtime.stats import RuntimeStats
@@ -101,3 +103,41 @@ async def test_held_snapshots_are_released_once_installed() -> None:
     assert follower.keeper.holding() == (SnapshotMeta(10, 3, Membership(VOTERS)),)
     await follower.run_ready()
     assert follower.keeper.holding() == ()
+
+
+async def test_a_leaders_snapshot_is_written_to_disk_off_the_event_loop(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The file of an installed snapshot (hundreds of MB at a million keys) is written
+    and synced in a worker thread; on the loop it stalled a follower for 1.7 s."""
+    follower = _Follower()
+    storage = LevelDBStorage(tmp_path / "raft")
+    follower.storage = storage
+    follower.node = RaftNode(Config("n2", ()), storage, random.Random(1))
+    keeper = SnapshotKeeper(
+        follower.node,
+        follower.sm,
+        storage,
+        PendingRequests(),
+        Compactor(follower.sm, storage, lambda: None, "n2", RuntimeStats()),
+        10_000,
+        step=lambda msgs: [follower.node.step(m) for m in msgs],
+        running=lambda: True,
+        installed=lambda meta: None,
+    )
+    follower.keeper = keeper
+    writers: list[str] = []
+    prepare = storage.prepare_snapshot
+
+    def recording(meta, fill):  # type: ignore[no-untyped-def]
+        writers.append(threading.current_thread().name)
+        return prepare(meta, fill)
+
+    storage.prepare_snapshot = recording  # type: ignore[method-assign]
+    meta, data, parsed = _snapshot(10, 3)
+    follower.deliver(3, "n1", (meta, data, parsed))
+    try:
+        assert await follower.run_ready() == meta
+        assert writers and writers[0] != threading.main_thread().name
+        assert storage.snapshot_meta() == meta and storage.snapshot_data() == data
+        assert follower.sm.get("k10") is not None
+    finally:
+        storage.close()
