@@ -248,9 +248,16 @@ class NodeCollector(Collector):
             "The longest garbage collection since the node started, per generation.",
             labels=["generation"],
         )
+        collections = CounterMetricFamily(
+            "kv_gc_collections",
+            "Garbage collections since the node started, per generation.",
+            labels=["generation"],
+        )
         for generation, longest in enumerate(stats.gc_pauses.max_s):
             pauses.add_metric([str(generation)], longest)
+            collections.add_metric([str(generation)], stats.gc_pauses.counts[generation])
         yield pauses
+        yield collections
 
     def _peer_families(self) -> Iterator[Metric]:
         rt = self._runtime
