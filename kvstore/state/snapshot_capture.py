@@ -33,8 +33,9 @@ from kvstore.state.types import KeyValue
 Keys = tuple[list[str], list[bytes]]
 """Keys in order and their packed records (kvstore.state.records)."""
 
-SLICE_KEYS = 8192
-"""Keys read per step: ~0.5 ms of the loop's time."""
+SLICE_KEYS = 4096
+"""Keys read per step: ~1.5 ms of CPU on the loop (at 8192, measured at a million keys on
+a loaded machine: 1.5 s of loop time in 118 steps, ~13 ms each)."""
 
 
 class CaptureAborted(Exception):
