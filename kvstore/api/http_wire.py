@@ -14,6 +14,8 @@ bytes are handed off.
 from __future__ import annotations
 
 import re
+import time
+from email.utils import formatdate
 from http import HTTPStatus
 
 from kvstore.api.common import LEADER_HEADER, Answer
@@ -130,14 +132,34 @@ _STATUS_LINES = {
 }
 
 
+class _DateField:
+    """The Date field (an origin server with a clock must send one), formatted once a
+    second as aiohttp does."""
+
+    __slots__ = ("_second", "_text")
+
+    def __init__(self) -> None:
+        self._second, self._text = -1, ""
+
+    def __call__(self) -> str:
+        second = int(time.time())
+        if second != self._second:
+            self._second = second
+            self._text = f"Date: {formatdate(second, usegmt=True)}\r\n"
+        return self._text
+
+
+_date_field = _DateField()
+
+
 def encode_answer(answer: Answer, version: str, leader: str | None, close: bool) -> bytes:
-    """The bytes of one answer, as aiohttp would frame it (without its Date and Server
-    fields): an HTTP/1.1 answer that ends its connection says so; HTTP/1.0 ones end it
-    anyway."""
+    """The bytes of one answer, as aiohttp would frame it (without its Server field):
+    an HTTP/1.1 answer that ends its connection says so; HTTP/1.0 ones end it anyway."""
     body = answer.body
     parts = [
         _STATUS_LINES[version][answer.status],
         f"Content-Type: {answer.content_type}\r\nContent-Length: {len(body)}\r\n",
+        _date_field(),
     ]
     for name, value in answer.headers:
         parts.append(f"{name}: {value}\r\n")

@@ -46,7 +46,7 @@ def _read(stream: socket.SocketIO, prefix: str) -> Reply:
         for n, v in fields
         if n not in ("date", "server", "content-length")
     )
-    return Reply(int(status_line.split()[1]), kept, body, len(kept) + 1 < len(fields))
+    return Reply(int(status_line.split()[1]), kept, body, "server" in dict(fields))
 
 
 def _ask(url: str, requests: list[bytes], prefix: str, *, via_aiohttp: bool) -> list[Reply]:
