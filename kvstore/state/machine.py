@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from consensus.types import Entry, EntryType
 from kvstore.state import txn as txn_executor
@@ -334,7 +334,13 @@ class KVStateMachine:
         before = self._space.revision
         result = self._write(command)
         if self._space.revision != before:
-            touched = (event.kv.key for event in self._space.history.events_since(before))
+            # A put or delete that wrote touched its own key alone: no search of the
+            # history for it (a bisect per write); a transaction's keys are its events.
+            touched: Iterable[str] = (
+                (command.key,)
+                if type(command) is not Txn
+                else (event.kv.key for event in self._space.history.events_since(before))
+            )
             coordination.written(command, result, touched)
         return result
 
