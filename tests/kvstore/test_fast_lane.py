@@ -1,10 +1,11 @@
-"""The fast lane (kvstore.api.fast_lane, kvstore.api.http_wire): its strict parser and
-every case it hands to aiohttp, and, over real sockets to one in-process node, that it
+"""The fast lane (kvstore.api.fast_lane) over real sockets to one in-process node: it
 answers byte for byte what the aiohttp route answers (open and with auth on), keeps
 connections alive, answers pipelined requests in order, takes requests in any split,
 closes HTTP/1.0 and `Connection: close` connections, leaves 413s, chunked bodies and
 every other route to aiohttp on the same connection, counts its requests in /metrics,
-and closes a trickled body at the receive deadline.
+closes a trickled body at the receive deadline and an idle connection quietly, stops
+reading while its answers cannot leave, closes at shutdown, and gives damaged requests
+aiohttp's answers.
 
 The node listens twice: through the fast lane and through aiohttp alone (the
 KV_FAST_LANE=off path). aiohttp's answers carry a Server field, the fast
@@ -28,7 +29,6 @@ from consensus import MemoryStorage
 from kvstore.api.app import make_client_app
 from kvstore.api.connections import ConnectionGuard
 from kvstore.api.fast_lane import FastLane
-from kvstore.api.http_wire import MAX_HEAD, Handoff, parse_head
 from kvstore.config import ClusterConfig, NodeConfig, Tuning
 from kvstore.runtime.node import NodeRuntime
 from tests.kvstore.test_runtime import _free_ports
@@ -37,78 +37,6 @@ pytestmark = pytest.mark.timeout(30)
 
 MAX_VALUE = 1000
 RECEIVE_S = 0.5
-
-# ---------------------------------------------------------------------- the parser
-
-PUT = b"PUT /v1/kv/a%2Fb?prev_version=0 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
-
-
-def test_a_plain_put_is_parsed() -> None:
-    head = parse_head(PUT)
-    assert head is not None
-    assert (head.method, head.path, head.query, head.version) == (
-        "PUT",
-        "/v1/kv/a%2Fb",
-        [("prev_version", "0")],
-        "1.1",
-    )
-    assert head.headers == {"host": "x", "content-length": "3"}
-    assert (head.length, head.keep_alive, head.size) == (3, True, len(PUT) - 3)
-
-
-def test_http_1_0_needs_no_host() -> None:
-    head = parse_head(b"GET /v1/kv/a?consistency=stale HTTP/1.0\r\n\r\n")
-    assert head is not None and head.version == "1.0" and not head.keep_alive
-
-
-def test_an_incomplete_head_waits_for_more() -> None:
-    end = PUT.index(b"\r\n\r\n") + 4
-    for cut in range(end):
-        assert parse_head(PUT[:cut]) is None
-    assert parse_head(PUT[:end]) is not None
-
-
-@pytest.mark.parametrize(
-    "raw",
-    [
-        b"POST /v1/kv/a HTTP/1.1\r\nHost: x\r\n\r\n",  # another method
-        b"HEAD /v1/kv/a HTTP/1.1\r\nHost: x\r\n\r\n",
-        b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n",  # another route
-        b"GET /v1/kv/ HTTP/1.1\r\nHost: x\r\n\r\n",  # the range route
-        b"GET http://x/v1/kv/a HTTP/1.1\r\nHost: x\r\n\r\n",  # absolute form
-        b"GET /v1/kv/a HTTP/2.0\r\nHost: x\r\n\r\n",
-        b"GET /v1/kv/a HTTP/1.1 \r\nHost: x\r\n\r\n",  # odd whitespace
-        b"GET  /v1/kv/a HTTP/1.1\r\nHost: x\r\n\r\n",
-        b"GET /v1/kv/a\tb HTTP/1.1\r\nHost: x\r\n\r\n",
-        b"GET /v1/kv/a#f HTTP/1.1\r\nHost: x\r\n\r\n",
-        b"GET /v1/kv/a?consistency=%73tale HTTP/1.1\r\nHost: x\r\n\r\n",  # a query to decode
-        b"GET /v1/kv/a?stale HTTP/1.1\r\nHost: x\r\n\r\n",
-        b"GET /v1/kv/a?x=a+b HTTP/1.1\r\nHost: x\r\n\r\n",
-        b"GET /v1/kv/a HTTP/1.1\r\nHost : x\r\n\r\n",  # space before the colon
-        b"GET /v1/kv/a HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n",  # obs-fold
-        b"GET /v1/kv/a HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n",  # a control byte
-        b"GET /v1/kv/a HTTP/1.1\r\nHost: x\r\nX: caf\xc3\xa9\r\n\r\n",  # not ASCII
-        b"GET /v1/kv/a HTTP/1.1\nHost: x\r\n\r\n",  # a bare LF
-        b"GET /v1/kv/a HTTP/1.1\r\nHost: x\r\nX: a\rb\r\n\r\n",  # a bare CR
-        b"PUT /v1/kv/a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
-        b"PUT /v1/kv/a HTTP/1.1\r\nHost: x\r\ncontent-length: 1\r\nContent-Length: 1\r\n\r\nx",
-        b"PUT /v1/kv/a HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\nx",
-        b"PUT /v1/kv/a HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 1\r\n\r\nx",
-        b"PUT /v1/kv/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n",
-        b"PUT /v1/kv/a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
-        b"GET /v1/kv/a HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-        b"GET /v1/kv/a HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, close\r\n\r\n",
-        b"GET /v1/kv/a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx",  # a body where none goes
-        b"GET /v1/kv/a HTTP/1.1\r\nHost: x\r\nX: " + b"y" * MAX_HEAD + b"\r\n\r\n",  # a huge head
-        b"GET /v1/kv/a HTTP/1.1\r\nHost: x\r\nX: " + b"y" * MAX_HEAD,  # ... even unfinished
-        b"HELLO? \x00\x01\x02\r\n\r\n",
-        b"GET /v1/kv/a HTTP/1.1\r\nAccept: */*\r\n\r\n",  # no Host: aiohttp's 400
-    ],
-)
-def test_anything_unusual_is_handed_to_aiohttp(raw: bytes) -> None:
-    with pytest.raises(Handoff):
-        parse_head(raw)
-
 
 # ---------------------------------------------------------------------- one node, two ports
 
