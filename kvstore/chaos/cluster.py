@@ -39,7 +39,9 @@ from kvstore.chaos.proxy import LinkProxy, ProxyNet
 from kvstore.client.tls import ClientTLS
 from kvstore.config import ClusterConfig
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
+"""The directory holding the kvstore package, put first on the nodes' PYTHONPATH so that
+they run the code beside this file, not whatever copy the venv has installed."""
 HOST = "127.0.0.1"
 CHAOS_TUNING: dict[str, int] = {"request_timeout_ms": 1000}
 """A short server-side timeout keeps unknown outcomes short-lived in the history."""
