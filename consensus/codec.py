@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import fields
+from operator import itemgetter
 from typing import Any
 
 import msgpack
@@ -256,11 +257,19 @@ def _check_fields(what: str, names: Sequence[str], kinds: Sequence[_Kind], value
 class _Layout:
     """How one message type lies on the wire: its field names and kinds after the tag."""
 
-    __slots__ = ("build", "kinds", "name", "names")
+    __slots__ = ("build", "kinds", "name", "names", "types", "uints")
 
     def __init__(self, cls: type, kinds: Sequence[_Kind], build: Callable[[list[Any]], Any]):
         self.name = cls.__name__
         self.kinds = tuple(kinds)
+        # The check every received message passes, in two C-level steps: the exact
+        # field types as one tuple (every kind here is a single type), then the least
+        # unsigned field (a layout always starts with the term, so there is one; the
+        # first is named twice so the getter always yields a tuple).
+        assert all(len(kind) == 1 for kind in self.kinds), cls
+        self.types = tuple(kind[0] for kind in self.kinds)
+        uints = [i for i, kind in enumerate(self.kinds) if kind is _UINT]
+        self.uints = itemgetter(*uints, uints[0])
         self.build = build
         names = [f.name for f in fields(cls)]
         if cls is AppendEntries:  # entries travel as three columns at the end
@@ -411,7 +420,9 @@ def _decode_message(position: int, raw: Any) -> Message:
     if layout is None:
         raise CodecError(f"message {position} has unknown type tag {_describe(tag)}")
     values = raw[1:]
-    _check_fields(f"message {position} ({layout.name})", layout.names, layout.kinds, values)
+    if tuple(map(type, values)) != layout.types or min(layout.uints(values)) < 0:
+        # Only a bad message gets here; _check_fields says what is wrong with it.
+        _check_fields(f"message {position} ({layout.name})", layout.names, layout.kinds, values)
     return layout.build(values)
 
 
