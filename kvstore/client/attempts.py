@@ -30,6 +30,10 @@ from kvstore.client.types import NodeStatus
 UNAVAILABLE = "cluster unavailable: "
 SETTLE_S = 0.05
 CUT_SHORT_S = 0.1
+MIN_RETRY_S = 0.05
+"""No retry starts with less budget than this: it would still be running at the deadline
+and be cut off, and a write cut off counts as maybe applied even when its node was down
+(refused), turning a certain "unavailable" into "outcome unknown"."""
 """An attempt the deadline cut shorter than this says nothing new about its node: the
 reason recorded for an earlier attempt there is kept."""
 
@@ -180,6 +184,8 @@ class Dispatcher:
                     if started >= attempts or progress.foreign >= set(self.router.endpoints):
                         break
                     if started and await self._back_off(progress, started, deadline) is False:
+                        break
+                    if started and deadline - loop.time() < MIN_RETRY_S:
                         break
                     started += self._launch(request, inflight, deadline, progress.foreign)
                     continue

@@ -466,6 +466,24 @@ async def test_backoff_uses_full_jitter_within_the_exponential_cap() -> None:
         assert 0.0 <= delay <= min(0.25, 0.1 * 2**retry)
 
 
+async def test_no_retry_starts_too_close_to_the_deadline() -> None:
+    """A retry started with a few ms of budget left would be cut off at the deadline, and
+    a cut-off write counts as maybe applied: the answer must stay a certain 503."""
+    loop = asyncio.get_running_loop()
+    deadline = 0.0
+
+    async def until_just_before_the_deadline(_: float) -> None:
+        await asyncio.sleep(max(0.0, deadline - 0.02 - loop.time()))
+
+    async with running(FakeCluster()) as cluster:
+        cluster.fault("n1", "503", "503", "503")
+        async with client(cluster, "n1", timeout=1.0, sleep=until_just_before_the_deadline) as kv:
+            deadline = loop.time() + 1.0
+            with pytest.raises(NoLeader):
+                await kv.put("k", b"v")
+        assert len(cluster.kv_requests()) == 1
+
+
 async def test_follows_the_leader_header_using_status_members() -> None:
     async with running(FakeCluster(leader="n2")) as cluster, client(cluster, "n1") as kv:
         await kv.put("a", b"1")  # sent to n1, which names n2; n1's /v1/status maps n2 to a URL
