@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Cluster
+from tests.integration.harness import Cluster, PortTaken
 
 
 @pytest.fixture
@@ -30,12 +30,18 @@ def cluster(cluster_factory: type[Cluster], request: pytest.FixtureRequest) -> I
     """A started three-node cluster with an elected leader. The election timeout is
     doubled from the default so that a CPU-starved test machine (xdist, other suites)
     does not depose healthy leaders mid-test; failover still takes well under a second."""
-    c: Cluster = cluster_factory(election_ticks=30)  # type: ignore[call-arg]
-    c.start()
-    try:
-        c.wait_healthy(timeout=20.0)
-    except TimeoutError:
-        pytest.fail(f"cluster did not come up:\n{c.logs()}")
+    for attempt in range(3):
+        c: Cluster = cluster_factory(election_ticks=30)  # type: ignore[call-arg]
+        c.start()
+        try:
+            c.wait_healthy(timeout=20.0)
+            break
+        except PortTaken:
+            c.stop_all()  # a port drawn for it was taken meanwhile: a new cluster, new ports
+            if attempt == 2:
+                raise
+        except TimeoutError:
+            pytest.fail(f"cluster did not come up:\n{c.logs()}")
     yield c
     failed = getattr(request.node, "rep_call", None)
     if failed is not None and failed.failed:

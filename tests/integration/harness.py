@@ -97,6 +97,10 @@ def request(
         conn.close()
 
 
+class PortTaken(RuntimeError):
+    """A node of a starting cluster could not listen on the port drawn for it."""
+
+
 @dataclass
 class NodeProcess:
     node_id: str
@@ -327,11 +331,21 @@ class Cluster:
         return wait_until(lambda: self.leader(among), timeout, "a leader to be elected")
 
     def wait_healthy(self, timeout: float = 15.0) -> str:
-        """Until a leader is elected and every running node answers."""
+        """Until a leader is elected and every started node answers. PortTaken when a node
+        could not listen: its port, free when drawn, was bound by another process since
+        (a parallel test's node or an outgoing connection); the caller may retry."""
         leader = self.wait_leader(timeout)
         for node_id, node in self.nodes.items():
-            if node.running and node_id not in self.gone:
-                wait_until(lambda n=node_id: self.status(n), timeout, f"{node_id} to answer")
+            if node.proc is not None and node_id not in self.gone:
+                wait_until(
+                    lambda n=node_id, p=node.proc: p.poll() is not None or self.status(n),
+                    timeout,
+                    f"{node_id} to answer",
+                )
+                if node.proc.poll() is not None and "cannot listen on" in node.log_path.read_text(
+                    errors="replace"
+                ):
+                    raise PortTaken(f"{node_id} could not listen:\n{self.logs()}")
         return leader
 
 
