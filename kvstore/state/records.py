@@ -18,7 +18,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from kvstore.state.types import KeyValue
+from kvstore.state.types import KeyValue, kv_fields
 
 _META = struct.Struct("<QQQ")
 _unpack_meta = _META.unpack_from
@@ -48,21 +48,9 @@ def wire_fields(key: str, record: bytes) -> tuple[str, bytes, int, int, int]:
 
 
 def from_wire(fields: Any) -> tuple[str, bytes]:
-    """The inverse of wire_fields, checked inline (restoring a million keys is mostly
-    this call); raises ValueError on anything but a well-formed record."""
-    try:
-        key, value, version, create, mod = fields
-    except (TypeError, ValueError):
-        raise ValueError(f"bad key record {fields!r}") from None
-    if (
-        type(key) is not str
-        or type(value) is not bytes
-        or type(version) is not int
-        or type(create) is not int
-        or type(mod) is not int
-    ):
-        raise ValueError(f"bad key record for {key!r}")
+    """The inverse of wire_fields; ValueError on anything but a well-formed record."""
+    key, value, version, create, mod = kv_fields(fields)
     try:
         return key, _pack_meta(version, create, mod) + value
-    except struct.error:  # negative, or 2**64 and beyond
+    except struct.error:  # 2**64 and beyond
         raise ValueError(f"bad key record for {key!r}") from None

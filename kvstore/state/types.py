@@ -256,8 +256,10 @@ def encode_kv(kv: KeyValue) -> tuple[str, bytes, int, int, int]:
     return (kv.key, kv.value, kv.version, kv.create_revision, kv.mod_revision)
 
 
-def decode_kv(record: Any) -> KeyValue:
-    """Checked inline, without `ints`: restoring a million keys is mostly this call."""
+def kv_fields(record: Any) -> tuple[str, bytes, int, int, int]:
+    """A key record `(key, value, version, create, mod)` off the wire, checked inline
+    without `ints` (restoring a million keys is mostly this call); ValueError on
+    anything but a well-formed record."""
     try:
         key, value, version, create, mod = record
     except (TypeError, ValueError):
@@ -271,6 +273,11 @@ def decode_kv(record: Any) -> KeyValue:
         or min(version, create, mod) < 0
     ):
         raise ValueError(f"bad key record for {key!r}")
+    return key, value, version, create, mod
+
+
+def decode_kv(record: Any) -> KeyValue:
+    key, value, version, create, mod = kv_fields(record)
     # One int object for both revisions of a never-rewritten key, as apply makes it.
     return KeyValue(key, value, version, create, create if mod == create else mod)
 

@@ -32,18 +32,25 @@ def _settled_leader(cluster: Cluster) -> Host:
     return cluster.leaders()[0]
 
 
+def _cluster(
+    test: str, nodes: int, seed: int, heartbeat: int, election: int, max_delay: int
+) -> Cluster:
+    """A simulated cluster whose failure names the pytest -k filter that replays it."""
+    config = SimConfig(
+        nodes=nodes,
+        election_tick=election,
+        heartbeat_tick=heartbeat,
+        net=NetConfig(min_delay=1, max_delay=max_delay),
+    )
+    name = f"{test} and {nodes}-{seed}"
+    return Cluster(seed, config, replay_hint=REPLAY.format(name=name))
+
+
 @pytest.mark.parametrize("nodes", [3, 5])
 @pytest.mark.parametrize("seed", range(8))
 def test_crashed_leader_is_replaced_within_a_few_ticks(nodes: int, seed: int) -> None:
     heartbeat = 1 + seed % 3
-    config = SimConfig(
-        nodes=nodes,
-        election_tick=50,
-        heartbeat_tick=heartbeat,
-        net=NetConfig(min_delay=1, max_delay=1),
-    )
-    name = f"replaced_within and {nodes}-{seed}"
-    cluster = Cluster(seed, config, replay_hint=REPLAY.format(name=name))
+    cluster = _cluster("replaced_within", nodes, seed, heartbeat, election=50, max_delay=1)
     old = _settled_leader(cluster)
     assert old.node is not None
     term = old.node.term
@@ -71,14 +78,7 @@ def test_lost_link_reports_never_depose_a_leader_the_cluster_hears(nodes: int, s
     while. A quorum always hears the leader, so it must stay in office, and no other
     node may ever raise the term (PreVote and the lease refuse the cut-off follower)."""
     heartbeat = 1 + seed % 3
-    config = SimConfig(
-        nodes=nodes,
-        election_tick=30,
-        heartbeat_tick=heartbeat,
-        net=NetConfig(min_delay=1, max_delay=2),
-    )
-    name = f"never_depose and {nodes}-{seed}"
-    cluster = Cluster(seed, config, replay_hint=REPLAY.format(name=name))
+    cluster = _cluster("never_depose", nodes, seed, heartbeat, election=30, max_delay=2)
     leader = _settled_leader(cluster)
     assert leader.node is not None
     term = leader.node.term
