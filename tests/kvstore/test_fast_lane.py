@@ -18,7 +18,7 @@ import json
 import logging
 import random
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +108,13 @@ async def _reply(reader: asyncio.StreamReader) -> Reply:
     body = await asyncio.wait_for(reader.readexactly(length), 5.0)
     kept = sorted((n, v) for n, v in fields if n not in ("date", "server"))
     return Reply(int(status_line.split()[1]), kept, body, "server" in dict(fields))
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Let the loop run until `condition` holds or `timeout` passes (the caller asserts)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
 
 
 async def _exchange(
@@ -460,10 +467,7 @@ async def test_reading_pauses_while_answers_cannot_leave(node: Node) -> None:
         await asyncio.sleep(0.01)
     assert len(transport.written) == 1 and not transport.reading
     connection.resume_writing()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5.0
-    while len(transport.written) < 1 + many.count(b"GET") and loop.time() < deadline:
-        await asyncio.sleep(0.01)
+    await _until(lambda: len(transport.written) >= 1 + many.count(b"GET"))
     assert len(transport.written) == 1 + many.count(b"GET")
     assert transport.reading and all(w.startswith(b"HTTP/1.1 404") for w in transport.written)
     connection.connection_lost(None)
@@ -478,10 +482,7 @@ async def test_shutdown_closes_idle_connections_and_busy_ones_after_the_answer(
     busy.data_received(_req("PUT", "/v1/kv/sd", b"x"))  # answered once committed
     await node.lane.shutdown()
     assert idle_t.closing and not busy_t.closing and not busy_t.written
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5.0
-    while not busy_t.closing and loop.time() < deadline:
-        await asyncio.sleep(0.01)
+    await _until(lambda: busy_t.closing)
     (answer,) = busy_t.written
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nConnection: close\r\n" in answer
     assert busy_t.closing
