@@ -42,12 +42,13 @@ def test_follower_reads_share_one_request_and_get_the_leaders_confirmed_commit_i
 
 
 def test_a_follower_read_waits_for_a_heartbeat_quorum() -> None:
-    """The leader answers only after a quorum of its term confirmed it still leads: a
-    deposed leader, cut off from the majority, never answers (the read fails or times
-    out and is retried), so its possibly stale commit index is never served."""
-    cluster = ScriptedCluster()
+    """With five voters the asking follower and the leader are no quorum: the leader
+    answers only after a quorum of its term confirmed it still leads, so a deposed
+    leader, cut off from the majority, never answers (the read fails or times out and
+    is retried), and its possibly stale commit index is never served."""
+    cluster = ScriptedCluster(ids=("a", "b", "c", "d", "e"))
     cluster.elect("a")
-    cluster.cut_links |= {("a", "c"), ("c", "a")}
+    cluster.cut_links |= {(x, y) for x in "a" for y in "cde"} | {(y, "a") for y in "cde"}
     cluster.drop = lambda msg: (
         msg.sender == "b" and msg.recipient == "a" and not isinstance(msg, ReadIndexRequest)
     )
@@ -59,7 +60,57 @@ def test_a_follower_read_waits_for_a_heartbeat_quorum() -> None:
     cluster.drop = lambda msg: False
     cluster.tick("a", cluster.nodes["a"].config.heartbeat_tick)
     cluster.deliver_all()
+    assert cluster.read_states["b"] == [], "confirmed by the leader and the asker alone"
+    cluster.heal()
+    cluster.tick("a", cluster.nodes["a"].config.heartbeat_tick)
+    cluster.deliver_all()
     assert [s.request_id for s in cluster.read_states["b"]] == [b"r"]
+
+
+def test_with_three_voters_the_request_completes_the_quorum_and_is_answered_at_once() -> None:
+    """The follower's request (of the leader's term) proves the follower had not moved
+    past that term after its reads began, and the leader proves it of itself: with
+    three voters that is a quorum, so no heartbeat round is needed (two messages)."""
+    cluster = ScriptedCluster()
+    cluster.elect("a")
+    cluster.nodes["a"].propose(b"x")
+    cluster.deliver_all()
+    commit = cluster.nodes["a"].commit_index
+    cluster.delivered.clear()
+    cluster.isolate("c")
+    cluster.nodes["b"].read_index(b"r")
+    cluster.deliver_all()
+    assert [type(m).__name__ for m in cluster.delivered] == [
+        "ReadIndexRequest",
+        "ReadIndexResponse",
+    ]
+    assert [(s.request_id, s.index) for s in cluster.read_states["b"]] == [(b"r", commit)]
+
+
+def test_a_request_of_another_term_waits_for_a_heartbeat_quorum() -> None:
+    """A request sent in a later term than the leader's proves nothing about the
+    leader's term (the asker may have elected another leader, which committed writes
+    the leader has not seen): it joins a round, which this deposed leader never
+    completes, so it never answers with its stale commit index. (No CheckQuorum: the
+    cut-off leader stays in office and the others elect at once.)"""
+    cluster = ScriptedCluster(check_quorum=False)
+    cluster.elect("a")
+    old = cluster.nodes["a"]
+    cluster.isolate("a")
+    cluster.elect("b")
+    cluster.nodes["b"].propose(b"w")
+    cluster.deliver_all()
+    assert cluster.nodes["b"].commit_index > old.commit_index
+    newer = cluster.nodes["c"].term
+    assert old.role.value == "leader" and old.term < newer
+    cluster.heal()
+    old.step(ReadIndexRequest(newer, "c", "a", (b"r",)))
+    sent = cluster.process_ready("a")
+    assert not any(isinstance(m, ReadIndexResponse) for m in sent), "stale index answered"
+    cluster.in_flight.extend(sent)
+    cluster.deliver_all()
+    assert not any(isinstance(m, ReadIndexResponse) for m in cluster.delivered)
+    assert old.role.value == "follower", "the round told the old leader of the new term"
 
 
 def test_a_new_leader_answers_follower_reads_only_after_committing_in_its_term() -> None:
