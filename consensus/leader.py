@@ -209,7 +209,9 @@ class Leadership:
         a follower's read costs two messages instead of six."""
         committed, in_term = self._log.committed, self.committed_in_term()
         if in_term and msg.term == self.term and self._with_leader_a_quorum(msg.sender):
-            self._send(ReadIndexResponse(self.term, self.id, msg.sender, msg.request_ids, committed))
+            self._send(
+                ReadIndexResponse(self.term, self.id, msg.sender, msg.request_ids, committed)
+            )
             return
         for request_id in msg.request_ids:
             self._reads.request(request_id, committed, in_term, origin=msg.sender)
