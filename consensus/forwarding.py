@@ -2,9 +2,10 @@
 proposals, carried as messages on the peer link instead of a second client request.
 
 Reads (the follower side of ReadIndex, §6.4 of the dissertation): every read asked
-between two Readys travels to the leader in one ReadIndexRequest; the leader puts them
-in its next heartbeat round, answers with its commit index once a quorum confirmed it
-(and only after committing an entry of its term), and the follower serves each read
+between two Readys travels to the leader in one ReadIndexRequest; the leader answers
+with its commit index once a quorum of its term confirmed it after the reads began
+(and only after committing an entry of its term): at once when the asker and the
+leader are a quorum, else after its next heartbeat round; the follower serves each read
 once it has applied that index. A read whose request or answer is lost is failed by
 the driver when the leadership it was asked under changes, or at its deadline.
 

@@ -103,8 +103,9 @@ class ReadIndexRequest:
 @dataclass(frozen=True, slots=True)
 class ReadIndexResponse:
     """The leader's read index for the named reads: its commit index when they arrived
-    (once it had committed an entry of its term), confirmed by a heartbeat quorum of its
-    term after they arrived. The follower serves them once it has applied `index`."""
+    (once it had committed an entry of its term), confirmed by a quorum of its term
+    after they began: a heartbeat round, or the request itself when the asker and the
+    leader are a quorum. The follower serves them once it has applied `index`."""
 
     term: int
     sender: NodeId
