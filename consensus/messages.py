@@ -92,7 +92,8 @@ class InstallSnapshot:
 class ReadIndexRequest:
     """A follower asks the leader for a read index for reads of its own clients (the
     follower side of §6.4). Every read asked since the follower's last Ready travels in
-    one request, and the leader puts them all in its next heartbeat round."""
+    one request, and the leader puts them all in its next heartbeat round (or answers
+    at once when the request completes a quorum: Leadership.read_index_for)."""
 
     term: int
     sender: NodeId
