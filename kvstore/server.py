@@ -37,6 +37,7 @@ from kvstore.api.fast_lane import ENABLED as FAST_LANE_ENABLED
 from kvstore.api.fast_lane import FastLane
 from kvstore.api.forwarding import FORWARD_SSL_KEY
 from kvstore.api.peer import DEFAULT_MAX_BODY, add_peer_routes, make_peer_app
+from kvstore.api.peer_lane import PeerLane
 from kvstore.config import (
     ClusterConfig,
     ConfigError,
@@ -268,9 +269,11 @@ async def _serve(
     lane = FastLane(app, *runners[0], idle_s) if FAST_LANE_ENABLED else None
     protocols = [lane.protocol if lane is not None else None]
     if not shared:
-        runners.append(_runner(make_peer_app(runtime), cluster, shutdown_timeout=1.0))
+        peer_app = make_peer_app(runtime)
+        runners.append(_runner(peer_app, cluster, shutdown_timeout=1.0))
         targets.append((*me.peer_bind, tls.peer_server))
-        protocols.append(None)
+        peer_lane = PeerLane(peer_app, *runners[-1]) if FAST_LANE_ENABLED else None
+        protocols.append(peer_lane.protocol if peer_lane is not None else None)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

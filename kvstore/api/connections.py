@@ -188,6 +188,18 @@ class ConnectionGuard:
 GUARD_KEY = web.AppKey("connection_guard", ConnectionGuard)
 
 
+def hand_over(
+    transport: asyncio.BaseTransport, protocol: asyncio.Protocol, data: bytes, paused: bool
+) -> None:
+    """`protocol` (a `guarded` aiohttp one) serves `transport` from now on, starting
+    with `data`, the bytes its previous protocol (a lane's) received and did not answer."""
+    transport.set_protocol(protocol)
+    protocol.connection_made(transport)
+    if paused:  # writing
+        protocol.pause_writing()
+    protocol.data_received(data)
+
+
 class OneLineProtocolErrors(logging.Filter):
     """aiohttp logs a request it cannot parse with a traceback ("Error handling request
     from ..."), and the first bad request of a connection (garbage, TLS to a plain

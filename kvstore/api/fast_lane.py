@@ -17,7 +17,8 @@ and every byte from the start of that request, and the connection never comes ba
 So watches, streams and every other route keep their exact behaviour, and aiohttp
 still answers malformed requests with its 400s.
 
-`KV_FAST_LANE=off` serves every connection with aiohttp (to compare the two paths).
+`KV_FAST_LANE=off` serves every connection with aiohttp (to compare the two paths);
+it switches off the peer port's lane too (kvstore.api.peer_lane).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from aiohttp import web
 
 from kvstore.api.access import admit, key_rule
 from kvstore.api.common import RUNTIME_KEY, Answer, BadRequest, error_answer
-from kvstore.api.connections import ConnectionGuard, Watch
+from kvstore.api.connections import ConnectionGuard, Watch, hand_over
 from kvstore.api.http_wire import MAX_HEAD, Handoff, Head, encode_answer, parse_head
 from kvstore.api.kv import kv_answer, parse_key
 from kvstore.api.metrics import STATS_KEY, kv_operation
@@ -298,11 +299,6 @@ class _Connection(asyncio.Protocol):
             self._reading_paused = False
             transport.resume_reading()
         self._transport = None  # no longer ours: _flow leaves it alone
-        protocol = lane.aiohttp_protocol()
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
-        if self._writing_paused:
-            protocol.pause_writing()
         data, self._buffer = bytes(self._buffer), bytearray()
         self._head = None
-        protocol.data_received(data)
+        hand_over(transport, lane.aiohttp_protocol(), data, self._writing_paused)

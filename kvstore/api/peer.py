@@ -28,8 +28,9 @@ replies travel back as messages of their own through the sender's transport.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -37,7 +38,7 @@ from aiohttp import web
 from consensus.codec import CodecError, decode_messages
 from consensus.messages import InstallSnapshot, Message
 from consensus.types import NodeId
-from kvstore.api.common import BadRequest, query_values, text
+from kvstore.api.common import JSON_CHARSET, Answer, BadRequest, query_values, text
 from kvstore.api.connections import streamed_body
 from kvstore.config import ConfigError, parse_url, valid_node_id
 from kvstore.peers.auth import TAG_BYTES, PeerAuth, PeerAuthError, Verified
@@ -83,16 +84,23 @@ STREAMS_KEY = web.AppKey("raft_streams", set[asyncio.Task[Any]])
 
 def _error(
     status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: object
-) -> web.Response:
-    body = {"error": code, "message": message, **extra}
-    return web.json_response(body, status=status, headers=headers)
+) -> Answer:
+    body = json.dumps({"error": code, "message": message, **extra}).encode()
+    return Answer(status, body, JSON_CHARSET, tuple((headers or {}).items()))
 
 
-def _verify(request: web.Request, body: bytes | None) -> Verified | web.Response:
-    """The authenticated head of a peer request (see kvstore.peers.auth), or the refusal."""
-    auth = request.app[SINK_KEY].peer_auth
+def verify_head(
+    sink: MessageSink,
+    headers: Mapping[str, str],
+    transport: asyncio.BaseTransport | None,
+    remote: str | None,
+    body: bytes | None,
+) -> Verified | Answer:
+    """The authenticated head of a peer request (see kvstore.peers.auth), or the refusal;
+    for aiohttp's handlers and the peer lane's own protocol (kvstore.api.peer_lane)."""
+    auth = sink.peer_auth
     try:
-        verified = auth.verify(request.headers, transport_identity(request.transport), body)
+        verified = auth.verify(headers, transport_identity(transport), body)
         if verified.sender is not None and not valid_node_id(verified.sender):
             raise PeerAuthError(400, "bad_sender", f"invalid sender id {verified.sender[:80]!r}")
         if verified.sender_url is not None:
@@ -102,12 +110,17 @@ def _verify(request: web.Request, body: bytes | None) -> Verified | web.Response
     except ConfigError as exc:
         return _error(400, "bad_sender", f"invalid sender URL: {exc}")
     except PeerAuthError as exc:
-        log.warning("refused a peer request from %s: %s: %s", request.remote, exc.code, exc)
+        log.warning("refused a peer request from %s: %s: %s", remote, exc.code, exc)
         return _error(exc.status, exc.code, str(exc))
     return verified
 
 
-def _check(sink: MessageSink, msgs: list[Message], verified: Verified) -> web.Response | None:
+def _verify(request: web.Request, body: bytes | None) -> Verified | Answer:
+    sink = request.app[SINK_KEY]
+    return verify_head(sink, request.headers, request.transport, request.remote, body)
+
+
+def _check(sink: MessageSink, msgs: list[Message], verified: Verified) -> Answer | None:
     """Every message must be for this node and from the request's (authenticated)
     sender, another member of the cluster."""
     sender_url = verified.sender_url
@@ -146,7 +159,7 @@ def _check(sink: MessageSink, msgs: list[Message], verified: Verified) -> web.Re
 
 def _accept(
     sink: MessageSink, body: bytes, remote: str | None, verified: Verified
-) -> web.Response | None:
+) -> Answer | None:
     """Decode, validate and step one batch; a bad batch is rejected as a whole."""
     try:
         msgs = decode_messages(body)
@@ -172,19 +185,57 @@ async def handle_messages(request: web.Request) -> web.StreamResponse:
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        return _error(413, "body_too_large", "message batch exceeds the peer body limit")
+        return _error(413, "body_too_large", "message batch exceeds the peer body limit").response()
     verified = _verify(request, body)
-    if isinstance(verified, web.Response):
-        return verified
-    return _accept(sink, body, request.remote, verified) or web.Response(status=204)
+    if isinstance(verified, Answer):
+        return verified.response()
+    rejected = _accept(sink, body, request.remote, verified)
+    return rejected.response() if rejected is not None else web.Response(status=204)
+
+
+def frame_too_large(remote: str | None, size: int) -> Answer:
+    """The refusal of a frame over MAX_FRAME_BYTES (logged: it ends the stream)."""
+    log.warning("ending the stream from %s: %d-byte frame", remote, size)
+    return _error(413, "body_too_large", f"frame of {size} bytes")
+
+
+def ended_inside_a_frame(remote: str | None) -> Answer:
+    """The answer to a stream whose last chunk came in the middle of a frame."""
+    log.warning("the stream from %s ended inside a frame", remote)
+    return _error(400, "bad_messages", "the stream ended inside a frame")
+
+
+class InboundStream:
+    """The frames of one authenticated message stream, whichever server path reads
+    them (aiohttp's handler here, or kvstore.api.peer_lane's protocol): each frame's MAC
+    is checked (with a cluster secret), then its batch is decoded, checked and stepped."""
+
+    __slots__ = ("remote", "sink", "verified")
+
+    def __init__(self, sink: MessageSink, verified: Verified, remote: str | None) -> None:
+        self.sink, self.verified, self.remote = sink, verified, remote
+
+    def take(self, body: bytes) -> Answer | None:
+        """Step one frame; the answer that ends the stream when it is refused."""
+        frames = self.verified.frames
+        if frames is not None:
+            body, tag = body[:-TAG_BYTES], body[-TAG_BYTES:]
+            try:
+                frames.check(body, tag)
+            except PeerAuthError as exc:
+                log.warning(
+                    "ending the stream from %s (%s): %s", self.remote, self.verified.sender, exc
+                )
+                return _error(exc.status, exc.code, str(exc))
+        return _accept(self.sink, body, self.remote, self.verified)
 
 
 async def _handle_stream(request: web.Request, sink: MessageSink) -> web.StreamResponse:
     verified = _verify(request, None)
-    if isinstance(verified, web.Response):
-        return verified
+    if isinstance(verified, Answer):
+        return verified.response()
     streamed_body(request)  # authenticated: it may last as long as its connection
-    frames = verified.frames
+    stream = InboundStream(sink, verified, request.remote)
     streams = request.app[STREAMS_KEY]
     task = asyncio.current_task()
     assert task is not None
@@ -195,26 +246,15 @@ async def _handle_stream(request: web.Request, sink: MessageSink) -> web.StreamR
             try:
                 (size,) = header.unpack(await content.readexactly(header.size))
                 if size > MAX_FRAME_BYTES:
-                    log.warning("ending the stream from %s: %d-byte frame", request.remote, size)
-                    return _error(413, "body_too_large", f"frame of {size} bytes")
+                    return frame_too_large(request.remote, size).response()
                 body = await content.readexactly(size)
             except asyncio.IncompleteReadError as exc:
                 if exc.partial:
-                    log.warning("the stream from %s ended inside a frame", request.remote)
-                    return _error(400, "bad_messages", "the stream ended inside a frame")
+                    return ended_inside_a_frame(request.remote).response()
                 return web.Response(status=204)  # the sender closed its stream
-            if frames is not None:
-                body, tag = body[:-TAG_BYTES], body[-TAG_BYTES:]
-                try:
-                    frames.check(body, tag)
-                except PeerAuthError as exc:
-                    log.warning(
-                        "ending the stream from %s (%s): %s", request.remote, verified.sender, exc
-                    )
-                    return _error(exc.status, exc.code, str(exc))
-            rejected = _accept(sink, body, request.remote, verified)
+            rejected = stream.take(body)
             if rejected is not None:
-                return rejected
+                return rejected.response()
     except (asyncio.CancelledError, ConnectionError):
         return web.Response(status=204)  # shutting down, or the sender went away
     finally:
@@ -232,29 +272,31 @@ async def handle_snapshot(request: web.Request) -> web.Response:
     sink = request.app[SINK_KEY]
     receiver = sink.snapshot_receiver
     if receiver is None:
-        return _error(503, "unavailable", "this node does not take snapshots")
+        return _error(503, "unavailable", "this node does not take snapshots").response()
     if (request.content_length or 0) > MAX_CHUNK_BYTES + (1 << 16):
-        return _error(413, "body_too_large", "snapshot chunk exceeds the size limit")
+        return _error(413, "body_too_large", "snapshot chunk exceeds the size limit").response()
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        return _error(413, "body_too_large", "snapshot chunk exceeds the peer body limit")
+        return _error(
+            413, "body_too_large", "snapshot chunk exceeds the peer body limit"
+        ).response()
     verified = _verify(request, body)
-    if isinstance(verified, web.Response):
-        return verified
+    if isinstance(verified, Answer):
+        return verified.response()
     try:
         chunk = decode_chunk(body)
     except ChunkError as exc:
         log.warning("refused an undecodable snapshot chunk from %s: %s", request.remote, exc)
-        return _error(exc.status, exc.code, str(exc), next_offset=exc.next_offset)
+        return _error(exc.status, exc.code, str(exc), next_offset=exc.next_offset).response()
     rejected = _check(sink, [chunk.msg], verified)
     if rejected is not None:
-        return rejected
+        return rejected.response()
     try:
         next_offset, done = await receiver.receive(chunk)
     except ChunkError as exc:
         log.warning("refused a snapshot chunk from %s: %s", chunk.msg.sender, exc)
-        return _error(exc.status, exc.code, str(exc), next_offset=exc.next_offset)
+        return _error(exc.status, exc.code, str(exc), next_offset=exc.next_offset).response()
     return web.json_response({"next_offset": next_offset, "done": done})
 
 
@@ -265,12 +307,14 @@ async def handle_seen(request: web.Request) -> web.Response:
     try:
         node = query_values(request, {"node": text}).get("node")
     except BadRequest as exc:
-        return _error(exc.status, exc.code, exc.message)
+        return _error(exc.status, exc.code, exc.message).response()
     if node is None or not valid_node_id(node):
-        return _error(400, "bad_node", "query parameter 'node' must name a valid node id")
+        return _error(
+            400, "bad_node", "query parameter 'node' must name a valid node id"
+        ).response()
     verified = _verify(request, b"")
-    if isinstance(verified, web.Response):
-        return verified
+    if isinstance(verified, Answer):
+        return verified.response()
     seen = sink.incarnations
     return web.json_response(
         {"node": node, "incarnation": seen.get(node), "restored": seen.restored}
