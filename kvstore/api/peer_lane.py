@@ -51,7 +51,8 @@ _HEAD = re.compile(
     rb"((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t -~]*\r\n)*)\r\n"
 )
 _FIELD = re.compile(r"([^:]+):[ \t]*([\t -~]*?)[ \t]*\r\n")
-_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[\t -~]*)?")
+"""A chunk's size line: hex digits, then any chunk extensions (ignored, as aiohttp does)."""
 _MAX_CHUNK = MAX_FRAME_BYTES + FRAME_HEADER.size + 64
 """A chunk holds one frame (a length, a batch and its MAC): larger ones are refused at once."""
 _NO_CONTENT = Answer(204, b"", "application/octet-stream")
@@ -189,7 +190,7 @@ class _PeerConnection(asyncio.Protocol):
         return True
 
     def _chunks(self) -> None:
-        """Take every whole chunk from the buffer, and every whole frame from them."""
+        """Take every whole chunk from the buffer, and the whole frames out of each."""
         buffer, payload = self._buffer, self._payload
         at = 0
         while True:
@@ -198,16 +199,12 @@ class _PeerConnection(asyncio.Protocol):
                 if len(buffer) - at >= 100:
                     return self.end(_bad_chunk())
                 break
-            size_field = bytes(buffer[at:line_end]).split(b";", 1)[0]
-            if _CHUNK_SIZE.fullmatch(size_field) is None:
+            size_line = _CHUNK_SIZE.fullmatch(buffer, at, line_end)
+            if size_line is None:
                 return self.end(_bad_chunk())
-            size = int(size_field, 16)
+            size = int(size_line.group(1), 16)
             if size == 0:  # the last chunk: the sender ended its stream
-                del buffer[:]
-                self._frames()
-                if not self._done:
-                    self.end(ended_inside_a_frame(self._remote) if payload else _NO_CONTENT)
-                return
+                return self.end(ended_inside_a_frame(self._remote) if payload else _NO_CONTENT)
             if size > _MAX_CHUNK:
                 return self.end(frame_too_large(self._remote, size))
             start = line_end + 2
@@ -218,8 +215,10 @@ class _PeerConnection(asyncio.Protocol):
                 return self.end(_bad_chunk())
             payload += memoryview(buffer)[start:end]
             at = end + 2
+            self._frames()  # before the next chunk, which may end the stream
+            if self._done:
+                return
         del buffer[:at]
-        self._frames()
 
     def _frames(self) -> None:
         payload, stream, header = self._payload, self._stream, FRAME_HEADER

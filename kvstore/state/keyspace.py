@@ -55,7 +55,11 @@ class KeySpace:
 
     def put(self, key: str, value: bytes, revision: int) -> KeyValue:
         """Write `key` stamped with `revision` (the caller's pending revision)."""
-        prev = self.get(key)
+        return self.put_over(key, value, revision, self.get(key))
+
+    def put_over(self, key: str, value: bytes, revision: int, prev: KeyValue | None) -> KeyValue:
+        """`put`, for a caller that has just read the key's current value `prev` (`get`):
+        a write then unpacks its key's record once, not twice."""
         if prev is None:
             kv = KeyValue(key, value, 1, revision, revision)
             insort(self.keys, key)

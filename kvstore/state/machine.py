@@ -370,7 +370,7 @@ class KVStateMachine:
             return mismatch
         revision = space.revision + 1
         if type(command) is Put:
-            kv = space.put(command.key, command.value, revision)
+            kv = space.put_over(command.key, command.value, revision, current)
             space.commit(revision)
             return PutResult(revision, kv.version)
         space.delete(command.key, revision)

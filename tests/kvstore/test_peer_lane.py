@@ -243,3 +243,26 @@ async def test_shutdown_answers_open_streams() -> None:
         answer = await asyncio.wait_for(reader.read(), 5.0)
         writer.close()
     assert answer.startswith(b"HTTP/1.1 204 ")
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_chunk_extensions_are_ignored(path: str) -> None:
+    sink = _Sink(PeerAuth("", "n2"))
+    async with _serve(sink, path) as port:
+        head, _ = _head(PeerAuth("", "n1"), port)
+        chunk = frame(encode_messages(_votes(1)))
+        size_line, rest = chunk.split(b"\r\n", 1)
+        status, _, _ = await _exchange(port, head + size_line + b";x=1\r\n" + rest + b"0\r\n\r\n")
+    assert status == 204
+    assert [m.term for m in sink.got] == [1]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("size_line", [b"+10", b"1_0", b" 10", b"x"])
+async def test_a_malformed_chunk_ends_the_stream_with_400(size_line: bytes) -> None:
+    sink = _Sink(PeerAuth("", "n2"))
+    async with _serve(sink, "lane") as port:
+        head, _ = _head(PeerAuth("", "n1"), port)
+        good = frame(encode_messages(_votes(1)))
+        status, _, body = await _exchange(port, head + good + size_line + b"\r\n" + b"a" * 16)
+    assert (status, json.loads(body)["error"]) == (400, "bad_messages")
+    assert [m.term for m in sink.got] == [1]  # type: ignore[attr-defined]
