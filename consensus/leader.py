@@ -281,8 +281,7 @@ class Leadership:
                 if peer != self.id:
                     while self._send_append(peer, send_if_empty=False):
                         pass
-        if self._log.committed > self._commit_told:
-            self._tell_commit()
+        self.tell_commit()
         if self._reads.has_unsent():
             seq = self._reads.open_round()
             if self._membership.voters == (self.id,):
@@ -290,30 +289,37 @@ class Leadership:
             else:
                 self._broadcast_heartbeat(read_seq=seq)
 
-    def _tell_commit(self) -> None:
+    def tell_commit(self) -> None:
         """Followers learn a new commit index now, not with the next append or heartbeat:
         a follower serving reads (read index) or answering forwarded writes waits for it.
         Whoever got entries in this flush has it already; the others get an empty append
-        at their match point (`_bump_commit`)."""
+        (`_bump_commit`). Called by `flush`, and by the node while its Ready persists."""
+        if self._log.committed <= self._commit_told:
+            return
         self._commit_told = self._log.committed
         for peer, progress in self._progress.items():
             if peer != self.id:
                 self._bump_commit(peer, progress)
 
     def _bump_commit(self, peer: NodeId, progress: Progress) -> None:
-        """Tell `peer` the commit index as far as it holds the log (an empty append at
-        its match point, which it holds, so it is never rejected), unless it knows it
+        """Tell `peer` the commit index as far as it was sent the log: an empty append
+        at the last entry sent to it (the commit index, if lower), unless it knows it
         already. Also called on every acknowledgement: a follower whose answer arrives
         after the commit was told to the others learns it then, not at the next
         heartbeat (as etcd-io/raft's CanBumpCommit); a follower answering a forwarded
-        write waits for exactly this (measured: 25 ms at the tail without it)."""
-        known = min(self._log.committed, progress.match)
-        if (
-            progress.state is ProgressState.REPLICATE
-            and known > progress.commit_sent
-            and progress.match >= self._log.first_index() - 1
-        ):
-            self._send_append_entries(peer, progress.match, (), known, self._reads.seq)
+        write waits for exactly this (measured: 25 ms at the tail without it).
+        Not only as far as it acknowledged: a follower answering a forwarded write
+        would then wait for its own fsync and one more round trip even when the other
+        two nodes made the entry durable first (the commit is a quorum's fact; the
+        follower still applies only what its own disk holds, since it persists a Ready
+        before applying the next). REPLICATE only: the link delivers in order, so the
+        follower holds what was sent unless a message was lost, and then it rejects the
+        append and is probed as after any lost append."""
+        if progress.state is not ProgressState.REPLICATE:
+            return
+        known = min(self._log.committed, progress.next - 1)
+        if known > progress.commit_sent and known >= self._log.first_index() - 1:
+            self._send_append_entries(peer, known, (), known, self._reads.seq)
 
     def entries_persisted(self) -> None:
         """The driver made our own entries durable: they may complete a quorum now."""

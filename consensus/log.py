@@ -237,9 +237,13 @@ class RaftLog:
         del self._unstable[: index - self._unstable_offset + 1]
         self._unstable_offset = index + 1
 
-    def committed_not_handed_out(self) -> list[Entry]:
-        """Committed entries the driver has not been given yet."""
-        return self.slice(self._applying + 1, self.committed + 1)
+    def committed_change_not_handed_out(self, after: int) -> bool:
+        """A committed membership change beyond index `after` that the driver has not
+        been given yet (so it has not taken effect)."""
+        return any(
+            e.type is EntryType.CONF_CHANGE and e.index > after
+            for e in self.slice(self._applying + 1, self.committed + 1)
+        )
 
     def has_next_committed(self) -> bool:
         return self.committed > self._applying

@@ -33,7 +33,7 @@ from consensus.messages import (
     answer_to_stale,
 )
 from consensus.progress import PeerProgress
-from consensus.ready import Ready, Status, hard_state_to_save, outgoing
+from consensus.ready import Ready, Status, hard_state_to_save, outgoing, while_persisting
 from consensus.storage import Storage, is_pristine
 from consensus.types import (
     Entry,
@@ -232,6 +232,16 @@ class RaftNode:
         self._read_states = []
         return ready
 
+    def early_messages(self) -> tuple[Message, ...]:
+        """Between `ready` and `advance` of a leader's Ready, while its disk syncs: what
+        may leave before it is durable (`ready.while_persisting`), out of the next Ready."""
+        saved = self._prev_hard_state
+        if self._leadership is None or (self.term, self.vote) != (saved.term, saved.vote):
+            return ()
+        self._leadership.tell_commit()  # a commit the followers' acknowledgements reached
+        early, self._msgs = while_persisting(self._msgs, self.log, saved)
+        return early
+
     def advance(self, ready: Ready) -> None:
         if ready.snapshot is not None:
             self.log.snapshot_installed(ready.snapshot)
@@ -297,8 +307,9 @@ class RaftNode:
         leadership.append(Entry(self.term, self.log.last_index() + 1, b"", EntryType.NOOP))
 
     def _campaign(self, pre_vote: bool, transfer: bool = False) -> None:
-        if self._committed_conf_change_pending():
-            return  # our membership may be about to change (even to exclude us): apply first
+        # As etcd: apply a committed membership change first (it may even exclude us).
+        if self.log.committed_change_not_handed_out(self._conf_index):
+            return
         if pre_vote:
             self._become_pre_candidate()
             vote_term = self.term + 1
@@ -462,17 +473,6 @@ class RaftNode:
                 self._membership_changed()
                 changed = True
         return changed
-
-    def _committed_conf_change_pending(self) -> bool:
-        """As etcd does, a node does not campaign while a committed membership change
-        has not taken effect yet: it might be campaigning in a configuration that is
-        already gone."""
-        if not self.log.has_next_committed():
-            return False
-        return any(
-            e.type is EntryType.CONF_CHANGE and e.index > self._conf_index
-            for e in self.log.committed_not_handed_out()
-        )
 
     def _membership_changed(self) -> None:
         """A node that is no longer a voter stops leading or campaigning."""

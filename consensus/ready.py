@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from consensus.log import RaftLog
-from consensus.messages import AppendEntries, Message, TimeoutNow
+from consensus.messages import AppendEntries, Message, ProposeResponse, TimeoutNow
 from consensus.types import (
     Entry,
     ForwardedProposal,
@@ -27,8 +27,11 @@ from consensus.types import (
     SnapshotMeta,
 )
 
-_EARLY = (AppendEntries, TimeoutNow)
-"""What a leader may send before persisting its Ready (see `leader_messages_first`)."""
+_EARLY = (AppendEntries, TimeoutNow, ProposeResponse)
+"""What a leader may send before persisting its Ready (see `leader_messages_first`).
+A ProposeResponse names where the leader put a forwarded command (or that it refused
+it): a fact about its log in memory, which the follower checks against the entry it
+applies at that index, so it promises nothing the disk must hold."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +95,16 @@ def leader_messages_first(
     early = [m for m in messages if isinstance(m, _EARLY)]
     late = [m for m in messages if not isinstance(m, _EARLY)]
     return (*early, *late), len(early)
+
+
+def while_persisting(
+    messages: list[Message], log: RaftLog, saved: HardState
+) -> tuple[tuple[Message, ...], list[Message]]:
+    """A leader's messages split while its Ready persists (`RaftNode.early_messages`):
+    those that may leave now (as `leader_messages_first` orders a Ready's), and the rest,
+    which wait for the next Ready. `saved` is the hard state on disk before that Ready."""
+    out, early = outgoing(messages, log, True, None, saved)
+    return out[:early], list(out[early:])
 
 
 def hold_back_commit(messages: list[Message], log: RaftLog, durable: int) -> list[Message]:

@@ -7,8 +7,9 @@ Only the event loop thread touches the RaftNode. Two tasks drive it:
 
 Group commit: everything proposed while a Ready is being persisted lands in the next
 Ready, so a busy node makes one fsync per batch, not per request. A leader persists in
-a worker thread, so its loop keeps reading peers and clients while the disk syncs
-(followers persist small Readys inline: see INLINE_PERSIST_FOLLOWER).
+a worker thread, so its loop keeps reading peers and clients while the disk syncs, and
+sends a commit its followers reached meanwhile (kvstore.runtime.persist; followers
+persist small Readys inline).
 
 Messages wait for the fsync they depend on (votes, acknowledgements), except those the
 core marks as `Ready.messages_before_persist`: a leader's AppendEntries of its current,
@@ -35,11 +36,10 @@ import random
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 from consensus import ConfChange, Config, Entry, Message, NodeId, RaftNode, Ready, Role
 from consensus.storage import WritableStorage
-from consensus.types import EntryType, HardState
+from consensus.types import EntryType
 from kvstore.config import ClusterConfig, NodeConfig
 from kvstore.peers.auth import PeerAuth
 from kvstore.peers.snapshot_transfer import SnapshotReceiver
@@ -50,6 +50,7 @@ from kvstore.runtime.leadership import LeadershipWatch
 from kvstore.runtime.leases import LeaseKeeper
 from kvstore.runtime.member_view import MemberView
 from kvstore.runtime.membership import MembershipTracker
+from kvstore.runtime.persist import Persister
 from kvstore.runtime.requests import PendingRequests, ProposalTimeout, RuntimeStopped
 from kvstore.runtime.settings import SettingsKeeper
 from kvstore.runtime.snapshots import SnapshotKeeper
@@ -61,16 +62,8 @@ from kvstore.state.machine import ApplyResult, KeyValue, KVStateMachine
 
 log = logging.getLogger(__name__)
 
-SLOW_PERSIST_S = 0.1
-"""A Ready that takes longer than this to persist is logged: the disk is the bottleneck."""
 APPLY_SLICE = 256
 """Entries applied per loop turn: a lagging node's Ready commits up to 1 MiB (~50 ms)."""
-INLINE_PERSIST_FOLLOWER = 8
-"""A follower persists Readys of at most this many entries on the loop thread: it has
-little else to do meanwhile, and the two thread hops cost more than they overlap. A
-leader always syncs in the worker thread, so that its loop keeps sending heartbeats
-while the disk is slow (inline, one entry's sync stalled a leader 236 ms during a
-million-key fill, and the followers elected another)."""
 
 
 class NodeRuntime:
@@ -163,10 +156,9 @@ class NodeRuntime:
         self.last_heard: dict[NodeId, float] = {}
         """time.monotonic() of the last message from each peer, for `GET /v1/status`."""
         self._on_fatal = on_fatal
-        self._persisted: HardState = storage.initial_state()
+        self.persister = Persister(storage, self.stats, node_id, self.me.data_dir)
         self._wake = asyncio.Event()
         self.via_leader = ViaLeader(self.node, self.pending, self._wake.set, self._applied)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"persist-{node_id}")
         self.snapshots = SnapshotKeeper(
             self.node,
             self.sm,
@@ -217,7 +209,7 @@ class NodeRuntime:
             self.node.term,
             self.storage.first_index(),
             self.storage.last_index(),
-            self._persisted.commit,
+            self.persister.persisted.commit,
             self.sm.applied_index,
         )
 
@@ -237,7 +229,7 @@ class NodeRuntime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, timeout=5.0)
         await self.transport.close()
-        self._executor.shutdown(wait=True)
+        self.persister.close()
         self.snapshots.compactor.close()
         self.snapshot_receiver.close()
         close = getattr(self.storage, "close", None)
@@ -269,9 +261,17 @@ class NodeRuntime:
         step = self.node.step
         for msg in msgs:
             step(msg)
+        self._send_early()
         if msgs:
             self.last_heard[msgs[0].sender] = time.monotonic()
         self._wake.set()
+
+    def _send_early(self) -> None:
+        """While a leader's own fsync runs (its ready loop waits for it): what may leave
+        before it does, now (heartbeats, a commit the followers reached, answers to
+        forwarded proposals; RaftNode.early_messages)."""
+        if self.persister.syncing:
+            self.transport.send(self.node.early_messages())
 
     async def propose(self, command: Command, timeout: float) -> ApplyResult | None:
         """Replicate and apply one command (a follower hands it to the leader over the
@@ -394,6 +394,7 @@ class NodeRuntime:
             if delay > 0:
                 await asyncio.sleep(delay)
             self.node.tick()
+            self._send_early()
             self._wake.set()
             next_at += interval
             now = loop.time()
@@ -445,7 +446,7 @@ class NodeRuntime:
             await self.snapshots.install(rd.snapshot)
             self.stats.snapshot_install_seconds.observe(time.perf_counter() - started)
         if rd.must_sync:
-            await self._persist(rd)
+            await self.persister.save(rd, self.node.role is Role.LEADER)
         if len(rd.messages) > rd.early_messages:
             transport.send(rd.messages_after_persist)
         if rd.forwarded:  # before applying: the Ready may commit these very entries
@@ -459,26 +460,6 @@ class NodeRuntime:
             self.pending.read_confirmed(rs.request_id, rs.index)
         node.advance(rd)
         self.snapshots.between_readies()
-
-    async def _persist(self, rd: Ready) -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        if self.node.role is Role.LEADER or len(rd.entries) > INLINE_PERSIST_FOLLOWER:
-            await loop.run_in_executor(self._executor, self.storage.save, rd.hard_state, rd.entries)
-        else:
-            self.storage.save(rd.hard_state, rd.entries)
-        if rd.hard_state is not None:
-            self._persisted = rd.hard_state
-        elapsed = loop.time() - started
-        self.stats.persisted(elapsed, len(rd.entries))
-        if elapsed > SLOW_PERSIST_S:
-            log.warning(
-                "slow disk: persisting %d entries took %.0f ms; every write waits for it "
-                "(check the disk holding %s)",
-                len(rd.entries),
-                elapsed * 1000,
-                self.me.data_dir,
-            )
 
     def _apply(self, entries: Sequence[Entry]) -> None:
         sm_apply, pending = self.sm.apply, self.pending

@@ -47,10 +47,12 @@ The rules, applied in this order:
 
 Every dropped session leaves its client id in a record of the last `max_sessions`
 dropped ids, so that rule 2 catches a retry of seq 1 from a dropped session. The record
-is bounded, so one residual case remains: seq 1 applied, its answer lost, the session
-and then its record entry dropped (after at least session_ttl_entries entries or
-max_sessions other sessions), and only then the retry. Clients retry within seconds, so
-this needs a client to stall for that long; accept it or use a new client id per run.
+is bounded, so one residual case remains: a request sent before the client had any
+answer (first_outstanding 1: seq 1, or a later seq sent with it) applied, its answer
+lost, the session and then its record entry dropped (after at least
+session_ttl_entries entries or max_sessions other sessions), and only then the retry.
+Clients retry within seconds, so this needs a client to stall for that long; accept it
+or use a new client id per run.
 """
 
 from __future__ import annotations

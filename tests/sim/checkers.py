@@ -502,9 +502,10 @@ class Checkers:
         self.kv_retries += 1
         if not state_moved and result in (first[1], SESSION_EXPIRED):
             return
-        if ref.seq == 1 and ref.first_outstanding == 1 and not had_session:
-            # Documented residual (state_machine.py): seq 1 executed, its session and
-            # then its record of dropped ids forgotten, and only then the retry.
+        if ref.first_outstanding == 1 and not had_session:
+            # Documented residual (state_machine.py): a request sent before the client
+            # had any answer (seq 1, or seq 2.. sent at once with it) executed, its
+            # session and then its record of dropped ids forgotten, only then the retry.
             self.kv_reopened += 1
             self.kv_executed[key] = (index, result)
             return

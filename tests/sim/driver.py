@@ -6,7 +6,9 @@ snapshot received from the leader, (1) persist hard state and entries in one syn
 write, (2) send the other messages, (3) apply committed entries and serve reads, then
 `advance`. A crash can be armed to strike before any phase, which is how the simulator
 loses "the unsynced tail" at every possible point (also after the early sends).
-A persist may also take a few ticks (a slow disk) while the node keeps stepping.
+A persist may also take a few ticks (a slow disk) while the node keeps stepping and,
+as the runtime does while a leader's disk syncs, sends `RaftNode.early_messages()`
+after each delivery.
 Compaction (a local snapshot of the applied state) runs between Readies.
 """
 
@@ -152,6 +154,9 @@ class ReadyDriver:
         if isinstance(msg, InstallSnapshot):
             host.received[msg.snapshot] = self.snapshot_store[msg.snapshot]
         node.step(msg)
+        if host.inflight is not None:  # its disk is still syncing (kvstore.runtime.persist)
+            for early in node.early_messages():
+                self._send(host, early)
         if isinstance(msg, InstallSnapshot):
             keep = {node.pending_snapshot, host.inflight.snapshot if host.inflight else None}
             host.received = {m: d for m, d in host.received.items() if m in keep}
