@@ -106,6 +106,18 @@ def leader_changes(cluster: Cluster, node_id: str) -> int:
     return int(float(match.group(1))) if match else -1
 
 
+def stalls_over(cluster: Cluster, node_id: str) -> dict[str, int]:
+    """How many of the loop's wake-ups (every 10 ms) came over 20 and over 50 ms late."""
+    text = request(cluster.url(node_id), "GET", "/metrics").body.decode()
+    counts = dict(
+        re.findall(r'^kv_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M)
+    )
+    total = float(counts["+Inf"])
+    return {
+        f"over_{ms}ms": round(total - float(counts[le])) for ms, le in ((20, "0.02"), (50, "0.05"))
+    }
+
+
 def snapshots(cluster: Cluster, node_id: str) -> list[dict[str, int]]:
     """Every snapshot the node logged taking: index, bytes and timings in ms."""
     names = ("index", "bytes", "capture_ms", "capture_loop_ms", "write_ms", "commit_ms")
@@ -120,6 +132,8 @@ def node_figures(cluster: Cluster, node_id: str, before: dict[str, int]) -> dict
         "rss_mb": round(rss_mb(cluster, node_id)),
         "loop_lag_max_ms": status["loop_lag_max_ms"],
         "loop_lag_max_busy_ms": status["loop_lag_max_busy_ms"],
+        "loop_stalls": stalls_over(cluster, node_id),
+        "gc_pause_max_ms": status["gc_pause_max_ms"],
         "term": status["term"],
         "leader_changes_in_fill": leader_changes(cluster, node_id) - before[node_id],
         "keys": status["keys"],

@@ -405,7 +405,7 @@ async def handle_snapshot(request: web.Request) -> web.StreamResponse:
             "voters": list(membership.voters),
             "learners": list(membership.learners),
             "revision": view.revision,
-            "keys": len(view.keys),
+            "keys": view.key_count(),
         }
         blob = await loop.run_in_executor(None, lambda: encode_backup(header, view.serialize()))
         return web.Response(

@@ -29,7 +29,8 @@ from consensus.messages import InstallSnapshot, Message
 from consensus.storage import WritableStorage
 from consensus.types import SnapshotMeta
 from kvstore.peers.snapshot_transfer import ChunkError
-from kvstore.runtime.compaction import Compactor
+from kvstore.runtime.compaction import Compactor, yield_gil
+from kvstore.runtime.free_memory import release_free_memory
 from kvstore.runtime.leveldb_storage import CorruptLogError, LevelDBStorage
 from kvstore.runtime.requests import PendingRequests
 from kvstore.runtime.snapshot_files import SYNC_EVERY_BYTES
@@ -85,7 +86,7 @@ class SnapshotKeeper:
         """A complete, verified snapshot arrived: decode it off the loop, then step it."""
         try:
             parsed = await asyncio.get_running_loop().run_in_executor(
-                None, KVStateMachine.parse, data
+                None, KVStateMachine.parse, data, yield_gil
             )
         except SnapshotError as exc:
             log.error("snapshot %d from %s is unusable: %s", msg.snapshot.index, msg.sender, exc)
@@ -144,13 +145,14 @@ class SnapshotKeeper:
         self._incoming.clear()
         data, parsed = incoming
         storage = self._storage
+        loop = asyncio.get_running_loop()
         if isinstance(storage, LevelDBStorage):
-            loop = asyncio.get_running_loop()
             file = await loop.run_in_executor(None, storage.prepare_snapshot, meta, _writer(data))
             loop.run_in_executor(None, storage.commit_snapshot(meta, file, sync=True))
         else:
             storage.apply_snapshot(meta, data)
         self._sm.install(parsed)
+        loop.run_in_executor(None, release_free_memory)  # the replaced state's memory
         self._pending.snapshot_installed(meta.index)
         self._installed(meta)
         log.info("installed a snapshot from the leader at index %d", meta.index)

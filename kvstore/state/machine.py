@@ -81,7 +81,13 @@ from kvstore.state.keyrange import RangeQuery
 from kvstore.state.keyspace import KeySpace
 from kvstore.state.members import MemberAddress, MemberDirectory
 from kvstore.state.range import run_range
-from kvstore.state.snapshot import ClusterSettings, ParsedState, SnapshotView, parse_snapshot
+from kvstore.state.snapshot import (
+    ClusterSettings,
+    ParsedState,
+    Pause,
+    SnapshotView,
+    parse_snapshot,
+)
 from kvstore.state.snapshot_capture import SLICE_KEYS, KeyCapture
 from kvstore.state.types import (
     NOT_FOUND,
@@ -413,11 +419,12 @@ class KVStateMachine:
         self.install(self.parse(data))
 
     @staticmethod
-    def parse(data: bytes) -> ParsedState:
+    def parse(data: bytes, pause: Pause | None = None) -> ParsedState:
         """Decode snapshot bytes without touching any machine (safe in a worker thread,
-        so a large snapshot does not stall the event loop); raises SnapshotError."""
+        so a large snapshot does not stall the event loop: `pause` between chunks, as
+        kvstore.state.snapshot says); raises SnapshotError."""
         try:
-            return parse_snapshot(data)
+            return parse_snapshot(data) if pause is None else parse_snapshot(data, pause)
         except (ValueError, TypeError, KeyError) as exc:
             raise SnapshotError(f"not a valid state machine snapshot: {exc}") from None
 

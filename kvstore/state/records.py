@@ -41,14 +41,9 @@ def unpack(key: str, record: bytes) -> KeyValue:
     return KeyValue(key, record[META_BYTES:], version, create, mod)
 
 
-def wire_fields(key: str, record: bytes) -> tuple[str, bytes, int, int, int]:
-    """The snapshot's key record `(key, value, version, create, mod)` (types.encode_kv)."""
-    version, create, mod = _unpack_meta(record)
-    return key, record[META_BYTES:], version, create, mod
-
-
 def from_wire(fields: Any) -> tuple[str, bytes]:
-    """The inverse of wire_fields; ValueError on anything but a well-formed record."""
+    """The record of a snapshot's `(key, value, version, create, mod)` (formats 1-6,
+    types.encode_kv); ValueError on anything but a well-formed record."""
     key, value, version, create, mod = kv_fields(fields)
     try:
         return key, _pack_meta(version, create, mod) + value

@@ -18,15 +18,27 @@ member directory either) are still read; their history starts empty at their rev
 Format 5 adds `[leases, locks]` (kvstore.state.coordination) at the end; older formats
 read as having none. Format 6 adds the auth state `[enabled, key, users, roles]`
 (kvstore.state.auth) at the end; older formats read as auth disabled with no users.
+
+Format 7 (written since issue 17's million keys) stores the keys as chunks instead of one
+`[key, value, version, create, mod]` array per key: `keys` is an array of chunks
+`[[key, ...], [record, ...]]` of CHUNK_KEYS keys each (the last one shorter, none empty),
+keys strictly ascending across all chunks, each record in the key space's own packed
+layout (kvstore.state.records: version, create and mod revision as little-endian u64,
+then the value). Why: the per-key form needed a Python call per key both ways (a
+million calls, ~1 s of GIL per snapshot at a million keys, taken from the event loop by
+the serializing thread); a chunk is packed or unpacked by one msgpack call of ~1 ms.
+Formats 1-6 are still read.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from io import BytesIO
 from itertools import pairwise
+from operator import lt
 from typing import Any, BinaryIO
 
 import msgpack
@@ -36,12 +48,34 @@ from kvstore.state.coordination import Coordination
 from kvstore.state.history import DEFAULT_HISTORY_REVISIONS, History
 from kvstore.state.keyspace import KeySpace
 from kvstore.state.members import MemberDirectory
-from kvstore.state.records import from_wire, wire_fields
-from kvstore.state.types import Session, decode_result, encode_result, ints
+from kvstore.state.records import META_BYTES, from_wire, pack_kv
+from kvstore.state.types import KeyValue, Session, decode_result, encode_result, ints
 
-SNAPSHOT_FORMAT = 6
-PACK_BATCH = 2000
-_FORMATS = {1: 6, 2: 8, 3: 10, 4: 11, 5: 12, 6: 13}  # format -> array length
+SNAPSHOT_FORMAT = 7
+CHUNK_KEYS = 4096
+"""Keys per chunk of format 7: packing or unpacking one holds the GIL for ~1 ms."""
+_FORMATS = {1: 6, 2: 8, 3: 10, 4: 11, 5: 12, 6: 13, 7: 13}  # format -> array length
+
+Pause = Callable[[], None]
+"""Called between chunks by a serializer or parser in a worker thread, to hand the GIL
+to the event loop (kvstore.runtime.compaction.yield_gil); a no-op elsewhere."""
+
+
+def _no_pause() -> None:
+    return None
+
+
+KeyChunk = tuple[tuple[str, ...], tuple[bytes, ...]]
+"""Keys in order and their packed records (kvstore.state.records), as tuples: a tuple of
+strings and bytes only is untracked by the garbage collector the first time it
+survives a collection, so a million captured keys are not walked by every young
+collection (lists of them were: 30 ms each at 300,000 keys, measured)."""
+
+
+def key_chunk(space: KeySpace, lo: int, hi: int) -> KeyChunk:
+    """The keys `space.keys[lo:hi]` and their records."""
+    keys = tuple(space.keys[lo:hi])
+    return keys, tuple(map(space.records.__getitem__, keys))
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +96,8 @@ class SnapshotView:
 
     applied_index: int
     revision: int
-    keys: Sequence[str]
-    """Every key, in key order."""
-    records: Sequence[bytes]
-    """Their packed records (kvstore.state.records), in the same order."""
+    chunks: Sequence[KeyChunk]
+    """Every key with its record, in key order, in chunks of any length (none empty)."""
     sessions: list[Any]
     dropped: list[tuple[str, int]]
     directory: MemberDirectory
@@ -73,6 +105,10 @@ class SnapshotView:
     settings: ClusterSettings | None
     coordination: tuple[list[Any], list[Any]]
     auth: list[Any]
+    fixes: tuple[tuple[str, bytes | None], ...] = ()
+    """Corrections to `chunks`, in key order: a key's record at the snapshot's index, or
+    None when it was absent then (kvstore.state.snapshot_capture); applied as the keys
+    are written, so the corrected lists are never built."""
 
     @classmethod
     def capture(
@@ -102,8 +138,9 @@ class SnapshotView:
         return cls(
             applied_index,
             space.revision,
-            list(space.keys) if with_keys else [],
-            [space.records[k] for k in space.keys] if with_keys else [],
+            [key_chunk(space, lo, lo + CHUNK_KEYS) for lo in range(0, len(space), CHUNK_KEYS)]
+            if with_keys
+            else [],
             encoded,
             list(dropped.items()),
             directory.copy(),
@@ -113,9 +150,15 @@ class SnapshotView:
             auth.to_wire(),  # now: users and roles change in place
         )
 
-    def with_keys(self, keys: Sequence[str], records: Sequence[bytes]) -> SnapshotView:
-        """This view with `keys` (in key order) and their `records` as its keys."""
-        return replace(self, keys=keys, records=records)
+    def with_keys(
+        self, chunks: Sequence[KeyChunk], corrections: Mapping[str, KeyValue | None]
+    ) -> SnapshotView:
+        """This view with the keys of `chunks` (in key order), each key in
+        `corrections` replaced by its value there (absent when None)."""
+        fixes = sorted(
+            (key, None if kv is None else pack_kv(kv)) for key, kv in corrections.items()
+        )
+        return replace(self, chunks=chunks, fixes=tuple(fixes))
 
     def serialize(self) -> bytes:
         """Everything, in a canonical order, so equal states give equal bytes."""
@@ -123,35 +166,93 @@ class SnapshotView:
         self.write_to(out)
         return out.getvalue()
 
-    def write_to(self, out: BinaryIO) -> int:
-        """Write the bytes of `serialize` to `out` a batch at a time; the count written.
+    def write_to(self, out: BinaryIO, pause: Pause = _no_pause) -> int:
+        """Write the bytes of `serialize` to `out` a chunk at a time; the count written.
 
-        The key array is packed a batch at a time: one `packb` of 100,000 keys holds
-        the GIL for ~40 ms, which the event loop (in another thread) would feel as a
-        stall; batches of PACK_BATCH keys let it in between. Written as they are packed,
-        so a snapshot never exists twice in memory. The bytes are the same as one
-        `packb` of the whole array."""
-        keys, records = self.keys, self.records
+        Each chunk of CHUNK_KEYS keys is one msgpack call of ~1 ms (no Python code per
+        key), written as it is packed (a snapshot never exists twice in memory), and
+        `pause` is called after each: the serializing thread and the event loop share
+        the GIL, and a thread that takes it back at once makes the loop wait for the
+        interpreter's 5 ms switch interval at each of its turns."""
         packer = msgpack.Packer(use_bin_type=True)
         members, removed = self.directory.to_wire()
         compact_revision, events = self.history.to_wire()
+        total = self.key_count()
         written = out.write(
             packer.pack_array_header(_FORMATS[SNAPSHOT_FORMAT])
             + packer.pack(SNAPSHOT_FORMAT)
             + packer.pack(self.applied_index)
             + packer.pack(self.revision)
-            + packer.pack_array_header(len(keys))
+            + packer.pack_array_header(-(-total // CHUNK_KEYS))
         )
-        for start in range(0, len(keys), PACK_BATCH):
-            end = start + PACK_BATCH
-            batch = list(map(wire_fields, keys[start:end], records[start:end]))
-            header = len(packer.pack_array_header(len(batch)))
-            written += out.write(packer.pack(batch)[header:])
+        for keys, records in _rechunk(self._merged_pieces(), CHUNK_KEYS):
+            chunk = packer.pack_array_header(2) + packer.pack(keys) + packer.pack(records)
+            written += out.write(chunk)
+            pause()
         parts = [packer.pack(v) for v in (self.sessions, self.dropped, members, removed)]
         settings = None if self.settings is None else self.settings.to_wire()
         parts += [packer.pack(compact_revision), packer.pack(events), packer.pack(settings)]
         parts += [packer.pack(self.coordination), packer.pack(self.auth)]
         return written + out.write(b"".join(parts))
+
+    def key_count(self) -> int:
+        """How many keys the snapshot holds: O(chunks + fixes log keys)."""
+        chunks = self.chunks
+        firsts = [keys[0] for keys, _ in chunks]
+        total = sum(len(keys) for keys, _ in chunks)
+        for key, record in self.fixes:
+            total += record is not None
+            i = bisect_right(firsts, key) - 1
+            if i >= 0:
+                keys = chunks[i][0]
+                at = bisect_left(keys, key)
+                total -= at < len(keys) and keys[at] == key
+        return total
+
+    def _merged_pieces(self) -> Iterator[tuple[Sequence[str], Sequence[bytes]]]:
+        """The keys with the fixes applied, in key order, in pieces no longer than the
+        chunks: each fix is applied in the chunk before whose successor it sorts."""
+        chunks, fixes = self.chunks, self.fixes
+        fix_keys = [key for key, _ in fixes]
+        done = 0
+        for i, (keys, records) in enumerate(chunks):
+            last = i + 1 == len(chunks)
+            upto = len(fixes) if last else bisect_left(fix_keys, chunks[i + 1][0][0], done)
+            yield from _fixed(keys, records, fixes[done:upto])
+            done = upto
+        if not chunks:
+            yield from _fixed((), (), fixes)
+
+
+def _fixed(
+    keys: Sequence[str], records: Sequence[bytes], fixes: Sequence[tuple[str, bytes | None]]
+) -> Iterator[tuple[Sequence[str], Sequence[bytes]]]:
+    """`keys` and `records` with `fixes` (in key order) applied, in pieces."""
+    done = 0
+    for key, record in fixes:
+        at = bisect_left(keys, key, done)
+        yield keys[done:at], records[done:at]
+        done = at + 1 if at < len(keys) and keys[at] == key else at
+        if record is not None:
+            yield (key,), (record,)
+    yield keys[done:], records[done:]
+
+
+def _rechunk(
+    pieces: Iterator[tuple[Sequence[str], Sequence[bytes]]], size: int
+) -> Iterator[tuple[list[str], list[bytes]]]:
+    """The pieces regrouped into chunks of exactly `size` keys (the last one shorter),
+    so the bytes depend on the keys alone, not on where the corrections fell."""
+    keys: list[str] = []
+    records: list[bytes] = []
+    for piece_keys, piece_records in pieces:
+        keys += piece_keys
+        records += piece_records
+        while len(keys) >= size:
+            yield keys[:size], records[:size]
+            del keys[:size], records[:size]
+    if keys:
+        yield keys, records
 
 
 ParsedState = tuple[
@@ -166,12 +267,14 @@ ParsedState = tuple[
 ]
 
 
-def parse_snapshot(data: bytes) -> ParsedState:
+def parse_snapshot(data: bytes, pause: Pause = _no_pause) -> ParsedState:
     """Decode and check snapshot bytes; raises ValueError/TypeError/KeyError on garbage.
-    Pure, so it may run in a worker thread before the state is swapped in. The history
-    gets the default window; the machine that installs the state sets its own."""
-    # Read with an Unpacker, a key at a time: one `unpackb` of 100,000 keys holds the
-    # GIL for tens of ms, and a joining node's event loop must keep answering the leader.
+    Pure, so it may run in a worker thread before the state is swapped in (`pause`
+    between chunks of keys, as in `SnapshotView.write_to`). The history gets the default
+    window; the machine that installs the state sets its own."""
+    # Read with an Unpacker, a key (formats 1-6) or a chunk (7) at a time: one `unpackb`
+    # of 100,000 keys holds the GIL for tens of ms, and a joining node's event loop must
+    # keep answering the leader.
     # Read from a BytesIO, which shares `data`'s buffer: `feed` would copy all of it.
     unpacker = msgpack.Unpacker(
         BytesIO(data), raw=False, use_list=False, max_buffer_size=max(1, len(data))
@@ -182,7 +285,7 @@ def parse_snapshot(data: bytes) -> ParsedState:
         if type(fmt) is not int or _FORMATS.get(fmt) != length:
             raise ValueError("unknown snapshot format")
         applied_index, revision = ints((unpacker.unpack(), unpacker.unpack()), 2)
-        kvs, ordered = _read_keys(unpacker)
+        kvs, ordered = _read_chunks(unpacker, pause) if fmt >= 7 else _read_keys(unpacker)
         sessions, dropped, *rest = (unpacker.unpack() for _ in range(length - 4))
         _expect_end(unpacker)
     except msgpack.UnpackException as exc:  # OutOfData and friends are not ValueErrors
@@ -236,6 +339,33 @@ def _read_keys(unpacker: msgpack.Unpacker) -> tuple[dict[str, bytes], list[str]]
             raise ValueError(f"duplicate key record {key!r}")
         records[key] = record
         append(key)
+    return records, ordered
+
+
+def _read_chunks(unpacker: msgpack.Unpacker, pause: Pause) -> tuple[dict[str, bytes], list[str]]:
+    """Format 7's keys: each chunk checked and added with C-level calls only."""
+    records: dict[str, bytes] = {}
+    ordered: list[str] = []
+    for _ in range(unpacker.read_array_header()):
+        chunk = unpacker.unpack()
+        if type(chunk) is not tuple or len(chunk) != 2:
+            raise ValueError("bad key chunk")
+        keys, values = chunk
+        if (
+            type(keys) is not tuple
+            or type(values) is not tuple
+            or not keys
+            or len(keys) != len(values)
+            or set(map(type, keys)) != {str}
+            or set(map(type, values)) != {bytes}
+            or min(map(len, values)) < META_BYTES
+        ):
+            raise ValueError("bad key chunk")
+        if (ordered and keys[0] <= ordered[-1]) or not all(map(lt, keys, keys[1:])):
+            raise ValueError("key chunks out of order or repeating a key")
+        records.update(zip(keys, values, strict=True))
+        ordered += keys
+        pause()
     return records, ordered
 
 

@@ -18,15 +18,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consensus.types import Entry, Membership, SnapshotMeta
+from kvstore.runtime import compaction as compaction_module
 from kvstore.runtime.compaction import Compactor
 from kvstore.runtime.leveldb_storage import LevelDBStorage
 from kvstore.runtime.snapshots import LOG_TO_SNAPSHOT_RATIO, snapshot_due
 from kvstore.runtime.stats import RuntimeStats
 from kvstore.state import history as history_module
+from kvstore.state import snapshot as snapshot_module
 from kvstore.state.commands import Delete, Put, Txn, TxnDeleteRange, TxnPut, encode_command
 from kvstore.state.keyrange import KeyRange
 from kvstore.state.machine import KVStateMachine
-from kvstore.state.snapshot_capture import CaptureAborted, merge_at
+from kvstore.state.snapshot_capture import CaptureAborted
 
 KEYS = [f"k{i:02d}" for i in range(24)]
 
@@ -69,7 +71,7 @@ def _incremental(machine: _Machine, slice_keys: int, during: list[list[object]])
         for cmd in batch:
             machine.apply(cmd)
     read, corrections = capture.finish()
-    return view.with_keys(*merge_at(read, corrections)).serialize()
+    return view.with_keys(read, corrections).serialize()
 
 
 @settings(max_examples=200, deadline=None)
@@ -77,12 +79,16 @@ def _incremental(machine: _Machine, slice_keys: int, during: list[list[object]])
     before=st.lists(command, max_size=60),
     during=st.lists(st.lists(command, max_size=8), max_size=12),
     slice_keys=st.integers(1, 7),
+    chunk_keys=st.integers(1, 5),
 )
 def test_a_capture_in_slices_equals_a_snapshot_at_the_same_index(
-    before: list[object], during: list[list[object]], slice_keys: int
+    before: list[object], during: list[list[object]], slice_keys: int, chunk_keys: int
 ) -> None:
-    shrink = history_module._SHRINK_AT
+    """Also with the serializer's chunks a few keys long, so that corrections fall
+    across chunk boundaries: the bytes must not depend on where they fell."""
+    shrink, chunk = history_module._SHRINK_AT, snapshot_module.CHUNK_KEYS
     history_module._SHRINK_AT = 2  # trimming shifts the list after a few writes
+    snapshot_module.CHUNK_KEYS = chunk_keys
     try:
         machine = _Machine()
         for cmd in before:
@@ -90,7 +96,7 @@ def test_a_capture_in_slices_equals_a_snapshot_at_the_same_index(
         expected = machine.sm.snapshot()
         assert _incremental(machine, slice_keys, during) == expected
     finally:
-        history_module._SHRINK_AT = shrink
+        history_module._SHRINK_AT, snapshot_module.CHUNK_KEYS = shrink, chunk
 
 
 def test_the_history_trims_again_once_the_capture_is_done() -> None:
@@ -155,10 +161,15 @@ def test_the_snapshot_bytes_written_per_log_byte_do_not_grow_with_the_state() ->
 
 
 async def test_the_compactor_stores_the_state_at_its_index_while_applies_go_on(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The runtime's path end to end: slices on the loop between applies, the file
-    written in a thread, the commit; the stored bytes are the stop-the-world ones."""
+    written in a thread (handing the GIL over between chunks), the commit, the memory
+    trimmed; the stored bytes are the stop-the-world ones."""
+    calls: list[str] = []
+    monkeypatch.setattr(compaction_module, "yield_gil", lambda: calls.append("yield"))
+    monkeypatch.setattr(compaction_module, "release_free_memory", lambda: calls.append("trim"))
+    monkeypatch.setattr(snapshot_module, "CHUNK_KEYS", 300)
     sm = KVStateMachine()
     storage = LevelDBStorage(tmp_path / "raft")
 
@@ -187,3 +198,4 @@ async def test_the_compactor_stores_the_state_at_its_index_while_applies_go_on(
     finally:
         compactor.close()
         storage.close()
+    assert calls == ["yield"] * 7 + ["trim"]  # 2,000 keys in chunks of 300

@@ -28,7 +28,7 @@ def test_records_are_untracked_bytes_and_read_back_as_key_values() -> None:
     assert space.get("a") == KeyValue("a", b"two", 2, 1, 2)
     assert space.get("b") == KeyValue("b", b"", 1, 3, 3)
     assert space.get("c") is None and "b" in space and len(space) == 2
-    assert records.wire_fields("a", space.records["a"]) == ("a", b"two", 2, 1, 2)
+    assert records.from_wire(("a", b"two", 2, 1, 2)) == ("a", space.records["a"])
 
 
 @pytest.mark.parametrize(
