@@ -19,6 +19,7 @@ storage, before the entries of that Ready are persisted).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Callable, Sequence
 from typing import BinaryIO
@@ -152,6 +153,9 @@ class SnapshotKeeper:
         else:
             storage.apply_snapshot(meta, data)
         self._sm.install(parsed)
+        # The new state's key list (a million entries) would otherwise be walked by the
+        # next young collections on the loop, and by every full one (Compactor: same).
+        gc.freeze()
         loop.run_in_executor(None, release_free_memory)  # the replaced state's memory
         self._pending.snapshot_installed(meta.index)
         self._installed(meta)

@@ -9,14 +9,18 @@ data when the Ready asks for it, or the install fails and the node exits.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import random
 import threading
+import time
 
 import pytest
 
 from consensus import Config, Entry, MemoryStorage, RaftNode
 from consensus.messages import InstallSnapshot
 from consensus.types import Membership, SnapshotMeta
+from kvstore.runtime import snapshots as snapshots_module
 from kvstore.runtime.compaction import Compactor
 from kvstore.runtime.leveldb_storage import LevelDBStorage
 from kvstore.runtime.requests import PendingRequests
@@ -105,6 +109,27 @@ async def test_held_snapshots_are_released_once_installed() -> None:
     assert follower.keeper.holding() == ()
 
 
+async def test_an_installed_state_is_not_walked_by_the_garbage_collector(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The installed key list (a million entries at scale) is frozen, so no collection
+    on the loop walks it; and the replaced state's memory is given back."""
+    trims: list[None] = []
+    monkeypatch.setattr(snapshots_module, "release_free_memory", lambda: trims.append(None))
+    follower = _Follower()
+    follower.deliver(3, "n1", _snapshot(10, 3))
+    try:
+        await follower.run_ready()
+        keys = follower.sm._space.keys
+        assert keys and all(o is not keys for o in gc.get_objects())
+        deadline = time.monotonic() + 5
+        while not trims and time.monotonic() < deadline:  # it runs in the default executor
+            await asyncio.sleep(0.001)
+        assert trims == [None]
+    finally:
+        gc.unfreeze()
+
+
 async def test_a_leaders_snapshot_is_written_to_disk_off_the_event_loop(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The file of an installed snapshot (hundreds of MB at a million keys) is written
     and synced in a worker thread; on the loop it stalled a follower for 1.7 s."""
@@ -140,4 +165,7 @@ async def test_a_leaders_snapshot_is_written_to_disk_off_the_event_loop(tmp_path
         assert storage.snapshot_meta() == meta and storage.snapshot_data() == data
         assert follower.sm.get("k10") is not None
     finally:
+        # The install deletes the covered entries in the default executor: closing the
+        # database under it crashes the process (seen once the install also trims).
+        await asyncio.get_running_loop().shutdown_default_executor()
         storage.close()
