@@ -115,7 +115,7 @@ class Leadership:
         """Work that `flush` would turn into messages."""
         return (
             self._replication_pending
-            or self._reads.has_unsent()
+            or self._reads.round_due()
             or self._log.committed > self._commit_told
         )
 
@@ -282,7 +282,7 @@ class Leadership:
                     while self._send_append(peer, send_if_empty=False):
                         pass
         self.tell_commit()
-        if self._reads.has_unsent():
+        if self._reads.round_due():
             seq = self._reads.open_round()
             if self._membership.voters == (self.id,):
                 self._release_confirmed_reads()

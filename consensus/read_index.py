@@ -1,7 +1,10 @@
 """ReadIndex (Raft dissertation §6.4) with reads batched into heartbeat rounds.
 
 Reads asked for while no round is open share the next round, so a burst of
-linearizable reads costs one heartbeat round, not one per read. A round with
+linearizable reads costs one heartbeat round, not one per read. One round is in
+flight at a time: reads asked meanwhile (they cannot join it, its heartbeats left
+before they began) wait for it to be confirmed and then share the next one, so a
+steady stream of reads costs one round per round trip, not one per Ready. A round with
 sequence number s is confirmed when a quorum (the leader included) has echoed a
 sequence >= s in the current term; every read of that round and of earlier ones
 may then be served at the commit index recorded when it was asked.
@@ -56,8 +59,10 @@ class ReadIndexQueue:
         )
         self._waiting_for_commit.clear()
 
-    def has_unsent(self) -> bool:
-        return bool(self._unsent)
+    def round_due(self) -> bool:
+        """Reads wait for a round and none is in flight (see the module docstring; a
+        round whose acknowledgements were lost is confirmed by the next heartbeat)."""
+        return bool(self._unsent) and not self._rounds
 
     def open_round(self) -> int:
         """Start a round for every unsent read; returns its sequence number."""

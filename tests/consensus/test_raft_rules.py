@@ -198,7 +198,32 @@ def test_read_index_needs_a_quorum_of_heartbeat_acknowledgements() -> None:
     cluster.heal()
     cluster.nodes["a"].read_index(b"r2")
     cluster.deliver_all()
+    assert cluster.read_states["a"] == [], "r2 waits for r1's round, whose acks were lost"
+    cluster.tick("a", cluster.nodes["a"].config.heartbeat_tick)  # the heartbeat confirms it
+    cluster.deliver_all()
     assert [s.request_id for s in cluster.read_states["a"]] == [b"r1", b"r2"]
+
+
+def test_reads_asked_while_a_round_is_in_flight_share_the_next_round() -> None:
+    """One round in flight at a time: reads that arrive meanwhile cannot join it (its
+    heartbeats left before they began), so they wait and share the next one, however
+    many Readys they arrive in."""
+    cluster = ScriptedCluster()
+    cluster.elect("a")
+    leader = cluster.nodes["a"]
+    cluster.delivered.clear()
+    leader.read_index(b"r1")
+    first = cluster.process_ready("a")
+    for rid in (b"r2", b"r3"):
+        leader.read_index(rid)
+        assert cluster.process_ready("a") == [], "a second round while one is in flight"
+    first_seq = {m.read_seq for m in first if isinstance(m, AppendEntries)}
+    cluster.in_flight.extend(first)
+    cluster.deliver_all()
+    heartbeats = [m for m in cluster.delivered if isinstance(m, AppendEntries) and not m.entries]
+    assert len(heartbeats) == 4, "two rounds, one heartbeat to each follower in each"
+    assert {m.read_seq for m in heartbeats} == {min(first_seq), min(first_seq) + 1}
+    assert [s.request_id for s in cluster.read_states["a"]] == [b"r1", b"r2", b"r3"]
 
 
 def test_conflict_back_off_skips_a_whole_term_per_round_trip() -> None:

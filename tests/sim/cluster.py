@@ -341,12 +341,12 @@ class Cluster(ReadyDriver):
             )
         ]
 
-    def read(self) -> bool:
-        """A linearizable read on a (believed) leader, or on a follower, which asks its
-        leader for the read index; remember the commit index known now, which the read
-        must not fall behind (checked when it is served)."""
+    def read(self, to: Host | None = None) -> bool:
+        """A linearizable read on `to` or on a (believed) leader, or on a follower, which
+        asks its leader for the read index; remember the commit index known now, which
+        the read must not fall behind (checked when it is served)."""
         self.ops += 1
-        hosts = self._asking()
+        hosts = self._asking() if to is None else [to]
         if not hosts:
             return False
         host = self.rng.choice(hosts)

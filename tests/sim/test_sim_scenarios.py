@@ -145,3 +145,41 @@ def test_leader_crashes_between_its_early_appends_and_its_fsync() -> None:
     cluster.restart(leader.nid)
     liveness_phase(cluster)
     cluster.full_check()
+
+
+def test_a_deposed_leader_never_serves_a_read_it_cannot_confirm() -> None:
+    """A is cut off but keeps leading (no CheckQuorum); B is elected and commits past
+    A's commit index; then a client reads on A. A read served before a quorum of A's
+    term confirmed it would miss B's writes, and the checkers would see the stale read;
+    A never gets that confirmation, so the read is failed when A learns of B's term."""
+    config = SimConfig(nodes=3, check_quorum=False, net=NetConfig(min_delay=1, max_delay=1))
+    cluster = Cluster(11, config, replay_hint=REPLAY.format(name="deposed_leader_read"))
+    _until(cluster, lambda: len(cluster.leaders()) == 1, 300, "a first leader")
+    a = cluster.leaders()[0]
+    assert a.node is not None
+    _until(cluster, lambda: a.node is not None and a.node.commit_index > 1, 100, "no-op commit")
+    cluster.isolate(a.nid)
+    others = [h for h in cluster.hosts.values() if h is not a]
+    _until(cluster, lambda: len(cluster.leaders()) == 2, 600, "B elected beside A")
+    b = next(h for h in others if h in cluster.leaders())
+    assert b.node is not None and a.node.role.value == "leader" and b.node.term > a.node.term
+    for _ in range(3):
+        assert cluster.propose(to=b) is not None
+    _until(
+        cluster,
+        lambda: b.node is not None and b.node.commit_index > a.node.commit_index + 2,
+        100,
+        "B committing past A",
+    )
+    failed = cluster.counters.reads_failed
+    assert cluster.read(to=a)
+    for _ in range(20):
+        cluster.tick()
+    assert a.node.role.value == "leader" and a.reads, "A still leads, its read unserved"
+    cluster.heal()
+    _until(
+        cluster, lambda: a.node is not None and a.node.role.value == "follower", 100, "A deposed"
+    )
+    assert cluster.counters.reads_failed > failed, "A's read must have been failed"
+    liveness_phase(cluster)
+    cluster.full_check()
