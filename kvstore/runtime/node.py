@@ -258,18 +258,23 @@ class NodeRuntime:
         """Messages from a peer (already checked by the peer API)."""
         if self.stopping or self.fatal_error is not None:
             return
-        step = self.node.step
+        node = self.node
+        step, committed = node.step, node.commit_index
         for msg in msgs:
             step(msg)
-        self._send_early()
+        if node.commit_index > committed:  # the followers reached it: tell them now
+            self._send_early()
         if msgs:
             self.last_heard[msgs[0].sender] = time.monotonic()
         self._wake.set()
 
     def _send_early(self) -> None:
         """While a leader's own fsync runs (its ready loop waits for it): what may leave
-        before it does, now (heartbeats, a commit the followers reached, answers to
-        forwarded proposals; RaftNode.early_messages)."""
+        before it does (RaftNode.early_messages), on every tick (heartbeats) and when
+        acknowledgements moved the commit index (with the answers to forwarded
+        proposals). Not on every acknowledgement: the appends they release wait for the
+        next Ready, batched as before (a frame per acknowledgement cost ~7% more CPU per
+        write at concurrency 64)."""
         if self.persister.syncing:
             self.transport.send(self.node.early_messages())
 
