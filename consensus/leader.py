@@ -196,17 +196,8 @@ class Leadership:
     def read_index_for(self, msg: ReadIndexRequest) -> None:
         """A follower's reads join the next round exactly like our own (the same rule on
         committing in term first); the answer goes back once a quorum confirmed it.
-
-        Unless the request itself completes the quorum: then the commit index is
-        answered at once, with no round. Proof: every read in the request began before
-        the follower sent it, in our term T (msg.term), and we still lead T now. A
-        write acknowledged before such a read began was committed in a term <= T (a
-        leader of a later term needs the votes of a quorum, each in that term before
-        the write: the quorum includes us or the follower, and both were still in T
-        after the read began; terms never go back), so by a leader of T, that is by
-        us, or before T; our commit index covers both once we committed in T (§6.4
-        step 1). With three voters, the follower and the leader are such a quorum, and
-        a follower's read costs two messages instead of six."""
+        Unless the request, of our term, completes the quorum with us (three voters):
+        then our commit index is answered at once (why that is safe: consensus.read_index)."""
         committed, in_term = self._log.committed, self.committed_in_term()
         if in_term and msg.term == self.term and self._with_leader_a_quorum(msg.sender):
             self._send(
@@ -287,7 +278,7 @@ class Leadership:
             if self._membership.voters == (self.id,):
                 self._release_confirmed_reads()
             else:
-                self._broadcast_heartbeat(read_seq=seq)
+                self._send_read_round(seq)
 
     def tell_commit(self) -> None:
         """Followers learn a new commit index now, not with the next append or heartbeat:
@@ -439,7 +430,22 @@ class Leadership:
         self._send(InstallSnapshot(self.term, self.id, peer, snapshot))
         progress.become_snapshot(snapshot.index)
 
-    def _broadcast_heartbeat(self, read_seq: int | None = None) -> None:
+    def _send_read_round(self, seq: int) -> None:
+        """Ask for round `seq` only as many voters as complete a quorum with us, those
+        that echoed a round last (if one is gone, the next heartbeat, sent to every peer
+        with the newest round number, confirms the round). A round is no heartbeat: it
+        neither counts towards a stalled pipeline nor resends probes."""
+        voters = [p for p in self._membership.voters if p != self.id and p in self._progress]
+        voters.sort(key=lambda p: self._progress[p].read_ack, reverse=True)
+        needed = quorum.quorum_size(len(self._membership.voters)) - 1
+        for peer in voters[:needed]:
+            match = self._progress[peer].match
+            prev_index = match if match >= self._log.first_index() - 1 else 0
+            self._send_append_entries(
+                peer, prev_index, (), min(self._log.committed, prev_index), seq
+            )
+
+    def _broadcast_heartbeat(self) -> None:
         """Heartbeats name the follower's known match point, which it always holds, so
         they never trigger a rejection. A follower whose replication made no progress
         for an election timeout while appends were in flight lost one: it is probed
@@ -472,7 +478,7 @@ class Leadership:
                 prev_index,
                 (),
                 min(self._log.committed, prev_index),
-                self._reads.seq if read_seq is None else read_seq,
+                self._reads.seq,
             )
 
     # --- ReadIndex ----------------------------------------------------------------------
@@ -486,13 +492,7 @@ class Leadership:
             acked = [p for p, pr in self._progress.items() if p == self.id or pr.read_ack >= seq]
             return quorum.has_quorum(self._membership.voters, acked)
 
-        local: list[ReadState] = []
-        remote: dict[tuple[NodeId, int], list[bytes]] = {}
-        for origin, read in self._reads.confirm(confirmed):
-            if origin is None:
-                local.append(read)
-            else:
-                remote.setdefault((origin, read.index), []).append(read.request_id)
+        local, remote = self._reads.confirm(confirmed)
         if local:
             self._serve_reads(local)
         for (origin, index), request_ids in remote.items():

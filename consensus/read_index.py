@@ -11,6 +11,16 @@ may then be served at the commit index recorded when it was asked.
 
 A read has an origin: None for the leader's own clients, or the follower that asked
 for it (ReadIndexRequest); either kind shares the same rounds.
+
+A follower's request that completes a quorum with the leader needs no round
+(Leadership.read_index_for answers it at once). Proof: every read in the request
+began before the follower sent it, in the leader's term T (the request's term), and
+the leader still leads T when it answers. A write acknowledged before such a read
+began was committed in a term <= T (a leader of a later term needs the votes of a
+quorum, each in that term before the write: the quorum includes the leader or the
+follower, and both were still in T after the read began; terms never go back), so by
+the leader of T or before T; its commit index covers both once it committed in T
+(§6.4 step 1). With three voters a follower's read then costs two messages, not six.
 """
 
 from __future__ import annotations
@@ -71,12 +81,22 @@ class ReadIndexQueue:
         self._unsent = []
         return self.seq
 
-    def confirm(self, is_confirmed: Callable[[int], bool]) -> list[PendingRead]:
-        """Release every round up to the newest one a quorum has confirmed."""
+    def confirm(
+        self, is_confirmed: Callable[[int], bool]
+    ) -> tuple[list[ReadState], dict[tuple[NodeId, int], list[bytes]]]:
+        """Release every round up to the newest one a quorum has confirmed: the leader's
+        own reads, and the request ids of followers' reads by (origin, read index)."""
         confirmed_upto = -1
         for position, round_ in enumerate(self._rounds):
             if is_confirmed(round_.seq):
                 confirmed_upto = position
-        released = [read for round_ in self._rounds[: confirmed_upto + 1] for read in round_.reads]
+        local: list[ReadState] = []
+        remote: dict[tuple[NodeId, int], list[bytes]] = {}
+        for round_ in self._rounds[: confirmed_upto + 1]:
+            for origin, read in round_.reads:
+                if origin is None:
+                    local.append(read)
+                else:
+                    remote.setdefault((origin, read.index), []).append(read.request_id)
         del self._rounds[: confirmed_upto + 1]
-        return released
+        return local, remote
