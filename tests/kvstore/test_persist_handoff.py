@@ -1,0 +1,68 @@
+"""The leader's persist worker (kvstore.runtime.persist): saves run off the loop thread,
+one at a time in the order asked, and a failing save raises in the awaiting coroutine
+(what run_in_executor did before the worker became a plain thread and queue)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from consensus import Entry, HardState, Ready
+from consensus.storage import MemoryStorage
+from kvstore.runtime.persist import Persister
+from kvstore.runtime.stats import RuntimeStats
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class _RecordingDisk(MemoryStorage):
+    """Memory storage that notes which thread saved what, and fails on request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.saves: list[tuple[int, int]] = []  # (thread ident, first entry index)
+        self.fail_on: int | None = None
+
+    def save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
+        if entries and entries[0].index == self.fail_on:
+            raise OSError("disk full")
+        self.saves.append((threading.get_ident(), entries[0].index if entries else 0))
+        super().save(hard_state, entries)
+
+
+def _ready(index: int, term: int = 1) -> Ready:
+    return Ready(
+        hard_state=HardState(term, "n1", 0),
+        entries=(Entry(term, index, b"x%d" % index),),
+        messages=(),
+        committed=(),
+        read_states=(),
+    )
+
+
+async def test_a_leader_saves_off_the_loop_in_order_and_hears_failures(tmp_path: Path) -> None:
+    disk = _RecordingDisk()
+    persister = Persister(disk, RuntimeStats(), "n1", tmp_path)
+    try:
+        await asyncio.gather(*(persister.save(_ready(i), leading=True) for i in (1, 2, 3)))
+        loop_thread = threading.get_ident()
+        assert [index for _, index in disk.saves] == [1, 2, 3]
+        assert all(thread != loop_thread for thread, _ in disk.saves)
+        assert persister.persisted == HardState(1, "n1", 0)
+        assert not persister.syncing
+
+        disk.fail_on = 4
+        with pytest.raises(OSError, match="disk full"):
+            await persister.save(_ready(4), leading=True)
+        assert not persister.syncing
+        disk.fail_on = None
+        await persister.save(_ready(4, term=2), leading=True)  # the worker survived it
+        assert persister.persisted == HardState(2, "n1", 0)
+        assert [index for _, index in disk.saves] == [1, 2, 3, 4]
+    finally:
+        persister.close()
+    assert not persister._worker.is_alive()
