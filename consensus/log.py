@@ -15,6 +15,9 @@ from consensus.errors import CompactedError
 from consensus.storage import Storage, limit_size
 from consensus.types import Entry, EntryType, SnapshotMeta
 
+CONF_SCAN_STEP = 1024
+"""At most this many committed entries are read per `committed_change_not_handed_out`."""
+
 
 @dataclass(frozen=True, slots=True)
 class AppendResult:
@@ -40,6 +43,10 @@ class RaftLog:
         self._applying = self.applied
         if self.committed < self.applied:
             self.committed = self.applied
+        self._conf_scanned = self.applied
+        """Committed entries up to here were read for membership changes (they never change)."""
+        self._conf_changes: list[int] = []
+        """The membership changes found there, beyond what was handed out when found."""
 
     # --- reading -----------------------------------------------------------------
 
@@ -239,11 +246,25 @@ class RaftLog:
 
     def committed_change_not_handed_out(self, after: int) -> bool:
         """A committed membership change beyond index `after` that the driver has not
-        been given yet (so it has not taken effect)."""
-        return any(
-            e.type is EntryType.CONF_CHANGE and e.index > after
-            for e in self.slice(self._applying + 1, self.committed + 1)
-        )
+        been given yet (so it has not taken effect), as far as is known.
+
+        Asked at every campaign. After a restart the committed entries not yet handed out
+        can be hundreds of thousands (a long log tail to apply again): reading them all
+        at every election timeout stalled the loop for seconds. So committed entries are
+        read once, at most CONF_SCAN_STEP per call, and a part not read yet counts as
+        holding a change: such a node applies (and reads) before it campaigns, which a
+        node that must serve linearizable reads does anyway."""
+        lo = max(self._applying, self._conf_scanned) + 1
+        hi = min(self.committed, lo + CONF_SCAN_STEP - 1)
+        if hi >= lo:
+            self._conf_changes += [
+                e.index for e in self.slice(lo, hi + 1) if e.type is EntryType.CONF_CHANGE
+            ]
+        self._conf_scanned = max(lo - 1, hi)
+        self._conf_changes = [i for i in self._conf_changes if i > self._applying]
+        if self._conf_scanned < self.committed:
+            return True
+        return any(index > after for index in self._conf_changes)
 
     def has_next_committed(self) -> bool:
         return self.committed > self._applying
