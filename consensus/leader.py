@@ -85,7 +85,7 @@ class Leadership:
         self._progress: dict[NodeId, Progress] = {}
         next_index = log.last_index() + 1
         for peer in membership.members():
-            progress = Progress(next_index, config.max_inflight)
+            progress = Progress(next_index, config)
             progress.recent_active = True
             self._progress[peer] = progress
         if node_id in self._progress:
@@ -325,7 +325,7 @@ class Leadership:
             if peer not in members:
                 del self._progress[peer]
         for peer in (m for m in members if m not in self._progress):  # in order: replayable
-            progress = Progress(self._log.last_index() + 1, self._config.max_inflight)
+            progress = Progress(self._log.last_index() + 1, self._config)
             progress.recent_active = True
             self._progress[peer] = progress
             self._replication_pending = True
@@ -397,7 +397,7 @@ class Leadership:
         self._send_append_entries(
             peer, progress.next - 1, tuple(entries), self._log.committed, self._reads.seq
         )
-        progress.sent(entries[-1].index if entries else None)
+        progress.sent(entries)
         return bool(entries)
 
     def _send_append_entries(

@@ -3,15 +3,20 @@
 A follower is PROBE while the leader does not know where their logs match: one
 AppendEntries at a time, so a rejection costs one message. Once a response shows
 a match it is REPLICATE: entries are pipelined optimistically, at most
-`max_inflight` messages unacknowledged, so a slow or dead follower never makes the
-leader buffer without bound.
+`max_inflight` messages and `max_inflight_bytes` of entries unacknowledged, so a slow
+or dead follower never makes the leader buffer without bound, and a follower far
+behind gets a few batches per acknowledgement rather than the whole window at once.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from consensus.config import Config
+from consensus.types import Entry
 
 
 class ProgressState(enum.Enum):
@@ -41,9 +46,11 @@ class Progress:
     __slots__ = (
         "commit_sent",
         "inflight",
+        "inflight_bytes",
         "match",
         "match_at_heartbeat",
         "max_inflight",
+        "max_inflight_bytes",
         "next",
         "pending_snapshot",
         "probe_sent",
@@ -54,13 +61,16 @@ class Progress:
         "state",
     )
 
-    def __init__(self, next_index: int, max_inflight: int) -> None:
+    def __init__(self, next_index: int, config: Config) -> None:
         self.match = 0
         self.next = next_index
         self.state = ProgressState.PROBE
         self.probe_sent = False
-        self.inflight: deque[int] = deque()
-        self.max_inflight = max_inflight
+        self.inflight: deque[tuple[int, int]] = deque()
+        """(last index, entry bytes) of each AppendEntries not acknowledged yet."""
+        self.inflight_bytes = 0
+        self.max_inflight = config.max_inflight
+        self.max_inflight_bytes = config.max_inflight_bytes
         self.recent_active = False
         self.read_ack = 0
         self.commit_sent = 0
@@ -78,14 +88,17 @@ class Progress:
             return self.probe_sent
         if self.state is ProgressState.SNAPSHOT:
             return True
-        return len(self.inflight) >= self.max_inflight
+        full = len(self.inflight) >= self.max_inflight
+        return full or self.inflight_bytes >= self.max_inflight_bytes
 
-    def sent(self, last_index: int | None) -> None:
-        """Record an AppendEntries whose last entry is `last_index` (None when empty)."""
+    def sent(self, entries: Sequence[Entry]) -> None:
+        """Record an AppendEntries carrying `entries` (maybe none)."""
         if self.state is ProgressState.REPLICATE:
-            if last_index is not None:
-                self.next = last_index + 1
-                self.inflight.append(last_index)
+            if entries:
+                size = sum(entry.size() for entry in entries)
+                self.next = entries[-1].index + 1
+                self.inflight.append((entries[-1].index, size))
+                self.inflight_bytes += size
         else:
             self.probe_sent = True
 
@@ -96,8 +109,8 @@ class Progress:
             self.match = match
             self.probe_sent = False
         self.next = max(self.next, match + 1)
-        while self.inflight and self.inflight[0] <= match:
-            self.inflight.popleft()
+        while self.inflight and self.inflight[0][0] <= match:
+            self.inflight_bytes -= self.inflight.popleft()[1]
         return updated
 
     def is_stalled(self, last_index: int) -> bool:
@@ -110,18 +123,22 @@ class Progress:
         self.next = self.match + 1
         self.probe_sent = False
         self.stalled_heartbeats = 0
-        self.inflight.clear()
+        self._forget_inflight()
 
     def become_snapshot(self, snapshot_index: int) -> None:
         self.state = ProgressState.SNAPSHOT
         self.pending_snapshot = snapshot_index
         self.snapshot_heartbeats = 0
-        self.inflight.clear()
+        self._forget_inflight()
 
     def become_replicate(self) -> None:
         self.state = ProgressState.REPLICATE
         self.next = self.match + 1
+        self._forget_inflight()
+
+    def _forget_inflight(self) -> None:
         self.inflight.clear()
+        self.inflight_bytes = 0
 
     def says_log_ends_below_match(self, conflict_term: int, conflict_index: int) -> bool:
         """A rejection saying the follower's log ends (at conflict_index - 1) below

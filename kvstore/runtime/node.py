@@ -108,6 +108,7 @@ class NodeRuntime:
                 heartbeat_tick=t.heartbeat_ticks,
                 max_inflight=t.max_inflight,
                 max_batch_bytes=t.max_batch_bytes,
+                max_inflight_bytes=2 * t.max_batch_bytes,  # two full batches per follower
             ),
             storage,
             rng or random.Random(),
