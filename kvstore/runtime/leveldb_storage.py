@@ -36,6 +36,7 @@ object, one array slice assignment), never as a sequence of partial mutations. O
 from __future__ import annotations
 
 import struct
+import threading
 import zlib
 from array import array
 from collections import deque
@@ -166,6 +167,9 @@ class LevelDBStorage:
             raise CorruptLogError(self._path, None, f"LevelDB reports: {exc}") from None
         self._watermark = CommitWatermark(Path(self._path), watermark_interval_s)
         self._files = SnapshotFiles(Path(self._path) / "snapshots")
+        self._forgetting = threading.Lock()
+        """Held while a worker thread deletes covered entries, and by `close`: closing the
+        database under a running deletion crashed the process."""
         try:
             self._hard_state = self._load_hard_state()
             self._snapshot = self._load_snapshot_meta()
@@ -434,7 +438,10 @@ class LevelDBStorage:
         self._terms = array("Q", [meta.term]) + kept
 
         def forget() -> None:
-            self._delete_entries(first, min(meta.index, last), sync)
+            with self._forgetting:
+                if self._db.closed:
+                    return  # what is left below the snapshot, the next open deletes
+                self._delete_entries(first, min(meta.index, last), sync)
             if old_file is not None and old_file.name != file.name:
                 (self._files.directory / old_file.name).unlink(missing_ok=True)
 
@@ -454,6 +461,8 @@ class LevelDBStorage:
             batch.write()
 
     def close(self) -> None:
-        if not self._db.closed:
-            self._watermark.flush()
-        self._db.close()
+        """Close the database, after any deletion a worker thread is running."""
+        with self._forgetting:
+            if not self._db.closed:
+                self._watermark.flush()
+            self._db.close()

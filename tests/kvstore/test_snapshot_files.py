@@ -119,3 +119,35 @@ def test_a_snapshot_stored_by_an_older_version_is_still_read(tmp_path: Path) -> 
         assert reopened._db.get(b"snapdata") is None
     finally:
         reopened.close()
+
+
+def test_close_waits_for_a_running_deletion_and_a_later_one_does_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing the database under a worker thread's deletion crashed the process."""
+    path = tmp_path / "raft"
+    storage = _log(path, 20)
+    meta = SnapshotMeta(12, 2, MEMBERS)
+    forget = storage.commit_snapshot(meta, storage.prepare_snapshot(meta, lambda o: o.write(b"s")))
+    deleting, release = threading.Event(), threading.Event()
+    delete = storage._delete_entries
+
+    def held_delete(lo: int, hi: int, sync: bool = False) -> None:
+        deleting.set()
+        assert release.wait(10)
+        delete(lo, hi, sync)
+
+    monkeypatch.setattr(storage, "_delete_entries", held_delete)
+    worker = threading.Thread(target=forget)
+    worker.start()
+    assert deleting.wait(10)
+    closer = threading.Thread(target=storage.close)
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive(), "the database was closed under a running deletion"
+    release.set()
+    worker.join(10)
+    closer.join(10)
+    assert storage._db.closed
+    assert _stored_entry_indexes(path) == list(range(13, 21))
+    forget()  # a deletion that starts after the close does nothing, and does not crash
