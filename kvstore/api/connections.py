@@ -16,7 +16,8 @@ so it is never cut. The guard sits between the listening socket and aiohttp's
 protocol and sees only when bytes arrive, plus (through a middleware) when a handler
 starts and ends: it needs nothing of aiohttp's internals. On the client port the fast
 lane (kvstore.api.fast_lane) takes the guarded protocol's place: it arms the same Watch
-for the requests it parses, and hands connections to `guarded` aiohttp protocols.
+for the requests it parses, and hands connections to guarded aiohttp protocols
+(`ConnectionGuard.aiohttp_protocol`).
 """
 
 from __future__ import annotations
@@ -156,9 +157,12 @@ class ConnectionGuard:
             if not request.content.is_eof():  # answered early: aiohttp drains the rest
                 watch.arm(missing, request)
 
-    def guarded(self, inner: asyncio.Protocol) -> asyncio.Protocol:
-        """aiohttp's protocol `inner` behind this guard (for a connection handed over)."""
-        return _GuardedProtocol(self, inner)
+    def aiohttp_protocol(self, runner: web.AppRunner) -> asyncio.Protocol:
+        """`runner`'s aiohttp protocol behind this guard: every connection `listen`
+        serves without a lane, and each one a lane hands over."""
+        server = runner.server
+        assert server is not None, "runner.setup() first"
+        return _GuardedProtocol(self, server())
 
     async def listen(
         self,
@@ -170,12 +174,10 @@ class ConnectionGuard:
     ) -> asyncio.Server:
         """Serve `runner`'s application on host:port through the guard (the runner must be
         set up, and its app `install`ed). `protocol` makes each connection's protocol
-        instead (the fast lane, which hands connections to `guarded` aiohttp ones)."""
-        server = runner.server
-        assert server is not None, "runner.setup() first"
+        instead (a lane, which hands connections to `aiohttp_protocol` ones)."""
         loop = asyncio.get_running_loop()
         return await loop.create_server(
-            protocol or (lambda: _GuardedProtocol(self, server())),
+            protocol or (lambda: self.aiohttp_protocol(runner)),
             host,
             port,
             ssl=ssl_context,
@@ -191,7 +193,7 @@ GUARD_KEY = web.AppKey("connection_guard", ConnectionGuard)
 def hand_over(
     transport: asyncio.BaseTransport, protocol: asyncio.Protocol, data: bytes, paused: bool
 ) -> None:
-    """`protocol` (a `guarded` aiohttp one) serves `transport` from now on, starting
+    """`protocol` (a guarded aiohttp one) serves `transport` from now on, starting
     with `data`, the bytes its previous protocol (a lane's) received and did not answer."""
     transport.set_protocol(protocol)
     protocol.connection_made(transport)

@@ -70,9 +70,7 @@ class FastLane:
 
     def aiohttp_protocol(self) -> asyncio.Protocol:
         """aiohttp's protocol for a connection handed off, behind the guard."""
-        server = self._runner.server
-        assert server is not None, "the runner is set up before it listens"
-        return self.guard.guarded(server())
+        return self.guard.aiohttp_protocol(self._runner)
 
     def route(self, head: Head) -> None:
         """Set `head.key`, or Handoff when aiohttp's router could see this path otherwise

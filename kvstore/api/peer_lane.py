@@ -76,9 +76,7 @@ class PeerLane:
 
     def aiohttp_protocol(self) -> asyncio.Protocol:
         """aiohttp's protocol for a connection handed off, behind the guard."""
-        server = self._runner.server
-        assert server is not None, "the runner is set up before it listens"
-        return self.guard.guarded(server())
+        return self.guard.aiohttp_protocol(self._runner)
 
     async def shutdown(self, _app: web.Application | None = None) -> None:
         """The app's shutdown: every stream is answered and closed now."""

@@ -27,6 +27,7 @@ from kvstore.api.peer_lane import PeerLane
 from kvstore.peers.auth import AUTH_HEADER, PeerAuth
 from kvstore.peers.link import frame
 from kvstore.peers.transport import Transport
+from tests.kvstore.test_runtime import _eventually
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -82,14 +83,6 @@ async def _serve(sink: _Sink, path: str) -> AsyncIterator[int]:
         await runner.cleanup()
 
 
-async def _until(check, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, "condition not reached before the deadline"
-        await asyncio.sleep(0.01)
-
-
 def _head(auth: PeerAuth, port: int) -> tuple[bytes, object]:
     headers, tagger = auth.request_headers("n2", "http://127.0.0.1:1", None)
     fields = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
@@ -135,7 +128,7 @@ async def test_the_transport_delivers_every_batch_in_order(path: str) -> None:
                     await asyncio.sleep(0)
             entries = tuple(Entry(5, i, b"v" * 300) for i in range(1, 60))
             transport.send([AppendEntries(5, "n1", "n2", 0, 0, entries, 3)])
-            await _until(lambda: len(sink.got) == 201)
+            await _eventually(lambda: len(sink.got) == 201)
         finally:
             await transport.close()
     assert [m.term for m in sink.got] == [*range(1, 201), 5]  # type: ignore[attr-defined]
@@ -238,7 +231,7 @@ async def test_shutdown_answers_open_streams() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         head, _ = _head(PeerAuth("", "n1"), port)
         writer.write(head + frame(encode_messages(_votes(1))))
-        await _until(lambda: len(sink.got) == 1)
+        await _eventually(lambda: len(sink.got) == 1)
         await stack.aclose()  # the app shuts down with the stream open
         answer = await asyncio.wait_for(reader.read(), 5.0)
         writer.close()
