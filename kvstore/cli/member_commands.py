@@ -136,9 +136,11 @@ def snapshot_save(file: Path, **params: Any) -> None:
 
     The leader takes it after confirming its leadership with a quorum, so it holds
     every write acknowledged before the command started."""
+    blob = run_client(params, lambda kv: kv.snapshot())
+    # Imported only now: the state machine behind it takes a few hundred ms to import on
+    # a loaded machine, which must not eat into --timeout before the request is sent.
     from kvstore.runtime.backup import BackupError, decode_backup
 
-    blob = run_client(params, lambda kv: kv.snapshot())
     try:
         backup = decode_backup(blob)
     except BackupError as exc:
