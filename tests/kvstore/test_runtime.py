@@ -256,7 +256,9 @@ class _LocalCluster:
             (make_client_app(runtime, 1 << 21), me.client_port),
             (make_peer_app(runtime), me.peer_port),
         ):
-            runner = web.AppRunner(app, access_log=None)
+            # As `kv serve` does: a handler still running at stop is cancelled after a
+            # second, not after aiohttp's default minute (which outlasts the test timeout).
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", port).start()
             runners.append(runner)
