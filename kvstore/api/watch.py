@@ -29,10 +29,9 @@ from typing import Any
 
 from aiohttp import web
 
-from kvstore.api.access import read_access
+from kvstore.api.access import authenticate, read_access
 from kvstore.api.common import (
     RUNTIME_KEY,
-    USER_KEY,
     BadRequest,
     error,
     flag,
@@ -67,6 +66,7 @@ WRITE_TIMEOUT_S = 30.0
 RETRY_MS = 1000
 """What an EventSource waits before reconnecting on its own."""
 NO_LEADER = "no_leader"
+UNAUTHENTICATED = "unauthenticated"
 """Why a stream ends on a node that knows no leader (besides the hub's reasons)."""
 
 _WAIT = re.compile(r"([0-9]{1,6}(?:\.[0-9]{1,3})?)s?")
@@ -148,6 +148,8 @@ def _ended_json(ended: Ended) -> dict[str, Any]:
         COMPACTED: "the history needed to continue is compacted; re-list, then watch",
         SHUTDOWN: "the node is stopping; watch again (on any node) from next_revision",
         NO_LEADER: "this node knows no leader; watch again on another node from next_revision",
+        UNAUTHENTICATED: "the token expired or was revoked (or authentication was turned "
+        "on): get a new token and watch again from next_revision",
     }
     out: dict[str, Any] = {
         "reason": ended.reason,
@@ -180,17 +182,17 @@ async def handle_watch(request: web.Request) -> web.StreamResponse:
         read_access(request, runtime.sm.auth, keys.start, keys.end)  # 403: none of it
     except BadRequest as exc:
         return error(exc.status, exc.code, exc.message)
-    # A user's changes are filtered by the permissions in force when each is sent: a
-    # revoke applies to a running watch from its next event.
-    user = request.get(USER_KEY)
+    # A user's changes are filtered by the permissions in force when each is sent (a
+    # revoke applies to a running watch from its next event), for the user whose token
+    # is still valid then (`_reader`).
     try:
         watcher = runtime.watches.watch(wr.selector, wr.start_revision)
     except Compacted as exc:
         return _compacted(exc)
     try:
         if wr.wait is not None:
-            return await _long_poll(runtime, watcher, wr, wr.wait, user)
-        return await _stream(request, runtime, watcher, wr, user)
+            return await _long_poll(request, runtime, watcher, wr, wr.wait)
+        return await _stream(request, runtime, watcher, wr)
     finally:
         watcher.close()
 
@@ -212,14 +214,31 @@ def _visible(item: Item | None, runtime: NodeRuntime, user: str | None) -> Item 
     return item if len(events) == len(item.events) else Changes(item.revision, events)
 
 
+def _reader(request: web.Request, runtime: NodeRuntime) -> str | web.Response | None:
+    """Who reads the watch now: None with authentication off, the token's user, or the
+    401 that ends the watch. The middleware checked the token when the watch started,
+    but a watch can outlive it: the token expires, its user changes password or is
+    deleted, or authentication is turned on under a watch opened without a token.
+    Checking costs one HMAC, so it is done before every send."""
+    auth = runtime.sm.auth
+    if not auth.enabled:
+        return None
+    user = authenticate(request.headers.get("Authorization"), auth)
+    return user if isinstance(user, str) else user.response()
+
+
 async def _long_poll(
+    request: web.Request,
     runtime: NodeRuntime,
     watcher: Watcher,
     wr: WatchRequest,
     wait: float,
-    user: str | None,
 ) -> web.Response:
-    item: Item | None = _visible(await watcher.next(wait), runtime, user)
+    item: Item | None = await watcher.next(wait)
+    user = _reader(request, runtime)
+    if isinstance(user, web.Response):  # nothing is sent: the next poll starts here again
+        return user
+    item = _visible(item, runtime, user)
     events: list[dict[str, Any]] = []
     while type(item) is Changes:
         events += (event_json(e, wr.prev_kv) for e in item.events)
@@ -246,7 +265,6 @@ async def _stream(
     runtime: NodeRuntime,
     watcher: Watcher,
     wr: WatchRequest,
-    user: str | None,
 ) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={
@@ -257,24 +275,33 @@ async def _stream(
     )
     await response.prepare(request)
     try:
-        await _events(response, runtime, watcher, wr, user)
+        await _events(request, response, runtime, watcher, wr)
     except (TimeoutError, ConnectionError):
         response.force_close()  # the reader is gone or stuck; it resumes from its last id
     return response
 
 
 async def _events(
+    request: web.Request,
     response: web.StreamResponse,
     runtime: NodeRuntime,
     watcher: Watcher,
     wr: WatchRequest,
-    user: str | None,
 ) -> None:
     created = {"start_revision": watcher.next_revision, "revision": runtime.watches.revision}
     await _write(response, f"retry: {RETRY_MS}\nevent: created\ndata: {json.dumps(created)}\n\n")
     interval = runtime.tuning.watch_progress_ms / 1000
     while True:
-        item = _visible(await watcher.next(interval), runtime, user)
+        item = await watcher.next(interval)
+        user = _reader(request, runtime)
+        if isinstance(user, web.Response):
+            user = None
+            if type(item) is not Ended:
+                # Nothing more is sent; the reader resumes, with a new token, from the
+                # first revision it has not had.
+                resume = item.revision if type(item) is Changes else watcher.next_revision
+                item = Ended(UNAUTHENTICATED, resume)
+        item = _visible(item, runtime, user)
         if item is None and runtime.leader_id is None:
             # Cut off from the cluster (or between leaders): this node's state may be
             # old and stay old. The reader resumes on another node instead of hearing
