@@ -27,6 +27,7 @@ from kvstore.api.credentials import (
     new_signing_key,
     password_matches,
 )
+from kvstore.api.password_gate import PASSWORD_GATE_KEY, RETRY_AFTER_S, GateBusy, PasswordGate
 from kvstore.api.serve import serve_read, serve_write
 from kvstore.runtime.node import NodeRuntime
 from kvstore.state.auth import Permission, valid_name
@@ -128,8 +129,15 @@ async def handle_token(request: web.Request) -> web.StreamResponse:
     auth = runtime.sm.auth
     if not auth.enabled:
         return error(409, "auth_not_enabled", "authentication is not enabled: no token needed")
-    loop = asyncio.get_running_loop()
-    if not await loop.run_in_executor(None, password_matches, auth, doc["user"], doc["password"]):
+    try:
+        matched = await request.app[PASSWORD_GATE_KEY].check(
+            lambda: password_matches(auth, doc["user"], doc["password"])
+        )
+    except GateBusy:
+        busy = error(503, "busy", "too many token requests wait here: retry, or ask another node")
+        busy.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return busy
+    if not matched:
         return error(401, "bad_credentials", "wrong user name or password")
     auth = runtime.sm.auth  # the state may have moved on while the hash ran
     if not auth.enabled or doc["user"] not in auth.users:
@@ -285,6 +293,7 @@ def _enabled(value: bool) -> Any:
 
 
 def add_auth_routes(app: web.Application) -> None:
+    app[PASSWORD_GATE_KEY] = PasswordGate()
     router = app.router
     router.add_get(AUTH + "/status", strict(handle_status))
     router.add_post(AUTH + "/token", handle_token)
