@@ -112,37 +112,60 @@ def _open_record(value: bytes) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class _Tail:
-    """The newest entries, `start` being the index of entries[0]. Never mutated: `save`
-    swaps in a new one, so a reader holding the old one sees a consistent slice."""
+    """The newest entries, [start, end). Never changed where a reader can see it: `save`
+    publishes a new one, so a reader holding the old one sees a consistent slice.
+
+    Successive tails share one list (`items`, holding entry `offset` at position 0): a
+    save that only appends (the steady state) extends it in place, past the end of every
+    older tail, which therefore never sees the new entries, and moves `start` to trim
+    the front. Copying the whole cache at every save (4,096 entries) cost a follower
+    ~10 % of its loop time. An overwrite, and a dead front longer than the live part,
+    start a new list (amortized: each entry is copied at most once more)."""
 
     start: int
-    entries: tuple[Entry, ...]
+    end: int
     nbytes: int
+    items: list[Entry]
+    offset: int
+
+    @staticmethod
+    def of(start: int, entries: Sequence[Entry]) -> _Tail:
+        """A tail holding exactly `entries`, the first at index `start`."""
+        return _Tail(
+            start, start + len(entries), sum(e.size() for e in entries), list(entries), start
+        )
+
+    @property
+    def entries(self) -> list[Entry]:
+        return self.items[self.start - self.offset : self.end - self.offset]
 
     def get(self, lo: int, hi: int) -> list[Entry] | None:
         """Entries [lo, hi) if all of them are cached, else None."""
-        if lo < self.start or hi > self.start + len(self.entries):
+        if lo < self.start or hi > self.end:
             return None
-        return list(self.entries[lo - self.start : hi - self.start])
+        return self.items[lo - self.offset : hi - self.offset]
 
     def replaced(self, new: Sequence[Entry], max_entries: int, max_bytes: int) -> _Tail:
         """The tail after `new` overwrote everything from new[0].index on, trimmed at the
         front to the limits."""
         first = new[0].index
-        if first >= self.start:
-            cut = first - self.start
-            kept = self.entries[:cut]
-            nbytes = self.nbytes - sum(e.size() for e in self.entries[cut:])
-            start = self.start
+        items, offset, start, nbytes = self.items, self.offset, self.start, self.nbytes
+        if first == self.end and offset + len(items) == first:
+            items.extend(new)  # only past every published tail's end: none of them sees it
+        elif first >= start:
+            kept = items[start - offset : first - offset]
+            nbytes -= sum(e.size() for e in items[first - offset : self.end - offset])
+            items, offset = kept + list(new), start
         else:  # the overwrite reaches below the cache: nothing cached survives
-            kept, nbytes, start = (), 0, first
-        entries = kept + tuple(new)
+            items, offset, start, nbytes = list(new), first, first, 0
+        end = first + len(new)
         nbytes += sum(e.size() for e in new)
-        drop = 0
-        while len(entries) - drop > max_entries or nbytes > max_bytes:
-            nbytes -= entries[drop].size()
-            drop += 1
-        return _Tail(start + drop, entries[drop:], nbytes)
+        while start < end and (end - start > max_entries or nbytes > max_bytes):
+            nbytes -= items[start - offset].size()
+            start += 1
+        if start - offset > end - start:  # more dead than live: drop the dead front
+            items, offset = items[start - offset : end - offset], start
+        return _Tail(start, end, nbytes, items, offset)
 
 
 class LevelDBStorage:
@@ -237,9 +260,9 @@ class LevelDBStorage:
                     )
                 terms.append(entry.term)
                 newest.append(entry)
-        tail = _Tail(self._base + len(terms), (), 0)
+        tail = _Tail.of(self._base + len(terms), ())
         if newest:
-            tail = _Tail(newest[0].index, (), 0).replaced(
+            tail = _Tail.of(newest[0].index, ()).replaced(
                 newest, self._cache_entries, self._cache_bytes
             )
         return terms, tail
@@ -425,12 +448,10 @@ class LevelDBStorage:
         batch.write()
         kept = self._terms[meta.index - self._base + 1 :] if keeps_tail else array("Q")
         tail = self._tail
-        if keeps_tail and tail.start <= meta.index < tail.start + len(tail.entries):
-            cut = meta.index + 1 - tail.start
-            rest = tail.entries[cut:]
-            tail = _Tail(meta.index + 1, rest, sum(e.size() for e in rest))
+        if keeps_tail and tail.start <= meta.index < tail.end:
+            tail = _Tail.of(meta.index + 1, tail.get(meta.index + 1, tail.end) or ())
         elif not keeps_tail or tail.start <= meta.index:
-            tail = _Tail(meta.index + 1, (), 0)
+            tail = _Tail.of(meta.index + 1, ())
         self._snapshot = meta
         self._snapshot_file = file
         self._base = meta.index

@@ -424,6 +424,30 @@ def test_reads_below_a_concurrent_save_see_stable_values(db_path: Path) -> None:
     storage.close()
 
 
+def test_a_tail_a_reader_holds_never_changes_under_later_saves(db_path: Path) -> None:
+    """Successive tails share one list that appends extend in place: a tail published
+    earlier (what a reader on the loop holds while the worker thread saves) must keep
+    answering exactly its own entries through appends, trims, overwrites and compaction."""
+    storage = LevelDBStorage(db_path, cache_entries=8)
+    held = []
+    for first in range(1, 41, 4):
+        storage.save(None, make_entries(first, 4, term=1))
+        held.append((storage._tail, storage._tail.entries))
+    storage.save(None, make_entries(37, 2, term=2))  # an overwrite of the newest entries
+    held.append((storage._tail, storage._tail.entries))
+    storage.save(None, make_entries(39, 3, term=2))
+    for tail, entries in held:
+        assert tail.entries == entries
+        assert tail.get(tail.start, tail.end) == entries
+        assert [e.index for e in entries] == list(range(tail.start, tail.end))
+    newest = storage._tail
+    assert [(e.index, e.term) for e in newest.entries] == [(i, 1) for i in (34, 35, 36)] + [
+        (i, 2) for i in range(37, 42)
+    ]
+    assert len(newest.items) <= 2 * 8  # the dead front is dropped, not kept forever
+    storage.close()
+
+
 # --------------------------------------------------------------------------- differential
 
 
