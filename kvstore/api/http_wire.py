@@ -27,7 +27,6 @@ _REQUEST = re.compile(
     rb"(GET|PUT|DELETE) (/v1/kv/[A-Za-z0-9\-._~!$&'()*+,;=:@/%?]+) HTTP/1\.([01])\r\n"
     rb"((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t -~]*\r\n)*)\r\n"
 )
-_FIELD = re.compile(r"([^:]+):[ \t]*([\t -~]*?)[ \t]*\r\n")
 _QUERY = re.compile(r"[A-Za-z_]+=[A-Za-z0-9\-._]*(?:&[A-Za-z_]+=[A-Za-z0-9\-._]*)*")
 _NEVER = ("transfer-encoding", "expect", "upgrade")
 """Fields that change how the connection or the body works: aiohttp's business."""
@@ -89,9 +88,15 @@ def parse_head(data: bytes | bytearray) -> Head | None:
     if match is None:
         raise Handoff("not a plain request of the fast lane")
     method_b, target_b, minor, block = match.groups()
-    fields = _FIELD.findall(block.decode("ascii"))
-    headers = {name.lower(): value for name, value in fields}
-    if len(headers) != len(fields):
+    # Each line of the block is `name:value` (checked by _REQUEST): split by hand, as a
+    # regex with a lazy value spent ~8 µs of every request backtracking.
+    lines = block.decode("ascii").split("\r\n")
+    lines.pop()  # after the last CRLF
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.lower()] = value.strip(" \t")
+    if len(headers) != len(lines):
         raise Handoff("a repeated header field")
     if any(name in headers for name in _NEVER):
         raise Handoff("a field about the connection or the body")
