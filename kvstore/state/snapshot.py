@@ -27,7 +27,11 @@ layout (kvstore.state.records: version, create and mod revision as little-endian
 then the value). Why: the per-key form needed a Python call per key both ways (a
 million calls, ~1 s of GIL per snapshot at a million keys, taken from the event loop by
 the serializing thread); a chunk is packed or unpacked by one msgpack call of ~1 ms.
-Formats 1-6 are still read.
+Format 8 is format 7 with each record in the key space's tagged short layout (a tag byte
+and three u32 where they fit: 16 B less per key at 256 B values); a format-7 chunk's
+records are converted when read (a Python call per key, for a snapshot written before
+the upgrade only). Formats 1-7 are still read; a node on older code refuses format 8 as
+an unknown format, so every node is upgraded before a snapshot is sent.
 """
 
 from __future__ import annotations
@@ -48,13 +52,13 @@ from kvstore.state.coordination import Coordination
 from kvstore.state.history import DEFAULT_HISTORY_REVISIONS, History
 from kvstore.state.keyspace import KeySpace
 from kvstore.state.members import MemberDirectory
-from kvstore.state.records import META_BYTES, from_wire, pack_kv
+from kvstore.state.records import from_format_7, from_wire, pack_kv, well_formed
 from kvstore.state.types import KeyValue, Session, decode_result, encode_result, ints
 
-SNAPSHOT_FORMAT = 7
+SNAPSHOT_FORMAT = 8
 CHUNK_KEYS = 4096
-"""Keys per chunk of format 7: packing or unpacking one holds the GIL for ~1 ms."""
-_FORMATS = {1: 6, 2: 8, 3: 10, 4: 11, 5: 12, 6: 13, 7: 13}  # format -> array length
+"""Keys per chunk of formats 7 and 8: packing or unpacking one holds the GIL for ~1 ms."""
+_FORMATS = {1: 6, 2: 8, 3: 10, 4: 11, 5: 12, 6: 13, 7: 13, 8: 13}  # format -> array length
 
 Pause = Callable[[], None]
 """Called between chunks by a serializer or parser in a worker thread, to hand the GIL
@@ -285,7 +289,7 @@ def parse_snapshot(data: bytes, pause: Pause = _no_pause) -> ParsedState:
         if type(fmt) is not int or _FORMATS.get(fmt) != length:
             raise ValueError("unknown snapshot format")
         applied_index, revision = ints((unpacker.unpack(), unpacker.unpack()), 2)
-        kvs, ordered = _read_chunks(unpacker, pause) if fmt >= 7 else _read_keys(unpacker)
+        kvs, ordered = _read_chunks(unpacker, pause, fmt) if fmt >= 7 else _read_keys(unpacker)
         sessions, dropped, *rest = (unpacker.unpack() for _ in range(length - 4))
         _expect_end(unpacker)
     except msgpack.UnpackException as exc:  # OutOfData and friends are not ValueErrors
@@ -342,8 +346,11 @@ def _read_keys(unpacker: msgpack.Unpacker) -> tuple[dict[str, bytes], list[str]]
     return records, ordered
 
 
-def _read_chunks(unpacker: msgpack.Unpacker, pause: Pause) -> tuple[dict[str, bytes], list[str]]:
-    """Format 7's keys: each chunk checked and added with C-level calls only."""
+def _read_chunks(
+    unpacker: msgpack.Unpacker, pause: Pause, fmt: int
+) -> tuple[dict[str, bytes], list[str]]:
+    """The keys of format 8 (each chunk checked and added with C-level calls only) or 7
+    (its records converted to the short layout)."""
     records: dict[str, bytes] = {}
     ordered: list[str] = []
     for _ in range(unpacker.read_array_header()):
@@ -358,8 +365,11 @@ def _read_chunks(unpacker: msgpack.Unpacker, pause: Pause) -> tuple[dict[str, by
             or len(keys) != len(values)
             or set(map(type, keys)) != {str}
             or set(map(type, values)) != {bytes}
-            or min(map(len, values)) < META_BYTES
         ):
+            raise ValueError("bad key chunk")
+        if fmt == 7:
+            values = tuple(map(from_format_7, values))
+        elif not well_formed(values):
             raise ValueError("bad key chunk")
         if (ordered and keys[0] <= ordered[-1]) or not all(map(lt, keys, keys[1:])):
             raise ValueError("key chunks out of order or repeating a key")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 
 import pytest
 
@@ -29,6 +30,21 @@ def test_records_are_untracked_bytes_and_read_back_as_key_values() -> None:
     assert space.get("b") == KeyValue("b", b"", 1, 3, 3)
     assert space.get("c") is None and "b" in space and len(space) == 2
     assert records.from_wire(("a", b"two", 2, 1, 2)) == ("a", space.records["a"])
+
+
+def test_a_record_is_short_while_its_numbers_fit_in_u32_and_long_beyond() -> None:
+    """The short layout is what saves memory (a 256 B value's record in Python's 304 B
+    size class, not 320), and `pack` must pick it whenever it fits: equal states, equal
+    snapshot bytes."""
+    short = records.pack(b"x" * 256, 3, 2**32 - 2, 2**32 - 1)
+    assert short[0] == 0 and len(short) == 13 + 256 and sys.getsizeof(short) <= 304
+    long = records.pack(b"x", 1, 5, 2**32)
+    assert long[0] == 1 and len(long) == 25 + 1
+    assert records.unpack("k", short) == KeyValue("k", b"x" * 256, 3, 2**32 - 2, 2**32 - 1)
+    assert records.unpack("k", long) == KeyValue("k", b"x", 1, 5, 2**32)
+    assert records.well_formed((short, long)) and records.well_formed((records.pack(b"", 1, 1, 1),))
+    assert not records.well_formed((short, long[:-2]))
+    assert not records.well_formed((b"\x02" + short[1:],))
 
 
 @pytest.mark.parametrize(

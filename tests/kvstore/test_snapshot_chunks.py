@@ -1,14 +1,17 @@
-"""Snapshot format 7 (kvstore.state.snapshot): keys in chunks of CHUNK_KEYS, each packed
-and unpacked by one msgpack call, so a worker thread holds the GIL ~1 ms at a time.
+"""Snapshot formats 7 and 8 (kvstore.state.snapshot): keys in chunks of CHUNK_KEYS, each
+packed and unpacked by one msgpack call, so a worker thread holds the GIL ~1 ms at a time;
+format 8's records in the short tagged layout (kvstore.state.records).
 
 What must hold: a chunk is never longer than CHUNK_KEYS and the serializer pauses after
 each (the bound on each GIL hold); the bytes are canonical; a format-6 snapshot (one
-array per key) of the same state still restores to the same state; malformed chunks are
+array per key) or a format-7 one (records as three u64) of the same state still restores
+to the same state; malformed chunks are
 refused, never half-installed.
 """
 
 from __future__ import annotations
 
+import struct
 from io import BytesIO
 
 import msgpack
@@ -37,13 +40,29 @@ def _as_format_6(data: bytes) -> bytes:
     """The same state written as format 6: one `[key, value, version, create, mod]`
     array per key (what every node wrote before format 7)."""
     fields = msgpack.unpackb(data, raw=False)
-    assert fields[0] == 7
+    assert fields[0] == 8
     per_key = []
     for keys, recs in fields[3]:
         for key, record in zip(keys, recs, strict=True):
             kv = records.unpack(key, record)
             per_key.append([key, kv.value, kv.version, kv.create_revision, kv.mod_revision])
     return msgpack.packb([6, fields[1], fields[2], per_key, *fields[4:]], use_bin_type=True)
+
+
+def _as_format_7(data: bytes) -> bytes:
+    """The same state written as format 7: chunks whose records are
+    `<version:u64><create:u64><mod:u64><value>` (what every node wrote before format 8)."""
+    fields = msgpack.unpackb(data, raw=False)
+    assert fields[0] == 8
+    chunks = []
+    for keys, recs in fields[3]:
+        kvs = [records.unpack(key, record) for key, record in zip(keys, recs, strict=True)]
+        old = [
+            struct.pack("<QQQ", kv.version, kv.create_revision, kv.mod_revision) + kv.value
+            for kv in kvs
+        ]
+        chunks.append([keys, old])
+    return msgpack.packb([7, fields[1], fields[2], chunks, *fields[4:]], use_bin_type=True)
 
 
 def test_keys_are_written_in_chunks_of_at_most_chunk_keys_with_a_pause_after_each() -> None:
@@ -75,6 +94,24 @@ def test_a_format_6_snapshot_restores_to_the_same_state() -> None:
     assert old.snapshot() == data
 
 
+def test_a_format_7_snapshot_restores_to_the_same_state() -> None:
+    data = _filled().snapshot()
+    old = KVStateMachine()
+    old.restore(_as_format_7(data))
+    assert old.snapshot() == data
+    assert old.get("k000001") == _filled().get("k000001")
+
+
+def test_a_format_7_record_too_short_for_its_revisions_is_refused() -> None:
+    fields = msgpack.unpackb(_as_format_7(_filled(3).snapshot()), raw=False)
+    fields[3][0][1][0] = fields[3][0][1][0][:23]
+    sm = _filled(5)
+    before = sm.snapshot()
+    with pytest.raises(SnapshotError):
+        sm.restore(msgpack.packb(fields, use_bin_type=True))
+    assert sm.snapshot() == before
+
+
 def _with_chunks(chunks: list[object]) -> bytes:
     fields = msgpack.unpackb(_filled(3).snapshot(), raw=False)
     return msgpack.packb([*fields[:3], chunks, *fields[4:]], use_bin_type=True)
@@ -91,6 +128,8 @@ RECORD = records.pack(b"v", 1, 1, 1)
         [[["a", "b"], [RECORD, RECORD]], [["b"], [RECORD]]],  # twice across chunks
         [[["b"], [RECORD]], [["a"], [RECORD]]],  # chunks out of order
         [[["a"], [RECORD[:-2]]]],  # a record shorter than its three revisions
+        [[["a"], [b"\x02" + RECORD[1:]]]],  # an unknown layout tag
+        [[["a", "b"], [RECORD, b"\x01" + RECORD[1:]]]],  # too short for the long layout
         [[["a"], [RECORD, RECORD]]],  # lengths differ
         [[[], []]],  # an empty chunk
         [[[b"a"], [RECORD]]],  # a key that is not a string
