@@ -76,7 +76,7 @@ def test_tuning_defaults() -> None:
         heartbeat_ticks=3,
         election_ticks=15,
         max_inflight=64,
-        max_batch_bytes=MIB,
+        max_batch_bytes=MIB // 8,
         max_key_bytes=1024,
         max_value_bytes=MIB,
         request_timeout_ms=5000,
