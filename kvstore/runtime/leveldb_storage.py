@@ -169,10 +169,8 @@ class _Tail:
 
 
 BLOCK_CACHE_BYTES = 2 << 20
-"""LevelDB's cache of uncompressed blocks (its default is 8 MiB). The log is read back
-mostly in order (a follower catching up, a restart replaying its tail), where a cache
-saves little, and the newest entries are answered from `_tail`; each MiB here is RSS on
-top of the state (issue 17: RSS at most twice the raw values at a million keys)."""
+"""LevelDB's block cache (default 8 MiB): the log is read back in order, where a cache
+saves little, and the newest entries come from `_tail`; each MiB is RSS (issue 17)."""
 
 
 class LevelDBStorage:
