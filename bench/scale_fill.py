@@ -132,6 +132,7 @@ def node_figures(cluster: Cluster, node_id: str, before: dict[str, int]) -> dict
         "rss_mb": round(rss_mb(cluster, node_id)),
         "loop_lag_max_ms": status["loop_lag_max_ms"],
         "loop_lag_max_busy_ms": status["loop_lag_max_busy_ms"],
+        "loop_lag_max_loop_cpu_ms": status["loop_lag_max_loop_cpu_ms"],
         "loop_stalls": stalls_over(cluster, node_id),
         "gc_pause_max_ms": status["gc_pause_max_ms"],
         "term": status["term"],

@@ -243,6 +243,11 @@ class NodeCollector(Collector):
             "The longest stall counting only time the process was on a CPU.",
             value=stats.loop_lag.max_busy_s,
         )
+        yield GaugeMetricFamily(
+            "kv_event_loop_lag_max_loop_cpu_seconds",
+            "The longest stall counting only the event loop thread's own CPU time.",
+            value=stats.loop_lag.max_loop_cpu_s,
+        )
         pauses = GaugeMetricFamily(
             "kv_gc_pause_max_seconds",
             "The longest garbage collection since the node started, per generation.",

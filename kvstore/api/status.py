@@ -30,6 +30,7 @@ def status_json(runtime: NodeRuntime) -> dict[str, Any]:
         "last_snapshot": runtime.snapshots.compactor.last,
         "loop_lag_max_ms": round(runtime.stats.loop_lag.max_s * 1000, 1),
         "loop_lag_max_busy_ms": round(runtime.stats.loop_lag.max_busy_s * 1000, 1),
+        "loop_lag_max_loop_cpu_ms": round(runtime.stats.loop_lag.max_loop_cpu_s * 1000, 1),
         "gc_pause_max_ms": [round(s * 1000, 1) for s in runtime.stats.gc_pauses.max_s],
         "gc_collections": list(runtime.stats.gc_pauses.counts),
         "revision": runtime.sm.revision,

@@ -74,18 +74,23 @@ class Buckets:
 class LoopLag:
     """How late the event loop ran (kvstore.runtime.loop_lag writes it, on the loop)."""
 
-    __slots__ = ("buckets", "max_busy_s", "max_s")
+    __slots__ = ("buckets", "max_busy_s", "max_loop_cpu_s", "max_s")
 
     def __init__(self) -> None:
         self.buckets = Buckets(LOOP_LAG_BOUNDS_S)
         self.max_s = 0.0
         self.max_busy_s = 0.0
-        """The worst stall counting only time the process was on a CPU."""
+        """The worst stall counting only time the process was on a CPU (an upper bound of
+        the node's own part: it includes its other threads)."""
+        self.max_loop_cpu_s = 0.0
+        """The worst stall counting only the event loop thread's own CPU time (a lower
+        bound: it leaves out waits for the GIL)."""
 
-    def observe(self, lag_s: float, busy_s: float) -> None:
+    def observe(self, lag_s: float, busy_s: float, loop_cpu_s: float) -> None:
         self.buckets.observe(lag_s)
         self.max_s = max(self.max_s, lag_s)
         self.max_busy_s = max(self.max_busy_s, busy_s)
+        self.max_loop_cpu_s = max(self.max_loop_cpu_s, loop_cpu_s)
 
 
 @dataclass(frozen=True, slots=True)
