@@ -176,6 +176,8 @@ class NodeRuntime:
         )
         self.settings = SettingsKeeper(self.node, self.sm, t, self._wake.set)
         self._tasks: list[asyncio.Task[None]] = []
+        self._idle = False
+        """The ready loop waits for work, with no Ready in hand (see `_send_early`)."""
         self.stopping = False
         self.fatal_error: BaseException | None = None
         self.membership.changed()
@@ -264,19 +266,22 @@ class NodeRuntime:
         for msg in msgs:
             step(msg)
         if node.commit_index > committed:  # the followers reached it: tell them now
-            self._send_early()
+            self._send_early(idle_too=True)
         if msgs:
             self.last_heard[msgs[0].sender] = time.monotonic()
         self._wake.set()
 
-    def _send_early(self) -> None:
+    def _send_early(self, idle_too: bool = False) -> None:
         """While a leader's own fsync runs (its ready loop waits for it): what may leave
         before it does (RaftNode.early_messages), on every tick (heartbeats) and when
         acknowledgements moved the commit index (with the answers to forwarded
         proposals). Not on every acknowledgement: the appends they release wait for the
         next Ready, batched as before (a frame per acknowledgement cost ~7% more CPU per
-        write at concurrency 64)."""
-        if self.persister.syncing:
+        write at concurrency 64). `idle_too`: also when the ready loop has no Ready in
+        hand, so a commit goes out now rather than a loop turn and a Ready later (they
+        are the messages that Ready would send before persisting; at concurrency 1 the
+        turn cost a follower-landed write a median 113-182 µs on a loaded machine)."""
+        if self.persister.syncing or (idle_too and self._idle):
             self.transport.send(self.node.early_messages())
 
     async def propose(self, command: Command, timeout: float) -> ApplyResult | None:
@@ -421,7 +426,9 @@ class NodeRuntime:
     async def _ready_loop(self) -> None:
         try:
             while True:
+                self._idle = True
                 await self._wake.wait()
+                self._idle = False
                 self._wake.clear()
                 node = self.node
                 while node.has_ready():

@@ -8,7 +8,8 @@ write, (2) send the other messages, (3) apply committed entries and serve reads,
 loses "the unsynced tail" at every possible point (also after the early sends).
 A persist may also take a few ticks (a slow disk) while the node keeps stepping and,
 as the runtime does while a leader's disk syncs, sends `RaftNode.early_messages()`
-after each delivery.
+after each delivery; with no Ready in hand, it sends them after a delivery that moved
+the commit index (as the runtime does when its ready loop is idle).
 Compaction (a local snapshot of the applied state) runs between Readies.
 """
 
@@ -153,8 +154,11 @@ class ReadyDriver:
         assert node is not None
         if isinstance(msg, InstallSnapshot):
             host.received[msg.snapshot] = self.snapshot_store[msg.snapshot]
+        committed = node.commit_index
         node.step(msg)
-        if host.inflight is not None:  # its disk is still syncing (kvstore.runtime.persist)
+        # While its disk is still syncing (kvstore.runtime.persist), or with no Ready in
+        # hand when the commit index moved (NodeRuntime._send_early's `idle_too`).
+        if host.inflight is not None or node.commit_index > committed:
             for early in node.early_messages():
                 self._send(host, early)
         if isinstance(msg, InstallSnapshot):
