@@ -1,11 +1,13 @@
 """The leader's persist worker (kvstore.runtime.persist): saves run off the loop thread,
 one at a time in the order asked, and a failing save raises in the awaiting coroutine
-(what run_in_executor did before the worker became a plain thread and queue)."""
+(what run_in_executor did before the worker became a plain thread and queue); a lone
+entry is saved on the loop only while the disk keeps proving fast."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 
 from consensus import Entry, HardState, Ready
 from consensus.storage import MemoryStorage
-from kvstore.runtime.persist import Persister
+from kvstore.runtime.persist import FAST_SAVE_S, FAST_SAVES, Persister
 from kvstore.runtime.stats import RuntimeStats
 
 pytestmark = pytest.mark.timeout(30)
@@ -26,18 +28,21 @@ class _RecordingDisk(MemoryStorage):
         super().__init__()
         self.saves: list[tuple[int, int]] = []  # (thread ident, first entry index)
         self.fail_on: int | None = None
+        self.slow_on: int | None = None
 
     def save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
         if entries and entries[0].index == self.fail_on:
             raise OSError("disk full")
+        if entries and entries[0].index == self.slow_on:
+            time.sleep(2 * FAST_SAVE_S)
         self.saves.append((threading.get_ident(), entries[0].index if entries else 0))
         super().save(hard_state, entries)
 
 
-def _ready(index: int, term: int = 1) -> Ready:
+def _ready(index: int, term: int = 1, count: int = 1) -> Ready:
     return Ready(
         hard_state=HardState(term, "n1", 0),
-        entries=(Entry(term, index, b"x%d" % index),),
+        entries=tuple(Entry(term, i, b"x%d" % i) for i in range(index, index + count)),
         messages=(),
         committed=(),
         read_states=(),
@@ -66,3 +71,31 @@ async def test_a_leader_saves_off_the_loop_in_order_and_hears_failures(tmp_path:
     finally:
         persister.close()
     assert not persister._worker.is_alive()
+
+
+async def test_a_lone_entry_is_saved_on_the_loop_only_while_the_disk_proves_fast(
+    tmp_path: Path,
+) -> None:
+    disk = _RecordingDisk()
+    persister = Persister(disk, RuntimeStats(), "n1", tmp_path)
+    loop_thread = threading.get_ident()
+
+    def on_loop(index: int) -> bool:
+        return dict((i, t) for t, i in disk.saves)[index] == loop_thread
+
+    try:
+        for index in range(1, FAST_SAVES + 1):  # not proved fast yet: the worker saves
+            await persister.save(_ready(index), leading=True)
+        assert not any(on_loop(i) for i in range(1, FAST_SAVES + 1))
+        at = FAST_SAVES + 1
+        await persister.save(_ready(at), leading=True)
+        assert on_loop(at), "a lone entry on a fast disk is saved on the loop"
+        await persister.save(_ready(at + 1, count=2), leading=True)
+        assert not on_loop(at + 1), "two entries go to the worker, however fast the disk"
+        disk.slow_on = at + 3
+        await persister.save(_ready(at + 3), leading=True)  # proves the disk slow...
+        await persister.save(_ready(at + 4), leading=True)
+        assert not on_loop(at + 4), "after a slow save the worker saves again"
+        assert persister.fast_saves == 1
+    finally:
+        persister.close()
