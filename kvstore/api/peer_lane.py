@@ -139,6 +139,10 @@ class _PeerConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._done:
             return
+        if self._stream is not None and not self._buffer and not self._payload:
+            data = self._whole_chunks(data)
+            if self._done or not data:
+                return
         self._buffer += data
         if self._stream is None and not self._head():
             return
@@ -186,6 +190,45 @@ class _PeerConnection(asyncio.Protocol):
         del buffer[:size]
         self._stream = InboundStream(lane.sink, verified, self._remote)
         return True
+
+    def _whole_chunks(self, data: bytes) -> bytes:
+        """The common case, with nothing buffered: take the leading chunks of `data` that
+        are exactly whole frames (the sender writes one frame per chunk) straight from
+        it, one copy per frame instead of four; return the rest for `_chunks`, which
+        also answers anything unusual (a bad or last chunk, a frame split over chunks,
+        a size over the limits) exactly as before. Measured: 10 us per frame before."""
+        stream, header, unpack_from = self._stream, FRAME_HEADER, FRAME_HEADER.unpack_from
+        assert stream is not None
+        at, total = 0, len(data)
+        while at < total:
+            line_end = data.find(b"\r\n", at, at + 100)
+            if line_end < 0:
+                break
+            size_line = _CHUNK_SIZE.fullmatch(data, at, line_end)
+            if size_line is None:
+                break
+            size = int(size_line.group(1), 16)
+            start = line_end + 2
+            end = start + size
+            if not 0 < size <= _MAX_CHUNK or end + 2 > total or data[end : end + 2] != b"\r\n":
+                break
+            frames = []
+            pos = start
+            while pos + header.size <= end:
+                (length,) = unpack_from(data, pos)
+                if length > MAX_FRAME_BYTES or pos + header.size + length > end:
+                    break
+                frames.append((pos + header.size, pos + header.size + length))
+                pos += header.size + length
+            if pos != end:
+                break
+            for first, last in frames:
+                rejected = stream.take(data[first:last])
+                if rejected is not None:
+                    self.end(rejected)
+                    return b""
+            at = end + 2
+        return data[at:] if at else data
 
     def _chunks(self) -> None:
         """Take every whole chunk from the buffer, and the whole frames out of each."""

@@ -259,3 +259,55 @@ async def test_a_malformed_chunk_ends_the_stream_with_400(size_line: bytes) -> N
         status, _, body = await _exchange(port, head + good + size_line + b"\r\n" + b"a" * 16)
     assert (status, json.loads(body)["error"]) == (400, "bad_messages")
     assert [m.term for m in sink.got] == [1]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_frames_arriving_after_the_head_in_whole_chunks_or_not(path: str) -> None:
+    """What the lane reads straight from each segment once the stream is open (a chunk
+    of exactly whole frames, several in one chunk) and what it must leave to the
+    buffered path (a frame across two chunks, a chunk across two segments), then a
+    tampered frame in a segment of its own: everything before it, in order, then 401."""
+    sink = _Sink(PeerAuth("c", "n2", SECRET))
+    async with _serve(sink, path) as port:
+        head, tagger = _head(PeerAuth("c", "n1", SECRET), port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+        def body(term: int) -> bytes:
+            batch = encode_messages(_votes(term)[-1:])  # type: ignore[arg-type]
+            return batch + tagger.tag(batch)  # type: ignore[attr-defined]
+
+        def chunk(payload: bytes) -> bytes:
+            return b"%x\r\n" % len(payload) + payload + b"\r\n"
+
+        def framed(term: int) -> bytes:
+            data = body(term)
+            return len(data).to_bytes(4, "big") + data
+
+        first = frame(body(1))  # one frame, one chunk
+        pair = chunk(framed(2) + framed(3))  # two frames in one chunk
+        split = framed(4)  # one frame across two chunks
+        fifth = frame(body(5))  # a chunk across two segments
+        segments = [
+            first,
+            pair,
+            chunk(split[:5]) + chunk(split[5:]),
+            fifth[:7],
+            fifth[7:] + frame(body(6)),
+        ]
+        writer.write(head)
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the head alone, so that the stream opens first
+        expected = [[1], [1, 2, 3], [1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4, 5, 6]]
+        for segment, terms in zip(segments, expected, strict=True):
+            writer.write(segment)
+            await writer.drain()
+            await _eventually(lambda terms=terms: [m.term for m in sink.got] == terms)  # type: ignore[attr-defined]
+        bad = bytearray(frame(body(7)))
+        bad[-3] ^= 1  # the last byte of the frame's MAC
+        writer.write(bytes(bad) + frame(body(8)))
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+        length = int(answer.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+        error = json.loads(await reader.readexactly(length))["error"]
+        writer.close()
+    assert (answer.split(b" ", 2)[1], error) == (b"401", "bad_signature")
+    assert [m.term for m in sink.got] == [1, 2, 3, 4, 5, 6]  # type: ignore[attr-defined]
