@@ -60,6 +60,7 @@ from consensus.codec import (
 from consensus.errors import CompactedError, ConsensusError, UnavailableError
 from consensus.storage import limit_size
 from consensus.types import Entry, HardState, SnapshotMeta
+from kvstore.runtime.compaction import yield_gil
 from kvstore.runtime.snapshot_files import SnapshotFile, SnapshotFiles
 from kvstore.runtime.watermark import CommitWatermark, WatermarkError
 
@@ -73,7 +74,7 @@ _SNAPSHOT_DATA_KEY = b"snapdata"
 _SNAPSHOT_FILE_KEY = b"snapfile"
 _ENTRIES_END = b"f"
 """Stops a scan of the entry keys (b"e" + 8 bytes, so all below b"f")."""
-_DELETE_BATCH = 10_000
+_DELETE_BATCH = 1_000
 _CRC = struct.Struct(">I")
 
 
@@ -169,8 +170,7 @@ class _Tail:
 
 
 BLOCK_CACHE_BYTES = 2 << 20
-"""LevelDB's block cache (default 8 MiB): the log is read back in order, where a cache
-saves little, and the newest entries come from `_tail`; each MiB is RSS (issue 17)."""
+"""LevelDB's block cache (default 8 MiB): the log is read in order; newest from `_tail`."""
 
 
 class LevelDBStorage:
@@ -488,6 +488,7 @@ class LevelDBStorage:
                 batch.delete(key)
                 if count % _DELETE_BATCH == 0:
                     batch.write()
+                    yield_gil()  # the loop waits neither for the GIL nor behind a long batch
                     batch = self._db.write_batch(sync=sync)
             batch.write()
 

@@ -13,6 +13,7 @@ import pytest
 
 from consensus.errors import CompactedError
 from consensus.types import Entry, HardState, Membership, SnapshotMeta
+from kvstore.runtime import leveldb_storage
 from kvstore.runtime.leveldb_storage import CorruptLogError, LevelDBStorage
 
 MEMBERS = Membership(("a", "b", "c"))
@@ -151,3 +152,29 @@ def test_close_waits_for_a_running_deletion_and_a_later_one_does_nothing(
     assert storage._db.closed
     assert _stored_entry_indexes(path) == list(range(13, 21))
     forget()  # a deletion that starts after the close does nothing, and does not crash
+
+
+def test_the_covered_entries_are_deleted_in_short_batches_handing_over_the_gil(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At a million keys a snapshot covers ~100,000 entries; deleting them in one Python
+    loop in a worker thread held the GIL for long stretches (stalls of up to 331 ms with
+    the loop's own CPU at 3 ms), and the loop's own log writes queued behind the batch."""
+    path = tmp_path / "raft"
+    storage = _log(path, 2_600)
+    meta = SnapshotMeta(2_500, 2, MEMBERS)
+    forget = storage.commit_snapshot(meta, storage.prepare_snapshot(meta, lambda o: o.write(b"s")))
+    yields: list[int] = []
+    monkeypatch.setattr(
+        leveldb_storage, "yield_gil", lambda: yields.append(len(_undeleted(storage)))
+    )
+    forget()
+    assert yields == [1_500, 500]
+    storage.close()
+    assert _stored_entry_indexes(path) == list(range(2_501, 2_601))
+
+
+def _undeleted(storage: LevelDBStorage) -> list[bytes]:
+    """Entries still stored below the snapshot (read while the deletion pauses)."""
+    stop = b"e" + storage.first_index().to_bytes(8, "big")
+    return list(storage._db.iterator(start=b"e", stop=stop, include_value=False))
