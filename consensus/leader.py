@@ -2,13 +2,11 @@
 heartbeats, CheckQuorum, leadership transfer and ReadIndex rounds.
 
 A `Leadership` exists only while its node leads: RaftNode creates one when it wins an
-election and drops it when it steps down, so state that only means something on a
-leader (per-member progress, heartbeat timers, the transfer target, read rounds)
-cannot outlive the term it belongs to, and every role change resets it by
-construction. It lasts one term at most (any change of term ends it), so the term is
-fixed at creation. It shares the node's log and is given everything else: the
-membership (kept up to date by the node), a callback for outgoing messages and one
-for reads that became safe to serve.
+election and drops it when it steps down, so leader-only state (per-member progress,
+heartbeat timers, the transfer target, read rounds) cannot outlive its term, and every
+role change resets it by construction; the term is fixed at creation. It shares the
+node's log and is given everything else: the membership (kept up to date by the
+node), a callback for outgoing messages and one for reads that became safe to serve.
 """
 
 from __future__ import annotations
@@ -264,8 +262,19 @@ class Leadership:
             self._send_append(msg.sender)
 
     def flush(self) -> None:
-        """Called when the node builds a Ready: send entries appended since the last
-        one, then start a heartbeat round for the reads that arrived meanwhile."""
+        """Called when the node builds a Ready: `replicate`, then start a heartbeat round
+        for the reads that arrived meanwhile."""
+        self.replicate()
+        if self._reads.round_due():
+            seq = self._reads.open_round()
+            if self._membership.voters == (self.id,):
+                self._release_confirmed_reads()
+            else:
+                self._send_read_round(seq)
+
+    def replicate(self) -> None:
+        """Entries appended since the last Ready, and a new commit index (`flush`, and
+        `early_messages` for a driver with no Ready in hand)."""
         if self._replication_pending:
             self._replication_pending = False
             for peer in self._progress:
@@ -273,12 +282,6 @@ class Leadership:
                     while self._send_append(peer, send_if_empty=False):
                         pass
         self.tell_commit()
-        if self._reads.round_due():
-            seq = self._reads.open_round()
-            if self._membership.voters == (self.id,):
-                self._release_confirmed_reads()
-            else:
-                self._send_read_round(seq)
 
     def tell_commit(self) -> None:
         """Followers learn a new commit index now, not with the next append or heartbeat:
@@ -294,18 +297,15 @@ class Leadership:
 
     def _bump_commit(self, peer: NodeId, progress: Progress) -> None:
         """Tell `peer` the commit index as far as it was sent the log: an empty append
-        at the last entry sent to it (the commit index, if lower), unless it knows it
-        already. Also called on every acknowledgement: a follower whose answer arrives
-        after the commit was told to the others learns it then, not at the next
-        heartbeat (as etcd-io/raft's CanBumpCommit); a follower answering a forwarded
-        write waits for exactly this (measured: 25 ms at the tail without it).
-        Not only as far as it acknowledged: a follower answering a forwarded write
-        would then wait for its own fsync and one more round trip even when the other
-        two nodes made the entry durable first (the commit is a quorum's fact; the
-        follower still applies only what its own disk holds, since it persists a Ready
-        before applying the next). REPLICATE only: the link delivers in order, so the
-        follower holds what was sent unless a message was lost, and then it rejects the
-        append and is probed as after any lost append."""
+        at the last entry sent to it (the commit index, if lower), unless it knows it.
+        Also on every acknowledgement: a follower whose answer arrives after the commit
+        was told to the others learns it then, not at the next heartbeat (as etcd-io/
+        raft's CanBumpCommit; a forwarded write waited 25 ms at the tail without it).
+        Not only as far as it acknowledged, which would cost a follower answering a
+        forwarded write one more round trip when the other two made the entry durable
+        first (it still applies only what its own disk holds). REPLICATE only: the
+        link delivers in order, so a follower that lost an append rejects this one and
+        is probed."""
         if progress.state is not ProgressState.REPLICATE:
             return
         known = min(self._log.committed, progress.next - 1)

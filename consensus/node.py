@@ -2,11 +2,10 @@
 
 Inputs are `tick`, `step`, `propose`, `read_index` and `transfer_leadership`;
 output is a `Ready` the driver persists, sends and applies before `advance`.
-Term rules common to every role are applied once in `step`, then the message is
-dispatched to the handler of the current role (as etcd-io/raft does). Elections,
-the follower's side and membership live here. The leader's side is a
-`consensus.leader.Leadership`, which exists only while this node leads: it owns the
-leader-only state and is handed the log, the membership and the message outbox.
+Term rules common to every role are applied once in `step`, then the message goes to
+the handler of the current role (as etcd-io/raft does). Elections, the follower's
+side and membership live here; the leader's side is a `consensus.leader.Leadership`,
+which exists only while this node leads (the log, membership and outbox handed in).
 """
 
 from __future__ import annotations
@@ -118,10 +117,9 @@ class RaftNode:
 
     @property
     def pending_snapshot(self) -> SnapshotMeta | None:
-        """The snapshot from the leader that the driver must install: set once a stepped
-        InstallSnapshot replaced the log, handed out as `Ready.snapshot`, and cleared by
-        `advance` with that Ready. A driver that streamed the state before stepping the
-        message keeps it only when this names the message's snapshot."""
+        """The snapshot from the leader the driver must install: set once a stepped
+        InstallSnapshot replaced the log, handed out as `Ready.snapshot`, cleared by
+        `advance`; a driver keeps streamed state only for the snapshot named here."""
         return self.log.pending_snapshot
 
     def snapshot_meta(self) -> SnapshotMeta:
@@ -232,12 +230,15 @@ class RaftNode:
         self._read_states = []
         return ready
 
-    def early_messages(self) -> tuple[Message, ...]:
-        """Between `ready` and `advance` of a leader's Ready, while its disk syncs: what
-        may leave before it is durable (`ready.while_persisting`), out of the next Ready."""
+    def early_messages(self, replicate: bool = False) -> tuple[Message, ...]:
+        """A leader's messages that may leave before the next Ready is durable, while its
+        disk syncs or with no Ready in hand (`ready.while_persisting`); `replicate`: with
+        the appends of entries proposed since the last Ready."""
         saved = self._prev_hard_state
         if self._leadership is None or (self.term, self.vote) != (saved.term, saved.vote):
             return ()
+        if replicate:
+            self._leadership.replicate()
         self._leadership.tell_commit()  # a commit the followers' acknowledgements reached
         early, self._msgs = while_persisting(self._msgs, self.log, saved)
         return early
@@ -381,10 +382,9 @@ class RaftNode:
     def _may_consider(self, msg: RequestVote) -> bool:
         """Any node votes, whatever its configuration says (as in etcd-io/raft): a
         learner may not know yet that it was promoted. A candidate we know as a learner,
-        or not at all, may be a voter we have not heard of; one that missed its own
-        removal has a log behind ours once the cluster wrote past it. Such a stranger is
-        ignored: it could not get our vote, is not our voter, and changing term for it
-        would depose a healthy leader even without PreVote and CheckQuorum."""
+        or not at all, may be a voter we have not heard of; one that missed its removal
+        has a log behind ours once the cluster wrote past it. Such a stranger is ignored:
+        it could not get our vote, and changing term for it would depose a healthy leader."""
         if msg.sender in self.membership:
             return True
         return self.log.is_up_to_date(msg.last_log_index, msg.last_log_term)

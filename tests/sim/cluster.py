@@ -319,6 +319,8 @@ class Cluster(ReadyDriver):
             entry = host.node.propose(payload)
         except ConsensusError:
             return None
+        if host.inflight is None:  # as the runtime with an idle ready loop: appends now
+            self.send_early(host, replicate=True)
         self._observe(host)
         self.counters.proposals += 1
         return entry

@@ -8,8 +8,9 @@ write, (2) send the other messages, (3) apply committed entries and serve reads,
 loses "the unsynced tail" at every possible point (also after the early sends).
 A persist may also take a few ticks (a slow disk) while the node keeps stepping and,
 as the runtime does while a leader's disk syncs, sends `RaftNode.early_messages()`
-after each delivery; with no Ready in hand, it sends them after a delivery that moved
-the commit index (as the runtime does when its ready loop is idle).
+after each delivery; with no Ready in hand (as the runtime when its ready loop is
+idle), after a delivery that moved the commit index or appended a forwarded proposal,
+and after a proposal, with the new entries' appends.
 Compaction (a local snapshot of the applied state) runs between Readies.
 """
 
@@ -154,16 +155,24 @@ class ReadyDriver:
         assert node is not None
         if isinstance(msg, InstallSnapshot):
             host.received[msg.snapshot] = self.snapshot_store[msg.snapshot]
-        committed = node.commit_index
+        committed, last = node.commit_index, node.log.last_index()
         node.step(msg)
         # While its disk is still syncing (kvstore.runtime.persist), or with no Ready in
-        # hand when the commit index moved (NodeRuntime._send_early's `idle_too`).
-        if host.inflight is not None or node.commit_index > committed:
-            for early in node.early_messages():
-                self._send(host, early)
+        # hand when the commit index moved or a forwarded proposal was appended
+        # (NodeRuntime._send_early's `idle_too`: then with the new entries' appends).
+        if host.inflight is not None:
+            self.send_early(host)
+        elif node.commit_index > committed or node.log.last_index() > last:
+            self.send_early(host, replicate=True)
         if isinstance(msg, InstallSnapshot):
             keep = {node.pending_snapshot, host.inflight.snapshot if host.inflight else None}
             host.received = {m: d for m, d in host.received.items() if m in keep}
+
+    def send_early(self, host: Host, replicate: bool = False) -> None:
+        """What a leader may send before its next Ready is durable (RaftNode.early_messages)."""
+        assert host.node is not None
+        for early in host.node.early_messages(replicate):
+            self._send(host, early)
 
     def _apply_ready(self, host: Host, ready: Ready) -> None:
         for outcome in ready.forwarded:
