@@ -275,16 +275,13 @@ class NodeRuntime:
         self._wake.set()
 
     def _send_early(self, idle_too: bool = False) -> None:
-        """While a leader's own fsync runs (its ready loop waits for it): what may leave
-        before it does (RaftNode.early_messages), on every tick (heartbeats) and when
-        acknowledgements moved the commit index (with the answers to forwarded
-        proposals). Not on every acknowledgement: the appends they release wait for the
-        next Ready, batched as before (a frame per acknowledgement cost ~7% more CPU per
-        write at concurrency 64). `idle_too`: also when the ready loop has no Ready in
-        hand, with the appends of new entries, so a lone write's appends and commit go
-        out now rather than a loop turn and a Ready later (what that Ready would send
-        before persisting; at concurrency 1 each turn cost 60-180 µs on a loaded
-        machine). Once per idle spell: a burst that follows is batched in that Ready."""
+        """What may leave before the next Ready is durable (RaftNode.early_messages): while
+        a leader's own fsync runs, on every tick and when acknowledgements moved the commit
+        index (not on every one: a frame per acknowledgement cost ~7% more CPU per write
+        at concurrency 64); `idle_too`: also with no Ready in hand, then with the appends
+        of new entries, so a lone write's appends and commit skip a loop turn and a Ready
+        (60-180 µs each at concurrency 1, loaded); once per idle spell, so a burst that
+        follows is batched in that Ready."""
         idle = idle_too and self._idle
         if self.persister.syncing or idle:
             early = self.node.early_messages(replicate=idle)
