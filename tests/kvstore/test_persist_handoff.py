@@ -15,7 +15,7 @@ import pytest
 
 from consensus import Entry, HardState, Ready
 from consensus.storage import MemoryStorage
-from kvstore.runtime.persist import FAST_SAVE_S, FAST_SAVES, Persister
+from kvstore.runtime.persist import FAST_SAVE_S, FAST_SAVES, INLINE_PERSIST_FOLLOWER, Persister
 from kvstore.runtime.stats import RuntimeStats
 
 pytestmark = pytest.mark.timeout(30)
@@ -97,5 +97,38 @@ async def test_a_lone_entry_is_saved_on_the_loop_only_while_the_disk_proves_fast
         await persister.save(_ready(at + 4), leading=True)
         assert not on_loop(at + 4), "after a slow save the worker saves again"
         assert persister.fast_saves == 1
+    finally:
+        persister.close()
+
+
+async def test_a_follower_saves_every_ready_on_the_loop_only_while_the_disk_proves_fast(
+    tmp_path: Path,
+) -> None:
+    disk = _RecordingDisk()
+    persister = Persister(disk, RuntimeStats(), "n2", tmp_path)
+    loop_thread = threading.get_ident()
+    big = INLINE_PERSIST_FOLLOWER + 1
+
+    def on_loop(index: int) -> bool:
+        return dict((i, t) for t, i in disk.saves)[index] == loop_thread
+
+    try:
+        await persister.save(_ready(1, count=big), leading=False)
+        assert not on_loop(1), "a big Ready goes to the worker until the disk proved fast"
+        at = 1 + big
+        for _ in range(FAST_SAVES):  # small Readys are saved on the loop anyway
+            await persister.save(_ready(at), leading=False)
+            assert on_loop(at)
+            at += 1
+        await persister.save(_ready(at, count=big), leading=False)
+        assert on_loop(at), "on a fast disk every Ready is saved on the loop"
+        at += big
+        disk.slow_on = at
+        await persister.save(_ready(at, count=big), leading=False)  # proves the disk slow
+        at += big
+        await persister.save(_ready(at, count=big), leading=False)
+        assert not on_loop(at), "after a slow save a big Ready goes to the worker again"
+        await persister.save(_ready(at + big), leading=False)
+        assert on_loop(at + big), "small ones stay on the loop"
     finally:
         persister.close()
