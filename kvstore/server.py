@@ -48,6 +48,7 @@ from kvstore.peers.auth import PeerAuth
 from kvstore.peers.seen import SeenProbe
 from kvstore.runtime.data_dir import check_data_dir
 from kvstore.runtime.founding import REPLACE_DISK, FoundingRefused, check_founding, pristine
+from kvstore.runtime.free_memory import tune_malloc
 from kvstore.runtime.incarnation import IncarnationError, read_incarnation
 from kvstore.runtime.leveldb_storage import CorruptLogError, LevelDBStorage
 from kvstore.runtime.log_format import NodeContext, configure_logging
@@ -115,6 +116,7 @@ def run_node(
     context = configure_logging(
         node_id, log_format or cluster.log_format, os.environ.get("KV_LOG_LEVEL", "INFO").upper()
     )
+    tune_malloc()  # before any other thread allocates
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(_serve(cluster, node_id, join, context, initial_cluster))

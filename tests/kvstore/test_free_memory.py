@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kvstore.runtime.free_memory import release_free_memory
+from kvstore.runtime.free_memory import release_free_memory, tune_malloc
 
 STATUS = Path("/proc/self/status")
 
@@ -32,3 +32,21 @@ def test_freed_heap_memory_below_a_live_block_is_returned() -> None:
     assert release_free_memory()  # glibc, as on every supported platform
     assert _rss_mb() < held - 50
     assert kept.startswith(bytes(4000))
+
+
+@pytest.mark.skipif(not STATUS.exists(), reason="needs /proc")
+def test_once_tuned_freed_large_blocks_go_back_at_once() -> None:
+    """Untuned, freeing one 16 MiB block raises glibc's mmap threshold to 16 MiB, so the
+    1 MiB blocks after it come from the heap, and freed between live blocks they stay
+    in the RSS until a trim. Tuned, each has pages of its own, given back when freed."""
+    assert tune_malloc()  # glibc, as on every supported platform
+    first = bytearray(16 << 20)
+    del first
+    blocks, kept = [], []
+    for _ in range(60):
+        blocks.append(bytearray(1 << 20))
+        kept.append(bytearray(256 << 10))  # live blocks between them
+    held = _rss_mb()
+    del blocks
+    assert _rss_mb() < held - 40
+    assert len(kept) == 60
