@@ -1,13 +1,20 @@
 """What a follower does for its own clients through the leader: read indexes and
 proposals, carried as messages on the peer link instead of a second client request.
 
-Reads (the follower side of ReadIndex, §6.4 of the dissertation): every read asked
-between two Readys travels to the leader in one ReadIndexRequest; the leader answers
+Reads (the follower side of ReadIndex, §6.4 of the dissertation): the reads asked
+since the last request travel to the leader in one ReadIndexRequest; the leader answers
 with its commit index once a quorum of its term confirmed it after the reads began
 (and only after committing an entry of its term): at once when the asker and the
 leader are a quorum, else after its next heartbeat round; the follower serves each read
 once it has applied that index. A read whose request or answer is lost is failed by
 the driver when the leadership it was asked under changes, or at its deadline.
+
+One ReadIndexRequest is in flight at a time: reads asked meanwhile wait for its answer
+(or for a leader change, or for two heartbeat intervals without one: a request lost with a
+broken link) and then share the next request. Under load a request per Ready carried
+one or two reads, and each cost a frame, a write and a read system call and a Ready
+on both nodes; paced, a request carries every read asked during one round trip. Safe
+as before: each read still gets the leader's answer to a request sent after it began.
 
 Proposals: commands queued between two Readys travel in one ProposeRequest; the leader
 proposes each as if its own client had, and answers where it put it (index and term)
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from consensus.config import Config
 from consensus.errors import NotLeader
 from consensus.leader import Leadership
 from consensus.messages import (
@@ -39,22 +47,34 @@ NOT_LEADER = "not_leader"
 class Forwarding:
     def __init__(
         self,
-        node_id: NodeId,
+        config: Config,
         send: Callable[[Message], None],
         serve_reads: Callable[[Iterable[ReadState]], None],
         leader: Callable[[], NodeId | None],
     ) -> None:
         """`leader`: whom a follower asks now (None: nobody, so requests are refused)."""
-        self.id = node_id
+        self.id = config.node_id
+        self._retry_ticks = 2 * config.heartbeat_tick
+        """How long a read request may go unanswered before the next one goes out."""
         self._leader = leader
         self._send = send
         self._serve_reads = serve_reads
         self._reads: list[bytes] = []
+        self._asked: bytes | None = None
+        """A request id of the ReadIndexRequest in flight (None: none is)."""
+        self._asked_ticks = 0
         self._proposals: list[tuple[bytes, bytes]] = []
         self._outcomes: list[ForwardedProposal] = []
 
     def has_ready(self) -> bool:
-        return bool(self._reads or self._proposals or self._outcomes)
+        return bool((self._reads and self._asked is None) or self._proposals or self._outcomes)
+
+    def tick(self) -> None:
+        """A request unanswered for `retry_ticks` no longer holds back the next one."""
+        if self._asked is not None:
+            self._asked_ticks += 1
+            if self._asked_ticks >= self._retry_ticks:
+                self._asked = None
 
     # --- the follower's clients ----------------------------------------------------------
 
@@ -86,8 +106,9 @@ class Forwarding:
         if leader is None or leader == self.id:
             self.abandon()
             return
-        if self._reads:
+        if self._reads and self._asked is None:
             self._send(ReadIndexRequest(term, self.id, leader, tuple(self._reads)))
+            self._asked, self._asked_ticks = self._reads[0], 0
             self._reads = []
         if self._proposals:
             ids = tuple(rid for rid, _ in self._proposals)
@@ -99,6 +120,7 @@ class Forwarding:
         """The leader changed before the queue went out: its reads are failed by the
         driver (their leadership changed), its proposals were never proposed."""
         self._reads = []
+        self._asked = None
         self._outcomes.extend(
             ForwardedProposal(rid, 0, 0, NOT_LEADER) for rid, _ in self._proposals
         )
@@ -129,6 +151,8 @@ class Forwarding:
                     ProposeResponse(term, self.id, msg.sender, msg.request_ids, zeros, NOT_LEADER)
                 )
         elif type(msg) is ReadIndexResponse:
+            if self._asked in msg.request_ids:
+                self._asked = None
             self._serve_reads(ReadState(rid, msg.index) for rid in msg.request_ids)
         elif type(msg) is ProposeResponse:
             for rid, index in zip(msg.request_ids, msg.indexes, strict=True):

@@ -69,7 +69,7 @@ class RaftNode:
         """The last ReadIndex round number of this node's past terms (see Leadership)."""
         self._msgs: list[Message] = []
         self._read_states: list[ReadState] = []
-        self._forwarding = Forwarding(self.id, self._send, self._serve_reads, self._leader_to_ask)
+        self._forwarding = Forwarding(config, self._send, self._serve_reads, self._leader_to_ask)
         self._become_follower(self.term, None)
         if is_pristine(storage) and config.voters:
             self.term = 1  # the founders' identical first entry (membership.bootstrap_entry)
@@ -130,6 +130,7 @@ class RaftNode:
 
     def tick(self) -> None:
         if self._leadership is None:
+            self._forwarding.tick()
             self._tick_election()
         elif not self._leadership.tick():
             self._become_follower(self.term, None)  # CheckQuorum failed
@@ -439,8 +440,7 @@ class RaftNode:
         if self.log.maybe_restore(snapshot):
             self.membership = snapshot.membership
             self._conf_index = snapshot.index
-        match = self.log.committed
-        self._send(AppendEntriesResponse(self.term, self.id, msg.sender, True, match_index=match))
+        self._send(AppendEntriesResponse(self.term, self.id, msg.sender, True, self.log.committed))
 
     def _handle_append(self, msg: AppendEntries) -> None:
         result = self.log.maybe_append(

@@ -51,7 +51,8 @@ class ViaLeader:
         self._node.read_index(request_id)
         deadline = loop.time() + timeout
         future = self._pending.add_read(request_id, self._node.term, deadline)
-        self._wake()
+        if self._node.has_ready():  # else it waits for a request or round in flight
+            self._wake()
         try:
             index = await future
             if self._applied_index() < index:

@@ -272,3 +272,54 @@ def test_while_the_leader_persists_a_commit_the_followers_reached_goes_out_early
     cluster.storages["a"].save(ready.hard_state, ready.entries)
     leader.advance(ready)
     assert entry in leader.ready().committed
+
+
+def test_reads_asked_while_a_request_is_in_flight_share_the_next_one() -> None:
+    """One ReadIndexRequest in flight at a time: reads asked meanwhile wait for its
+    answer and then travel together (fewer frames, system calls and Readys per read)."""
+    cluster = ScriptedCluster()
+    cluster.elect("a")
+    follower = cluster.nodes["b"]
+    follower.read_index(b"r1")
+    [first] = cluster.process_ready("b")
+    assert isinstance(first, ReadIndexRequest) and first.request_ids == (b"r1",)
+    follower.read_index(b"r2")
+    follower.read_index(b"r3")
+    assert cluster.process_ready("b") == [], "a second request went out before the answer"
+    cluster.in_flight.append(first)
+    cluster.deliver_all()
+    requests = [m.request_ids for m in cluster.delivered if isinstance(m, ReadIndexRequest)]
+    assert requests == [(b"r1",), (b"r2", b"r3")]
+    assert [s.request_id for s in cluster.read_states["b"]] == [b"r1", b"r2", b"r3"]
+
+
+def test_a_lost_read_request_holds_the_next_one_back_only_for_a_few_ticks() -> None:
+    cluster = ScriptedCluster()
+    cluster.elect("a")
+    follower = cluster.nodes["b"]
+    follower.read_index(b"lost")
+    [lost] = cluster.process_ready("b")  # never delivered
+    follower.read_index(b"r")
+    retry_ticks = 2 * follower.config.heartbeat_tick
+    cluster.tick("b", retry_ticks - 1)
+    assert not any(isinstance(m, ReadIndexRequest) for m in cluster.process_ready("b"))
+    cluster.tick("b")
+    [request] = [m for m in cluster.process_ready("b") if isinstance(m, ReadIndexRequest)]
+    assert request.request_ids == (b"r",)
+    cluster.in_flight.append(request)
+    cluster.deliver_all()
+    assert [s.request_id for s in cluster.read_states["b"]] == [b"r"]
+    assert lost.request_ids == (b"lost",)
+
+
+def test_a_new_leader_is_asked_at_once_whatever_the_old_one_owed() -> None:
+    cluster = ScriptedCluster(check_quorum=False)  # the others elect at once
+    cluster.elect("a")
+    follower = cluster.nodes["c"]
+    follower.read_index(b"unanswered")
+    cluster.process_ready("c")  # to a, which is cut off before it answers
+    cluster.isolate("a")
+    cluster.elect("b")
+    follower.read_index(b"r")
+    [request] = [m for m in cluster.process_ready("c") if isinstance(m, ReadIndexRequest)]
+    assert (request.recipient, request.request_ids) == ("b", (b"r",))
