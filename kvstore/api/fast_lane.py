@@ -35,8 +35,9 @@ from kvstore.api.access import admit, key_rule
 from kvstore.api.common import RUNTIME_KEY, Answer, BadRequest, error_answer
 from kvstore.api.connections import ConnectionGuard, Watch, hand_over
 from kvstore.api.http_wire import MAX_HEAD, Handoff, Head, encode_answer, parse_head
-from kvstore.api.kv import kv_answer, parse_key
+from kvstore.api.kv import key_answer, kv_answer, parse_key, read_answer
 from kvstore.api.metrics import STATS_KEY, kv_operation
+from kvstore.api.serve import UNSAFE_LOCAL_READS
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ class FastLane:
         self.max_value_bytes = tuning.max_value_bytes
         self.max_buffered = MAX_HEAD + tuning.max_value_bytes
         """Bytes read ahead (pipelined requests) before reading pauses."""
+        self.timeout_s = tuning.request_timeout_ms / 1000
+        self.direct_reads = not UNSAFE_LOCAL_READS
         self.connections: set[_Connection] = set()
         app.on_shutdown.append(self.shutdown)
 
@@ -91,11 +94,27 @@ class FastLane:
         """The answer to one request, counted as the metrics middleware counts."""
         started = time.perf_counter()
         answer = await self._answer(head, body)
+        self.count(head, answer, started)
+        return answer
+
+    def count(self, head: Head, answer: Answer, started: float) -> None:
         if self.stats is not None:
             self.stats.observe(
                 kv_operation(head.method), answer.status, time.perf_counter() - started
             )
-        return answer
+
+    def reads_directly(self, head: Head) -> bool:
+        """Whether this GET waits for its read index without a task of its own
+        (_Connection._read): a plain linearizable read (no query) with auth off, on a
+        running node. Anything else takes kv_answer's path."""
+        runtime = self.runtime
+        return (
+            self.direct_reads
+            and not head.query
+            and not runtime.sm.auth.enabled
+            and not runtime.stopping
+            and runtime.fatal_error is None
+        )
 
     async def _answer(self, head: Head, body: bytes) -> Answer:
         runtime, method, key = self.runtime, head.method, head.key
@@ -142,6 +161,8 @@ class _Connection(asyncio.Protocol):
         self._idle_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         """The answer being made (held: the loop keeps only weak references to tasks)."""
+        self._reading: tuple[Head, float, float] | None = None
+        """A GET waiting for its read index: (head, started, deadline)."""
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -213,7 +234,10 @@ class _Connection(asyncio.Protocol):
         body = bytes(buffer[head.size : end])
         del buffer[:end]
         self._busy = True
-        self._task = self._loop.create_task(self._serve(head, body))
+        if head.method == "GET" and self._lane.reads_directly(head):
+            self._read(head)
+        else:
+            self._task = self._loop.create_task(self._serve(head, body))
 
     async def _serve(self, head: Head, body: bytes) -> None:
         try:
@@ -222,6 +246,46 @@ class _Connection(asyncio.Protocol):
         except Exception:  # a bug: aiohttp would answer 500 and log it, as here
             log.exception("error serving %s %s", head.method, head.path[:80])
             answer, close = error_answer(500, "internal", "internal error"), True
+        self._respond(head, answer, close)
+
+    def _read(self, head: Head) -> None:
+        """A linearizable GET without a task or a future of its own: the reads of one
+        loop turn share one read index (ViaLeader.confirm), which answers each of them
+        straight from the state machine (_read_confirmed)."""
+        runtime = self._lane.runtime
+        deadline = runtime.loop.time() + self._lane.timeout_s
+        self._reading = (head, time.perf_counter(), deadline)
+        runtime.via_leader.confirm(self._read_confirmed, deadline)
+
+    def _read_confirmed(self, outcome: int | Exception) -> None:
+        assert self._reading is not None
+        head, started, deadline = self._reading
+        self._reading = None
+        if isinstance(outcome, Exception):  # no index (leader change, time-out, shutdown):
+            # kv_answer's path retries or refuses, by the same deadline
+            self._task = self._loop.create_task(self._serve_read(head, started, deadline))
+            return
+        try:
+            answer = key_answer(self._lane.runtime, head.key)
+            close = not head.keep_alive or self._closing
+        except Exception:  # a bug: as in _serve
+            log.exception("error serving %s %s", head.method, head.path[:80])
+            answer, close = error_answer(500, "internal", "internal error"), True
+        self._lane.count(head, answer, started)
+        self._respond(head, answer, close)
+
+    async def _serve_read(self, head: Head, started: float, deadline: float) -> None:
+        try:
+            answer = await read_answer(self._lane.runtime, head.key, deadline, stale=False)
+            close = not head.keep_alive or self._closing
+        except Exception:  # a bug: as in _serve
+            log.exception("error serving %s %s", head.method, head.path[:80])
+            answer, close = error_answer(500, "internal", "internal error"), True
+        self._lane.count(head, answer, started)
+        self._respond(head, answer, close)
+
+    def _respond(self, head: Head, answer: Answer, close: bool) -> None:
+        """Write the answer, then take the next request (or idle, or close)."""
         transport = self._transport
         if transport is None or transport.is_closing():
             return

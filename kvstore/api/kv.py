@@ -189,8 +189,7 @@ async def kv_answer(
         if method == "GET":
             stale = pair_values(query, {"consistency": CONSISTENCY}).get("consistency")
             deadline = runtime.loop.time() + runtime.tuning.request_timeout_ms / 1000
-            await confirm_read(runtime, deadline, stale=stale == "stale")
-            return key_answer(runtime, key)
+            return await read_answer(runtime, key, deadline, stale=stale == "stale")
         if method in ("PUT", "DELETE"):
             values = pair_values(query, _PUT_QUERY if method == "PUT" else _WRITE_QUERY)
             session, fence = parse_session(headers), parse_fence(values)
@@ -206,6 +205,16 @@ async def kv_answer(
     return error_answer(
         405, "method_not_allowed", f"{method} is not supported on /v1/kv/ (GET, PUT, DELETE)"
     )
+
+
+async def read_answer(runtime: NodeRuntime, key: str, deadline: float, *, stale: bool) -> Answer:
+    """A GET of `key` once `confirm_read` allows it (the fast lane's own read path
+    falls back to this when its read index did not come: kvstore.api.fast_lane)."""
+    try:
+        await confirm_read(runtime, deadline, stale=stale)
+    except Refused as exc:
+        return error_answer(exc.status, exc.code, exc.message)
+    return key_answer(runtime, key)
 
 
 def key_answer(runtime: NodeRuntime, key: str) -> Answer:

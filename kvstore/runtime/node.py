@@ -200,6 +200,7 @@ class NodeRuntime:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()  # kept: get_running_loop() costs a getpid()
+        self.via_leader.loop = self.loop
         await self.transport.start()
         self._tasks = [
             asyncio.create_task(self._tick_loop(), name=f"tick-{self.node_id}"),
@@ -341,7 +342,7 @@ class NodeRuntime:
         returns the read index. Afterwards the state machine holds every write
         acknowledged before the call began. Raises NotLeader when no leader is known."""
         self._check_running()
-        return await self.via_leader.barrier(self.loop, timeout)
+        return await self.via_leader.barrier(timeout)
 
     # ------------------------------------------------------------------ leadership
 

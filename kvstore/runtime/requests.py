@@ -56,11 +56,18 @@ class _Forwarded:
     deadline: float
 
 
+ReadDone = Callable[[int | Exception], None]
+"""Told a confirmed read index, or why the read failed (kvstore.runtime.via_leader)."""
+
+
 @dataclass(slots=True)
 class _PendingRead:
+    """One read index asked of the core on behalf of `size` reads."""
+
     term: int
-    future: asyncio.Future[int]
+    done: ReadDone
     deadline: float
+    size: int
 
 
 class PendingRequests:
@@ -141,10 +148,12 @@ class PendingRequests:
                     outcome.index, outcome.term, waiting.future, waiting.deadline
                 )
 
-    def add_read(self, request_id: bytes, term: int, deadline: float) -> asyncio.Future[int]:
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.reads[request_id] = _PendingRead(term, future, deadline)
-        return future
+    def add_read(
+        self, request_id: bytes, term: int, deadline: float, done: ReadDone, size: int = 1
+    ) -> None:
+        """A read index asked of the core for `size` reads: `done` is told it once (the
+        index, or the error that ended the wait)."""
+        self.reads[request_id] = _PendingRead(term, done, deadline, size)
 
     def wait_applied(self, index: int, deadline: float) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -167,9 +176,7 @@ class PendingRequests:
                     ProposalTimeout("the leader did not say in time where it put the proposal")
                 )
         for request_id in [r for r, p in self.reads.items() if p.deadline <= now]:
-            read = self.reads.pop(request_id)
-            if not read.future.done():
-                read.future.set_exception(TimeoutError("the read was not confirmed in time"))
+            self.reads.pop(request_id).done(TimeoutError("the read was not confirmed in time"))
         if any(w[3] <= now for w in self._apply_waiters):
             for waiter in self._apply_waiters:
                 if waiter[3] <= now and not waiter[2].done():
@@ -218,8 +225,8 @@ class PendingRequests:
 
     def read_confirmed(self, request_id: bytes, index: int) -> None:
         pending = self.reads.pop(request_id, None)
-        if pending is not None and not pending.future.done():
-            pending.future.set_result(index)
+        if pending is not None:
+            pending.done(index)
 
     # -------------------------------------------------------------- failing
 
@@ -229,8 +236,7 @@ class PendingRequests:
             if keep_term is not None and pending.term == keep_term:
                 continue
             del self.reads[request_id]
-            if not pending.future.done():
-                pending.future.set_exception(exc)
+            pending.done(exc)
 
     def fail_forwarded(self, reason: str) -> None:
         """Fail forwarded proposals the leader has not placed yet: the leader changed, so
@@ -261,7 +267,7 @@ class PendingRequests:
     def counts(self) -> dict[str, int]:
         return {
             "pending_proposals": sum(len(p) for p in self.proposals.values()) + len(self.forwarded),
-            "pending_reads": len(self.reads),
+            "pending_reads": sum(p.size for p in self.reads.values()),
         }
 
 

@@ -17,13 +17,53 @@ incarnation of this node (still on its way at a restart) must never match a new 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
+import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
 
-from consensus import RaftNode
-from kvstore.runtime.requests import PendingRequests, ProposalTimeout, RuntimeStopped
+from consensus import NotLeader, RaftNode
+from kvstore.runtime.requests import PendingRequests, ProposalTimeout, ReadDone, RuntimeStopped
 from kvstore.state.machine import ApplyResult
+
+log = logging.getLogger(__name__)
+
+
+_SLACK_S = 0.1
+"""A read joins a batch whose deadline is at most this much earlier than its own (in
+one turn of the loop deadlines differ by microseconds; a retry has a nearer one)."""
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Reads that share one read index (see ViaLeader.confirm)."""
+
+    deadline: float
+    waiters: list[ReadDone]
+
+    def tell(self, outcome: int | Exception) -> None:
+        for done in self.waiters:
+            try:
+                done(outcome)
+            except Exception:  # a bug in one waiter must not stop the others or the loop
+                log.exception("a read waiter failed")
+
+
+def _settle(future: asyncio.Future[int], outcome: int | Exception) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, Exception):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+def _applied(batch: _Batch, index: int, future: asyncio.Future[None]) -> None:
+    error = future.exception()  # TimeoutError or RuntimeStopped
+    batch.tell(index if error is None else cast(Exception, error))
 
 
 class ViaLeader:
@@ -34,6 +74,10 @@ class ViaLeader:
         wake: Callable[[], None],
         applied_index: Callable[[], int],
     ) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """Set by NodeRuntime.start (asking asyncio for it costs a getpid())."""
+        self._open: _Batch | None = None
+        """The batch that reads asked in this turn of the loop join."""
         self._node = node
         self._pending = pending
         self._wake = wake
@@ -44,22 +88,57 @@ class ViaLeader:
     def _request_id(self) -> bytes:
         return self._prefix + next(self._ids).to_bytes(8, "big")
 
-    async def barrier(self, loop: asyncio.AbstractEventLoop, timeout: float) -> int:
-        """A read index confirmed by a quorum of the leader's term, applied here; see
-        NodeRuntime.barrier. Raises NotLeader when no leader is known."""
+    def confirm(self, done: ReadDone, deadline: float) -> None:
+        """Tell `done` a read index confirmed by a quorum of the leader's term once this
+        node has applied it (or the error that ended the wait: NotLeader when no leader
+        is known, ReadAborted, TimeoutError at `deadline`, RuntimeStopped). Reads asked
+        in one turn of the event loop share one request id, asked of the core at the
+        end of that turn (`_ask`): each of them began before it, so the index the core
+        then obtains serves them all (joining after the core recorded it would not be
+        safe), and they share one wait for the apply. `done` must not raise."""
+        batch = self._open
+        if batch is not None and batch.deadline <= deadline <= batch.deadline + _SLACK_S:
+            batch.waiters.append(done)
+            return
+        batch = _Batch(deadline, [done])
+        if self._open is None:
+            self._open = batch
+        assert self.loop is not None, "reads begin after NodeRuntime.start"
+        self.loop.call_soon(self._ask, batch)
+
+    async def barrier(self, timeout: float) -> int:
+        """`confirm` for a coroutine; see NodeRuntime.barrier."""
+        loop = self.loop
+        assert loop is not None, "reads begin after NodeRuntime.start"
+        future: asyncio.Future[int] = loop.create_future()
+        self.confirm(functools.partial(_settle, future), loop.time() + timeout)
+        return await future
+
+    def _ask(self, batch: _Batch) -> None:
+        if batch is self._open:
+            self._open = None
         request_id = self._request_id()
-        self._node.read_index(request_id)
-        deadline = loop.time() + timeout
-        future = self._pending.add_read(request_id, self._node.term, deadline)
+        try:
+            self._node.read_index(request_id)
+        except NotLeader as exc:
+            batch.tell(exc)
+            return
+        self._pending.add_read(
+            request_id,
+            self._node.term,
+            batch.deadline,
+            functools.partial(self._confirmed, batch),
+            len(batch.waiters),
+        )
         if self._node.has_ready():  # else it waits for a request or round in flight
             self._wake()
-        try:
-            index = await future
-            if self._applied_index() < index:
-                await self._pending.wait_applied(index, deadline)
-        finally:
-            self._pending.reads.pop(request_id, None)
-        return index
+
+    def _confirmed(self, batch: _Batch, outcome: int | Exception) -> None:
+        if isinstance(outcome, Exception) or self._applied_index() >= outcome:
+            batch.tell(outcome)
+            return
+        applied = self._pending.wait_applied(outcome, batch.deadline)
+        applied.add_done_callback(functools.partial(_applied, batch, outcome))
 
     async def propose(self, data: bytes, deadline: float) -> ApplyResult | None:
         """Have the leader propose `data`; the result of applying it here. Raises

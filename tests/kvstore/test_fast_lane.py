@@ -31,6 +31,7 @@ from kvstore.api.connections import ConnectionGuard
 from kvstore.api.fast_lane import FastLane
 from kvstore.config import ClusterConfig, NodeConfig, Tuning
 from kvstore.runtime.node import NodeRuntime
+from kvstore.runtime.requests import ReadAborted
 from tests.kvstore.test_runtime import _free_ports
 
 pytestmark = pytest.mark.timeout(30)
@@ -486,3 +487,26 @@ async def test_shutdown_closes_idle_connections_and_busy_ones_after_the_answer(
     (answer,) = busy_t.written
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nConnection: close\r\n" in answer
     assert busy_t.closing
+
+
+async def test_a_read_whose_index_did_not_come_is_served_by_the_full_path(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GET waits for its read index without a task (ViaLeader.confirm); when it gets
+    an error instead (here a leader change, once), kv_answer's path retries by the same
+    deadline, and the pipelined request behind it is still answered in order."""
+    await _exchange(node.fast, _req("PUT", "/v1/kv/fb", b"v"))
+    via = node.runtime.via_leader
+    real, failed = via.confirm, []
+
+    def confirm(done: Callable[[int | Exception], None], deadline: float) -> None:
+        if not failed:
+            failed.append(deadline)
+            done(ReadAborted("leadership changed before the read was confirmed"))
+            return
+        real(done, deadline)
+
+    monkeypatch.setattr(via, "confirm", confirm)
+    first, second = await _exchange(node.fast, _req("GET", "/v1/kv/fb"), _req("GET", "/v1/kv/fx"))
+    assert failed and not first.aiohttp
+    assert (first.status, first.body, second.status) == (200, b"v", 404)
