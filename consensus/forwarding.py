@@ -110,10 +110,27 @@ class Forwarding:
             self._send(ReadIndexRequest(term, self.id, leader, tuple(self._reads)))
             self._asked, self._asked_ticks = self._reads[0], 0
             self._reads = []
+        self._send_proposals(term, leader)
+
+    def proposals_now(self, term: int) -> tuple[Message, ...]:
+        """The queued proposals' ProposeRequest, handed out now rather than with the next
+        Ready (by a driver with no Ready in hand: a request promises nothing durable).
+        With no leader they are refused in the next Ready, as `flush` does."""
+        leader = self._leader()
+        if leader is None or leader == self.id:
+            self.abandon()
+            return ()
+        sent: list[Message] = []
+        self._send_proposals(term, leader, sent.append)
+        return tuple(sent)
+
+    def _send_proposals(
+        self, term: int, leader: NodeId, send: Callable[[Message], None] | None = None
+    ) -> None:
         if self._proposals:
             ids = tuple(rid for rid, _ in self._proposals)
             datas = tuple(data for _, data in self._proposals)
-            self._send(ProposeRequest(term, self.id, leader, ids, datas))
+            (send or self._send)(ProposeRequest(term, self.id, leader, ids, datas))
             self._proposals = []
 
     def abandon(self) -> None:

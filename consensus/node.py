@@ -158,10 +158,9 @@ class RaftNode:
         self._leading().transfer(to)
 
     def peer_unreachable(self, peer: NodeId) -> None:
-        """The driver's connection to `peer` broke (reset or refused, not a slow answer).
-        If `peer` is this follower's leader, hurry the election timer (and shorten the
-        lease with it); only with PreVote and CheckQuorum, which keep a healthy leader
-        in office (see consensus.election_timer)."""
+        """The driver's connection to `peer` broke (reset or refused, not slow): if it is
+        our leader, hurry the election timer and lease (only with PreVote and CheckQuorum,
+        which keep a healthy leader in office; consensus.election_timer)."""
         c = self.config
         may = c.pre_vote and c.check_quorum and self.promotable and self.role is Role.FOLLOWER
         if may and peer == self.leader_id:
@@ -232,15 +231,16 @@ class RaftNode:
         return ready
 
     def early_messages(self, replicate: bool = False) -> tuple[Message, ...]:
-        """A leader's messages that may leave before the next Ready is durable, while its
-        disk syncs or with no Ready in hand (`ready.while_persisting`); `replicate`: with
-        the appends of entries proposed since the last Ready."""
+        """What may leave before the next Ready is durable (`ready.while_persisting`), while
+        a leader's disk syncs or with no Ready in hand; `replicate`: with the appends of
+        new entries (on a follower, only its proposals for the leader)."""
         saved = self._prev_hard_state
-        if self._leadership is None or (self.term, self.vote) != (saved.term, saved.vote):
+        if (self.term, self.vote) != (saved.term, saved.vote):
             return ()
-        if replicate:
-            self._leadership.replicate()
-        self._leadership.tell_commit()  # a commit the followers' acknowledgements reached
+        if self._leadership is None:
+            return self._forwarding.proposals_now(self.term) if replicate else ()
+        lead = self._leadership  # and a commit the followers' acknowledgements reached:
+        lead.replicate() if replicate else lead.tell_commit()
         early, self._msgs = while_persisting(self._msgs, self.log, saved)
         return early
 

@@ -296,14 +296,14 @@ class NodeRuntime:
         anything was proposed, ProposalOverwritten when it definitely failed, and
         ProposalTimeout when the outcome is unknown."""
         self._check_running()
+        data = encode_command(command)
         if self.node.role is not Role.LEADER:
-            return await self.via_leader.propose(
-                encode_command(command), self.loop.time() + timeout
-            )
-        entry: Entry = self.node.propose(encode_command(command))
-        if self._idle:  # a lone write: its appends leave now
+            waiting = self.via_leader.propose(data, self.loop.time() + timeout)
+        else:
+            waiting = self._until_applied(self.node.propose(data), timeout)
+        if self._idle:  # a lone write: its appends (a follower: its request) leave now
             self._send_early(idle_too=True)
-        return await self._until_applied(entry, timeout)
+        return await waiting
 
     async def propose_conf_change(self, change: ConfChange, timeout: float) -> Entry:
         """Propose a membership change and wait until it is applied here. Raises

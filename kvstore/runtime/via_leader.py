@@ -21,7 +21,7 @@ import functools
 import itertools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -140,8 +140,9 @@ class ViaLeader:
         applied = self._pending.wait_applied(outcome, batch.deadline)
         applied.add_done_callback(functools.partial(_applied, batch, outcome))
 
-    async def propose(self, data: bytes, deadline: float) -> ApplyResult | None:
-        """Have the leader propose `data`; the result of applying it here. Raises
+    def propose(self, data: bytes, deadline: float) -> Awaitable[ApplyResult | None]:
+        """Have the leader propose `data` (queued in the core now: the caller may send it
+        at once, RaftNode.early_messages); await the result of applying it here. Raises
         NotLeader (no leader known, or the leader refused as not leading: never
         proposed), ProposalDropped (refused: never proposed), ProposalOverwritten, or
         ProposalTimeout (outcome unknown)."""
@@ -149,6 +150,9 @@ class ViaLeader:
         self._node.forward_proposal(request_id, data)
         future = self._pending.add_forwarded(request_id, deadline)
         self._wake()
+        return self._outcome(future)
+
+    async def _outcome(self, future: asyncio.Future[ApplyResult | None]) -> ApplyResult | None:
         try:
             return await future
         except RuntimeStopped as exc:  # perhaps proposed already: the outcome is unknown

@@ -382,6 +382,8 @@ class Cluster(ReadyDriver):
         except ConsensusError:
             return False
         host.forwarding[request_id] = payload
+        if host.inflight is None:  # as the runtime with an idle ready loop: sent now
+            self.send_early(host, replicate=True)
         self._observe(host)
         self.counters.forwarded += 1
         return True

@@ -10,7 +10,8 @@ A persist may also take a few ticks (a slow disk) while the node keeps stepping 
 as the runtime does while a leader's disk syncs, sends `RaftNode.early_messages()`
 after each delivery; with no Ready in hand (as the runtime when its ready loop is
 idle), after a delivery that moved the commit index or appended a forwarded proposal,
-and after a proposal, with the new entries' appends.
+and after a proposal, with the new entries' appends (a follower's forwarded proposal:
+its ProposeRequest).
 Compaction (a local snapshot of the applied state) runs between Readies.
 """
 
