@@ -52,17 +52,18 @@ the overlap saved (node CPU per write -10 %, 3 back-to-back pairs at concurrency
 A slow disk holds the follower's loop for one save at most, as for a leader."""
 INLINE_PERSIST_LEADER = 1
 """A leader persists a Ready of at most this many entries on the loop thread too, once
-its disk has proved fast (FAST_SAVES saves in a row under FAST_SAVE_S each). That is a
-lone write (concurrency 1): the hand-off to the worker and back cost ~0.35 ms each way
-on a loaded machine, on the commit path of every write the leader answers, while the
-followers' round trip (send, their fsync, the answer) is longer than the leader's own
-fsync, so the loop has nothing to do meanwhile. Busier Readys, and any Ready once a
-save was slow, still go to the worker: a slow disk never holds heartbeats back for
-longer than one save under FAST_SAVE_S, plus the one save that proves it slow (a
-heartbeat is due every 30 ms and an election after 150 ms, by default; on a machine
-loaded by other benchmarks, 0.1-0.3 % of single-entry saves took over 20 ms, the
-longest 52 ms)."""
+its disk has proved quick (FAST_SAVES saves in a row under QUICK_SAVE_S each). That is
+a lone write (concurrency 1): the hand-off to the worker and back cost ~0.35 ms each
+way on a loaded machine, on the commit path of every write the leader answers, while
+the followers' round trip (send, their fsync, the answer) is longer than the leader's
+own fsync, so the loop has nothing to do meanwhile. Busier Readys, and any Ready once
+a save was slower, go to the worker, where the two followers can commit an entry
+before the leader's own sync ends: on a disk shared with other busy processes a lone
+sync took up to 6 ms while the followers' took 2-3 ms, hence the low bar (a quiet disk
+syncs a lone entry in 0.6-0.7 ms). A slow disk holds heartbeats back for one save at
+most (due every 30 ms; an election after 150 ms, by default)."""
 FAST_SAVE_S = 0.02
+QUICK_SAVE_S = 0.002
 FAST_SAVES = 8
 
 
@@ -81,6 +82,8 @@ class Persister:
         """A Ready is being synced in the worker thread (the loop runs meanwhile)."""
         self.fast_saves = 0
         """Saves in a row that took under FAST_SAVE_S (the disk time, without hand-offs)."""
+        self.quick_saves = 0
+        """Saves in a row that took under QUICK_SAVE_S (a leader's lone entry: inline)."""
         self._last_save_s = 0.0
         """How long the worker's last save took (written by it before it wakes the loop)."""
         self._jobs: SimpleQueue[_Job | None] = SimpleQueue()
@@ -107,6 +110,7 @@ class Persister:
             self.storage.save(rd.hard_state, rd.entries)
             saved_in = time.perf_counter() - began
         self.fast_saves = self.fast_saves + 1 if saved_in < FAST_SAVE_S else 0
+        self.quick_saves = self.quick_saves + 1 if saved_in < QUICK_SAVE_S else 0
         if rd.hard_state is not None:
             self.persisted = rd.hard_state
         elapsed = loop.time() - started
@@ -122,9 +126,9 @@ class Persister:
 
     def _inline(self, entries: int, leading: bool) -> bool:
         """Whether to save a Ready of `entries` entries on the loop thread."""
-        fast = self.fast_saves >= FAST_SAVES
         if leading:
-            return entries <= (INLINE_PERSIST_LEADER if fast else 0)
+            return entries <= (INLINE_PERSIST_LEADER if self.quick_saves >= FAST_SAVES else 0)
+        fast = self.fast_saves >= FAST_SAVES
         return fast or entries <= INLINE_PERSIST_FOLLOWER
 
     def _run(self) -> None:

@@ -45,7 +45,7 @@ async def test_a_forwarded_write_is_answered_while_the_leaders_fsync_still_runs(
         status, _, _ = await cluster.call(leader_id, "PUT", "/v1/kv/warm", b"up")
         assert status == 200
         leader = cluster.nodes[leader_id].runtime
-        leader.persister.fast_saves = 0  # a lone entry goes to the worker (not yet proved fast)
+        leader.persister.quick_saves = 0  # a lone entry goes to the worker (not proved quick)
         held = _HeldDisk(leader.persister.storage)
         leader.persister.storage = held  # type: ignore[assignment]
         origin = next(n for n in cluster.nodes if n != leader_id)

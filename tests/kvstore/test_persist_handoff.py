@@ -15,7 +15,8 @@ import pytest
 
 from consensus import Entry, HardState, Ready
 from consensus.storage import MemoryStorage
-from kvstore.runtime.persist import FAST_SAVE_S, FAST_SAVES, INLINE_PERSIST_FOLLOWER, Persister
+from kvstore.runtime import persist
+from kvstore.runtime.persist import FAST_SAVES, INLINE_PERSIST_FOLLOWER, Persister
 from kvstore.runtime.stats import RuntimeStats
 
 pytestmark = pytest.mark.timeout(30)
@@ -29,12 +30,13 @@ class _RecordingDisk(MemoryStorage):
         self.saves: list[tuple[int, int]] = []  # (thread ident, first entry index)
         self.fail_on: int | None = None
         self.slow_on: int | None = None
+        self.slow_s = 2 * persist.FAST_SAVE_S
 
     def save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
         if entries and entries[0].index == self.fail_on:
             raise OSError("disk full")
         if entries and entries[0].index == self.slow_on:
-            time.sleep(2 * FAST_SAVE_S)
+            time.sleep(self.slow_s)
         self.saves.append((threading.get_ident(), entries[0].index if entries else 0))
         super().save(hard_state, entries)
 
@@ -74,8 +76,9 @@ async def test_a_leader_saves_off_the_loop_in_order_and_hears_failures(tmp_path:
 
 
 async def test_a_lone_entry_is_saved_on_the_loop_only_while_the_disk_proves_fast(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(persist, "QUICK_SAVE_S", 0.05)  # a busy machine's scheduling: not slow
     disk = _RecordingDisk()
     persister = Persister(disk, RuntimeStats(), "n1", tmp_path)
     loop_thread = threading.get_ident()
@@ -92,11 +95,11 @@ async def test_a_lone_entry_is_saved_on_the_loop_only_while_the_disk_proves_fast
         assert on_loop(at), "a lone entry on a fast disk is saved on the loop"
         await persister.save(_ready(at + 1, count=2), leading=True)
         assert not on_loop(at + 1), "two entries go to the worker, however fast the disk"
-        disk.slow_on = at + 3
+        disk.slow_on, disk.slow_s = at + 3, 2 * persist.QUICK_SAVE_S
         await persister.save(_ready(at + 3), leading=True)  # proves the disk slow...
         await persister.save(_ready(at + 4), leading=True)
         assert not on_loop(at + 4), "after a slow save the worker saves again"
-        assert persister.fast_saves == 1
+        assert persister.quick_saves == 1
     finally:
         persister.close()
 
