@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from kvstore.runtime.gc_pauses import GcPauses
-from kvstore.state import records
+from kvstore.state import keyspace, records
 from kvstore.state.history import History
 from kvstore.state.keyspace import KeySpace
 from kvstore.state.types import KeyValue
@@ -75,3 +75,18 @@ def test_collections_are_timed_and_a_long_one_is_logged(caplog: pytest.LogCaptur
     assert "garbage collection of generation 2 took" in caplog.text
     gc.collect()
     assert pauses.counts[2] == 1  # removed: no longer timed
+
+
+def test_the_records_are_split_so_no_dict_holds_more_than_a_small_share() -> None:
+    """A dict that grows copies all its entries in one step (34 ms at 699,051 keys,
+    measured in one process): split by key hash, a step copies one shard's."""
+    space = KeySpace(History(10))
+    for i in range(20_000):
+        space.put(f"key-{i:08d}", b"v", i + 1)
+        space.commit(i + 1)
+    shards = space.records._shards
+    assert len(shards) == keyspace.SHARDS and max(map(len, shards)) < 20_000 / 16
+    assert len(space.records) == len(space) == 20_000 and "key-00000007" in space
+    assert sorted(space.records.values()) == sorted(space.records[k] for k in space.keys)
+    assert space.records.pop("key-00000007") is not None and space.records.pop("nope") is None
+    assert space.records.get("key-00000007") is None and len(space.records) == 19_999
