@@ -8,7 +8,11 @@ command keeps one body: watching just runs that body again every few seconds.
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 import time
+from functools import partial
+from types import FrameType
 from typing import Any
 
 import click
@@ -51,19 +55,34 @@ def with_watch(command: click.Command) -> click.Command:
     def callback(watch: float | None, **params: Any) -> Any:
         if watch is None:
             return inner(**params)
+        interrupted = threading.Event()
+        previous = signal.signal(signal.SIGINT, partial(_interrupt, interrupted))
         try:
-            while True:
+            while not interrupted.is_set():
                 click.clear()  # a no-op when the output is not a terminal
                 stamp = time.strftime("%H:%M:%S")
                 click.echo(f"kv {command.name}, every {watch:g}s, {stamp} (Ctrl-C stops)\n")
                 with contextlib.suppress(SystemExit):  # its error line is printed
                     inner(**params)
-                time.sleep(watch)
+                interrupted.wait(watch)
         except KeyboardInterrupt:
-            return None
+            pass
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        return None
 
     command.callback = callback
     return command
+
+
+def _interrupt(interrupted: threading.Event, signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C during `--watch`: stop at once (KeyboardInterrupt, as by default), and
+    remember it, so the watch stops even when the round in progress swallows the
+    interrupt. By default asyncio.run turns Ctrl-C into a cancellation of its task,
+    which code under it can lose (asyncio.wait_for on Python 3.11 drops one arriving as
+    its awaited call completes), and the watch then went on as if nothing was pressed."""
+    interrupted.set()
+    raise KeyboardInterrupt
 
 
 def add_ops_commands(group: click.Group) -> None:

@@ -1,17 +1,21 @@
-"""`kv --version` and `kv completion bash|zsh|fish`: what an operator installs once."""
+"""`kv --version`, `kv completion bash|zsh|fish` (what an operator installs once), and
+Ctrl-C under `--watch`."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from kvstore.cli.main import cli
+from kvstore.cli.ops_commands import add_ops_commands
 
 KV = Path(sys.executable).parent / "kv"
 
@@ -53,3 +57,28 @@ def test_completion_answers_for_the_installed_command() -> None:
 def test_unknown_shell_is_refused() -> None:
     result = CliRunner().invoke(cli, ["completion", "powershell"])
     assert result.exit_code == 2 and "powershell" in result.output
+
+
+def test_ctrl_c_stops_a_watch_even_when_the_round_swallows_it() -> None:
+    """`kv status --watch` went on forever when the Ctrl-C that landed during a round
+    was lost inside it (a cancellation swallowed under asyncio.run): the watch must
+    stop after that round all the same."""
+    rounds = []
+
+    @click.command("status")
+    def status() -> None:
+        rounds.append(1)
+        assert len(rounds) <= 2, "the watch went on after Ctrl-C"
+        if len(rounds) == 2:
+            try:
+                signal.raise_signal(signal.SIGINT)  # its handler runs before this returns
+            except KeyboardInterrupt:
+                click.echo("interrupt swallowed")
+
+    group = click.Group(commands=[status])
+    add_ops_commands(group)
+    before = signal.getsignal(signal.SIGINT)
+    result = CliRunner().invoke(group, ["status", "--watch", "0.1"])
+    assert result.exception is None, result.output
+    assert (len(rounds), "interrupt swallowed" in result.output) == (2, True)
+    assert signal.getsignal(signal.SIGINT) is before
