@@ -42,6 +42,15 @@ from kvstore.api.serve import UNSAFE_LOCAL_READS
 log = logging.getLogger(__name__)
 
 ENABLED = os.environ.get("KV_FAST_LANE", "on") != "off"
+_INTERNAL_ERROR = error_answer(500, "internal", "internal error")
+"""The answer to a request whose handling hit a bug; the connection is then closed."""
+
+
+def _internal_error(head: Head) -> Answer:
+    """A bug while answering `head`: logged with its traceback, and answered with 500
+    (what aiohttp does for an unhandled exception)."""
+    log.exception("error serving %s %s", head.method, head.path[:80])
+    return _INTERNAL_ERROR
 
 
 class FastLane:
@@ -242,11 +251,9 @@ class _Connection(asyncio.Protocol):
     async def _serve(self, head: Head, body: bytes) -> None:
         try:
             answer = await self._lane.answer(head, body)
-            close = not head.keep_alive or self._closing
         except Exception:  # a bug: aiohttp would answer 500 and log it, as here
-            log.exception("error serving %s %s", head.method, head.path[:80])
-            answer, close = error_answer(500, "internal", "internal error"), True
-        self._respond(head, answer, close)
+            answer = _internal_error(head)
+        self._respond(head, answer)
 
     def _read(self, head: Head) -> None:
         """A linearizable GET without a task or a future of its own: the reads of one
@@ -267,28 +274,26 @@ class _Connection(asyncio.Protocol):
             return
         try:
             answer = key_answer(self._lane.runtime, head.key)
-            close = not head.keep_alive or self._closing
         except Exception:  # a bug: as in _serve
-            log.exception("error serving %s %s", head.method, head.path[:80])
-            answer, close = error_answer(500, "internal", "internal error"), True
+            answer = _internal_error(head)
         self._lane.count(head, answer, started)
-        self._respond(head, answer, close)
+        self._respond(head, answer)
 
     async def _serve_read(self, head: Head, started: float, deadline: float) -> None:
         try:
             answer = await read_answer(self._lane.runtime, head.key, deadline, stale=False)
-            close = not head.keep_alive or self._closing
         except Exception:  # a bug: as in _serve
-            log.exception("error serving %s %s", head.method, head.path[:80])
-            answer, close = error_answer(500, "internal", "internal error"), True
+            answer = _internal_error(head)
         self._lane.count(head, answer, started)
-        self._respond(head, answer, close)
+        self._respond(head, answer)
 
-    def _respond(self, head: Head, answer: Answer, close: bool) -> None:
-        """Write the answer, then take the next request (or idle, or close)."""
+    def _respond(self, head: Head, answer: Answer) -> None:
+        """Write the answer, then take the next request (or idle, or close: after an
+        internal error, as aiohttp does)."""
         transport = self._transport
         if transport is None or transport.is_closing():
             return
+        close = answer is _INTERNAL_ERROR or not head.keep_alive or self._closing
         leader = self._lane.runtime.leader_id
         transport.write(encode_answer(answer, head.version, leader, close))
         self._busy = False
