@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -67,26 +65,15 @@ async def test_a_waiter_that_gives_up_frees_its_place() -> None:
     assert (await running, await queued) == (True, True)
 
 
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[_LocalCluster]:
-    local = _LocalCluster(tmp_path)
-    for node_id in ("n1", "n2", "n3"):
-        await local.start(node_id)
-    try:
-        yield local
-    finally:
-        await local.close()
-
-
 async def test_a_flood_of_token_requests_gets_503_busy_past_the_queue(
-    cluster: _LocalCluster, monkeypatch: pytest.MonkeyPatch
+    local: _LocalCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    leader = await cluster.leader()
-    url = cluster.config.node(leader).client_url
+    leader = await local.leader()
+    url = local.config.node(leader).client_url
 
     async def call(method: str, path: str, body: object = None) -> tuple[int, dict, bytes]:
         data = None if body is None else json.dumps(body).encode()
-        async with cluster.http.request(method, url + path, data=data) as resp:
+        async with local.http.request(method, url + path, data=data) as resp:
             return resp.status, dict(resp.headers), await resp.read()
 
     assert (await call("PUT", "/v1/auth/users/root", {"password": "pw"}))[0] == 200
@@ -96,7 +83,7 @@ async def test_a_flood_of_token_requests_gets_503_busy_past_the_queue(
     monkeypatch.setattr(kvstore.api.auth, "password_matches", lambda *_: held())
     login = {"user": "root", "password": "pw"}
     queued = [asyncio.ensure_future(call("POST", "/v1/auth/token", login)) for _ in range(17)]
-    gate = cluster.nodes[leader].runners[0].app[PASSWORD_GATE_KEY]
+    gate = local.nodes[leader].runners[0].app[PASSWORD_GATE_KEY]
     await _eventually(lambda: held.running == 1 and gate.waiting == MAX_WAITING)
     status, headers, body = await call("POST", "/v1/auth/token", login)
     assert (status, json.loads(body)["error"], headers["Retry-After"]) == (503, "busy", "1")

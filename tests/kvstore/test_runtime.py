@@ -296,17 +296,6 @@ class _LocalCluster:
             return resp.status, dict(resp.headers), await resp.read()
 
 
-@pytest.fixture
-async def local(tmp_path: Path) -> AsyncIterator[_LocalCluster]:
-    cluster = _LocalCluster(tmp_path)
-    for node_id in ("n1", "n2", "n3"):
-        await cluster.start(node_id)
-    try:
-        yield cluster
-    finally:
-        await cluster.close()
-
-
 async def test_followers_forward_and_reads_are_linearizable(local: _LocalCluster) -> None:
     leader = await local.leader()
     for node_id in local.nodes:
