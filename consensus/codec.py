@@ -34,6 +34,7 @@ from consensus.messages import (
     RequestVoteResponse,
     TimeoutNow,
 )
+from consensus.packing import pack
 from consensus.types import Entry, EntryType, HardState, Membership, SnapshotMeta
 
 __all__ = [
@@ -181,10 +182,10 @@ _ENCODERS: dict[type, Callable[[Any], list[Any]]] = {
 
 
 def _pack(value: Any, what: str) -> bytes:
-    # A fresh packer per call (not a shared Packer): the storage thread and the event
-    # loop encode concurrently, and a shared one costs the same anyway.
+    # Reused Packers, one per concurrent caller: the storage thread and the event loop
+    # encode concurrently (consensus/packing.py).
     try:
-        return msgpack.packb(value, use_bin_type=True)
+        return pack(value)
     except (TypeError, ValueError, OverflowError) as exc:
         raise CodecError(f"cannot encode {what}: {exc}") from exc
 

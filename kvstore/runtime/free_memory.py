@@ -35,12 +35,12 @@ _TRIM = _find("malloc_trim", ctypes.c_size_t)
 _MALLOPT = _find("mallopt", ctypes.c_int, ctypes.c_int)
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
-MMAP_THRESHOLD = 512 << 10
-"""Blocks from this size up get pages of their own, given back when freed. Above
-msgpack's 256 KiB: every `msgpack.packb` allocates a Packer buffer of that size and
-frees it at once (several per write: commands, log entries, peer batches); pinned at
-128 KiB, each was an mmap and a munmap with its page faults, 1-1.5 of each per write on
-every node, +4.5 % node CPU per write (3 pairs at concurrency 64)."""
+MMAP_THRESHOLD = 128 << 10
+"""Blocks from this size up get pages of their own, given back when freed (at 1M keys,
+128 KiB kept each node's RSS 10-17 MiB lower than 512 KiB). Above the buffer of the
+Packers encoding runs with (consensus/packing.py): a fresh `msgpack.packb` allocates a
+256 KiB buffer and frees it at once, so per write (commands, log entries, peer batches)
+each would be an mmap, a munmap and page faults (+4.5 % node CPU per write)."""
 ARENA_MAX = 2
 """Heaps (arenas) malloc keeps, however many threads allocate."""
 

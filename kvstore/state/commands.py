@@ -23,6 +23,7 @@ from typing import Any, TypeAlias
 
 import msgpack
 
+from consensus.packing import pack
 from kvstore.state.auth_commands import (
     AUTH_COMMANDS,
     AUTH_TAGS,
@@ -349,7 +350,7 @@ def encode_command(cmd: Command) -> bytes:
             fields = [_TXN_FENCED, *fields[1:], *_fence(cmd.fence)]
     elif type(cmd) is SetSettings:
         limits = (cmd.session_ttl_entries, cmd.max_sessions, cmd.history_revisions)
-        return msgpack.packb([_SETTINGS, *limits, cmd.only_if_unset])
+        return pack([_SETTINGS, *limits, cmd.only_if_unset])
     elif type(cmd) is LeaseGrant:
         fields = [_LEASE_GRANT, cmd.ttl]
     elif type(cmd) is LeaseRevoke:
@@ -361,15 +362,15 @@ def encode_command(cmd: Command) -> bytes:
     elif type(cmd) is Proclaim:
         fields = [_PROCLAIM, cmd.name, cmd.token, cmd.value]
     elif type(cmd) in AUTH_COMMANDS:
-        return msgpack.packb(auth_fields(cmd), use_bin_type=True)  # type: ignore[arg-type]
+        return pack(auth_fields(cmd))  # type: ignore[arg-type]
     elif type(cmd) is AsUser:
-        return msgpack.packb([_AS_USER, cmd.user, encode_command(cmd.command)], use_bin_type=True)
+        return pack([_AS_USER, cmd.user, encode_command(cmd.command)])
     else:
         raise TypeError(f"not a command: {type(cmd).__name__}")
     s = cmd.session
     if s is not None:
         fields += (s.client_id, s.seq, s.first_outstanding)
-    return msgpack.packb(fields, use_bin_type=True)
+    return pack(fields)  # a reused Packer, not packb's fresh 256 KiB buffer
 
 
 def decode_command(data: bytes) -> Command:
