@@ -31,13 +31,25 @@ from typing import cast
 
 from aiohttp import web
 
+from consensus import NotLeader, ProposalDropped
 from kvstore.api.access import admit, key_rule
-from kvstore.api.common import RUNTIME_KEY, Answer, BadRequest, error_answer
+from kvstore.api.common import RUNTIME_KEY, Answer, BadRequest, Refused, error_answer
 from kvstore.api.connections import ConnectionGuard, Watch, hand_over
 from kvstore.api.http_wire import MAX_HEAD, Handoff, Head, encode_answer, parse_head
-from kvstore.api.kv import key_answer, kv_answer, parse_key, read_answer
+from kvstore.api.kv import (
+    key_answer,
+    kv_answer,
+    parse_key,
+    read_answer,
+    result_answer,
+    write_command,
+    write_parts,
+)
 from kvstore.api.metrics import STATS_KEY, kv_operation
-from kvstore.api.serve import UNSAFE_LOCAL_READS
+from kvstore.api.serve import UNSAFE_LOCAL_READS, proposed
+from kvstore.runtime.requests import Callback, Outcome, RuntimeStopped
+from kvstore.state.commands import Command
+from kvstore.state.machine import ApplyResult
 
 log = logging.getLogger(__name__)
 
@@ -112,18 +124,15 @@ class FastLane:
                 kv_operation(head.method), answer.status, time.perf_counter() - started
             )
 
-    def reads_directly(self, head: Head) -> bool:
-        """Whether this GET waits for its read index without a task of its own
-        (_Connection._read): a plain linearizable read (no query) with auth off, on a
-        running node. Anything else takes kv_answer's path."""
+    def serves_directly(self, head: Head) -> bool:
+        """Whether this request is answered without a task of its own, by callbacks: a
+        PUT or DELETE (_Connection._write), or a plain linearizable GET (no query:
+        _Connection._read), with auth off on a running node. Anything else takes
+        kv_answer's path."""
         runtime = self.runtime
-        return (
-            self.direct_reads
-            and not head.query
-            and not runtime.sm.auth.enabled
-            and not runtime.stopping
-            and runtime.fatal_error is None
-        )
+        if runtime.sm.auth.enabled or runtime.stopping or runtime.fatal_error is not None:
+            return False
+        return head.method != "GET" or (self.direct_reads and not head.query)
 
     async def _answer(self, head: Head, body: bytes) -> Answer:
         runtime, method, key = self.runtime, head.method, head.key
@@ -172,6 +181,8 @@ class _Connection(asyncio.Protocol):
         """The answer being made (held: the loop keeps only weak references to tasks)."""
         self._reading: tuple[Head, float, float] | None = None
         """A GET waiting for its read index: (head, started, deadline)."""
+        self._writing: tuple[Head, float, Command, float] | None = None
+        """A write waiting for its entry: (head, started, command, deadline)."""
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -243,10 +254,66 @@ class _Connection(asyncio.Protocol):
         body = bytes(buffer[head.size : end])
         del buffer[:end]
         self._busy = True
-        if head.method == "GET" and self._lane.reads_directly(head):
+        if not self._lane.serves_directly(head):
+            self._task = self._loop.create_task(self._serve(head, body))
+        elif head.method == "GET":
             self._read(head)
         else:
-            self._task = self._loop.create_task(self._serve(head, body))
+            self._write(head, body)
+
+    def _write(self, head: Head, body: bytes) -> None:
+        """A PUT or DELETE without a task, a future or a coroutine of its own: proposed
+        at once (NodeRuntime.submit) and answered from inside the apply loop
+        (_written). A first attempt that fails takes kv_answer's path (proposed), which
+        retries what may be retried, by the same deadline, and answers the rest."""
+        lane = self._lane
+        runtime = lane.runtime
+        started = time.perf_counter()
+        try:
+            cmd = write_command(head.key, write_parts(head.method, head.query, head.headers), body)
+        except Refused as exc:
+            self._answered(head, started, error_answer(exc.status, exc.code, exc.message))
+            return
+        except Exception:  # a bug: as in _serve
+            self._answered(head, started, _internal_error(head))
+            return
+        deadline = runtime.loop.time() + lane.timeout_s
+        self._writing = (head, started, cmd, deadline)
+        try:
+            runtime.submit(cmd, deadline, Callback(self._written))
+        except (NotLeader, ProposalDropped, RuntimeStopped) as exc:  # never proposed
+            self._written(exc)
+
+    def _written(self, outcome: Outcome) -> None:
+        assert self._writing is not None
+        head, started, cmd, deadline = self._writing
+        self._writing = None
+        if isinstance(outcome, Exception):
+            self._task = self._loop.create_task(
+                self._serve_write(head, started, cmd, deadline, outcome)
+            )
+            return
+        try:
+            answer = result_answer(cast("ApplyResult | None", outcome))
+        except Exception:  # a bug: as in _serve
+            answer = _internal_error(head)
+        self._answered(head, started, answer)
+
+    async def _serve_write(
+        self, head: Head, started: float, cmd: Command, deadline: float, failed: Exception
+    ) -> None:
+        try:
+            result = await proposed(self._lane.runtime, cmd, None, deadline, failed)
+            answer = result_answer(result)
+        except Refused as exc:
+            answer = error_answer(exc.status, exc.code, exc.message)
+        except Exception:  # a bug: as in _serve
+            answer = _internal_error(head)
+        self._answered(head, started, answer)
+
+    def _answered(self, head: Head, started: float, answer: Answer) -> None:
+        self._lane.count(head, answer, started)
+        self._respond(head, answer)
 
     async def _serve(self, head: Head, body: bytes) -> None:
         try:
@@ -276,16 +343,14 @@ class _Connection(asyncio.Protocol):
             answer = key_answer(self._lane.runtime, head.key)
         except Exception:  # a bug: as in _serve
             answer = _internal_error(head)
-        self._lane.count(head, answer, started)
-        self._respond(head, answer)
+        self._answered(head, started, answer)
 
     async def _serve_read(self, head: Head, started: float, deadline: float) -> None:
         try:
             answer = await read_answer(self._lane.runtime, head.key, deadline, stale=False)
         except Exception:  # a bug: as in _serve
             answer = _internal_error(head)
-        self._lane.count(head, answer, started)
-        self._respond(head, answer)
+        self._answered(head, started, answer)
 
     def _respond(self, head: Head, answer: Answer) -> None:
         """Write the answer, then take the next request (or idle, or close: after an

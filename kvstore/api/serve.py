@@ -124,20 +124,32 @@ async def serve_write(
     return await _answered(respond(result))
 
 
-async def proposed(runtime: NodeRuntime, cmd: Command, user: str | None) -> ApplyResult | None:
+async def proposed(
+    runtime: NodeRuntime,
+    cmd: Command,
+    user: str | None,
+    deadline: float | None = None,
+    failed: Exception | None = None,
+) -> ApplyResult | None:
     """Propose `cmd` (a follower through the leader, over the peer link) and return its
     result once applied here. Every Refused 503 below means never proposed, so retrying
     is safe until the deadline; 504 means the outcome is unknown. A request of an
     authenticated user proposes the command as that user's (AsUser), so the state
     machine checks the user's permissions again at the entry's log position; a follower
     forwards the encoded command as it is, user included. Shared by serve_write and the
-    fast lane (kvstore.api.kv.kv_answer)."""
+    fast lane (kvstore.api.kv.kv_answer). `failed`: the fast lane's own first attempt
+    (NodeRuntime.submit, by `deadline`) ended with this error, handled here as if this
+    loop's first attempt had."""
     if user is not None:
         cmd = AsUser(user, cmd)  # type: ignore[arg-type]
     loop = runtime.loop
-    deadline = loop.time() + runtime.tuning.request_timeout_ms / 1000
+    if deadline is None:
+        deadline = loop.time() + runtime.tuning.request_timeout_ms / 1000
     while True:
         try:
+            if failed is not None:
+                error, failed = failed, None
+                raise error
             return await runtime.propose(cmd, deadline - loop.time())
         except NotLeader:
             # No leader known, or the one we knew no longer leads: wait for news.

@@ -51,7 +51,7 @@ from kvstore.runtime.leases import LeaseKeeper
 from kvstore.runtime.member_view import MemberView
 from kvstore.runtime.membership import MembershipTracker
 from kvstore.runtime.persist import Persister
-from kvstore.runtime.requests import PendingRequests, ProposalTimeout, RuntimeStopped
+from kvstore.runtime.requests import PendingRequests, RuntimeStopped, Waiter
 from kvstore.runtime.settings import SettingsKeeper
 from kvstore.runtime.snapshots import SnapshotKeeper
 from kvstore.runtime.stats import RuntimeStats
@@ -115,11 +115,11 @@ class NodeRuntime:
             storage,
             rng or random.Random(),
         )
-        self.pending = PendingRequests()
-        self.watches = WatchHub(self.sm, t.watch_buffer_bytes)
-        """Every watch served by this node, fed after each applied batch."""
         self.stats = RuntimeStats()
         """Counters and histograms for `GET /metrics` (kvstore.api.metrics)."""
+        self.pending = PendingRequests(self.stats.commit_latency.observe)
+        self.watches = WatchHub(self.sm, t.watch_buffer_bytes)
+        """Every watch served by this node, fed after each applied batch."""
         self.leadership = LeadershipWatch(node_id, self.node, self.pending, self.stats)
         self.applied_changed = ChangeSignal()
         """Notified after every applied batch (lock waits and election observers)."""
@@ -295,15 +295,22 @@ class NodeRuntime:
         peer link: kvstore.runtime.via_leader). Raises NotLeader / ProposalDropped before
         anything was proposed, ProposalOverwritten when it definitely failed, and
         ProposalTimeout when the outcome is unknown."""
+        future: asyncio.Future[ApplyResult | None] = self.loop.create_future()
+        self.submit(command, self.loop.time() + timeout, future)
+        return await future
+
+    def submit(self, command: Command, deadline: float, waiter: Waiter) -> None:
+        """`propose` without a coroutine (the fast lane's writes): raises NotLeader,
+        ProposalDropped or RuntimeStopped when nothing was proposed; otherwise `waiter`
+        gets the result, ProposalOverwritten or ProposalTimeout."""
         self._check_running()
         data = encode_command(command)
         if self.node.role is not Role.LEADER:
-            waiting = self.via_leader.propose(data, self.loop.time() + timeout)
+            self.via_leader.propose(data, deadline, waiter)
         else:
-            waiting = self._until_applied(self.node.propose(data), timeout)
+            self._until_applied(self.node.propose(data), deadline, waiter)
         if self._idle:  # a lone write: its appends (a follower: its request) leave now
             self._send_early(idle_too=True)
-        return await waiting
 
     async def propose_conf_change(self, change: ConfChange, timeout: float) -> Entry:
         """Propose a membership change and wait until it is applied here. Raises
@@ -311,22 +318,15 @@ class NodeRuntime:
         ProposalOverwritten or ProposalTimeout after."""
         self._check_running()
         entry = self.node.propose_conf_change(change)
-        await self._until_applied(entry, timeout)
+        future: asyncio.Future[ApplyResult | None] = self.loop.create_future()
+        self._until_applied(entry, self.loop.time() + timeout, future)
+        await future
         return entry
 
-    async def _until_applied(self, entry: Entry, timeout: float) -> ApplyResult | None:
-        started = self.loop.time()
-        future = self.pending.add_proposal(entry, started + timeout)
+    def _until_applied(self, entry: Entry, deadline: float, waiter: Waiter) -> None:
+        self.pending.add_proposal(entry, deadline, waiter)
         self._wake.set()
         self.stats.proposals += 1
-        try:
-            result = await future  # the expiry task fails it with ProposalTimeout at the deadline
-            self.stats.commit_latency.observe(self.loop.time() - started)
-            return result
-        except RuntimeStopped as exc:  # proposed, so the outcome stays unknown
-            raise ProposalTimeout(f"entry {entry.index} not applied: {exc}") from None
-        finally:
-            self.pending.forget_proposal(entry, future)
 
     async def read(self, key: str, linearizable: bool, timeout: float) -> KeyValue | None:
         """Read a key; linearizable reads confirm leadership with a ReadIndex round first.

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from consensus import DropReason, Entry, ForwardedProposal, NotLeader, ProposalDropped
 from consensus.forwarding import NOT_LEADER
@@ -40,19 +42,60 @@ class RuntimeStopped(RuntimeUnavailable):
     """The node is shutting down (or stopped on a fatal error)."""
 
 
+class Waiter(Protocol):
+    """What a proposal's outcome is handed to: an asyncio.Future (NodeRuntime.propose)
+    or a Callback (the fast lane's writes)."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: ApplyResult | None, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+Outcome = ApplyResult | None | BaseException
+"""A proposal's result, or the error that ended its wait."""
+
+
+class Callback:
+    """A Waiter that hands the outcome to `then` at once, from inside the apply loop (or
+    the expiry, or the leader change that ended the wait): a fast-lane write answers
+    with no future, no task and no turn of the loop in between. `then` must not raise."""
+
+    __slots__ = ("_done", "_then")
+
+    def __init__(self, then: Callable[[Outcome], None]) -> None:
+        self._then = then
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, result: ApplyResult | None, /) -> None:
+        self._done = True
+        self._then(result)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        self._done = True
+        self._then(exception)
+
+
 @dataclass(slots=True)
 class _Proposal:
     index: int
     term: int
-    future: asyncio.Future[ApplyResult | None]
+    future: Waiter
     deadline: float
+    started: float
+    """perf_counter() when this leader proposed it (for the commit latency); 0.0 for a
+    proposal forwarded to the leader (not counted there)."""
 
 
 @dataclass(slots=True)
 class _Forwarded:
     """A proposal handed to the leader, until it says where it put it."""
 
-    future: asyncio.Future[ApplyResult | None]
+    future: Waiter
     deadline: float
 
 
@@ -80,7 +123,10 @@ class PendingRequests:
     first is not yet dead (another node may still hold its entry and commit it as a
     later leader), so only the entry applied at that index decides between them."""
 
-    def __init__(self) -> None:
+    def __init__(self, commit_latency: Callable[[float], None] | None = None) -> None:
+        """`commit_latency` is told, in seconds, how long each of this leader's
+        successful proposals took from propose to applied."""
+        self._commit_latency = commit_latency
         self.proposals: dict[int, dict[int, _Proposal]] = {}
         self.reads: dict[bytes, _PendingRead] = {}
         self.forwarded: dict[bytes, _Forwarded] = {}
@@ -94,19 +140,15 @@ class PendingRequests:
 
     # -------------------------------------------------------------- registering
 
-    def add_proposal(self, entry: Entry, deadline: float) -> asyncio.Future[ApplyResult | None]:
-        future: asyncio.Future[ApplyResult | None] = asyncio.get_running_loop().create_future()
+    def add_proposal(self, entry: Entry, deadline: float, waiter: Waiter | None = None) -> Waiter:
+        """`entry`, proposed by this leader, settles `waiter` (by default a new future)."""
+        if waiter is None:
+            waiter = asyncio.get_running_loop().create_future()
         at_index = self.proposals.setdefault(entry.index, {})
-        at_index[entry.term] = _Proposal(entry.index, entry.term, future, deadline)
-        return future
-
-    def forget_proposal(self, entry: Entry, future: asyncio.Future[ApplyResult | None]) -> None:
-        at_index = self.proposals.get(entry.index)
-        current = None if at_index is None else at_index.get(entry.term)
-        if current is not None and current.future is future:
-            del at_index[entry.term]  # type: ignore[index]
-            if not at_index:
-                del self.proposals[entry.index]
+        at_index[entry.term] = _Proposal(
+            entry.index, entry.term, waiter, deadline, time.perf_counter()
+        )
+        return waiter
 
     def _take_proposals(self, keep: Callable[[_Proposal], bool]) -> list[_Proposal]:
         """Remove and return every proposal `keep` rejects."""
@@ -120,13 +162,15 @@ class PendingRequests:
         return taken
 
     def add_forwarded(
-        self, request_id: bytes, deadline: float
-    ) -> asyncio.Future[ApplyResult | None]:
+        self, request_id: bytes, deadline: float, waiter: Waiter | None = None
+    ) -> Waiter:
         """A proposal forwarded to the leader (kvstore.runtime.via_leader): resolved by
-        `forwarded_outcomes`, then like a proposal of our own."""
-        future: asyncio.Future[ApplyResult | None] = asyncio.get_running_loop().create_future()
-        self.forwarded[request_id] = _Forwarded(future, deadline)
-        return future
+        `forwarded_outcomes`, then like a proposal of our own; settles `waiter` (by
+        default a new future)."""
+        if waiter is None:
+            waiter = asyncio.get_running_loop().create_future()
+        self.forwarded[request_id] = _Forwarded(waiter, deadline)
+        return waiter
 
     def forwarded_outcomes(self, outcomes: tuple[ForwardedProposal, ...], applied: int) -> None:
         """Where the leader put forwarded proposals. Called before the Ready's committed
@@ -145,7 +189,7 @@ class PendingRequests:
             else:
                 at_index = self.proposals.setdefault(outcome.index, {})
                 at_index[outcome.term] = _Proposal(
-                    outcome.index, outcome.term, waiting.future, waiting.deadline
+                    outcome.index, outcome.term, waiting.future, waiting.deadline, 0.0
                 )
 
     def add_read(
@@ -197,6 +241,8 @@ class PendingRequests:
             if proposal.future.done():
                 continue
             if proposal.term == entry.term:
+                if proposal.started and self._commit_latency is not None:
+                    self._commit_latency(time.perf_counter() - proposal.started)
                 proposal.future.set_result(result)
             else:
                 proposal.future.set_exception(
@@ -249,14 +295,18 @@ class PendingRequests:
                 forwarded.future.set_exception(ProposalTimeout(reason))
 
     def abort_all(self, exc: RuntimeUnavailable) -> None:
-        """Fail everything (shutdown). Proposals fail as ProposalTimeout upstream: a
-        proposed write's outcome stays unknown."""
+        """Fail everything (shutdown). Proposals fail as ProposalTimeout: a proposed
+        write's outcome stays unknown."""
         for proposal in self._take_proposals(lambda p: False):
             if not proposal.future.done():
-                proposal.future.set_exception(exc)
+                proposal.future.set_exception(
+                    ProposalTimeout(f"entry {proposal.index} not applied: {exc}")
+                )
         for forwarded in self.forwarded.values():
             if not forwarded.future.done():
-                forwarded.future.set_exception(exc)
+                forwarded.future.set_exception(
+                    ProposalTimeout(f"the forwarded proposal was not answered: {exc}")
+                )
         self.forwarded.clear()
         self.fail_reads(exc)
         for _, _, future, _ in self._apply_waiters:

@@ -21,13 +21,12 @@ import functools
 import itertools
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
 from consensus import NotLeader, RaftNode
-from kvstore.runtime.requests import PendingRequests, ProposalTimeout, ReadDone, RuntimeStopped
-from kvstore.state.machine import ApplyResult
+from kvstore.runtime.requests import PendingRequests, ReadDone, Waiter
 
 log = logging.getLogger(__name__)
 
@@ -140,20 +139,13 @@ class ViaLeader:
         applied = self._pending.wait_applied(outcome, batch.deadline)
         applied.add_done_callback(functools.partial(_applied, batch, outcome))
 
-    def propose(self, data: bytes, deadline: float) -> Awaitable[ApplyResult | None]:
+    def propose(self, data: bytes, deadline: float, waiter: Waiter) -> None:
         """Have the leader propose `data` (queued in the core now: the caller may send it
-        at once, RaftNode.early_messages); await the result of applying it here. Raises
-        NotLeader (no leader known, or the leader refused as not leading: never
+        at once, RaftNode.early_messages); `waiter` gets the result of applying it here,
+        or NotLeader (no leader known, or the leader refused as not leading: never
         proposed), ProposalDropped (refused: never proposed), ProposalOverwritten, or
         ProposalTimeout (outcome unknown)."""
         request_id = self._request_id()
         self._node.forward_proposal(request_id, data)
-        future = self._pending.add_forwarded(request_id, deadline)
+        self._pending.add_forwarded(request_id, deadline, waiter)
         self._wake()
-        return self._outcome(future)
-
-    async def _outcome(self, future: asyncio.Future[ApplyResult | None]) -> ApplyResult | None:
-        try:
-            return await future
-        except RuntimeStopped as exc:  # perhaps proposed already: the outcome is unknown
-            raise ProposalTimeout(f"the forwarded proposal was not answered: {exc}") from None
