@@ -31,7 +31,7 @@ from kvstore.api.connections import ConnectionGuard
 from kvstore.api.fast_lane import FastLane
 from kvstore.config import ClusterConfig, NodeConfig, Tuning
 from kvstore.runtime.node import NodeRuntime
-from kvstore.runtime.requests import ReadAborted
+from kvstore.runtime.requests import ProposalOverwritten, ProposalTimeout, ReadAborted, Waiter
 from tests.kvstore.test_runtime import _free_ports
 
 pytestmark = pytest.mark.timeout(30)
@@ -510,3 +510,47 @@ async def test_a_read_whose_index_did_not_come_is_served_by_the_full_path(
     first, second = await _exchange(node.fast, _req("GET", "/v1/kv/fb"), _req("GET", "/v1/kv/fx"))
     assert failed and not first.aiohttp
     assert (first.status, first.body, second.status) == (200, b"v", 404)
+
+
+async def test_a_write_not_proposed_at_first_is_retried_by_the_full_path(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PUT is proposed by callback (NodeRuntime.submit, no task); when its first
+    attempt certainly failed (here its entry lost its index to another, once), kv_answer's
+    path proposes it again by the same deadline, and the pipelined request behind it is
+    still answered in order."""
+    runtime = node.runtime
+    real, attempts = runtime.submit, []
+
+    def submit(command: object, deadline: float, waiter: Waiter) -> None:
+        attempts.append(deadline)
+        if len(attempts) == 1:
+            waiter.set_exception(ProposalOverwritten("another entry took its index"))
+            return
+        real(command, deadline, waiter)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runtime, "submit", submit)
+    first, second = await _exchange(
+        node.fast, _req("PUT", "/v1/kv/wr", b"v"), _req("GET", "/v1/kv/wr")
+    )
+    assert not first.aiohttp and first.status == 200, first
+    assert len(attempts) == 2 and attempts[1] == pytest.approx(attempts[0])  # same deadline
+    assert (second.status, second.body) == (200, b"v")
+
+
+async def test_a_write_whose_outcome_is_unknown_is_a_timeout_and_never_proposed_again(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write handed to the core whose wait ended without its entry (ProposalTimeout)
+    may have happened: 504 `timeout`, and it is not proposed a second time."""
+    runtime = node.runtime
+    attempts: list[float] = []
+
+    def submit(command: object, deadline: float, waiter: Waiter) -> None:
+        attempts.append(deadline)
+        waiter.set_exception(ProposalTimeout("entry 9 (term 1) not applied in time"))
+
+    monkeypatch.setattr(runtime, "submit", submit)
+    (reply,) = await _exchange(node.fast, _req("PUT", "/v1/kv/wt", b"v"))
+    assert (reply.status, reply.json()["error"], reply.aiohttp) == (504, "timeout", False)
+    assert len(attempts) == 1, "a write whose outcome was unknown was proposed again"
