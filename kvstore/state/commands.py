@@ -127,6 +127,17 @@ class Put:
     fence: Fence | None = None
 
     def __post_init__(self) -> None:
+        if (  # the plain put passes in one expression: every replica builds each one
+            type(self.key) is str
+            and type(self.value) is bytes
+            and self.prev_version is None
+            and self.prev_revision is None
+            and (self.session is None or type(self.session) is SessionRef)
+            and self.lease == 0
+            and type(self.lease) is int
+            and self.fence is None
+        ):
+            return
         _check_common(self.key, self.prev_version, self.session, self.prev_revision)
         if not isinstance(self.value, bytes):
             raise ValueError(f"value must be bytes, got {type(self.value).__name__}")

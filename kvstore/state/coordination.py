@@ -56,22 +56,28 @@ class Coordination:
         fence: Fence | None = command.fence
         if fence is not None and not self.locks.holds(fence.lock, fence.token):
             return FencedResult(self.locks.holder_token(fence.lock))
-        for lease in _leases_named(command):
+        if type(command) is Txn:
+            leases = _txn_leases(command)
+        elif type(command) is Put and command.lease:
+            leases = [command.lease]
+        else:
+            return None
+        for lease in leases:
             if lease not in self.leases:
                 return LeaseNotFoundResult(lease)
         return None
 
-    def written(
-        self, command: Put | Delete | Txn, result: ApplyResult, touched: Iterable[str]
-    ) -> None:
-        """A write changed the keys `touched`: each now lives by that write, so it leaves
-        any lease it had, and a put with a lease (alone, or in the branch of a
-        transaction that ran) attaches its key to that lease."""
+    def written_key(self, command: Put | Delete) -> None:
+        """A put or delete changed its key: the key now lives by that write, so it
+        leaves any lease it had, and a put with a lease attaches it to that lease."""
+        self.leases.attach(command.key, command.lease if type(command) is Put else 0)
+
+    def written_txn(self, command: Txn, result: ApplyResult, touched: Iterable[str]) -> None:
+        """A transaction changed the keys `touched`: each leaves any lease it had, and
+        a put with a lease in the branch that ran attaches its key to that lease."""
         for key in touched:
             self.leases.attach(key, 0)
-        if type(command) is Put and command.lease:
-            self.leases.attach(command.key, command.lease)
-        elif type(command) is Txn and type(result) is TxnResult:
+        if type(result) is TxnResult:
             for op in command.success if result.succeeded else command.failure:
                 if type(op) is TxnPut and op.lease:
                     self.leases.attach(op.key, op.lease)
@@ -119,13 +125,9 @@ class Coordination:
         return coordination
 
 
-def _leases_named(command: Put | Delete | Txn) -> list[int]:
-    """The leases a write names: a put's, or those of a transaction's puts in either
-    branch (all checked before the compares decide, like the fence, so the answer does
-    not depend on which branch would have run)."""
-    if type(command) is Put:
-        return [command.lease] if command.lease else []
-    if type(command) is Txn:
-        ops = (*command.success, *command.failure)
-        return [op.lease for op in ops if type(op) is TxnPut and op.lease]
-    return []
+def _txn_leases(command: Txn) -> list[int]:
+    """The leases a transaction's puts name, in either branch (all checked before the
+    compares decide, like the fence, so the answer does not depend on which branch
+    would have run)."""
+    ops = (*command.success, *command.failure)
+    return [op.lease for op in ops if type(op) is TxnPut and op.lease]

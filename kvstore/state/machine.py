@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from consensus.types import Entry, EntryType
 from kvstore.state import txn as txn_executor
@@ -344,12 +344,11 @@ class KVStateMachine:
         if self._space.revision != before:
             # A put or delete that wrote touched its own key alone: no search of the
             # history for it (a bisect per write); a transaction's keys are its events.
-            touched: Iterable[str] = (
-                (command.key,)
-                if type(command) is not Txn
-                else (event.kv.key for event in self._space.history.events_since(before))
-            )
-            coordination.written(command, result, touched)
+            if type(command) is Txn:
+                events = self._space.history.events_since(before)
+                coordination.written_txn(command, result, (event.kv.key for event in events))
+            else:
+                coordination.written_key(command)
         return result
 
     def _lease_keys(self, lease_id: int) -> list[str]:
