@@ -110,7 +110,7 @@ def _check_common(
         raise ValueError(f"session must be a SessionRef or None, got {type(session).__name__}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(unsafe_hash=True, slots=True)  # built per write: see kvstore.state.types
 class Put:
     """Write `value` under `key`; with `prev_revision` set, only if the key's mod_revision
     is that (0: only if the key does not exist), which no delete and re-create can fake;
@@ -144,7 +144,7 @@ class Put:
         check_extras(self.lease, self.fence)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(unsafe_hash=True, slots=True)  # built per write: see kvstore.state.types
 class Delete:
     """Remove `key`; with `prev_version` / `prev_revision` set, only if the key is at that
     version / mod_revision."""

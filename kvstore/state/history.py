@@ -46,7 +46,7 @@ class EventKind(IntEnum):
     DELETE = 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(unsafe_hash=True, slots=True)  # built per write: see kvstore.state.types
 class Event:
     kind: EventKind
     kv: KeyValue
@@ -110,7 +110,7 @@ class History:
             return
         self.compact_revision = floor
         events, first = self._events, self._first
-        while first < len(events) and events[first].revision <= floor:
+        while first < len(events) and events[first].kv.mod_revision <= floor:
             first += 1
         if first >= _SHRINK_AT and first * 2 >= len(events) and not self._pins:
             del events[:first]

@@ -10,6 +10,13 @@ it (`create_revision`, reset when the key is deleted and created again), the rev
 its last change (`mod_revision`) and `version`, the number of writes since its creation.
 `mod_revision` is what a compare-and-set without ABA compares: it never repeats for a
 key, while `version` restarts at 1 on re-creation.
+
+The values every replica builds for each write (KeyValue, history.Event, PutResult,
+DeleteResult, and the commands Put and Delete) are equal and hashed by their fields like
+the frozen dataclasses around them, but not frozen: a frozen dataclass's __init__ sets
+each field through object.__setattr__ (0.65 against 0.19 us for a KeyValue; five such
+objects per put on every replica). Never assign to one: the history, snapshots, the log
+and readers share them.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(unsafe_hash=True, slots=True)  # built per write: see the module docstring
 class KeyValue:
     key: str
     value: bytes
@@ -28,13 +35,13 @@ class KeyValue:
     mod_revision: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(unsafe_hash=True, slots=True)  # built per write: see the module docstring
 class PutResult:
     revision: int
     version: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(unsafe_hash=True, slots=True)  # built per write: see the module docstring
 class DeleteResult:
     revision: int
 
