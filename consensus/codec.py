@@ -65,6 +65,9 @@ _TAG_READ_INDEX_REQUEST = 6
 _TAG_READ_INDEX_RESPONSE = 7
 _TAG_PROPOSE_REQUEST = 8
 _TAG_PROPOSE_RESPONSE = 9
+_TAG_COMMIT_ONLY = 10
+"""A `commit_only` AppendEntries (no entries, prev == commit) in six fields. Older nodes refuse
+the tag (400): they get a plain append (`encode_messages(..., commit_only=False)`) instead."""
 
 _ENTRY_TYPES: dict[int, EntryType] = {int(t): t for t in EntryType}
 
@@ -90,6 +93,16 @@ def _encode_request_vote_response(m: RequestVoteResponse) -> list[Any]:
 
 
 def _encode_append_entries(m: AppendEntries) -> list[Any]:
+    if not m.commit_only:
+        return _encode_plain_append(m)
+    if m.entries or m.prev_log_index != m.leader_commit:
+        raise CodecError("a commit_only AppendEntries has no entries and prev == commit")
+    index, index_term = m.prev_log_index, m.prev_log_term
+    return [_TAG_COMMIT_ONLY, m.term, m.sender, m.recipient, index, index_term, m.read_seq]
+
+
+def _encode_plain_append(m: AppendEntries) -> list[Any]:
+    """Any append as tag 2 (a commit_only one then loses its flag: it gets answered)."""
     entries = m.entries
     if entries:
         _check_contiguous(entries, m.prev_log_index + 1)
@@ -179,6 +192,7 @@ _ENCODERS: dict[type, Callable[[Any], list[Any]]] = {
     ProposeRequest: _encode_propose_request,
     ProposeResponse: _encode_propose_response,
 }
+_PLAIN_ENCODERS = {**_ENCODERS, AppendEntries: _encode_plain_append}
 
 
 def _pack(value: Any, what: str) -> bytes:
@@ -190,11 +204,13 @@ def _pack(value: Any, what: str) -> bytes:
         raise CodecError(f"cannot encode {what}: {exc}") from exc
 
 
-def encode_messages(msgs: Sequence[Message]) -> bytes:
-    """Encode a batch of messages as one msgpack array, so a sender pays one call per flush."""
+def encode_messages(msgs: Sequence[Message], commit_only: bool = True) -> bytes:
+    """Encode a batch of messages as one msgpack array, so a sender pays one call per flush.
+    `commit_only`: whether the recipient reads _TAG_COMMIT_ONLY (else plain appends)."""
+    encoders = _ENCODERS if commit_only else _PLAIN_ENCODERS
     encoded = []
     for m in msgs:
-        encoder = _ENCODERS.get(type(m))
+        encoder = encoders.get(type(m))
         if encoder is None:
             raise CodecError(f"cannot encode {type(m).__name__}: not a consensus message")
         encoded.append(encoder(m))
@@ -255,12 +271,15 @@ def _check_fields(what: str, names: Sequence[str], kinds: Sequence[_Kind], value
             raise CodecError(f"{what} field {name!r} must not be negative, got {value}")
 
 
+_Build = Callable[[list[Any]], Any]
+
+
 class _Layout:
     """How one message type lies on the wire: its field names and kinds after the tag."""
 
     __slots__ = ("build", "kinds", "name", "names", "types", "uints")
 
-    def __init__(self, cls: type, kinds: Sequence[_Kind], build: Callable[[list[Any]], Any]):
+    def __init__(self, cls: type, kinds: Sequence[_Kind], build: _Build, names: Sequence[str] = ()):
         self.name = cls.__name__
         self.kinds = tuple(kinds)
         # The check every received message passes, in two C-level steps: the exact
@@ -272,9 +291,11 @@ class _Layout:
         uints = [i for i, kind in enumerate(self.kinds) if kind is _UINT]
         self.uints = itemgetter(*uints, uints[0])
         self.build = build
-        names = [f.name for f in fields(cls)]
-        if cls is AppendEntries:  # entries travel as three columns at the end
+        given = list(names)
+        names = given or [f.name for f in fields(cls)]
+        if cls is AppendEntries and not given:  # entries travel as three columns at the end
             names.remove("entries")
+            names.remove("commit_only")  # a tag of its own: _TAG_COMMIT_ONLY
             names += ["entry terms", "entry types", "entry data"]
         if cls is InstallSnapshot:  # the metadata travels flattened
             names.remove("snapshot")
@@ -287,6 +308,11 @@ def _build_append_entries(v: list[Any]) -> AppendEntries:
     term, sender, recipient, prev_index, prev_term, commit, read_seq, terms, types, datas = v
     entries = _decode_entry_columns(prev_index + 1, terms, types, datas)
     return AppendEntries(term, sender, recipient, prev_index, prev_term, entries, commit, read_seq)
+
+
+def _build_commit_only(v: list[Any]) -> AppendEntries:
+    term, sender, recipient, index, index_term, read_seq = v
+    return AppendEntries(term, sender, recipient, index, index_term, (), index, read_seq, True)
 
 
 def _decode_entry_columns(
@@ -393,6 +419,12 @@ _LAYOUTS: dict[int, _Layout] = {
         AppendEntriesResponse,
         [_UINT, _STR, _STR, _BOOL, _UINT, _UINT, _UINT, _UINT],
         lambda v: AppendEntriesResponse(*v),
+    ),
+    _TAG_COMMIT_ONLY: _Layout(
+        AppendEntries,
+        [_UINT, _STR, _STR, _UINT, _UINT, _UINT],
+        _build_commit_only,
+        ("term", "sender", "recipient", "commit index", "commit term", "read_seq"),
     ),
     _TAG_TIMEOUT_NOW: _Layout(TimeoutNow, [_UINT, _STR, _STR], lambda v: TimeoutNow(*v)),
     _TAG_INSTALL_SNAPSHOT: _Layout(

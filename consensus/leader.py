@@ -277,10 +277,9 @@ class Leadership:
         `early_messages` for a driver with no Ready in hand)."""
         if self._replication_pending:
             self._replication_pending = False
-            for peer in self._progress:
-                if peer != self.id:
-                    while self._send_append(peer, send_if_empty=False):
-                        pass
+            for peer in (p for p in self._progress if p != self.id):
+                while self._send_append(peer, send_if_empty=False):
+                    pass
         self.tell_commit()
 
     def tell_commit(self) -> None:
@@ -291,26 +290,25 @@ class Leadership:
         if self._log.committed <= self._commit_told:
             return
         self._commit_told = self._log.committed
-        for peer, progress in self._progress.items():
-            if peer != self.id:
-                self._bump_commit(peer, progress)
+        for peer in (p for p in self._progress if p != self.id):
+            self._bump_commit(peer, self._progress[peer])
 
     def _bump_commit(self, peer: NodeId, progress: Progress) -> None:
         """Tell `peer` the commit index as far as it was sent the log: an empty append
-        at the last entry sent to it (the commit index, if lower), unless it knows it.
-        Also on every acknowledgement: a follower whose answer arrives after the commit
-        was told to the others learns it then, not at the next heartbeat (as etcd-io/
-        raft's CanBumpCommit; a forwarded write waited 25 ms at the tail without it).
-        Not only as far as it acknowledged, which would cost a follower answering a
-        forwarded write one more round trip when the other two made the entry durable
-        first (it still applies only what its own disk holds). REPLICATE only: the
-        link delivers in order, so a follower that lost an append rejects this one and
-        is probed."""
+        at the last entry sent to it (the commit index, if lower), unless it knows it;
+        `commit_only`: it answers only a rejection. Also on every acknowledgement: a
+        follower whose answer arrives after the commit was told to the others learns it
+        then, not at the next heartbeat (as etcd-io/raft's CanBumpCommit; a forwarded
+        write waited 25 ms at the tail without it). Not only as far as it acknowledged,
+        which would cost a follower answering a forwarded write one more round trip when
+        the other two made the entry durable first (it still applies only what its own
+        disk holds). REPLICATE only: the link delivers in order, so a follower that lost
+        an append rejects this one and is probed."""
         if progress.state is not ProgressState.REPLICATE:
             return
         known = min(self._log.committed, progress.next - 1)
         if known > progress.commit_sent and known >= self._log.first_index() - 1:
-            self._send_append_entries(peer, known, (), known, self._reads.seq)
+            self._send_append_entries(peer, known, (), known, self._reads.seq, commit_only=True)
 
     def entries_persisted(self) -> None:
         """The driver made our own entries durable: they may complete a quorum now."""
@@ -407,6 +405,7 @@ class Leadership:
         entries: tuple[Entry, ...],
         leader_commit: int,
         read_seq: int,
+        commit_only: bool = False,
     ) -> None:
         self._progress[peer].commit_sent = leader_commit
         self._send(
@@ -419,6 +418,7 @@ class Leadership:
                 entries=entries,
                 leader_commit=leader_commit,
                 read_seq=read_seq,
+                commit_only=commit_only,
             )
         )
 

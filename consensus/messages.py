@@ -38,7 +38,13 @@ class RequestVoteResponse:
 @dataclass(frozen=True, slots=True)
 class AppendEntries:
     """Replicates entries; with no entries it is a heartbeat. `read_seq` numbers the
-    leader's heartbeat rounds so that a quorum of echoes confirms pending ReadIndex reads."""
+    leader's heartbeat rounds so that a quorum of echoes confirms pending ReadIndex reads.
+    `commit_only` marks an empty append sent only to announce the commit index
+    (`Leadership._bump_commit`, ~half the leader's frames under load): a follower that
+    holds `prev_log_index` does not answer it, since the answer would tell the leader
+    nothing its acknowledgements of the entries did not (a rejection is still answered,
+    so a lost append is still probed). Answering one anyway is harmless, which is what a
+    node that predates the flag does (the transport sends it a plain append)."""
 
     term: int
     sender: NodeId
@@ -48,6 +54,7 @@ class AppendEntries:
     entries: tuple[Entry, ...]
     leader_commit: int
     read_seq: int = 0
+    commit_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -226,8 +226,7 @@ class RaftNode:
         messages, early = outgoing(self._msgs, self.log, leading, hard_state, self._prev_hard_state)
         reads, forwarded = tuple(self._read_states), self._forwarding.take_outcomes()
         ready = Ready(hard_state, entries, messages, committed, reads, snapshot, early, forwarded)
-        self._msgs = []
-        self._read_states = []
+        self._msgs, self._read_states = [], []
         return ready
 
     def early_messages(self, replicate: bool = False) -> tuple[Message, ...]:
@@ -424,14 +423,13 @@ class RaftNode:
     # --- follower -----------------------------------------------------------------------
 
     def _step_follower(self, msg: Message) -> None:
-        if isinstance(msg, AppendEntries):
+        if isinstance(msg, AppendEntries | InstallSnapshot):
             self._timer.heard_leader()
             self.leader_id = msg.sender
-            self._handle_append(msg)
-        elif isinstance(msg, InstallSnapshot):
-            self._timer.heard_leader()
-            self.leader_id = msg.sender
-            self._handle_snapshot(msg)
+            if isinstance(msg, AppendEntries):
+                self._handle_append(msg)
+            else:
+                self._handle_snapshot(msg)
         elif isinstance(msg, TimeoutNow) and self.promotable:
             self._campaign(pre_vote=False, transfer=True)
 
@@ -446,6 +444,8 @@ class RaftNode:
         result = self.log.maybe_append(
             msg.prev_log_index, msg.prev_log_term, msg.entries, msg.leader_commit
         )
+        if result.success and msg.commit_only:
+            return  # the leader needs no answer (see AppendEntries.commit_only)
         self._send(
             AppendEntriesResponse(
                 self.term,

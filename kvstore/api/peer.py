@@ -112,6 +112,7 @@ def verify_head(
     except PeerAuthError as exc:
         log.warning("refused a peer request from %s: %s: %s", remote, exc.code, exc)
         return _error(exc.status, exc.code, str(exc))
+    auth.heard(verified)
     return verified
 
 

@@ -43,6 +43,14 @@ NONCE_HEADER = "X-Raft-Nonce"
 AUTH_HEADER = "X-Raft-Auth"
 INCARNATION_HEADER = "X-Raft-Incarnation"
 """The sender's incarnation (kvstore.runtime.incarnation), covered by the HMAC."""
+FEATURES_HEADER = "X-Raft-Features"
+"""What the sender reads beyond the first wire format: `commit-only` (consensus.codec's
+_TAG_COMMIT_ONLY), so a peer sends it that only once it knows. Outside the HMAC, which
+nodes that predate the header compute without it; a forger could at most get plain
+appends sent, or commit-only ones that an older node refuses (as any forged head could)."""
+COMMIT_ONLY = "commit-only"
+MAX_KNOWN_PEERS = 1024
+"""Bound on `PeerAuth.commit_only_peers` (an open cluster admits any sender's head)."""
 TAG_BYTES = 32
 MAX_SKEW_S = 60.0
 """How far a sender's clock may be from the receiver's (NTP keeps them much closer)."""
@@ -111,6 +119,8 @@ class Verified:
     nonce: str = ""
     incarnation: str | None = None
     """The life of its data directory the sender claims (kvstore.runtime.incarnation)."""
+    features: str = ""
+    """The sender's FEATURES_HEADER."""
 
 
 class PeerAuth:
@@ -130,6 +140,9 @@ class PeerAuth:
         self._secret = secret
         self.tls = tls
         self._seen: dict[str, float] = {}  # nonce -> when it may be forgotten
+        self.commit_only_peers: set[NodeId] = set()
+        """Peers whose last accepted request head said they read commit-only appends
+        (`heard`); the links encode for them accordingly (kvstore.peers.link)."""
         self._next_prune = 0.0
 
     @property
@@ -143,7 +156,11 @@ class PeerAuth:
     ) -> tuple[dict[str, str], FrameTagger | None]:
         """Headers for one request to `recipient`. `body` None: a frame stream, whose
         frames the returned tagger signs; else the headers cover that whole body."""
-        headers = {CLUSTER_HEADER: self.cluster_id, SENDER_HEADER: self.self_id}
+        headers = {
+            CLUSTER_HEADER: self.cluster_id,
+            SENDER_HEADER: self.self_id,
+            FEATURES_HEADER: COMMIT_ONLY,
+        }
         if sender_url:
             headers[URL_HEADER] = sender_url
         if self.incarnation:
@@ -200,8 +217,9 @@ class PeerAuth:
                     f"certificate names {tls_identity!r}, request claims {sender!r}",
                 )
         incarnation = headers.get(INCARNATION_HEADER) or None
+        features = headers.get(FEATURES_HEADER, "")
         if self._secret is None:
-            return Verified(sender, sender_url, None, incarnation=incarnation)
+            return Verified(sender, sender_url, None, incarnation=incarnation, features=features)
         stamp, nonce = headers.get(TIME_HEADER, ""), headers.get(NONCE_HEADER, "")
         if not _STAMP.fullmatch(stamp) or not 16 <= len(nonce) <= 64:
             raise PeerAuthError(401, "unauthenticated", "missing or malformed peer credentials")
@@ -216,7 +234,19 @@ class PeerAuth:
             raise PeerAuthError(401, "stale_request", "peer request too old (or clocks differ)")
         self._remember(nonce, now)
         frames = FrameTagger(frame_key) if body is None else None
-        return Verified(sender, sender_url, frames, nonce, incarnation)
+        return Verified(sender, sender_url, frames, nonce, incarnation, features)
+
+    def heard(self, verified: Verified) -> None:
+        """Remember what an accepted head's sender reads (its last head counts: a node
+        restarted at an older version stops getting what it cannot read)."""
+        sender, peers = verified.sender, self.commit_only_peers
+        if sender is None:
+            return
+        if COMMIT_ONLY in verified.features.split(","):
+            if sender in peers or len(peers) < MAX_KNOWN_PEERS:
+                peers.add(sender)
+        else:
+            peers.discard(sender)
 
     def removal_headers(self, verified: Verified | None) -> dict[str, str]:
         """Signs a 410 `removed_member` answer to an authenticated request."""

@@ -199,10 +199,11 @@ class PeerLink:
         if proto is None or proto.transport is None:
             self._connect_later()
             return
+        commit_only = self.node_id in self.owner.auth.commit_only_peers
         while self.queue and not proto.paused:
             batch = self._take_batch()
             try:
-                body = encode_messages(batch)
+                body = encode_messages(batch, commit_only)
             except Exception:  # a bug upstream; never let it kill delivery to this peer
                 log.exception("cannot encode %d messages for %s; dropped", len(batch), self.node_id)
                 continue

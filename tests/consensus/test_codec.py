@@ -3,6 +3,7 @@ can never make decoding fail with anything but CodecError."""
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from dataclasses import fields
 from typing import Any
@@ -83,6 +84,14 @@ def append_entries(draw: st.DrawFn) -> AppendEntries:
     )
 
 
+@st.composite
+def commit_only_appends(draw: st.DrawFn) -> AppendEntries:
+    """What Leadership._bump_commit sends: no entries, prev_log_index == leader_commit."""
+    index = draw(st.one_of(small_uints, uints))
+    term, sender, recipient = draw(uints), draw(node_ids), draw(node_ids)
+    return AppendEntries(term, sender, recipient, index, draw(uints), (), index, draw(uints), True)
+
+
 def _plain(cls: type) -> st.SearchStrategy[Any]:
     """Any instance of a message type whose fields are all ints, bools and node ids."""
     hints = typing.get_type_hints(cls)
@@ -104,6 +113,7 @@ messages: st.SearchStrategy[Message] = st.one_of(
     _plain(RequestVote),
     _plain(RequestVoteResponse),
     append_entries(),
+    commit_only_appends(),
     _plain(AppendEntriesResponse),
     _plain(TimeoutNow),
     st.builds(ReadIndexRequest, uints, node_ids, node_ids, request_ids),
@@ -387,3 +397,24 @@ def test_bytes_like_input_is_accepted(decode: Any) -> None:
 @given(snapshot_metas)
 def test_snapshot_metadata_round_trips(meta: SnapshotMeta) -> None:
     assert decode_snapshot_meta(encode_snapshot_meta(meta)) == meta
+
+
+@given(commit_only_appends())
+def test_a_commit_only_append_is_plain_for_a_peer_that_predates_the_flag(
+    msg: AppendEntries,
+) -> None:
+    """Such a peer decodes tag 2 only: it gets the append it always got (and answers it)."""
+    unflagged = dataclasses.replace(msg, commit_only=False)
+    assert encode_messages([msg], commit_only=False) == encode_messages([unflagged])
+    assert decode_messages(encode_messages([msg], commit_only=False)) == [unflagged]
+    assert len(encode_messages([msg])) < len(encode_messages([unflagged]))
+
+
+def test_a_commit_only_append_with_entries_or_another_commit_is_refused() -> None:
+    entry = Entry(1, 6, b"x")
+    for msg in (
+        AppendEntries(1, "a", "b", 5, 1, (entry,), 5, 0, True),
+        AppendEntries(1, "a", "b", 5, 1, (), 4, 0, True),
+    ):
+        with pytest.raises(CodecError, match="commit_only"):
+            encode_messages([msg])

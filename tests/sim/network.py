@@ -9,12 +9,13 @@ from the one `random.Random` the simulator hands in, which makes every run repla
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from consensus import InstallSnapshot, Message, NodeId
+from consensus import AppendEntries, InstallSnapshot, Message, NodeId
 
 
 @dataclass(slots=True)
@@ -33,6 +34,9 @@ class NetConfig:
     InstallSnapshot sent to the same node (an older snapshot, maybe of an older term)
     arrives again right behind it, and this one arrives once more later. Deliveries
     that race an install, as a late retry or a slow stale message would."""
+    legacy: frozenset[NodeId] = frozenset()
+    """Nodes that predate AppendEntries.commit_only: the transport sends them plain
+    appends (kvstore.peers.link), so they answer every append, as before."""
 
 
 @dataclass(slots=True)
@@ -73,6 +77,8 @@ class Network:
     def send(self, msg: Message) -> None:
         """Queue `msg` for delivery (or lose it), deciding its fate now from the rng."""
         self.stats.sent += 1
+        if type(msg) is AppendEntries and msg.commit_only and msg.recipient in self.config.legacy:
+            msg = dataclasses.replace(msg, commit_only=False)
         if self.rng.random() < self._drop_probability():
             self.stats.dropped += 1
             return

@@ -49,6 +49,9 @@ MEMBERSHIP_FRACTION = 0.25
 leave). Drawn from its own rng so the other seeds keep the schedules they always had."""
 MEMBERSHIP_OPS = ("add_learner", "promote", "remove", "retire")
 KV_FRACTION = 0.5
+LEGACY_FRACTION = 0.3
+"""Share of swarm seeds where some nodes predate commit-only appends (they answer
+every append): a mixed-version cluster during an upgrade."""
 """Share of swarm seeds whose nodes also apply to a real KVStateMachine (tests/sim/kv.py);
 drawn from its own rng, and the workload has its own, so schedules do not shift."""
 MIXED_TUNING_FRACTION = 0.3
@@ -131,6 +134,11 @@ def make_plan(rng: random.Random, nodes: int, seed: int | None = None) -> Plan:
             faults |= {"snapshot_echo"}
             net.snapshot_echo = side.uniform(0.3, 1.0)
             net.reorder_extra = max(net.reorder_extra, 15)
+        side = random.Random(f"legacy-{seed}-{nodes}")
+        if side.random() < LEGACY_FRACTION:
+            faults |= {"legacy_peers"}
+            ids = [f"n{i}" for i in range(1, nodes + 3)]
+            net.legacy = frozenset(side.sample(ids, side.randint(1, len(ids) - 1)))
         side = random.Random(f"link-drop-{seed}-{nodes}")
         if side.random() < LINK_DROP_FRACTION:
             faults |= {"link_drop"}
