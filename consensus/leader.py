@@ -22,6 +22,7 @@ from consensus.membership import (
     ConfChangeType,
     InvalidConfChange,
     encode_conf_change,
+    removal_of,
     validate,
 )
 from consensus.messages import (
@@ -35,19 +36,15 @@ from consensus.messages import (
     ReadIndexResponse,
     TimeoutNow,
 )
-from consensus.progress import PeerProgress, Progress, ProgressState
+from consensus.progress import (
+    SNAPSHOT_RETRY_TIMEOUTS,
+    PeerProgress,
+    Progress,
+    ProgressState,
+    heartbeats_per_timeout,
+)
 from consensus.read_index import ReadIndexQueue
 from consensus.types import Entry, EntryType, Membership, NodeId, ReadState
-
-SNAPSHOT_RETRY_TIMEOUTS = 3
-"""Election timeouts a leader waits for a snapshot to be acknowledged before it asks
-the driver to send it again (the driver resumes a transfer still under way)."""
-
-
-def heartbeats_per_timeout(config: Config) -> int:
-    """Heartbeat rounds in one election timeout (at least two): the unit in which a
-    leader counts a stalled pipeline and a snapshot awaiting its acknowledgement."""
-    return max(2, -(-config.election_tick // config.heartbeat_tick))
 
 
 class Leadership:
@@ -78,6 +75,9 @@ class Leadership:
         self._replication_pending = False
         self._commit_told = log.committed
         """The commit index every follower in REPLICATE was last sent (see flush)."""
+        self._removed_at = removal_of(node_id, log.slice(log.committed + 1, log.last_index() + 1))
+        """An inherited change removing this leader: no proposals until it commits (then
+        it steps down), so its log ends where a remaining voter's can (tests/sim/FINDINGS)."""
         # Any change in the log but not yet in effect counts as pending (one at a time).
         self._pending_conf_index = log.last_index()
         self._progress: dict[NodeId, Progress] = {}
@@ -135,10 +135,10 @@ class Leadership:
         return True
 
     def propose(self, data: bytes) -> Entry:
-        if self._transferee is not None:
+        if self._transferee is not None or self._removed_at > self._log.committed:
+            to = self._transferee or "a remaining voter (this leader is being removed)"
             raise ProposalDropped(
-                DropReason.TRANSFERRING_LEADERSHIP,
-                f"leadership is being transferred to {self._transferee}",
+                DropReason.TRANSFERRING_LEADERSHIP, f"leadership is being transferred to {to}"
             )
         uncommitted = self._log.last_index() - self._log.committed
         if uncommitted >= self._config.max_uncommitted_entries:

@@ -12,6 +12,7 @@ requests: it may have been promoted without knowing it yet; see RaftNode.)
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import msgpack
@@ -51,6 +52,21 @@ def decode_conf_change(data: bytes) -> ConfChange:
         return ConfChange(ConfChangeType(kind), str(node_id), bytes(context))
     except Exception as exc:  # garbage from disk or a peer arrives in many shapes
         raise InvalidConfChange(f"undecodable configuration change: {exc}") from exc
+
+
+def removal_of(node_id: NodeId, entries: Iterable[Entry]) -> int:
+    """The index of the last of `entries` that removes `node_id` (0 if none): a leader
+    elected with its own removal still uncommitted takes no proposals (consensus.leader)."""
+    found = 0
+    for entry in entries:
+        if entry.type is EntryType.CONF_CHANGE:
+            try:
+                change = decode_conf_change(entry.data)
+            except InvalidConfChange:
+                continue  # takes no effect when applied either
+            if change.type is ConfChangeType.REMOVE and change.node_id == node_id:
+                found = entry.index
+    return found
 
 
 def bootstrap_change(voters: tuple[NodeId, ...]) -> ConfChange:

@@ -18,6 +18,16 @@ from dataclasses import dataclass
 from consensus.config import Config
 from consensus.types import Entry
 
+SNAPSHOT_RETRY_TIMEOUTS = 3
+"""Election timeouts a leader waits for a snapshot to be acknowledged before it asks
+the driver to send it again (the driver resumes a transfer still under way)."""
+
+
+def heartbeats_per_timeout(config: Config) -> int:
+    """Heartbeat rounds in one election timeout (at least two): the unit in which a
+    leader counts a stalled pipeline and a snapshot awaiting its acknowledgement."""
+    return max(2, -(-config.election_tick // config.heartbeat_tick))
+
 
 class ProgressState(enum.Enum):
     PROBE = "probe"

@@ -1,10 +1,16 @@
 """Commit-only appends (AppendEntries.commit_only): the empty appends a leader sends only
 to announce its commit index go unanswered when they succeed, and nothing that needs an
-answer (heartbeats, read rounds, probes, a rejection) is sent or treated as one."""
+answer (heartbeats, read rounds, probes, a rejection) is sent or treated as one. Also the
+liveness rule the simulator found with them: a leader elected with its own removal
+pending takes no proposals."""
 
 from __future__ import annotations
 
+import pytest
+
 from consensus import AppendEntries, AppendEntriesResponse, Role
+from consensus.errors import DropReason, ProposalDropped
+from consensus.membership import ConfChange, ConfChangeType
 from tests.consensus.scripted import ScriptedCluster
 
 
@@ -71,3 +77,39 @@ def test_unanswered_announcements_leave_replication_and_reads_working() -> None:
         assert cluster.nodes[peer].commit_index == last
         assert a.progress()[peer].match == last
     assert [s.request_id for s in cluster.read_states["a"]] == [b"r2"]
+
+
+def test_a_leader_elected_with_its_own_removal_pending_takes_no_proposals() -> None:
+    """c inherits the uncommitted change removing it. Were it to append proposals, it
+    would step down (once the change commits) with a log longer than the remaining
+    voter's, refuse that voter's votes, and no leader could ever be elected (swarm
+    seed 361 with commit-only appends). It commits only its no-op, then steps down."""
+    cluster = ScriptedCluster()
+    cluster.elect("a")
+    a, b, c = (cluster.nodes[n] for n in "abc")
+    cluster.cut_links |= {("a", "b"), ("c", "a")}  # only c gets the change; a never hears
+    a.propose_conf_change(ConfChange(ConfChangeType.REMOVE, "c"))
+    cluster.deliver_all()
+    assert c.log.last_index() > c.commit_index  # c holds its removal, uncommitted
+    cluster.isolate("a")
+    cluster.tick("b", 4 * b.config.election_tick)  # b's lease on a runs out
+    cluster.drop = lambda msg: isinstance(msg, AppendEntriesResponse)  # c commits nothing yet
+    cluster.tick("c", 4 * c.config.election_tick)
+    cluster.deliver_all()
+    assert c.role is Role.LEADER
+    with pytest.raises(ProposalDropped) as refused:
+        c.propose(b"x")
+    assert refused.value.reason is DropReason.TRANSFERRING_LEADERSHIP
+    cluster.drop = lambda msg: False
+    cluster.tick("c", c.config.heartbeat_tick)
+    cluster.deliver_all()  # c's no-op commits with b: the removal takes effect
+    assert c.role is not Role.LEADER and "c" not in c.voters
+    assert b.log.last_index() == c.log.last_index()
+    cluster.heal()
+    for node_id in "ac":  # a (cut off, still leading term 2) and c let their leases run out
+        cluster.tick(node_id, 4 * c.config.election_tick)
+    cluster.deliver_all()
+    cluster.elect("b")  # voters a and b now
+    b.propose(b"y")
+    cluster.deliver_all()
+    assert b.commit_index == b.log.last_index() == a.commit_index

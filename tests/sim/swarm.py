@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from consensus import Role
-from consensus.leader import SNAPSHOT_RETRY_TIMEOUTS, heartbeats_per_timeout
+from consensus.progress import SNAPSHOT_RETRY_TIMEOUTS, heartbeats_per_timeout
 from tests.sim.checkers import SimFailure
 from tests.sim.cluster import PHASES, Cluster, Counters, Host, SimConfig
 from tests.sim.network import NetConfig
