@@ -112,6 +112,8 @@ def pair_values(
 ) -> dict[str, Any]:
     """query_values on (name, value) pairs, whoever parsed them."""
     pairs = list(pairs)
+    if not pairs:  # most requests: nothing to check
+        return {}
     check_pairs(pairs, frozenset(spec))
     values: dict[str, Any] = {}
     for name, raw in pairs:

@@ -55,7 +55,7 @@ _PUT_QUERY = {**_WRITE_QUERY, "lease": positive}
 
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _UINT = re.compile(r"[0-9]{1,18}")
-_SESSION_NAMES = tuple(h.lower() for h in SESSION_HEADERS)
+_CLIENT_ID, _SEQ, _FIRST = (h.lower() for h in SESSION_HEADERS)
 
 Headers = Mapping[str, str]
 """A request's headers looked up by lower-case name (aiohttp's are case-insensitive)."""
@@ -90,7 +90,8 @@ def _decoded(raw: str) -> tuple[str, int]:
 
 def parse_session(headers: Headers) -> SessionRef | None:
     """The exactly-once headers as a SessionRef (None when the client sends none)."""
-    client_id, seq, first = (headers.get(h) for h in _SESSION_NAMES)
+    get = headers.get
+    client_id, seq, first = get(_CLIENT_ID), get(_SEQ), get(_FIRST)
     if client_id is None and seq is None and first is None:
         return None
     if client_id is None or seq is None:

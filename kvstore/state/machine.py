@@ -372,9 +372,10 @@ class KVStateMachine:
         current = space.get(command.key)
         if type(command) is Delete and current is None:
             return NOT_FOUND  # a missing key is NotFound whatever the preconditions say
-        mismatch = _precondition_failure(command, current)
-        if mismatch is not None:
-            return mismatch
+        if command.prev_version is not None or command.prev_revision is not None:
+            mismatch = _precondition_failure(command, current)
+            if mismatch is not None:
+                return mismatch
         revision = space.revision + 1
         if type(command) is Put:
             kv = space.put_over(command.key, command.value, revision, current)
