@@ -25,6 +25,7 @@ from consensus.messages import (
     AppendEntries,
     AppendEntriesResponse,
     InstallSnapshot,
+    LeaderDurable,
     Message,
     ProposeRequest,
     ProposeResponse,
@@ -68,6 +69,7 @@ _TAG_PROPOSE_RESPONSE = 9
 _TAG_COMMIT_ONLY = 10
 """A `commit_only` AppendEntries (no entries, prev == commit) in six fields. Older nodes refuse
 the tag (400): they get a plain append (`encode_messages(..., commit_only=False)`) instead."""
+_TAG_LEADER_DURABLE = 11
 
 _ENTRY_TYPES: dict[int, EntryType] = {int(t): t for t in EntryType}
 
@@ -180,6 +182,10 @@ def _encode_propose_response(m: ProposeResponse) -> list[Any]:
     return [_TAG_PROPOSE_RESPONSE, m.term, m.sender, m.recipient, ids, indexes, m.refused]
 
 
+def _encode_leader_durable(m: LeaderDurable) -> list[Any]:
+    return [_TAG_LEADER_DURABLE, m.term, m.sender, m.recipient, m.index]
+
+
 _ENCODERS: dict[type, Callable[[Any], list[Any]]] = {
     RequestVote: _encode_request_vote,
     RequestVoteResponse: _encode_request_vote_response,
@@ -191,6 +197,7 @@ _ENCODERS: dict[type, Callable[[Any], list[Any]]] = {
     ReadIndexResponse: _encode_read_index_response,
     ProposeRequest: _encode_propose_request,
     ProposeResponse: _encode_propose_response,
+    LeaderDurable: _encode_leader_durable,
 }
 _PLAIN_ENCODERS = {**_ENCODERS, AppendEntries: _encode_plain_append}
 
@@ -441,6 +448,9 @@ _LAYOUTS: dict[int, _Layout] = {
     ),
     _TAG_PROPOSE_RESPONSE: _Layout(
         ProposeResponse, [_UINT, _STR, _STR, _COLUMN, _COLUMN, _STR], _build_propose_response
+    ),
+    _TAG_LEADER_DURABLE: _Layout(
+        LeaderDurable, [_UINT, _STR, _STR, _UINT], lambda v: LeaderDurable(*v)
     ),
 }
 

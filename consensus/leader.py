@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 
 from consensus import quorum
 from consensus.config import Config
+from consensus.durable_note import notes_to_send
 from consensus.errors import DropReason, ProposalDropped
 from consensus.log import RaftLog
 from consensus.membership import (
@@ -36,13 +37,7 @@ from consensus.messages import (
     ReadIndexResponse,
     TimeoutNow,
 )
-from consensus.progress import (
-    SNAPSHOT_RETRY_TIMEOUTS,
-    PeerProgress,
-    Progress,
-    ProgressState,
-    heartbeats_per_timeout,
-)
+from consensus.progress import PeerProgress, Progress, ProgressState, heartbeats_per_timeout
 from consensus.read_index import ReadIndexQueue
 from consensus.types import Entry, EntryType, Membership, NodeId, ReadState
 
@@ -75,6 +70,8 @@ class Leadership:
         self._replication_pending = False
         self._commit_told = log.committed
         """The commit index every follower in REPLICATE was last sent (see flush)."""
+        self._noted = 0
+        """The last durable index told in a LeaderDurable note."""
         self._removed_at = removal_of(node_id, log.slice(log.committed + 1, log.last_index() + 1))
         """An inherited change removing this leader: no proposals until it commits (then
         it steps down), so its log ends where a remaining voter's can (tests/sim/FINDINGS)."""
@@ -189,14 +186,14 @@ class Leadership:
         self._replication_pending = True
 
     def read_index(self, request_id: bytes) -> None:
-        self._reads.request(request_id, self._log.committed, self.committed_in_term())
+        self._reads.request(request_id, self._read_point(), self.committed_in_term())
 
     def read_index_for(self, msg: ReadIndexRequest) -> None:
         """A follower's reads join the next round exactly like our own (the same rule on
         committing in term first); the answer goes back once a quorum confirmed it.
         Unless the request, of our term, completes the quorum with us (three voters):
         then our commit index is answered at once (why that is safe: consensus.read_index)."""
-        committed, in_term = self._log.committed, self.committed_in_term()
+        committed, in_term = self._read_point(), self.committed_in_term()
         if in_term and msg.term == self.term and self._with_leader_a_quorum(msg.sender):
             self._send(
                 ReadIndexResponse(self.term, self.id, msg.sender, msg.request_ids, committed)
@@ -311,8 +308,20 @@ class Leadership:
             self._send_append_entries(peer, known, (), known, self._reads.seq, commit_only=True)
 
     def entries_persisted(self) -> None:
-        """The driver made our own entries durable: they may complete a quorum now."""
+        """The driver made our own entries durable: they may complete a quorum now, and
+        voters holding some unacknowledged may learn so (consensus.durable_note)."""
         self._maybe_commit()
+        waiting = {
+            peer: progress.next - 1
+            for peer, progress in self._progress.items()
+            if peer != self.id
+            and peer in self._membership.voters
+            and progress.match < progress.next - 1
+        }
+        settled = self._pending_conf_index <= self._log.applied  # every change in effect
+        for note in notes_to_send(self.id, self.term, self._log, settled, waiting):
+            self._send(note)
+            self._noted = note.index
 
     def membership_changed(self, membership: Membership) -> None:
         """A change took effect (the node steps down instead when it left the voters):
@@ -345,7 +354,12 @@ class Leadership:
         index = quorum.committed_index(self._membership.voters, match)
         if index > self._log.committed and self._log.term(index) == self.term:
             self._log.commit_to(index)
-            self._reads.term_committed(self._log.committed)
+            self._reads.term_committed(self._read_point())
+
+    def _read_point(self) -> int:
+        """A read index: the commit index, or beyond it what a follower may have
+        committed on a note of ours and answered already (consensus.durable_note)."""
+        return max(self._log.committed, self._noted)
 
     def _quorum_recently_active(self) -> bool:
         """CheckQuorum: a leader that heard from no quorum for an election timeout
@@ -456,18 +470,7 @@ class Leadership:
         for peer, progress in self._progress.items():
             if peer == self.id:
                 continue
-            if progress.state is ProgressState.REPLICATE:
-                if progress.is_stalled(last_index):
-                    progress.stalled_heartbeats += 1
-                    if progress.stalled_heartbeats >= stall_limit:
-                        progress.become_probe()
-                else:
-                    progress.stalled_heartbeats = 0
-                progress.match_at_heartbeat = progress.match
-            elif progress.state is ProgressState.SNAPSHOT:
-                progress.snapshot_heartbeats += 1
-                if progress.snapshot_heartbeats >= SNAPSHOT_RETRY_TIMEOUTS * stall_limit:
-                    progress.become_probe()
+            progress.heartbeat(last_index, stall_limit)
             if progress.state is ProgressState.PROBE:
                 progress.probe_sent = False
                 self._send_append(peer)

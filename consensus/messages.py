@@ -148,6 +148,19 @@ class ProposeResponse:
     refused: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class LeaderDurable:
+    """The leader of `term` has its own log durable through `index`, and its membership
+    is settled (every change in its log is in effect). A follower that holds entries of
+    `term` durably, with the leader a majority of its settled membership, knows them
+    committed without waiting for the leader's count (consensus.durable_note)."""
+
+    term: int
+    sender: NodeId
+    recipient: NodeId
+    index: int
+
+
 FORWARDING = (ReadIndexRequest, ReadIndexResponse, ProposeRequest, ProposeResponse)
 """Messages a follower exchanges with its leader on behalf of its clients. They do not
 take part in elections or replication, so the common term rules do not apply to them
@@ -164,6 +177,7 @@ Message = (
     | ReadIndexResponse
     | ProposeRequest
     | ProposeResponse
+    | LeaderDurable
 )
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 
 from consensus import quorum
 from consensus.config import Config
+from consensus.durable_note import DurableNotes
 from consensus.election_timer import ElectionTimer
 from consensus.errors import NotLeader
 from consensus.forwarding import Forwarding
@@ -25,6 +26,7 @@ from consensus.messages import (
     AppendEntries,
     AppendEntriesResponse,
     InstallSnapshot,
+    LeaderDurable,
     Message,
     RequestVote,
     RequestVoteResponse,
@@ -70,6 +72,7 @@ class RaftNode:
         self._msgs: list[Message] = []
         self._read_states: list[ReadState] = []
         self._forwarding = Forwarding(config, self._send, self._serve_reads, self._leader_to_ask)
+        self._notes = DurableNotes(self.id, self.log)
         self._become_follower(self.term, None)
         if is_pristine(storage) and config.voters:
             self.term = 1  # the founders' identical first entry (membership.bootstrap_entry)
@@ -97,18 +100,7 @@ class RaftNode:
         return self.log.applied
 
     def status(self) -> Status:
-        return Status(
-            id=self.id,
-            role=self.role,
-            term=self.term,
-            leader=self.leader_id,
-            commit_index=self.log.committed,
-            applied_index=self.log.applied,
-            last_index=self.log.last_index(),
-            voters=self.membership.voters,
-            learners=self.membership.learners,
-            first_index=self.log.first_index(),
-        )
+        return Status.of(self.id, self.role, self.term, self.leader_id, self.log, self.membership)
 
     def progress(self) -> Mapping[NodeId, PeerProgress]:
         """On the leader, every member's replication progress (its own entry: its
@@ -253,6 +245,8 @@ class RaftNode:
             self.log.stable_to(last.index, last.term)
             if self._leadership is not None:
                 self._leadership.entries_persisted()
+            else:  # our copy may complete a majority with the leader's (durable_note)
+                self._notes.commit(self.term, self.membership, self._conf_index)
         if ready.committed:
             self.log.applied_to(ready.committed[-1].index)
 
@@ -430,6 +424,9 @@ class RaftNode:
                 self._handle_append(msg)
             else:
                 self._handle_snapshot(msg)
+        elif isinstance(msg, LeaderDurable):
+            self._notes.heard(msg)
+            self._notes.commit(self.term, self.membership, self._conf_index)
         elif isinstance(msg, TimeoutNow) and self.promotable:
             self._campaign(pre_vote=False, transfer=True)
 

@@ -128,6 +128,22 @@ class Progress:
         heartbeat."""
         return bool(self.inflight) and self.match == self.match_at_heartbeat < last_index
 
+    def heartbeat(self, last_index: int, stall_limit: int) -> None:
+        """A heartbeat round: a pipeline stalled for `stall_limit` rounds, or a snapshot
+        unacknowledged for SNAPSHOT_RETRY_TIMEOUTS times as many, is probed again."""
+        if self.state is ProgressState.REPLICATE:
+            if self.is_stalled(last_index):
+                self.stalled_heartbeats += 1
+                if self.stalled_heartbeats >= stall_limit:
+                    self.become_probe()
+            else:
+                self.stalled_heartbeats = 0
+            self.match_at_heartbeat = self.match
+        elif self.state is ProgressState.SNAPSHOT:
+            self.snapshot_heartbeats += 1
+            if self.snapshot_heartbeats >= SNAPSHOT_RETRY_TIMEOUTS * stall_limit:
+                self.become_probe()
+
     def become_probe(self) -> None:
         self.state = ProgressState.PROBE
         self.next = self.match + 1

@@ -7,7 +7,7 @@ before they began) wait for it to be confirmed and then share the next one, so a
 steady stream of reads costs one round per round trip, not one per Ready. A round with
 sequence number s is confirmed when a quorum (the leader included) has echoed a
 sequence >= s in the current term; every read of that round and of earlier ones
-may then be served at the commit index recorded when it was asked.
+may then be served at the read index recorded when it was asked (see below).
 
 A read has an origin: None for the leader's own clients, or the follower that asked
 for it (ReadIndexRequest); either kind shares the same rounds.
@@ -21,6 +21,11 @@ quorum, each in that term before the write: the quorum includes the leader or th
 follower, and both were still in T after the read began; terms never go back), so by
 the leader of T or before T; its commit index covers both once it committed in T
 (§6.4 step 1). With three voters a follower's read then costs two messages, not six.
+
+A read index is the leader's commit index, or the last durable index it told the
+followers in a `LeaderDurable` note if that is higher: a follower may have committed
+(and answered a write) up to it before the leader counted the acknowledgements
+(consensus.durable_note), and a read must see every write answered before it began.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from consensus.types import (
     Entry,
     ForwardedProposal,
     HardState,
+    Membership,
     NodeId,
     ReadState,
     Role,
@@ -152,3 +153,27 @@ class Status:
     learners: tuple[NodeId, ...] = ()
     first_index: int = 1
     """The first index still in the log; entries before it live in the snapshot."""
+
+    @classmethod
+    def of(
+        cls,
+        node_id: NodeId,
+        role: Role,
+        term: int,
+        leader: NodeId | None,
+        log: RaftLog,
+        membership: Membership,
+    ) -> Status:
+        """A node's status from its log and membership (RaftNode.status)."""
+        return cls(
+            node_id,
+            role,
+            term,
+            leader,
+            log.committed,
+            log.applied,
+            log.last_index(),
+            membership.voters,
+            membership.learners,
+            log.first_index(),
+        )

@@ -45,12 +45,14 @@ INCARNATION_HEADER = "X-Raft-Incarnation"
 """The sender's incarnation (kvstore.runtime.incarnation), covered by the HMAC."""
 FEATURES_HEADER = "X-Raft-Features"
 """What the sender reads beyond the first wire format: `commit-only` (consensus.codec's
-_TAG_COMMIT_ONLY), so a peer sends it that only once it knows. Outside the HMAC, which
+_TAG_COMMIT_ONLY) and `leader-durable` (its LeaderDurable note, consensus.durable_note),
+so a peer sends it those only once it knows. Outside the HMAC, which
 nodes that predate the header compute without it; a forger could at most get plain
 appends sent, or commit-only ones that an older node refuses (as any forged head could)."""
 COMMIT_ONLY = "commit-only"
+LEADER_DURABLE = "leader-durable"
 MAX_KNOWN_PEERS = 1024
-"""Bound on `PeerAuth.commit_only_peers` (an open cluster admits any sender's head)."""
+"""Bound on each set of peers by feature (an open cluster admits any sender's head)."""
 TAG_BYTES = 32
 MAX_SKEW_S = 60.0
 """How far a sender's clock may be from the receiver's (NTP keeps them much closer)."""
@@ -143,6 +145,9 @@ class PeerAuth:
         self.commit_only_peers: set[NodeId] = set()
         """Peers whose last accepted request head said they read commit-only appends
         (`heard`); the links encode for them accordingly (kvstore.peers.link)."""
+        self.durable_note_peers: set[NodeId] = set()
+        """Peers whose last head said they read LeaderDurable notes; the others get none
+        (a note is only a hint: they learn the commit from the leader as before)."""
         self._next_prune = 0.0
 
     @property
@@ -159,7 +164,7 @@ class PeerAuth:
         headers = {
             CLUSTER_HEADER: self.cluster_id,
             SENDER_HEADER: self.self_id,
-            FEATURES_HEADER: COMMIT_ONLY,
+            FEATURES_HEADER: f"{COMMIT_ONLY},{LEADER_DURABLE}",
         }
         if sender_url:
             headers[URL_HEADER] = sender_url
@@ -239,14 +244,18 @@ class PeerAuth:
     def heard(self, verified: Verified) -> None:
         """Remember what an accepted head's sender reads (its last head counts: a node
         restarted at an older version stops getting what it cannot read)."""
-        sender, peers = verified.sender, self.commit_only_peers
+        sender, features = verified.sender, verified.features.split(",")
         if sender is None:
             return
-        if COMMIT_ONLY in verified.features.split(","):
-            if sender in peers or len(peers) < MAX_KNOWN_PEERS:
-                peers.add(sender)
-        else:
-            peers.discard(sender)
+        for feature, peers in (
+            (COMMIT_ONLY, self.commit_only_peers),
+            (LEADER_DURABLE, self.durable_note_peers),
+        ):
+            if feature in features:
+                if sender in peers or len(peers) < MAX_KNOWN_PEERS:
+                    peers.add(sender)
+            else:
+                peers.discard(sender)
 
     def removal_headers(self, verified: Verified | None) -> dict[str, str]:
         """Signs a 410 `removed_member` answer to an authenticated request."""

@@ -42,7 +42,7 @@ from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 from consensus.codec import encode_messages
-from consensus.messages import AppendEntries, Message, ProposeRequest
+from consensus.messages import AppendEntries, LeaderDurable, Message, ProposeRequest
 from consensus.types import NodeId
 from kvstore.peers.auth import FrameTagger, PeerAuth
 from kvstore.peers.tls import transport_identity
@@ -199,9 +199,17 @@ class PeerLink:
         if proto is None or proto.transport is None:
             self._connect_later()
             return
-        commit_only = self.node_id in self.owner.auth.commit_only_peers
+        auth = self.owner.auth
+        commit_only, notes = (
+            self.node_id in auth.commit_only_peers,
+            self.node_id in auth.durable_note_peers,
+        )
         while self.queue and not proto.paused:
             batch = self._take_batch()
+            if not notes:  # an older peer refuses the tag; a note is only a hint
+                batch = [m for m in batch if type(m) is not LeaderDurable]
+                if not batch:
+                    continue
             try:
                 body = encode_messages(batch, commit_only)
             except Exception:  # a bug upstream; never let it kill delivery to this peer

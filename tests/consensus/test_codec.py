@@ -29,6 +29,7 @@ from consensus.messages import (
     AppendEntries,
     AppendEntriesResponse,
     InstallSnapshot,
+    LeaderDurable,
     Message,
     ProposeRequest,
     ProposeResponse,
@@ -51,6 +52,7 @@ MESSAGE_TYPES = (
     ReadIndexResponse,
     ProposeRequest,
     ProposeResponse,
+    LeaderDurable,
 )
 
 uints = st.integers(min_value=0, max_value=2**64 - 1)
@@ -116,6 +118,7 @@ messages: st.SearchStrategy[Message] = st.one_of(
     commit_only_appends(),
     _plain(AppendEntriesResponse),
     _plain(TimeoutNow),
+    _plain(LeaderDurable),
     st.builds(ReadIndexRequest, uints, node_ids, node_ids, request_ids),
     st.builds(ReadIndexResponse, uints, node_ids, node_ids, request_ids, uints),
     st.lists(st.tuples(st.binary(max_size=8), st.binary(max_size=64)), max_size=5).flatmap(

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from consensus.codec import decode_messages
-from consensus.messages import AppendEntries
+from consensus.messages import AppendEntries, LeaderDurable
 from kvstore.peers.auth import FEATURES_HEADER, MAX_KNOWN_PEERS, PeerAuth, Verified
 from kvstore.peers.link import FRAME_HEADER, PeerLink
 
@@ -85,3 +85,22 @@ def test_a_link_sends_commit_only_appends_only_to_peers_that_read_them() -> None
     assert _sent(owner, announcement).commit_only is False  # n2 named no features yet
     owner.auth.commit_only_peers.add("n2")
     assert _sent(owner, announcement) == announcement
+
+
+def test_a_link_sends_leader_durable_notes_only_to_peers_that_read_them() -> None:
+    owner = _Owner()
+    link = PeerLink(owner, "n2", "http://127.0.0.1:7002")
+    proto = _Proto()
+    link.proto = proto  # type: ignore[assignment]
+    append = AppendEntries(3, "n1", "n2", 7, 3, (), 7, 1)
+    link.enqueue([LeaderDurable(3, "n1", "n2", 8), append])
+    (chunk,) = proto.transport.written
+    assert decode_messages(chunk.split(b"\r\n", 1)[1][FRAME_HEADER.size : -2]) == [append]
+    link.enqueue([LeaderDurable(3, "n1", "n2", 8)])  # nothing else: nothing written
+    assert len(proto.transport.written) == 1
+    owner.auth.heard(Verified("n2", None, None, features="commit-only,leader-durable"))
+    link.enqueue([LeaderDurable(3, "n1", "n2", 8)])
+    (_, chunk) = proto.transport.written
+    assert decode_messages(chunk.split(b"\r\n", 1)[1][FRAME_HEADER.size : -2]) == [
+        LeaderDurable(3, "n1", "n2", 8)
+    ]

@@ -36,6 +36,7 @@ from consensus import (
     EntryType,
     ForwardedProposal,
     HardState,
+    LeaderDurable,
     Membership,
     Message,
     NodeId,
@@ -443,6 +444,11 @@ class Checkers:
         if isinstance(msg, RequestVoteResponse):
             if msg.granted and hard.term == msg.term and hard.vote != msg.recipient:
                 self.fail("promises", f"{nid} grants {msg} but its disk records vote {hard.vote}")
+        elif isinstance(msg, LeaderDurable) and disk.last_index() < msg.index:
+            self.fail(
+                "promises",
+                f"{nid} says it holds {msg.index} durably with {disk.last_index()} on disk",
+            )
         elif isinstance(msg, AppendEntriesResponse):
             acked = msg.success and hard.term == msg.term
             if acked and disk.last_index() < msg.match_index:
