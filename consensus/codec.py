@@ -18,9 +18,6 @@ from dataclasses import fields
 from operator import itemgetter
 from typing import Any
 
-import msgpack
-
-from consensus.errors import ConsensusError
 from consensus.messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -37,6 +34,17 @@ from consensus.messages import (
 )
 from consensus.packing import pack
 from consensus.types import Entry, EntryType, HardState, Membership, SnapshotMeta
+from consensus.wire_checks import (
+    BOOL,
+    OPT_STR,
+    STR,
+    UINT,
+    CodecError,
+    Kind,
+    check_fields,
+    describe,
+    unpack,
+)
 
 __all__ = [
     "CodecError",
@@ -49,10 +57,6 @@ __all__ = [
     "encode_messages",
     "encode_snapshot_meta",
 ]
-
-
-class CodecError(ConsensusError):
-    """Bytes that do not decode to a well-formed value, or a value that cannot be encoded."""
 
 
 # Tags are part of the wire format: never renumber, only append.
@@ -239,45 +243,6 @@ def encode_snapshot_meta(meta: SnapshotMeta) -> bytes:
 
 # --------------------------------------------------------------------------- decoding
 
-# A field kind is the exact Python type msgpack yields for it (so a bool never passes
-# for an int); `None` in a kind tuple means the field may also be nil.
-_Kind = tuple[type, ...]
-_UINT: _Kind = (int,)
-_STR: _Kind = (str,)
-_BOOL: _Kind = (bool,)
-_OPT_STR: _Kind = (str, type(None))
-
-
-def _unpack(data: bytes, what: str) -> Any:
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise CodecError(f"cannot decode {what} from {type(data).__name__}, expected bytes")
-    try:
-        return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
-    except Exception as exc:  # msgpack reports garbage with several unrelated types
-        raise CodecError(f"cannot decode {what}: {type(exc).__name__}: {exc}") from exc
-
-
-def _describe(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _check_fields(what: str, names: Sequence[str], kinds: Sequence[_Kind], values: Any) -> None:
-    """Reject anything but a list of exactly the expected field kinds."""
-    if type(values) is not list:
-        raise CodecError(f"{what} must be an array, got {type(values).__name__}")
-    if len(values) != len(kinds):
-        raise CodecError(f"{what} must have {len(kinds)} fields, got {len(values)}")
-    for name, kind, value in zip(names, kinds, values, strict=True):
-        if type(value) not in kind:
-            raise CodecError(
-                f"{what} field {name!r} must be {' or '.join(k.__name__ for k in kind)}, "
-                f"got {type(value).__name__} {_describe(value)}"
-            )
-        if kind is _UINT and value < 0:
-            raise CodecError(f"{what} field {name!r} must not be negative, got {value}")
-
-
 _Build = Callable[[list[Any]], Any]
 
 
@@ -286,7 +251,7 @@ class _Layout:
 
     __slots__ = ("build", "kinds", "name", "names", "types", "uints")
 
-    def __init__(self, cls: type, kinds: Sequence[_Kind], build: _Build, names: Sequence[str] = ()):
+    def __init__(self, cls: type, kinds: Sequence[Kind], build: _Build, names: Sequence[str] = ()):
         self.name = cls.__name__
         self.kinds = tuple(kinds)
         # The check every received message passes, in two C-level steps: the exact
@@ -295,7 +260,7 @@ class _Layout:
         # first is named twice so the getter always yields a tuple).
         assert all(len(kind) == 1 for kind in self.kinds), cls
         self.types = tuple(kind[0] for kind in self.kinds)
-        uints = [i for i, kind in enumerate(self.kinds) if kind is _UINT]
+        uints = [i for i, kind in enumerate(self.kinds) if kind is UINT]
         self.uints = itemgetter(*uints, uints[0])
         self.build = build
         given = list(names)
@@ -338,29 +303,29 @@ def _decode_entry_columns(
     index = first
     for term, kind, data in zip(terms, types, datas, strict=True):
         if type(term) is not int or term < 0:
-            raise CodecError(f"AppendEntries entry {index}: bad term {_describe(term)}")
+            raise CodecError(f"AppendEntries entry {index}: bad term {describe(term)}")
         if type(data) is not bytes:
             raise CodecError(
-                f"AppendEntries entry {index}: data must be bytes, got {_describe(data)}"
+                f"AppendEntries entry {index}: data must be bytes, got {describe(data)}"
             )
         entry_type = entry_types.get(kind) if type(kind) is int else None
         if entry_type is None:
-            raise CodecError(f"AppendEntries entry {index}: unknown entry type {_describe(kind)}")
+            raise CodecError(f"AppendEntries entry {index}: unknown entry type {describe(kind)}")
         append(Entry(term, index, data, entry_type))
         index += 1
     return tuple(entries)
 
 
-_COLUMN: _Kind = (list,)
+_COLUMN: Kind = (list,)
 _SNAPSHOT_NAMES = ("snapshot index", "snapshot term", "voters", "learners")
-_SNAPSHOT_KINDS = (_UINT, _UINT, _COLUMN, _COLUMN)
+_SNAPSHOT_KINDS = (UINT, UINT, _COLUMN, _COLUMN)
 
 
 def _build_snapshot_meta(v: list[Any]) -> SnapshotMeta:
     index, term, voters, learners = v
     for name, ids in (("voters", voters), ("learners", learners)):
         if any(type(node_id) is not str for node_id in ids):
-            raise CodecError(f"snapshot {name} must be node id strings, got {_describe(ids)}")
+            raise CodecError(f"snapshot {name} must be node id strings, got {describe(ids)}")
     return SnapshotMeta(index, term, Membership(tuple(voters), tuple(learners)))
 
 
@@ -373,7 +338,7 @@ def _column(what: str, values: list[Any], kind: type) -> tuple[Any, ...]:
     """A column of plain values (request ids, commands, indexes), checked one by one."""
     for value in values:
         if type(value) is not kind or (kind is int and value < 0):
-            raise CodecError(f"{what} must hold {kind.__name__} values, got {_describe(value)}")
+            raise CodecError(f"{what} must hold {kind.__name__} values, got {describe(value)}")
     return tuple(values)
 
 
@@ -412,79 +377,79 @@ def _build_propose_response(v: list[Any]) -> ProposeResponse:
 
 _LAYOUTS: dict[int, _Layout] = {
     _TAG_REQUEST_VOTE: _Layout(
-        RequestVote, [_UINT, _STR, _STR, _UINT, _UINT, _BOOL, _BOOL], lambda v: RequestVote(*v)
+        RequestVote, [UINT, STR, STR, UINT, UINT, BOOL, BOOL], lambda v: RequestVote(*v)
     ),
     _TAG_REQUEST_VOTE_RESPONSE: _Layout(
-        RequestVoteResponse, [_UINT, _STR, _STR, _BOOL, _BOOL], lambda v: RequestVoteResponse(*v)
+        RequestVoteResponse, [UINT, STR, STR, BOOL, BOOL], lambda v: RequestVoteResponse(*v)
     ),
     _TAG_APPEND_ENTRIES: _Layout(
         AppendEntries,
-        [_UINT, _STR, _STR, _UINT, _UINT, _UINT, _UINT, _COLUMN, _COLUMN, _COLUMN],
+        [UINT, STR, STR, UINT, UINT, UINT, UINT, _COLUMN, _COLUMN, _COLUMN],
         _build_append_entries,
     ),
     _TAG_APPEND_ENTRIES_RESPONSE: _Layout(
         AppendEntriesResponse,
-        [_UINT, _STR, _STR, _BOOL, _UINT, _UINT, _UINT, _UINT],
+        [UINT, STR, STR, BOOL, UINT, UINT, UINT, UINT],
         lambda v: AppendEntriesResponse(*v),
     ),
     _TAG_COMMIT_ONLY: _Layout(
         AppendEntries,
-        [_UINT, _STR, _STR, _UINT, _UINT, _UINT],
+        [UINT, STR, STR, UINT, UINT, UINT],
         _build_commit_only,
         ("term", "sender", "recipient", "commit index", "commit term", "read_seq"),
     ),
-    _TAG_TIMEOUT_NOW: _Layout(TimeoutNow, [_UINT, _STR, _STR], lambda v: TimeoutNow(*v)),
+    _TAG_TIMEOUT_NOW: _Layout(TimeoutNow, [UINT, STR, STR], lambda v: TimeoutNow(*v)),
     _TAG_INSTALL_SNAPSHOT: _Layout(
-        InstallSnapshot, [_UINT, _STR, _STR, *_SNAPSHOT_KINDS], _build_install_snapshot
+        InstallSnapshot, [UINT, STR, STR, *_SNAPSHOT_KINDS], _build_install_snapshot
     ),
     _TAG_READ_INDEX_REQUEST: _Layout(
-        ReadIndexRequest, [_UINT, _STR, _STR, _COLUMN], _build_read_index_request
+        ReadIndexRequest, [UINT, STR, STR, _COLUMN], _build_read_index_request
     ),
     _TAG_READ_INDEX_RESPONSE: _Layout(
-        ReadIndexResponse, [_UINT, _STR, _STR, _COLUMN, _UINT], _build_read_index_response
+        ReadIndexResponse, [UINT, STR, STR, _COLUMN, UINT], _build_read_index_response
     ),
     _TAG_PROPOSE_REQUEST: _Layout(
-        ProposeRequest, [_UINT, _STR, _STR, _COLUMN, _COLUMN], _build_propose_request
+        ProposeRequest, [UINT, STR, STR, _COLUMN, _COLUMN], _build_propose_request
     ),
     _TAG_PROPOSE_RESPONSE: _Layout(
-        ProposeResponse, [_UINT, _STR, _STR, _COLUMN, _COLUMN, _STR], _build_propose_response
+        ProposeResponse, [UINT, STR, STR, _COLUMN, _COLUMN, STR], _build_propose_response
     ),
     _TAG_LEADER_DURABLE: _Layout(
-        LeaderDurable, [_UINT, _STR, _STR, _UINT], lambda v: LeaderDurable(*v)
+        LeaderDurable, [UINT, STR, STR, UINT], lambda v: LeaderDurable(*v)
     ),
 }
 
 
 def _decode_message(position: int, raw: Any) -> Message:
     if type(raw) is not list or not raw:
-        raise CodecError(f"message {position} must be a non-empty array, got {_describe(raw)}")
+        raise CodecError(f"message {position} must be a non-empty array, got {describe(raw)}")
     tag = raw[0]
     layout = _LAYOUTS.get(tag) if type(tag) is int else None
     if layout is None:
-        raise CodecError(f"message {position} has unknown type tag {_describe(tag)}")
+        raise CodecError(f"message {position} has unknown type tag {describe(tag)}")
     values = raw[1:]
     if tuple(map(type, values)) != layout.types or min(layout.uints(values)) < 0:
         # Only a bad message gets here; _check_fields says what is wrong with it.
-        _check_fields(f"message {position} ({layout.name})", layout.names, layout.kinds, values)
+        check_fields(f"message {position} ({layout.name})", layout.names, layout.kinds, values)
     return layout.build(values)
 
 
 def decode_messages(data: bytes) -> list[Message]:
     """Decode what `encode_messages` produced; anything else raises CodecError."""
-    raw = _unpack(data, "messages")
+    raw = unpack(data, "messages")
     if type(raw) is not list:
         raise CodecError(f"messages must be an array, got {type(raw).__name__}")
     return [_decode_message(position, item) for position, item in enumerate(raw)]
 
 
 _ENTRY_NAMES = ("term", "index", "type", "data")
-_ENTRY_KINDS = (_UINT, _UINT, _UINT, (bytes,))
+_ENTRY_KINDS = (UINT, UINT, UINT, (bytes,))
 
 
 def decode_entry(b: bytes) -> Entry:
     """Decode what `encode_entry` produced; anything else raises CodecError."""
-    raw = _unpack(b, "entry")
-    _check_fields("entry", _ENTRY_NAMES, _ENTRY_KINDS, raw)
+    raw = unpack(b, "entry")
+    check_fields("entry", _ENTRY_NAMES, _ENTRY_KINDS, raw)
     term, index, kind, data = raw
     entry_type = _ENTRY_TYPES.get(kind)
     if entry_type is None:
@@ -493,18 +458,18 @@ def decode_entry(b: bytes) -> Entry:
 
 
 _HARD_STATE_NAMES = ("term", "vote", "commit")
-_HARD_STATE_KINDS = (_UINT, _OPT_STR, _UINT)
+_HARD_STATE_KINDS = (UINT, OPT_STR, UINT)
 
 
 def decode_hard_state(b: bytes) -> HardState:
     """Decode what `encode_hard_state` produced; anything else raises CodecError."""
-    raw = _unpack(b, "hard state")
-    _check_fields("hard state", _HARD_STATE_NAMES, _HARD_STATE_KINDS, raw)
+    raw = unpack(b, "hard state")
+    check_fields("hard state", _HARD_STATE_NAMES, _HARD_STATE_KINDS, raw)
     return HardState(*raw)
 
 
 def decode_snapshot_meta(b: bytes) -> SnapshotMeta:
     """Decode what `encode_snapshot_meta` produced; anything else raises CodecError."""
-    raw = _unpack(b, "snapshot metadata")
-    _check_fields("snapshot metadata", _SNAPSHOT_NAMES, _SNAPSHOT_KINDS, raw)
+    raw = unpack(b, "snapshot metadata")
+    check_fields("snapshot metadata", _SNAPSHOT_NAMES, _SNAPSHOT_KINDS, raw)
     return _build_snapshot_meta(raw)

@@ -23,25 +23,36 @@ is. Each condition below is needed (tests/sim checks every commit against the di
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from consensus import quorum
 from consensus.log import RaftLog
 from consensus.messages import LeaderDurable
+from consensus.progress import Progress
 from consensus.types import Membership, NodeId
 
 
 def notes_to_send(
-    node_id: NodeId, term: int, log: RaftLog, settled: bool, unacknowledged: dict[NodeId, int]
+    node_id: NodeId,
+    term: int,
+    log: RaftLog,
+    settled: bool,
+    voters: tuple[NodeId, ...],
+    progress: Mapping[NodeId, Progress],
 ) -> list[LeaderDurable]:
-    """The leader's notes once its own entries became durable: to every voter sent
-    entries up to the durable index that it has not acknowledged (`unacknowledged`:
-    peer -> the last such index sent), while the durable part is not committed yet."""
+    """The leader's notes once its own entries became durable: to every other voter
+    sent entries it has not acknowledged, while the durable part is not committed yet
+    and its membership is `settled` (every change in its log in effect)."""
     durable = log.last_stable_index()
     if not settled or durable <= log.committed:
         return []
     return [
         LeaderDurable(term, node_id, peer, durable)
-        for peer, sent in unacknowledged.items()
-        if sent > log.committed
+        for peer, pr in progress.items()
+        if peer != node_id
+        and peer in voters
+        and log.committed < pr.next - 1
+        and pr.match < pr.next - 1
     ]
 
 

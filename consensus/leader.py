@@ -311,15 +311,9 @@ class Leadership:
         """The driver made our own entries durable: they may complete a quorum now, and
         voters holding some unacknowledged may learn so (consensus.durable_note)."""
         self._maybe_commit()
-        waiting = {
-            peer: progress.next - 1
-            for peer, progress in self._progress.items()
-            if peer != self.id
-            and peer in self._membership.voters
-            and progress.match < progress.next - 1
-        }
         settled = self._pending_conf_index <= self._log.applied  # every change in effect
-        for note in notes_to_send(self.id, self.term, self._log, settled, waiting):
+        voters = self._membership.voters
+        for note in notes_to_send(self.id, self.term, self._log, settled, voters, self._progress):
             self._send(note)
             self._noted = note.index
 

@@ -4,10 +4,11 @@ configuration (consensus.durable_note); never otherwise."""
 
 from __future__ import annotations
 
-from consensus import AppendEntries, EntryType, LeaderDurable, Membership, MemoryStorage
+from consensus import AppendEntries, Config, EntryType, LeaderDurable, Membership, MemoryStorage
 from consensus.durable_note import DurableNotes, notes_to_send
 from consensus.log import RaftLog
 from consensus.membership import ConfChange, ConfChangeType
+from consensus.progress import Progress
 from consensus.types import Entry, HardState
 from tests.consensus.scripted import ScriptedCluster
 
@@ -109,11 +110,15 @@ def test_a_membership_change_not_in_effect_stops_the_rule():
 
 def test_an_unsettled_leader_sends_no_note():
     log = _follower_log([2, 2], stable=2)
-    waiting = {"b": 2, "c": 2}
-    assert notes_to_send("a", 2, log, False, waiting) == []
-    assert [n.recipient for n in notes_to_send("a", 2, log, True, waiting)] == ["b", "c"]
+    progress = {peer: Progress(3, Config("a", ("a", "b", "c"))) for peer in ("a", "b", "c")}
+    voters = ("a", "b", "c")
+    assert notes_to_send("a", 2, log, False, voters, progress) == []
+    notes = notes_to_send("a", 2, log, True, voters, progress)
+    assert [n.recipient for n in notes] == ["b", "c"]
+    progress["c"].maybe_update(2)  # c acknowledged everything: its answer counts already
+    assert [n.recipient for n in notes_to_send("a", 2, log, True, voters, progress)] == ["b"]
     log.commit_to(2)
-    assert notes_to_send("a", 2, log, True, waiting) == [], "committed: the commit index says it"
+    assert notes_to_send("a", 2, log, True, voters, progress) == [], "the commit index says it"
 
 
 def test_a_pending_membership_change_on_the_leader_holds_the_notes_back():
