@@ -283,9 +283,13 @@ class _Connection(asyncio.Protocol):
             runtime.submit(cmd, deadline, Callback(self._written))
         except (NotLeader, ProposalDropped, RuntimeStopped) as exc:  # never proposed
             self._written(exc)
+        except Exception:  # a bug: as in _serve
+            self._writing = None
+            self._answered(head, started, _internal_error(head))
 
     def _written(self, outcome: Outcome) -> None:
-        assert self._writing is not None
+        if self._writing is None:
+            return  # answered already: a bug while proposing it (500)
         head, started, cmd, deadline = self._writing
         self._writing = None
         if isinstance(outcome, Exception):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from typing import Protocol
 from consensus import DropReason, Entry, ForwardedProposal, NotLeader, ProposalDropped
 from consensus.forwarding import NOT_LEADER
 from kvstore.state.machine import ApplyResult
+
+log = logging.getLogger(__name__)
 
 
 class RuntimeUnavailable(Exception):
@@ -60,7 +63,8 @@ Outcome = ApplyResult | None | BaseException
 class Callback:
     """A Waiter that hands the outcome to `then` at once, from inside the apply loop (or
     the expiry, or the leader change that ended the wait): a fast-lane write answers
-    with no future, no task and no turn of the loop in between. `then` must not raise."""
+    with no future, no task and no turn of the loop in between. A bug in `then` is
+    logged, and must not stop the apply loop (the node would stop on it)."""
 
     __slots__ = ("_done", "_then")
 
@@ -72,12 +76,17 @@ class Callback:
         return self._done
 
     def set_result(self, result: ApplyResult | None, /) -> None:
-        self._done = True
-        self._then(result)
+        self._tell(result)
 
     def set_exception(self, exception: BaseException, /) -> None:
+        self._tell(exception)
+
+    def _tell(self, outcome: Outcome) -> None:
         self._done = True
-        self._then(exception)
+        try:
+            self._then(outcome)
+        except Exception:
+            log.exception("a write's answer failed")
 
 
 @dataclass(slots=True)

@@ -554,3 +554,25 @@ async def test_a_write_whose_outcome_is_unknown_is_a_timeout_and_never_proposed_
     (reply,) = await _exchange(node.fast, _req("PUT", "/v1/kv/wt", b"v"))
     assert (reply.status, reply.json()["error"], reply.aiohttp) == (504, "timeout", False)
     assert len(attempts) == 1, "a write whose outcome was unknown was proposed again"
+
+
+async def test_a_bug_while_answering_a_write_does_not_stop_the_node(
+    node: Node, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A write is answered from inside the apply loop (Callback): a bug there is logged
+    (that request goes unanswered, as a read's in the same place), and the loop, and
+    the node, go on."""
+    lane, real = node.lane, node.lane.count
+
+    def count(head: object, answer: object, started: float) -> None:
+        raise RuntimeError("a bug in counting")
+
+    monkeypatch.setattr(lane, "count", count)
+    _, writer = await asyncio.open_connection("127.0.0.1", node.fast)
+    writer.write(_req("PUT", "/v1/kv/bug", b"v"))
+    await _until(lambda: "a write's answer failed" in caplog.text)
+    writer.close()
+    monkeypatch.setattr(lane, "count", real)
+    assert node.runtime.fatal_error is None, "a bug in a write's answer stopped the node"
+    (reply,) = await _exchange(node.fast, _req("GET", "/v1/kv/bug"))
+    assert (reply.status, reply.body) == (200, b"v")  # the write itself took effect
