@@ -4,7 +4,7 @@ Every value is a msgpack array of positional fields; a message starts with a sma
 integer tag naming its type. Field names never travel, so a heartbeat is a dozen
 bytes. Entries inside an AppendEntries travel as three columns (terms, types, data)
 without their indices, which follow from `prev_log_index`: that keeps the hot path
-to a few list comprehensions and one `packb` call.
+to a few list comprehensions and one `pack` call (a reused Packer: consensus/packing.py).
 
 Decoding is the trust boundary (bytes from a peer or from disk), so it checks every
 field's type and count and turns any failure into `CodecError`. Encoding trusts the
