@@ -421,3 +421,12 @@ def test_a_commit_only_append_with_entries_or_another_commit_is_refused() -> Non
     ):
         with pytest.raises(CodecError, match="commit_only"):
             encode_messages([msg])
+
+
+@given(messages)
+def test_messages_are_values_equal_and_hashed_by_their_fields(msg: Message) -> None:
+    """Not frozen (see consensus.messages), but still values: a decoded copy is equal to
+    the original, hashes alike, and is a different object."""
+    (copy,) = decode_messages(encode_messages([msg]))
+    assert copy == msg and hash(copy) == hash(msg) and copy is not msg
+    assert {msg, copy} == {msg}
