@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.integration.harness import Cluster
+from tests.integration.harness import Cluster, wait_until
 from tests.integration.test_auth import PASSWORDS, _setup
 
 pytestmark = pytest.mark.integration
@@ -107,6 +107,12 @@ def _token(cluster: Cluster, user: str) -> str:
 
 
 def test_both_paths_answer_alike_open_and_with_auth(cluster: Cluster) -> None:
+    # The fixture waits for a majority to follow the leader; a node not told yet would
+    # answer a write 503 `no_leader` on one path and not the other.
+    for node in cluster.nodes:
+        wait_until(
+            lambda n=node: cluster.status(n).get("leader"), 15.0, f"{node} to know the leader"
+        )
     _compare(cluster, _open_script, [200, 200, 200, 404, 409, 400, 400, 200, 404])
     _setup(cluster)
     alice, reader = _token(cluster, "alice"), _token(cluster, "reader")
