@@ -37,22 +37,20 @@ def notes_to_send(
     term: int,
     log: RaftLog,
     settled: bool,
-    voters: tuple[NodeId, ...],
+    forwarded: Mapping[NodeId, int],
     progress: Mapping[NodeId, Progress],
 ) -> list[LeaderDurable]:
-    """The leader's notes once its own entries became durable: to every other voter
-    sent entries it has not acknowledged, while the durable part is not committed yet
-    and its membership is `settled` (every change in its log in effect)."""
+    """The leader's notes once its own entries became durable: to every follower whose
+    clients wait for an entry not committed yet (`forwarded`: the last index proposed
+    for each) and that has not acknowledged all it was sent, while the membership is
+    `settled` (every change in its log in effect)."""
     durable = log.last_stable_index()
     if not settled or durable <= log.committed:
         return []
     return [
         LeaderDurable(term, node_id, peer, durable)
-        for peer, pr in progress.items()
-        if peer != node_id
-        and peer in voters
-        and log.committed < pr.next - 1
-        and pr.match < pr.next - 1
+        for peer, last in forwarded.items()
+        if last > log.committed and (pr := progress.get(peer)) and pr.match < pr.next - 1
     ]
 
 

@@ -72,6 +72,8 @@ class Leadership:
         """The commit index every follower in REPLICATE was last sent (see flush)."""
         self._noted = 0
         """The last durable index told in a LeaderDurable note."""
+        self._forwarded: dict[NodeId, int] = {}
+        """The last index proposed for each follower's clients: notes go only there."""
         self._removed_at = removal_of(node_id, log.slice(log.committed + 1, log.last_index() + 1))
         """An inherited change removing this leader: no proposals until it commits (then
         it steps down), so its log ends where a remaining voter's can (tests/sim/FINDINGS)."""
@@ -213,6 +215,7 @@ class Leadership:
             except ProposalDropped as exc:
                 indexes.append(0)
                 refused = exc.reason.value
+        self._forwarded[msg.sender] = max(indexes, default=0)
         self._send(
             ProposeResponse(
                 self.term, self.id, msg.sender, msg.request_ids, tuple(indexes), refused
@@ -312,8 +315,8 @@ class Leadership:
         voters holding some unacknowledged may learn so (consensus.durable_note)."""
         self._maybe_commit()
         settled = self._pending_conf_index <= self._log.applied  # every change in effect
-        voters = self._membership.voters
-        for note in notes_to_send(self.id, self.term, self._log, settled, voters, self._progress):
+        waiting = self._forwarded
+        for note in notes_to_send(self.id, self.term, self._log, settled, waiting, self._progress):
             self._send(note)
             self._noted = note.index
 

@@ -4,7 +4,15 @@ configuration (consensus.durable_note); never otherwise."""
 
 from __future__ import annotations
 
-from consensus import AppendEntries, Config, EntryType, LeaderDurable, Membership, MemoryStorage
+from consensus import (
+    AppendEntries,
+    Config,
+    EntryType,
+    LeaderDurable,
+    Membership,
+    MemoryStorage,
+    ProposeResponse,
+)
 from consensus.durable_note import DurableNotes, notes_to_send
 from consensus.log import RaftLog
 from consensus.membership import ConfChange, ConfChangeType
@@ -38,9 +46,16 @@ def test_a_lone_write_commits_on_the_follower_before_any_acknowledgement_reaches
     cluster = ScriptedCluster()
     cluster.elect("a")
     leader, follower = cluster.nodes["a"], cluster.nodes["b"]
-    entry = leader.propose(b"x")
-    to_b = [m for m in cluster.process_ready("a") if m.recipient == "b"]
+    follower.forward_proposal(b"r", b"x")
+    [request] = cluster.process_ready("b")
+    leader.step(request)
+    out = cluster.process_ready("a")
+    entry = leader.log.entries(leader.log.last_index())[0]
+    to_b = [m for m in out if m.recipient == "b" and not isinstance(m, ProposeResponse)]
     assert [type(m) for m in to_b] == [AppendEntries, LeaderDurable]
+    assert not any(isinstance(m, LeaderDurable) for m in out if m.recipient == "c"), (
+        "no client of c waits for it"
+    )
     assert to_b[1].index == entry.index
     for msg in to_b:
         follower.step(msg)
@@ -111,14 +126,16 @@ def test_a_membership_change_not_in_effect_stops_the_rule():
 def test_an_unsettled_leader_sends_no_note():
     log = _follower_log([2, 2], stable=2)
     progress = {peer: Progress(3, Config("a", ("a", "b", "c"))) for peer in ("a", "b", "c")}
-    voters = ("a", "b", "c")
-    assert notes_to_send("a", 2, log, False, voters, progress) == []
-    notes = notes_to_send("a", 2, log, True, voters, progress)
+    forwarded = {"b": 2, "c": 2}
+    assert notes_to_send("a", 2, log, False, forwarded, progress) == []
+    notes = notes_to_send("a", 2, log, True, forwarded, progress)
     assert [n.recipient for n in notes] == ["b", "c"]
     progress["c"].maybe_update(2)  # c acknowledged everything: its answer counts already
-    assert [n.recipient for n in notes_to_send("a", 2, log, True, voters, progress)] == ["b"]
+    assert [n.recipient for n in notes_to_send("a", 2, log, True, forwarded, progress)] == ["b"]
+    log.commit_to(1)
+    assert notes_to_send("a", 2, log, True, {"b": 1}, progress) == [], "b's write committed"
     log.commit_to(2)
-    assert notes_to_send("a", 2, log, True, voters, progress) == [], "the commit index says it"
+    assert notes_to_send("a", 2, log, True, forwarded, progress) == [], "the commit index says it"
 
 
 def test_a_pending_membership_change_on_the_leader_holds_the_notes_back():
@@ -131,8 +148,9 @@ def test_a_pending_membership_change_on_the_leader_holds_the_notes_back():
     assert not any(isinstance(m, LeaderDurable) for m in out)
     cluster.in_flight.extend(out)
     cluster.deliver_all()  # the change is in effect: notes again
-    leader.propose(b"x")
-    assert any(isinstance(m, LeaderDurable) for m in cluster.process_ready("a"))
+    cluster.nodes["b"].forward_proposal(b"r", b"x")
+    cluster.deliver_all()
+    assert any(isinstance(m, LeaderDurable) for m in cluster.delivered)
 
 
 def test_a_read_index_covers_what_a_follower_may_have_committed_on_a_note():
@@ -141,8 +159,11 @@ def test_a_read_index_covers_what_a_follower_may_have_committed_on_a_note():
     cluster = ScriptedCluster()
     cluster.elect("a")
     leader = cluster.nodes["a"]
-    entry = leader.propose(b"x")
+    cluster.nodes["b"].forward_proposal(b"w", b"x")
+    [request] = cluster.process_ready("b")
+    leader.step(request)
     out = cluster.process_ready("a")
+    entry = leader.log.entries(leader.log.last_index())[0]
     assert any(isinstance(m, LeaderDurable) for m in out)
     assert leader.commit_index < entry.index
     leader.read_index(b"r")
