@@ -169,9 +169,8 @@ class _Tail:
         return _Tail(start, end, nbytes, items, offset)
 
 
-BLOCK_CACHE_BYTES, WRITE_BUFFER_BYTES = 2 << 20, 1 << 20
-"""LevelDB's block cache (default 8 MiB: the log is read in order, newest from `_tail`)
-and memtable (default 4 MiB, two while one is flushed: 3-5 MiB more RSS per node)."""
+BLOCK_CACHE_BYTES = 2 << 20
+"""LevelDB's block cache (default 8 MiB): the log is read in order; newest from `_tail`."""
 
 
 class LevelDBStorage:
@@ -185,7 +184,8 @@ class LevelDBStorage:
         cache_bytes: int = 16 << 20,
         watermark_interval_s: float = 0.5,
     ) -> None:
-        """Open (creating if needed) and verify the log: a damaged record stops the node."""
+        """Open (creating if needed) and fully verify the log, so a damaged record stops
+        the node at start rather than surfacing mid-replication."""
         self._path = str(path)
         self._cache_entries = cache_entries
         self._cache_bytes = cache_bytes
@@ -195,14 +195,14 @@ class LevelDBStorage:
                 create_if_missing=True,
                 paranoid_checks=True,
                 lru_cache_size=BLOCK_CACHE_BYTES,
-                write_buffer_size=WRITE_BUFFER_BYTES,
             )
         except plyvel.CorruptionError as exc:
             raise CorruptLogError(self._path, None, f"LevelDB reports: {exc}") from None
         self._watermark = CommitWatermark(Path(self._path), watermark_interval_s)
         self._files = SnapshotFiles(Path(self._path) / "snapshots")
         self._forgetting = threading.Lock()
-        """Held by a thread deleting covered entries and by `close` (closing under it crashed)."""
+        """Held while a worker thread deletes covered entries, and by `close`: closing the
+        database under a running deletion crashed the process."""
         try:
             self._hard_state = self._load_hard_state()
             self._snapshot = self._load_snapshot_meta()
