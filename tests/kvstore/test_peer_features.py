@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from consensus.codec import decode_messages
-from consensus.messages import AppendEntries, LeaderDurable
+from consensus.messages import AppendEntries, LeaderDurable, Message
 from kvstore.peers.auth import FEATURES_HEADER, MAX_KNOWN_PEERS, PeerAuth, Verified
 from kvstore.peers.link import FRAME_HEADER, PeerLink
 
@@ -67,14 +67,24 @@ class _Proto:
         self.tagger = None
 
 
-def _sent(owner: Any, msg: AppendEntries) -> AppendEntries:
+def _link(owner: Any) -> tuple[PeerLink, _Proto]:
+    """A link to n2 over a connected stream that records what it writes."""
     link = PeerLink(owner, "n2", "http://127.0.0.1:7002")
     proto = _Proto()
     link.proto = proto  # type: ignore[assignment]
+    return link, proto
+
+
+def _decoded(chunk: bytes) -> list[Message]:
+    """The messages of one written chunk (a chunk-size line, one frame, CRLF)."""
+    return decode_messages(chunk.split(b"\r\n", 1)[1][FRAME_HEADER.size : -2])
+
+
+def _sent(owner: Any, msg: AppendEntries) -> AppendEntries:
+    link, proto = _link(owner)
     link.enqueue([msg])
     (chunk,) = proto.transport.written
-    body = chunk.split(b"\r\n", 1)[1][FRAME_HEADER.size : -2]
-    (decoded,) = decode_messages(body)
+    (decoded,) = _decoded(chunk)
     assert isinstance(decoded, AppendEntries)
     return decoded
 
@@ -89,18 +99,14 @@ def test_a_link_sends_commit_only_appends_only_to_peers_that_read_them() -> None
 
 def test_a_link_sends_leader_durable_notes_only_to_peers_that_read_them() -> None:
     owner = _Owner()
-    link = PeerLink(owner, "n2", "http://127.0.0.1:7002")
-    proto = _Proto()
-    link.proto = proto  # type: ignore[assignment]
+    link, proto = _link(owner)
     append = AppendEntries(3, "n1", "n2", 7, 3, (), 7, 1)
     link.enqueue([LeaderDurable(3, "n1", "n2", 8), append])
     (chunk,) = proto.transport.written
-    assert decode_messages(chunk.split(b"\r\n", 1)[1][FRAME_HEADER.size : -2]) == [append]
+    assert _decoded(chunk) == [append]
     link.enqueue([LeaderDurable(3, "n1", "n2", 8)])  # nothing else: nothing written
     assert len(proto.transport.written) == 1
     owner.auth.heard(Verified("n2", None, None, features="commit-only,leader-durable"))
     link.enqueue([LeaderDurable(3, "n1", "n2", 8)])
     (_, chunk) = proto.transport.written
-    assert decode_messages(chunk.split(b"\r\n", 1)[1][FRAME_HEADER.size : -2]) == [
-        LeaderDurable(3, "n1", "n2", 8)
-    ]
+    assert _decoded(chunk) == [LeaderDurable(3, "n1", "n2", 8)]
