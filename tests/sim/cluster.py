@@ -365,11 +365,13 @@ class Cluster(ReadyDriver):
         self._observe(host)
         return True
 
-    def forward(self) -> bool:
-        """A client write on a follower: it hands the command to its leader, and learns
-        where the leader put it (or that it refused it) from `Ready.forwarded`."""
+    def forward(self, to: Host | None = None) -> bool:
+        """A client write on a follower (`to`, or one knowing a leader): it hands the
+        command to its leader, and learns where the leader put it (or that it refused it)
+        from `Ready.forwarded`."""
         self.ops += 1
-        hosts = [h for h in self._asking() if h.node is not None and h.node.role is Role.FOLLOWER]
+        asking = self._asking() if to is None else [to]
+        hosts = [h for h in asking if h.node is not None and h.node.role is Role.FOLLOWER]
         if not hosts:
             return False
         host = self.rng.choice(hosts)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from consensus import AppendEntries, InstallSnapshot, Message, NodeId
@@ -72,6 +72,8 @@ class Network:
     _drop_burst: _Burst | None = None
     _dup_burst: _Burst | None = None
     _delay_burst: _Burst | None = None
+    _hold: Callable[[Message], bool] | None = None
+    _held: list[Message] = field(default_factory=list)
 
     # ----------------------------------------------------------------- sending
     def send(self, msg: Message) -> None:
@@ -131,6 +133,9 @@ class Network:
             if (msg.sender, msg.recipient) in self._cuts:
                 self.stats.cut += 1
                 continue
+            if self._hold is not None and self._hold(msg):
+                self._held.append(msg)
+                continue
             self.stats.delivered += 1
             out.append(msg)
         return out
@@ -157,6 +162,17 @@ class Network:
     def cut(self, sender: NodeId, recipient: NodeId) -> None:
         """One-way cut: `sender` can no longer reach `recipient` (the reverse still works)."""
         self._cuts.add((sender, recipient))
+
+    def hold(self, which: Callable[[Message], bool]) -> None:
+        """Hold back every message `which` picks when it falls due, until `release`: one
+        kind of message overtaken by all others on its link, for scripted scenarios."""
+        self._hold = which
+
+    def release(self) -> None:
+        """Deliver what was held back, in its order, from the next tick on."""
+        held, self._hold, self._held = self._held, None, []
+        for msg in held:
+            self._enqueue(msg)
 
     def heal(self) -> None:
         """Remove every partition and cut, and end any burst."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from consensus import AppendEntries, LeaderDurable, Message
 from tests.sim.cluster import Cluster, Host, SimConfig
 from tests.sim.network import NetConfig
 from tests.sim.swarm import liveness_phase
@@ -181,5 +182,59 @@ def test_a_deposed_leader_never_serves_a_read_it_cannot_confirm() -> None:
         cluster, lambda: a.node is not None and a.node.role.value == "follower", 100, "A deposed"
     )
     assert cluster.counters.reads_failed > failed, "A's read must have been failed"
+    liveness_phase(cluster)
+    cluster.full_check()
+
+
+def test_a_durable_note_never_commits_a_follower_entry_of_an_older_term() -> None:
+    """A leader A of term t sends an entry to F alone and crashes before its own fsync:
+    F holds (t, k+1), nobody else does. Cut off, F misses the election of N (term T),
+    whose no-op takes index k+1. F then hears N's heartbeats but not yet its appends
+    (held back), forwards a client write, and gets N's durable note for it: N's log is
+    durable past k+1, and so is F's, but F's k+1 is of term t, not N's entry. A follower
+    that committed by the note regardless of the entry's term would apply (t, k+1),
+    which N's appends then overwrite; the checkers see that."""
+    config = SimConfig(nodes=3, net=NetConfig(min_delay=1, max_delay=1))
+    cluster = Cluster(3, config, replay_hint=REPLAY.format(name="durable_note_older"))
+    _until(cluster, lambda: len(cluster.leaders()) == 1, 300, "a first leader")
+    a = cluster.leaders()[0]
+    hosts = cluster.hosts.values()
+    _until(cluster, lambda: all(h.sm.applied_index >= 2 for h in hosts), 100, "no-op applied")
+    f, other = (h for h in hosts if h is not a)
+    assert a.node is not None
+    k, t = a.node.log.last_index(), a.node.term
+
+    cluster.cut(a.nid, other.nid)
+    old = cluster.propose(to=a)  # its appends leave at once; its fsync never happens
+    assert old is not None and old.index == k + 1
+    cluster.crash(a.nid)
+    _until(cluster, lambda: f.disk.entry(k + 1) == old, 20, "F persisting A's entry")
+    assert a.disk.last_index() == k
+
+    cluster.heal()
+    cluster.isolate(f.nid)
+    cluster.restart(a.nid)
+    _until(cluster, lambda: len(cluster.leaders()) == 1, 600, "N elected without F")
+    n = cluster.leaders()[0]
+    assert n.node is not None and n.node.term > t
+    _until(cluster, lambda: n.node is not None and n.node.commit_index == k + 1, 100, "N's no-op")
+
+    notes: list[LeaderDurable] = []
+
+    def appends_to_f_held(msg: Message) -> bool:  # and N's notes to F noted on the way
+        if msg.recipient == f.nid and type(msg) is LeaderDurable:
+            notes.append(msg)
+        return msg.recipient == f.nid and type(msg) is AppendEntries and bool(msg.entries)
+
+    cluster.net.hold(appends_to_f_held)
+    cluster.heal()
+    _until(cluster, lambda: f.node is not None and f.node.leader_id == n.nid, 100, "F hears N")
+    assert cluster.forward(to=f)
+    _until(cluster, lambda: bool(notes), 50, "N's durable note reaching F")
+    assert notes[0].index > k + 1 and f.disk.entry(k + 1) == old, "F holds the old entry"
+    cluster.tick(5)
+    assert f.node is not None and f.node.commit_index <= k, "F committed the old entry"
+    cluster.net.release()
+    _until(cluster, lambda: f.disk.entry(k + 1) == n.disk.entry(k + 1), 100, "F repaired")
     liveness_phase(cluster)
     cluster.full_check()
