@@ -35,6 +35,7 @@ from typing import Any, BinaryIO, Protocol, runtime_checkable
 from consensus.storage import WritableStorage
 from consensus.types import SnapshotMeta
 from kvstore.runtime.free_memory import release_free_memory
+from kvstore.runtime.persist import DiskWork
 from kvstore.runtime.stats import RuntimeStats
 from kvstore.state.machine import KVStateMachine
 from kvstore.state.snapshot import SnapshotView
@@ -88,9 +89,10 @@ class _OneStep:
         return len(self._storage.snapshot_data() or b"")
 
 
-def _forget_and_trim(forget: Callable[[], None]) -> None:
+def _forget_and_trim(forget: Callable[[], None], disk: DiskWork) -> None:
     """Step 4, then the freed memory of the whole snapshot back to the system."""
-    forget()
+    with disk.running():
+        forget()
     release_free_memory()
 
 
@@ -104,9 +106,13 @@ class Compactor:
         wake: Callable[[], None],
         name: str,
         stats: RuntimeStats,
+        disk: DiskWork | None = None,
         slice_keys: int = SLICE_KEYS,
     ) -> None:
-        """`slice_keys`: keys read per loop callback (tests use a few, to interleave)."""
+        """`disk`: told while a snapshot is written or its entries deleted (the Persister's:
+        no save on the loop meanwhile); `slice_keys`: keys read per loop callback (tests
+        use a few, to interleave)."""
+        self.disk = disk or DiskWork()
         self._sm = sm
         self._slice_keys = slice_keys
         self._storage = storage
@@ -170,7 +176,7 @@ class Compactor:
             self._loop_s += time.perf_counter() - started
         self._capture = None
         self._capture_s = time.perf_counter() - self._started
-        store = self._store
+        store, disk = self._store, self.disk
 
         def write() -> tuple[SnapshotMeta, Any, int, float]:
             began = time.perf_counter()
@@ -181,7 +187,8 @@ class Compactor:
                 nonlocal size
                 size = full.write_to(out, yield_gil)
 
-            file = store.prepare_snapshot(meta, fill)
+            with disk.running():
+                file = store.prepare_snapshot(meta, fill)
             return meta, file, size, time.perf_counter() - began
 
         job = asyncio.get_running_loop().run_in_executor(self._executor, write)
@@ -212,7 +219,7 @@ class Compactor:
         # still freed by reference counting; only a cycle among them would be kept.
         gc.freeze()
         store_s = time.perf_counter() - started
-        self._executor.submit(_forget_and_trim, forget)
+        self._executor.submit(_forget_and_trim, forget, self.disk)
         self.last_bytes = size
         self._stats.snapshot_seconds.observe(self._capture_s + write_s + store_s)
         self.last = {

@@ -167,7 +167,7 @@ class NodeRuntime:
             self.sm,
             storage,
             self.pending,
-            Compactor(self.sm, storage, self._wake.set, node_id, self.stats),
+            Compactor(self.sm, storage, self._wake.set, node_id, self.stats, self.persister.disk),
             t.snapshot_entries,
             step=self.step_messages,
             running=lambda: not (self.stopping or self.fatal_error is not None),

@@ -28,7 +28,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from queue import SimpleQueue
 
@@ -61,10 +61,49 @@ a save was slower, go to the worker, where the two followers can commit an entry
 before the leader's own sync ends: on a disk shared with other busy processes a lone
 sync took up to 6 ms while the followers' took 2-3 ms, hence the low bar (a quiet disk
 syncs a lone entry in 0.6-0.7 ms). A slow disk holds heartbeats back for one save at
-most (due every 30 ms; an election after 150 ms, by default)."""
+most (due every 30 ms; an election after 150 ms, by default).
+
+Neither kind of node saves on its loop while heavy disk work of its own runs
+(`DiskWork`: a snapshot being written or installed, the entries it covers being
+deleted), nor after it until the disk proved quick again: under load a leader's inline
+save took 217 ms in such a window, longer than an election timeout, and its followers
+elected another. Nor after any save slower than FAST_SAVE_S (a follower's small Readys
+included) until FAST_SAVES saves in a row proved the disk fast. LevelDB's own background
+compactions cannot be seen (no property tells one runs: `leveldb.stats` holds only
+cumulative figures), so a save slowed by one is caught by that last rule."""
 FAST_SAVE_S = 0.02
 QUICK_SAVE_S = 0.002
 FAST_SAVES = 8
+
+
+class DiskWork:
+    """The heavy disk work a node runs besides its log (snapshots: kvstore.runtime.
+    compaction and snapshots); the Persister saves nothing on the loop meanwhile.
+    Thread-safe: the work runs in worker threads, the Persister asks on the loop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+        self.changes = 0
+        """Pieces of work begun and ended so far: a Persister that saw fewer proves the
+        disk quick afresh, by its saves after the work (even work that ran between two
+        of its saves)."""
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        with self._lock:
+            self._running += 1
+            self.changes += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running -= 1
+                self.changes += 1
+
+    @property
+    def busy(self) -> bool:
+        return self._running > 0
 
 
 class Persister:
@@ -74,6 +113,13 @@ class Persister:
         self, storage: WritableStorage, stats: RuntimeStats, node_id: str, data_dir: Path
     ) -> None:
         self.storage = storage
+        self.disk = DiskWork()
+        """Snapshot work tells the Persister here while it runs (see the module docstring)."""
+        self._disk_seen = 0
+        """`disk.changes` when the streaks below last restarted."""
+        self._doubted = False
+        """A save was slow, or disk work ran, since the disk last proved fast: a follower
+        saves nothing on the loop, however small, until FAST_SAVES fast saves in a row."""
         self.stats = stats
         self.data_dir = data_dir
         self.persisted: HardState = storage.initial_state()
@@ -110,6 +156,7 @@ class Persister:
             self.storage.save(rd.hard_state, rd.entries)
             saved_in = time.perf_counter() - began
         self.fast_saves = self.fast_saves + 1 if saved_in < FAST_SAVE_S else 0
+        self._doubted = self.fast_saves < FAST_SAVES and (self._doubted or not self.fast_saves)
         self.quick_saves = self.quick_saves + 1 if saved_in < QUICK_SAVE_S else 0
         if rd.hard_state is not None:
             self.persisted = rd.hard_state
@@ -126,10 +173,16 @@ class Persister:
 
     def _inline(self, entries: int, leading: bool) -> bool:
         """Whether to save a Ready of `entries` entries on the loop thread."""
+        disk = self.disk
+        if disk.busy or disk.changes != self._disk_seen:  # the disk proves quick afresh
+            self._disk_seen = disk.changes
+            self.fast_saves = self.quick_saves = 0
+            self._doubted = True
+            return False
         if leading:
             return entries <= (INLINE_PERSIST_LEADER if self.quick_saves >= FAST_SAVES else 0)
         fast = self.fast_saves >= FAST_SAVES
-        return fast or entries <= INLINE_PERSIST_FOLLOWER
+        return fast or (entries <= INLINE_PERSIST_FOLLOWER and not self._doubted)
 
     def _run(self) -> None:
         """The worker thread: one save at a time, in the order the loop asked for them."""

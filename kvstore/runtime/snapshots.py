@@ -22,7 +22,7 @@ import asyncio
 import gc
 import logging
 from collections.abc import Callable, Sequence
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from consensus import RaftNode
 from consensus.errors import ConsensusError
@@ -33,12 +33,14 @@ from kvstore.peers.snapshot_transfer import ChunkError
 from kvstore.runtime.compaction import Compactor, yield_gil
 from kvstore.runtime.free_memory import release_free_memory
 from kvstore.runtime.leveldb_storage import CorruptLogError, LevelDBStorage
+from kvstore.runtime.persist import DiskWork
 from kvstore.runtime.requests import PendingRequests
 from kvstore.runtime.snapshot_files import SYNC_EVERY_BYTES
 from kvstore.state.machine import KVStateMachine, SnapshotError
 from kvstore.state.snapshot import ParsedState
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 LOG_TO_SNAPSHOT_RATIO = 0.5
 """Snapshot once the log since the last snapshot is this fraction of its size: lower
@@ -148,8 +150,10 @@ class SnapshotKeeper:
         storage = self._storage
         loop = asyncio.get_running_loop()
         if isinstance(storage, LevelDBStorage):
-            file = await loop.run_in_executor(None, storage.prepare_snapshot, meta, _writer(data))
-            loop.run_in_executor(None, storage.commit_snapshot(meta, file, sync=True))
+            disk = self.compactor.disk  # no save on the loop meanwhile (runtime.persist)
+            write = _on(disk, storage.prepare_snapshot, meta, _writer(data))
+            file = await loop.run_in_executor(None, write)
+            loop.run_in_executor(None, _on(disk, storage.commit_snapshot(meta, file, sync=True)))
         else:
             storage.apply_snapshot(meta, data)
         self._sm.install(parsed)
@@ -176,6 +180,16 @@ class SnapshotKeeper:
                 return None
             raise
         return data if self._storage.snapshot_meta() == meta else None
+
+
+def _on(disk: DiskWork, work: Callable[..., T], *args: Any) -> Callable[[], T]:
+    """`work(*args)`, counted as heavy disk work while it runs."""
+
+    def run() -> T:
+        with disk.running():
+            return work(*args)
+
+    return run
 
 
 def _writer(data: bytes) -> Callable[[BinaryIO], None]:

@@ -183,6 +183,18 @@ async def test_the_compactor_stores_the_state_at_its_index_while_applies_go_on(
     expected, meta = sm.snapshot(), SnapshotMeta(sm.applied_index, 1, Membership(("n1",)))
     ready = asyncio.Event()
     compactor = Compactor(sm, storage, ready.set, "n1", RuntimeStats(), slice_keys=50)
+    prepare, commit = storage.prepare_snapshot, storage.commit_snapshot
+
+    def preparing(meta, fill):  # type: ignore[no-untyped-def]
+        calls.append(f"prepare, disk busy: {compactor.disk.busy}")
+        return prepare(meta, fill)
+
+    def committing(meta, file):  # type: ignore[no-untyped-def]
+        forget = commit(meta, file)
+        return lambda: (calls.append(f"forget, disk busy: {compactor.disk.busy}"), forget())
+
+    storage.prepare_snapshot = preparing  # type: ignore[method-assign]
+    storage.commit_snapshot = committing  # type: ignore[method-assign]
     try:
         compactor.start(meta)
         i = 0
@@ -198,4 +210,8 @@ async def test_the_compactor_stores_the_state_at_its_index_while_applies_go_on(
     finally:
         compactor.close()
         storage.close()
-    assert calls == ["yield"] * 7 + ["trim"]  # 2,000 keys in chunks of 300
+    # 2,000 keys in chunks of 300; the Persister is told of the disk work (no save on
+    # the loop meanwhile: kvstore.runtime.persist)
+    busy = ["prepare, disk busy: True", "forget, disk busy: True"]
+    assert calls == busy[:1] + ["yield"] * 7 + busy[1:] + ["trim"]
+    assert not compactor.disk.busy

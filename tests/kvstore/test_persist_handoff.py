@@ -131,7 +131,49 @@ async def test_a_follower_saves_every_ready_on_the_loop_only_while_the_disk_prov
         at += big
         await persister.save(_ready(at, count=big), leading=False)
         assert not on_loop(at), "after a slow save a big Ready goes to the worker again"
-        await persister.save(_ready(at + big), leading=False)
-        assert on_loop(at + big), "small ones stay on the loop"
+        at += big
+        for _ in range(FAST_SAVES - 1):  # the big one counted too
+            await persister.save(_ready(at), leading=False)
+            assert not on_loop(at), "after a slow save even a small Ready goes to the worker"
+            at += 1
+        await persister.save(_ready(at, count=big), leading=False)
+        assert on_loop(at), "once the disk proved fast again, every Ready is saved inline"
+    finally:
+        persister.close()
+
+
+@pytest.mark.parametrize("leading", [True, False], ids=["leader", "follower"])
+async def test_nothing_is_saved_on_the_loop_while_or_after_heavy_disk_work_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, leading: bool
+) -> None:
+    """A snapshot written or installed, or its entries deleted (DiskWork): a save on the
+    loop then took 217 ms and cost a leader its office. None goes there in the window,
+    nor after it until the disk proved quick again, however quick it was before."""
+    monkeypatch.setattr(persist, "QUICK_SAVE_S", 0.05)  # a busy machine's scheduling: not slow
+    disk = _RecordingDisk()
+    persister = Persister(disk, RuntimeStats(), "n1", tmp_path)
+    loop_thread = threading.get_ident()
+    saved = 0
+
+    async def save() -> bool:
+        """Saves a lone entry; True if that happened on the loop thread."""
+        nonlocal saved
+        saved += 1
+        await persister.save(_ready(saved), leading=leading)
+        return dict((i, t) for t, i in disk.saves)[saved] == loop_thread
+
+    try:
+        for _ in range(FAST_SAVES):
+            await save()
+        assert await save(), "proved quick: a lone entry is saved on the loop"
+        with persister.disk.running():
+            for _ in range(FAST_SAVES + 1):
+                assert not await save(), "no save on the loop while the disk is busy"
+        for _ in range(FAST_SAVES):
+            assert not await save(), "after it, the disk must prove quick afresh"
+        assert await save()
+        with persister.disk.running():  # work that ran between two saves counts too
+            pass
+        assert not await save()
     finally:
         persister.close()

@@ -150,18 +150,34 @@ async def test_a_leaders_snapshot_is_written_to_disk_off_the_event_loop(tmp_path
     )
     follower.keeper = keeper
     writers: list[str] = []
-    prepare = storage.prepare_snapshot
+    busy: list[bool] = []  # whether the Persister was told, in each piece of disk work
+    prepare, commit = storage.prepare_snapshot, storage.commit_snapshot
 
     def recording(meta, fill):  # type: ignore[no-untyped-def]
         writers.append(threading.current_thread().name)
+        busy.append(keeper.compactor.disk.busy)
         return prepare(meta, fill)
 
+    def committing(meta, file, sync=False):  # type: ignore[no-untyped-def]
+        forget = commit(meta, file, sync=sync)
+
+        def forgetting() -> None:
+            busy.append(keeper.compactor.disk.busy)
+            forget()
+
+        return forgetting
+
     storage.prepare_snapshot = recording  # type: ignore[method-assign]
+    storage.commit_snapshot = committing  # type: ignore[method-assign]
     meta, data, parsed = _snapshot(10, 3)
     follower.deliver(3, "n1", (meta, data, parsed))
     try:
         assert await follower.run_ready() == meta
         assert writers and writers[0] != threading.main_thread().name
+        deadline = time.monotonic() + 5
+        while len(busy) < 2 and time.monotonic() < deadline:  # forgetting: an executor's
+            await asyncio.sleep(0.001)
+        assert busy == [True, True], "no save on the loop while a snapshot is installed"
         assert storage.snapshot_meta() == meta and storage.snapshot_data() == data
         assert follower.sm.get("k10") is not None
     finally:
@@ -169,3 +185,4 @@ async def test_a_leaders_snapshot_is_written_to_disk_off_the_event_loop(tmp_path
         # database under it crashes the process (seen once the install also trims).
         await asyncio.get_running_loop().shutdown_default_executor()
         storage.close()
+    assert not keeper.compactor.disk.busy  # the work over, the window closed
