@@ -100,12 +100,9 @@ class Leadership:
         durable log, which is what counts towards commitment."""
         result = {peer: progress.public() for peer, progress in self._progress.items()}
         if self.id in result:
-            result[self.id] = PeerProgress(
-                self._log.last_stable_index(),
-                self._log.last_index() + 1,
-                ProgressState.REPLICATE.value,
-                recent_active=True,
-            )
+            stable, end = self._log.last_stable_index(), self._log.last_index() + 1
+            replicate = ProgressState.REPLICATE.value
+            result[self.id] = PeerProgress(stable, end, replicate, recent_active=True)
         return result
 
     def has_ready(self) -> bool:
@@ -131,6 +128,7 @@ class Leadership:
         if self._heartbeat_elapsed >= self._config.heartbeat_tick:
             self._heartbeat_elapsed = 0
             self._broadcast_heartbeat()
+        self._reads.tick()
         return True
 
     def propose(self, data: bytes) -> Entry:
@@ -197,6 +195,7 @@ class Leadership:
         then our commit index is answered at once (why that is safe: consensus.read_index)."""
         committed, in_term = self._read_point(), self.committed_in_term()
         if in_term and msg.term == self.term and self._with_leader_a_quorum(msg.sender):
+            self._reads.answered_at_once(msg.sender)
             self._send(
                 ReadIndexResponse(self.term, self.id, msg.sender, msg.request_ids, committed)
             )
@@ -271,6 +270,7 @@ class Leadership:
                 self._release_confirmed_reads()
             else:
                 self._send_read_round(seq)
+        self._reads.answered.clear()
 
     def replicate(self) -> None:
         """Entries appended since the last Ready, and a new commit index (`flush`, and
@@ -442,19 +442,21 @@ class Leadership:
         progress.become_snapshot(snapshot.index)
 
     def _send_read_round(self, seq: int) -> None:
-        """Ask for round `seq` only as many voters as complete a quorum with us, those
-        that echoed a round last (if one is gone, the next heartbeat, sent to every peer
-        with the newest round number, confirms the round). A round is no heartbeat: it
-        neither counts towards a stalled pipeline nor resends probes."""
+        """Ask for round `seq` only as many voters as complete a quorum with us: first
+        those this Ready answers a read index (the round shares their answer's frame,
+        its acknowledgement their next request's), then those that echoed a round last
+        (if one is gone, the next heartbeat, sent to every peer with the newest round
+        number, confirms the round). A round is no heartbeat: it neither counts towards
+        a stalled pipeline nor resends probes."""
         voters = [p for p in self._membership.voters if p != self.id and p in self._progress]
-        voters.sort(key=lambda p: self._progress[p].read_ack, reverse=True)
+        answered = self._reads.answered
+        voters.sort(key=lambda p: (p in answered, self._progress[p].read_ack), reverse=True)
         needed = quorum.quorum_size(len(self._membership.voters)) - 1
         for peer in voters[:needed]:
             match = self._progress[peer].match
             prev_index = match if match >= self._log.first_index() - 1 else 0
-            self._send_append_entries(
-                peer, prev_index, (), min(self._log.committed, prev_index), seq
-            )
+            commit = min(self._log.committed, prev_index)
+            self._send_append_entries(peer, prev_index, (), commit, seq)
 
     def _broadcast_heartbeat(self) -> None:
         """Heartbeats name the follower's known match point, which it always holds, so
@@ -473,13 +475,8 @@ class Leadership:
                 self._send_append(peer)
             # (0, 0) matches every log: used when the match point is inside the snapshot.
             prev_index = progress.match if progress.match >= self._log.first_index() - 1 else 0
-            self._send_append_entries(
-                peer,
-                prev_index,
-                (),
-                min(self._log.committed, prev_index),
-                self._reads.seq,
-            )
+            commit = min(self._log.committed, prev_index)
+            self._send_append_entries(peer, prev_index, (), commit, self._reads.seq)
 
     # --- ReadIndex ----------------------------------------------------------------------
 
@@ -497,4 +494,5 @@ class Leadership:
             self._serve_reads(local)
         for (origin, index), request_ids in remote.items():
             if origin in self._progress:  # a follower removed meanwhile asks no more
+                self._reads.answered.add(origin)
                 self._send(ReadIndexResponse(self.term, self.id, origin, tuple(request_ids), index))

@@ -460,16 +460,17 @@ class NodeRuntime:
 
     async def _handle_ready(self, rd: Ready) -> None:
         node, transport = self.node, self.transport
-        if rd.early_messages:
+        early = rd.early_messages if rd.must_sync or rd.snapshot is not None else 0
+        if early:  # else nothing waits for the disk: one frame per peer, below
             transport.send(rd.messages_before_persist)
         if rd.snapshot is not None:
             started = time.perf_counter()
             await self.snapshots.install(rd.snapshot)
             self.stats.snapshot_install_seconds.observe(time.perf_counter() - started)
         if rd.must_sync:
-            await self.persister.save(rd, self.node.role is Role.LEADER)
-        if len(rd.messages) > rd.early_messages:
-            transport.send(rd.messages_after_persist)
+            await self.persister.save(rd, node.role is Role.LEADER)
+        if len(rd.messages) > early:
+            transport.send(rd.messages[early:])
         if rd.forwarded:  # before applying: the Ready may commit these very entries
             self.pending.forwarded_outcomes(rd.forwarded, self.sm.applied_index)
         for at in range(0, len(rd.committed), APPLY_SLICE):  # the loop runs in between
@@ -484,8 +485,7 @@ class NodeRuntime:
 
     def _apply(self, entries: Sequence[Entry]) -> None:
         sm_apply, pending = self.sm.apply, self.pending
-        track = bool(pending.proposals)
-        conf_changed = False
+        track, conf_changed = bool(pending.proposals), False
         for entry in entries:
             result = sm_apply(entry)
             if entry.type is EntryType.CONF_CHANGE:

@@ -1,0 +1,87 @@
+"""The leader's own read rounds while followers ask for read indexes (consensus.read_index:
+a round waits for the next follower request, at most a tick, and rides in the frame of
+its answer). Only the timing changes: every read is still confirmed by an
+acknowledgement of a round that began after it."""
+
+from __future__ import annotations
+
+from consensus import AppendEntries, Message, ReadIndexRequest, ReadIndexResponse
+from tests.consensus.scripted import ScriptedCluster
+
+
+def _asking_follower() -> ScriptedCluster:
+    """A three-voter cluster led by a, whose follower b just had a read answered at once."""
+    cluster = ScriptedCluster()
+    cluster.elect("a")
+    cluster.nodes["b"].read_index(b"b1")
+    cluster.deliver_all()
+    assert [s.request_id for s in cluster.read_states["b"]] == [b"b1"]
+    return cluster
+
+
+def _rounds(msgs: list[Message]) -> list[AppendEntries]:
+    return [m for m in msgs if isinstance(m, AppendEntries) and not m.entries]
+
+
+def test_a_leader_round_waits_for_a_follower_request_and_goes_in_its_answers_frame() -> None:
+    cluster = _asking_follower()
+    leader = cluster.nodes["a"]
+    leader.read_index(b"own")
+    assert cluster.process_ready("a") == [], "the round went out alone"
+    cluster.nodes["b"].read_index(b"b2")
+    [request] = cluster.process_ready("b")
+    leader.step(request)
+    out = cluster.process_ready("a")
+    [answer] = [m for m in out if isinstance(m, ReadIndexResponse)]
+    [round_] = _rounds(out)
+    assert (answer.recipient, round_.recipient) == ("b", "b"), "not in one frame to b"
+    assert round_.read_seq > 0
+    cluster.in_flight.extend(out)
+    cluster.deliver_all()
+    assert [s.request_id for s in cluster.read_states["a"]] == [b"own"]
+    assert [s.request_id for s in cluster.read_states["b"]] == [b"b1", b"b2"]
+
+
+def test_a_waiting_round_goes_out_after_a_tick_when_followers_stop_asking() -> None:
+    cluster = _asking_follower()
+    leader = cluster.nodes["a"]
+    leader.read_index(b"own")
+    assert cluster.process_ready("a") == []
+    leader.tick()
+    out = cluster.process_ready("a")
+    assert _rounds(out), "a read waited more than a tick"
+    cluster.in_flight.extend(out)
+    cluster.deliver_all()
+    assert [s.request_id for s in cluster.read_states["a"]] == [b"own"]
+
+
+def test_with_no_follower_asking_a_round_goes_out_at_once() -> None:
+    cluster = ScriptedCluster()
+    cluster.elect("a")
+    cluster.nodes["a"].read_index(b"own")
+    out = cluster.process_ready("a")
+    assert _rounds(out)
+    cluster.in_flight.extend(out)
+    cluster.deliver_all()
+    assert [s.request_id for s in cluster.read_states["a"]] == [b"own"]
+
+
+def test_a_follower_request_sent_before_the_round_never_confirms_it() -> None:
+    """The frame-sharing round is confirmed by the follower's acknowledgement (it echoes
+    the round), never by a request that was on its way when the leader's reads began."""
+    cluster = _asking_follower()
+    leader = cluster.nodes["a"]
+    cluster.nodes["b"].read_index(b"b2")
+    [early] = cluster.process_ready("b")  # sent before the leader's read began
+    assert isinstance(early, ReadIndexRequest)
+    leader.read_index(b"own")
+    cluster.isolate("b")
+    cluster.isolate("c")
+    leader.step(early)  # arrives; its answer and the round to b are lost
+    cluster.process_ready("a")
+    cluster.deliver_all()
+    assert cluster.read_states["a"] == []
+    cluster.heal()
+    cluster.tick("a", leader.config.heartbeat_tick)
+    cluster.deliver_all()
+    assert [s.request_id for s in cluster.read_states["a"]] == [b"own"]
