@@ -19,9 +19,10 @@ CONF_SCAN_STEP = 1024
 """At most this many committed entries are read per `committed_change_not_handed_out`."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(unsafe_hash=True, slots=True)
 class AppendResult:
-    """A follower's verdict on an AppendEntries: the content of its answer."""
+    """A follower's verdict on an AppendEntries: the content of its answer (a value,
+    never assigned to; plain rather than frozen for speed, see consensus.types)."""
 
     success: bool
     match_index: int

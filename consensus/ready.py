@@ -35,8 +35,11 @@ it): a fact about its log in memory, which the follower checks against the entry
 applies at that index, so it promises nothing the disk must hold."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(unsafe_hash=True, slots=True)
 class Ready:
+    """What the driver must persist, send and apply next: a value, never assigned to
+    (plain rather than frozen for speed, one per loop turn; see consensus.types)."""
+
     hard_state: HardState | None
     """New hard state to persist, or None when it did not change."""
     entries: tuple[Entry, ...]

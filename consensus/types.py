@@ -1,7 +1,13 @@
 """Plain values shared by every part of the consensus core.
 
-Everything here is immutable so that a value handed to the runtime (to persist or
-send) can never be changed behind its back by the core.
+Everything here is a value: never assign to one once built, so that a value handed to
+the runtime (to persist or send) can never be changed behind its back by the core. The
+ones built for every write (Entry, HardState, ReadState, ForwardedProposal) are plain
+dataclasses, equal and hashed by their fields, with that rule documented instead of
+enforced: a frozen dataclass's __init__ sets each field through object.__setattr__
+(building an Entry 1.31 against 0.46 us), and each node builds every entry at least
+once (the leader when proposing, a follower when decoding), as it does each message
+(see consensus.messages).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ class EntryType(enum.IntEnum):
     CONF_CHANGE = 2
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(unsafe_hash=True, slots=True)
 class Entry:
     term: int
     index: int
@@ -41,7 +47,7 @@ class Entry:
         return len(self.data) + 24
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(unsafe_hash=True, slots=True)
 class HardState:
     """What must be on disk before any message that depends on it leaves the node."""
 
@@ -50,7 +56,7 @@ class HardState:
     commit: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(unsafe_hash=True, slots=True)
 class ReadState:
     """A linearizable read may be served once the applied index reaches `index`."""
 
@@ -58,7 +64,7 @@ class ReadState:
     index: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(unsafe_hash=True, slots=True)
 class ForwardedProposal:
     """The fate of a proposal a follower forwarded (`RaftNode.forward_proposal`): the
     leader appended it at (`index`, `term`), or refused it (`index` 0, `refused` says

@@ -41,7 +41,6 @@ import zlib
 from array import array
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -61,6 +60,7 @@ from consensus.errors import CompactedError, ConsensusError, UnavailableError
 from consensus.storage import limit_size
 from consensus.types import Entry, HardState, SnapshotMeta
 from kvstore.runtime.compaction import yield_gil
+from kvstore.runtime.log_tail import Tail
 from kvstore.runtime.snapshot_files import SnapshotFile, SnapshotFiles
 from kvstore.runtime.watermark import CommitWatermark, WatermarkError
 
@@ -109,64 +109,6 @@ def _open_record(value: bytes) -> bytes:
     if stored != computed:
         raise ValueError(f"checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")
     return body
-
-
-@dataclass(frozen=True, slots=True)
-class _Tail:
-    """The newest entries, [start, end). Never changed where a reader can see it: `save`
-    publishes a new one, so a reader holding the old one sees a consistent slice.
-
-    Successive tails share one list (`items`, holding entry `offset` at position 0): a
-    save that only appends (the steady state) extends it in place, past the end of every
-    older tail, which therefore never sees the new entries, and moves `start` to trim
-    the front. Copying the whole cache at every save (4,096 entries) cost a follower
-    ~10 % of its loop time. An overwrite, and a dead front longer than the live part,
-    start a new list (amortized: each entry is copied at most once more)."""
-
-    start: int
-    end: int
-    nbytes: int
-    items: list[Entry]
-    offset: int
-
-    @staticmethod
-    def of(start: int, entries: Sequence[Entry]) -> _Tail:
-        """A tail holding exactly `entries`, the first at index `start`."""
-        return _Tail(
-            start, start + len(entries), sum(e.size() for e in entries), list(entries), start
-        )
-
-    @property
-    def entries(self) -> list[Entry]:
-        return self.items[self.start - self.offset : self.end - self.offset]
-
-    def get(self, lo: int, hi: int) -> list[Entry] | None:
-        """Entries [lo, hi) if all of them are cached, else None."""
-        if lo < self.start or hi > self.end:
-            return None
-        return self.items[lo - self.offset : hi - self.offset]
-
-    def replaced(self, new: Sequence[Entry], max_entries: int, max_bytes: int) -> _Tail:
-        """The tail after `new` overwrote everything from new[0].index on, trimmed at the
-        front to the limits."""
-        first = new[0].index
-        items, offset, start, nbytes = self.items, self.offset, self.start, self.nbytes
-        if first == self.end and offset + len(items) == first:
-            items.extend(new)  # only past every published tail's end: none of them sees it
-        elif first >= start:
-            kept = items[start - offset : first - offset]
-            nbytes -= sum(e.size() for e in items[first - offset : self.end - offset])
-            items, offset = kept + list(new), start
-        else:  # the overwrite reaches below the cache: nothing cached survives
-            items, offset, start, nbytes = list(new), first, first, 0
-        end = first + len(new)
-        nbytes += sum(e.size() for e in new)
-        while start < end and (end - start > max_entries or nbytes > max_bytes):
-            nbytes -= items[start - offset].size()
-            start += 1
-        if start - offset > end - start:  # more dead than live: drop the dead front
-            items, offset = items[start - offset : end - offset], start
-        return _Tail(start, end, nbytes, items, offset)
 
 
 BLOCK_CACHE_BYTES = 2 << 20
@@ -249,7 +191,7 @@ class LevelDBStorage:
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             raise CorruptLogError(self._path, None, f"snapshot file record: {exc}") from exc
 
-    def _scan_log(self) -> tuple[array[int], _Tail]:
+    def _scan_log(self) -> tuple[array[int], Tail]:
         """Check every record and that indices run on from the snapshot without a hole."""
         # terms[i] is the term of entry base + i; terms[0] is the snapshot's (0: empty log)
         terms = array("Q", [self._snapshot.term if self._snapshot else 0])
@@ -270,9 +212,9 @@ class LevelDBStorage:
                     )
                 terms.append(entry.term)
                 newest.append(entry)
-        tail = _Tail.of(self._base + len(terms), ())
+        tail = Tail.of(self._base + len(terms), ())
         if newest:
-            tail = _Tail.of(newest[0].index, ()).replaced(
+            tail = Tail.of(newest[0].index, ()).replaced(
                 newest, self._cache_entries, self._cache_bytes
             )
         return terms, tail
@@ -459,9 +401,9 @@ class LevelDBStorage:
         kept = self._terms[meta.index - self._base + 1 :] if keeps_tail else array("Q")
         tail = self._tail
         if keeps_tail and tail.start <= meta.index < tail.end:
-            tail = _Tail.of(meta.index + 1, tail.get(meta.index + 1, tail.end) or ())
+            tail = Tail.of(meta.index + 1, tail.get(meta.index + 1, tail.end) or ())
         elif not keeps_tail or tail.start <= meta.index:
-            tail = _Tail.of(meta.index + 1, ())
+            tail = Tail.of(meta.index + 1, ())
         self._snapshot = meta
         self._snapshot_file = file
         self._base = meta.index
