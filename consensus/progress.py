@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from consensus.config import Config
-from consensus.types import Entry
+from consensus.types import Entry, entries_size
 
 SNAPSHOT_RETRY_TIMEOUTS = 3
 """Election timeouts a leader waits for a snapshot to be acknowledged before it asks
@@ -105,7 +105,7 @@ class Progress:
         """Record an AppendEntries carrying `entries` (maybe none)."""
         if self.state is ProgressState.REPLICATE:
             if entries:
-                size = sum(entry.size() for entry in entries)
+                size = entries_size(entries)
                 self.next = entries[-1].index + 1
                 self.inflight.append((entries[-1].index, size))
                 self.inflight_bytes += size

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from consensus.errors import CompactedError, UnavailableError
-from consensus.types import Entry, HardState, SnapshotMeta
+from consensus.types import Entry, HardState, SnapshotMeta, entries_size
 
 
 class Storage(Protocol):
@@ -60,8 +60,8 @@ class WritableStorage(Storage, Protocol):
 
 def limit_size(entries: list[Entry], max_bytes: int | None) -> list[Entry]:
     """Keep a prefix of `entries` within max_bytes, but always at least one entry."""
-    if max_bytes is None or not entries:
-        return entries
+    if max_bytes is None or not entries or entries_size(entries) <= max_bytes:
+        return entries  # the usual case, summed in C
     total = 0
     for count, entry in enumerate(entries):
         total += entry.size()

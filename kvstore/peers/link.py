@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 
 from consensus.codec import encode_messages
 from consensus.messages import AppendEntries, LeaderDurable, Message, ProposeRequest
-from consensus.types import NodeId
+from consensus.types import NodeId, entries_size
 from kvstore.peers.auth import FrameTagger, PeerAuth
 from kvstore.peers.tls import transport_identity
 
@@ -57,7 +57,7 @@ FRAME_HEADER = struct.Struct(">I")
 def message_bytes(msg: Message) -> int:
     """A cheap size estimate used to bound queues and frames."""
     if type(msg) is AppendEntries:
-        return 48 + sum(e.size() for e in msg.entries)
+        return 48 + entries_size(msg.entries)
     if type(msg) is ProposeRequest:
         return 48 + sum(len(data) + 16 for data in msg.datas)
     return 48

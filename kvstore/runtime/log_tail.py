@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 
-from consensus.types import Entry
+from consensus.types import Entry, entry_sizes
 
 
 @dataclass(slots=True)
@@ -82,5 +82,6 @@ class Tail:
 
 
 def _running_sizes(total: int, entries: Sequence[Entry]) -> list[int]:
-    """[total, total + size of the first entry, ...]: one more item than `entries`."""
-    return list(accumulate([e.size() for e in entries], initial=total))
+    """[total, total + size of the first entry, ...]: one more item than `entries`
+    (each `Entry.size()`, iterated in C)."""
+    return list(accumulate(entry_sizes(entries), initial=total))

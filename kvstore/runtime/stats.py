@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from consensus.types import Entry
+from consensus.types import Entry, entries_size
 from kvstore.runtime.gc_pauses import GcPauses
 
 LATENCY_BOUNDS_S = (
@@ -132,7 +132,7 @@ class RuntimeStats:
 
     def applied(self, entries: Sequence[Entry]) -> None:
         self.applied_entries += len(entries)
-        self.applied_bytes += sum(e.size() for e in entries)
+        self.applied_bytes += entries_size(entries)
 
     def persisted(self, seconds: float, entries: int) -> None:
         self.persist_seconds.observe(seconds)
