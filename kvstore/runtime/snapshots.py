@@ -123,6 +123,7 @@ class SnapshotKeeper:
         compactor.store_if_ready()
         if compactor.running or not self._running():
             return
+        compactor.trim_if_due()
         entries = self._sm.applied_index - self._storage.first_index()
         if not snapshot_due(
             entries, self.snapshot_every, compactor.log_bytes_since(), compactor.last_bytes

@@ -215,3 +215,33 @@ async def test_the_compactor_stores_the_state_at_its_index_while_applies_go_on(
     busy = ["prepare, disk busy: True", "forget, disk busy: True"]
     assert calls == busy[:1] + ["yield"] * 7 + busy[1:] + ["trim"]
     assert not compactor.disk.busy
+
+
+async def test_free_memory_goes_back_every_so_many_bytes_of_log_between_snapshots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Snapshots come far apart at a million keys: between them the compactor gives the
+    freed memory back every TRIM_EVERY_BYTES of log applied, never during a snapshot."""
+    trims: list[int] = []
+    stats = RuntimeStats()
+    monkeypatch.setattr(
+        compaction_module, "release_free_memory", lambda: trims.append(stats.applied_bytes)
+    )
+    sm = KVStateMachine()
+    storage = LevelDBStorage(tmp_path / "raft")
+    compactor = Compactor(sm, storage, lambda: None, "n1", stats)
+    every = compaction_module.TRIM_EVERY_BYTES
+    try:
+        stats.applied_bytes = every - 1
+        compactor.trim_if_due()
+        stats.applied_bytes = every
+        compactor.trim_if_due()
+        compactor.trim_if_due()  # once per interval
+        stats.applied_bytes = 2 * every
+        compactor.start(SnapshotMeta(0, 0, Membership(("n1",))))
+        compactor.trim_if_due()  # a snapshot is being taken: it trims when done
+        assert compactor.running
+    finally:
+        compactor.close()  # waits for the compaction thread
+        storage.close()
+    assert trims == [every]
