@@ -7,8 +7,8 @@ by that body, so a damaged record is reported instead of being replayed as a vot
 entry. Everything one Ready makes durable goes in a single synced write batch.
 
 The core asks for terms constantly and for the log tail on every replication round, so
-both are answered from memory: an array of every entry's term, and a bounded cache of the
-newest entries. LevelDB is read only for older entries (a lagging follower).
+both are answered from memory: the terms as runs (kvstore.runtime.term_runs), and a
+bounded cache of the newest entries. LevelDB is read only for older entries.
 
 Recovery checks at open: LevelDB runs with paranoid checks (a damaged table or log
 record is an error, not something to skip); every record's checksum; no hole in the
@@ -29,7 +29,7 @@ never read again, and any left by a crash are deleted when the log is opened.
 Threading: the driver runs `save` in a worker thread while the event loop keeps reading
 entries below the ones being written. `save` therefore publishes its cache updates only
 after the batch is on disk, each as one atomic step under the GIL (a new immutable tail
-object, one array slice assignment), never as a sequence of partial mutations. Only one
+object, a new TermRuns), never as a sequence of partial mutations. Only one
 `save` may run at a time.
 """
 
@@ -38,7 +38,6 @@ from __future__ import annotations
 import struct
 import threading
 import zlib
-from array import array
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -62,6 +61,7 @@ from consensus.types import Entry, HardState, SnapshotMeta
 from kvstore.runtime.compaction import yield_gil
 from kvstore.runtime.log_tail import Tail
 from kvstore.runtime.snapshot_files import SnapshotFile, SnapshotFiles
+from kvstore.runtime.term_runs import TermRuns
 from kvstore.runtime.watermark import CommitWatermark, WatermarkError
 
 __all__ = ["CorruptLogError", "LevelDBStorage"]
@@ -191,37 +191,40 @@ class LevelDBStorage:
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             raise CorruptLogError(self._path, None, f"snapshot file record: {exc}") from exc
 
-    def _scan_log(self) -> tuple[array[int], Tail]:
+    def _scan_log(self) -> tuple[TermRuns, Tail]:
         """Check every record and that indices run on from the snapshot without a hole."""
-        # terms[i] is the term of entry base + i; terms[0] is the snapshot's (0: empty log)
-        terms = array("Q", [self._snapshot.term if self._snapshot else 0])
+        last = self._base  # runs of equal terms, the snapshot's first (0: empty log)
+        starts, terms = [last], [self._snapshot.term if self._snapshot else 0]
         newest: deque[Entry] = deque(maxlen=self._cache_entries)
         first = _entry_key(self._base + 1)
         with self._db.iterator(start=first, stop=_ENTRIES_END, verify_checksums=True) as records:
             for key, value in records:
                 index = self._key_index(key)
-                expected = self._base + len(terms)
-                if index != expected:
+                if index != last + 1:
                     raise CorruptLogError(
-                        self._path, expected, f"missing (the next stored entry is {index})"
+                        self._path, last + 1, f"missing (the next stored entry is {index})"
                     )
                 entry = self._decode_record(index, value)
-                if entry.term < terms[-1]:
-                    raise CorruptLogError(
-                        self._path, index, f"term {entry.term} follows term {terms[-1]}"
-                    )
-                terms.append(entry.term)
+                if entry.term != terms[-1]:
+                    if entry.term < terms[-1]:
+                        raise CorruptLogError(
+                            self._path, index, f"term {entry.term} follows term {terms[-1]}"
+                        )
+                    starts.append(index)
+                    terms.append(entry.term)
+                last = index
                 newest.append(entry)
-        tail = Tail.of(self._base + len(terms), ())
+        runs = TermRuns(self._base, last, tuple(starts), tuple(terms))
+        tail = Tail.of(last + 1, ())
         if newest:
             tail = Tail.of(newest[0].index, ()).replaced(
                 newest, self._cache_entries, self._cache_bytes
             )
-        return terms, tail
+        return runs, tail
 
     def _check_promises(self) -> None:
         """The log must hold everything this node said it had committed."""
-        last, hard_state = self._base + len(self._terms) - 1, self._hard_state
+        last, hard_state = self._terms.last, self._hard_state
         if hard_state.commit > last:
             raise CorruptLogError(
                 self._path, None, f"commit index {hard_state.commit} is past the last entry {last}"
@@ -279,17 +282,17 @@ class LevelDBStorage:
         return self._base + 1
 
     def last_index(self) -> int:
-        return self._base + len(self._terms) - 1
+        return self._terms.last
 
     def term(self, index: int) -> int:
-        if index < self._base:
+        terms = self._terms
+        if index > terms.last:
+            raise UnavailableError(f"index {index} is past the last index {terms.last}")
+        if index >= terms.last_start:  # the newest run: most questions (TermRuns.term)
+            return terms.last_term
+        if index < terms.base:
             raise CompactedError(f"index {index} is compacted")
-        try:
-            return self._terms[index - self._base]
-        except IndexError:
-            raise UnavailableError(
-                f"index {index} is past the last index {self.last_index()}"
-            ) from None
+        return terms.term(index)
 
     def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
         if lo < self.first_index():
@@ -348,20 +351,21 @@ class LevelDBStorage:
             self._watermark.advance(hard_state)
         if new_terms is not None:
             self._tail = self._tail.replaced(entries, self._cache_entries, self._cache_bytes)
-            self._terms[entries[0].index - self._base :] = new_terms
+            self._terms = new_terms
 
-    def _check_entries(self, entries: Sequence[Entry], last: int) -> array[int]:
-        """Reject a batch that would leave a hole, before anything is written."""
+    def _check_entries(self, entries: Sequence[Entry], last: int) -> TermRuns:
+        """Reject a batch that would leave a hole, before anything is written; the terms
+        once it is."""
         first = entries[0].index
         if first < self.first_index() or first > last + 1:
             raise ValueError(f"entries starting at {first} leave a gap or hit the snapshot")
         for offset, entry in enumerate(entries):
             if entry.index != first + offset:
                 raise ValueError(f"entry {entry.index} at position {offset} breaks the sequence")
-        try:
-            return array("Q", [entry.term for entry in entries])
-        except OverflowError as exc:
-            raise ValueError(f"entry terms must fit in 64 unsigned bits: {exc}") from exc
+        terms = [entry.term for entry in entries]
+        if min(terms) < 0 or max(terms) >= 1 << 64:
+            raise ValueError("entry terms must fit in 64 unsigned bits")
+        return self._terms.replaced(entries)
 
     def apply_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
         """Store the snapshot durably and delete the entries it covers; keep the entries
@@ -398,7 +402,6 @@ class LevelDBStorage:
             for index in range(max(first, meta.index + 1), last + 1):
                 batch.delete(_entry_key(index))
         batch.write()
-        kept = self._terms[meta.index - self._base + 1 :] if keeps_tail else array("Q")
         tail = self._tail
         if keeps_tail and tail.start <= meta.index < tail.end:
             tail = Tail.of(meta.index + 1, tail.get(meta.index + 1, tail.end) or ())
@@ -408,7 +411,11 @@ class LevelDBStorage:
         self._snapshot_file = file
         self._base = meta.index
         self._tail = tail
-        self._terms = array("Q", [meta.term]) + kept
+        self._terms = (
+            self._terms.after_snapshot(meta.index, meta.term)
+            if keeps_tail
+            else TermRuns.of(meta.index, meta.term)
+        )
 
         def forget() -> None:
             with self._forgetting:

@@ -549,6 +549,14 @@ class StorageParity(RuleBasedStateMachine):
 
     @precondition(lambda self: self.leveldb is not None)
     @invariant()
+    def terms_are_kept_as_one_run_per_term(self) -> None:
+        """The terms in memory grow with the elections, not with the log (term_runs)."""
+        first, last = self.memory.first_index(), self.memory.last_index()
+        terms = {self.memory.term(index) for index in range(first - 1, last + 1)}
+        assert len(self.disk._terms.starts) == len(terms)
+
+    @precondition(lambda self: self.leveldb is not None)
+    @invariant()
     def tail_cache_is_the_newest_entries_within_its_limits(self) -> None:
         tail = self.disk._tail
         assert tail.start + len(tail.entries) == self.memory.last_index() + 1
