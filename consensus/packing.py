@@ -17,12 +17,12 @@ dropped rather than kept, so one large value never pins a large buffer.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import msgpack
 
-__all__ = ["BUFFER_BYTES", "PackerPool", "pack"]
+__all__ = ["BUFFER_BYTES", "PackerPool", "pack", "pack_each"]
 
 BUFFER_BYTES = 64 << 10
 """Each Packer's buffer: more than a write's values and most peer batches, and well
@@ -59,11 +59,23 @@ class PackerPool:
             free.append(packer)
         return data
 
+    def pack_each(self, values: Iterable[Any]) -> list[bytes]:
+        """`pack` of each value, in order, with one Packer taken once for them all (a
+        save encodes every entry of a Ready: one pool round trip, not one an entry)."""
+        free = self._free
+        packer = free.pop() if free else self._new_packer()
+        out = [packer.pack(value) for value in values]
+        if all(len(data) <= self._keep_up_to for data in out):  # its buffer never grew
+            free.append(packer)
+        return out
+
     def idle(self) -> int:
         """How many Packers wait for a caller: at most how many ever encoded at once."""
         return len(self._free)
 
 
-pack = PackerPool().pack
+_POOL = PackerPool()
+pack = _POOL.pack
 """The process's pool: `pack(value)` wherever `msgpack.packb(value, use_bin_type=True)`
 would run per write or per message."""
+pack_each = _POOL.pack_each

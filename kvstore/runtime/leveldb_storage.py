@@ -51,7 +51,7 @@ from consensus.codec import (
     decode_entry,
     decode_hard_state,
     decode_snapshot_meta,
-    encode_entry,
+    encode_entries,
     encode_hard_state,
     encode_snapshot_meta,
 )
@@ -336,8 +336,9 @@ class LevelDBStorage:
         old_last = self.last_index()
         new_terms = self._check_entries(entries, old_last) if entries else None
         batch = self._db.write_batch(sync=True)
-        for entry in entries:
-            batch.put(_entry_key(entry.index), _seal(encode_entry(entry)))
+        put = batch.put
+        for entry, body in zip(entries, encode_entries(entries), strict=True):
+            put(_entry_key(entry.index), _seal(body))
         if entries:
             for index in range(entries[-1].index + 1, old_last + 1):
                 batch.delete(_entry_key(index))

@@ -19,6 +19,7 @@ from consensus.codec import (
     decode_hard_state,
     decode_messages,
     decode_snapshot_meta,
+    encode_entries,
     encode_entry,
     encode_hard_state,
     encode_messages,
@@ -212,6 +213,11 @@ def test_entry_round_trip(entry: Entry) -> None:
     decoded = decode_entry(encode_entry(entry))
     assert decoded == entry
     assert_well_typed(decoded)
+
+
+@given(st.lists(entries, max_size=5))
+def test_entries_encode_each_as_one_entry_does(batch: list[Entry]) -> None:
+    assert encode_entries(batch) == [encode_entry(entry) for entry in batch]
 
 
 @given(hard_states)

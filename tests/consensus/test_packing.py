@@ -46,6 +46,24 @@ def test_a_packer_is_reused_dropped_when_its_buffer_grew_and_after_a_failure() -
     assert len(made) == 3 and pool.idle() == 1
 
 
+def test_pack_each_packs_in_order_with_one_packer_kept_only_if_no_buffer_grew() -> None:
+    made: list[Any] = []
+
+    def new_packer() -> msgpack.Packer:
+        made.append(msgpack.Packer(use_bin_type=True, buf_size=1024))
+        return made[-1]
+
+    pool = PackerPool(new_packer, keep_up_to=1024)
+    assert pool.pack_each(VALUES) == [msgpack.packb(v) for v in VALUES]
+    assert len(made) == 1 and pool.idle() == 1
+    big = [b"y" * 2000]
+    assert pool.pack_each([VALUES[0], big]) == [msgpack.packb(VALUES[0]), msgpack.packb(big)]
+    assert pool.idle() == 0  # its buffer grew for one of them: not kept
+    with pytest.raises(TypeError):
+        pool.pack_each([VALUES[0], [object()]])
+    assert pool.idle() == 0 and len(made) == 2
+
+
 class _ExclusivePacker:
     """Fails if a second caller enters while one is inside; inside, waits at the test's
     current barrier, so callers that overlap at all overlap here."""
