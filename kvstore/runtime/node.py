@@ -48,6 +48,7 @@ from kvstore.runtime.changes import ChangeSignal
 from kvstore.runtime.compaction import Compactor
 from kvstore.runtime.leadership import LeadershipWatch
 from kvstore.runtime.leases import LeaseKeeper
+from kvstore.runtime.lone_write import OriginFirst, answer_first
 from kvstore.runtime.member_view import MemberView
 from kvstore.runtime.membership import MembershipTracker
 from kvstore.runtime.persist import Persister
@@ -160,6 +161,7 @@ class NodeRuntime:
         """time.monotonic() of the last message from each peer, for `GET /v1/status`."""
         self._on_fatal = on_fatal
         self.persister = Persister(storage, self.stats, node_id, self.me.data_dir)
+        self.origin_first = OriginFirst(self.transport.send, self.persister)
         self._wake = asyncio.Event()
         self.via_leader = ViaLeader(self.node, self.pending, self._wake.set, self._applied)
         self.snapshots = SnapshotKeeper(
@@ -202,10 +204,11 @@ class NodeRuntime:
         self.loop = asyncio.get_running_loop()  # kept: get_running_loop() costs a getpid()
         self.via_leader.loop = self.loop
         await self.transport.start()
+        t_out = min(0.05, self.tuning.request_timeout_ms / 10_000)  # deadlines checked
         self._tasks = [
             asyncio.create_task(self._tick_loop(), name=f"tick-{self.node_id}"),
             asyncio.create_task(self._ready_loop(), name=f"ready-{self.node_id}"),
-            asyncio.create_task(self._expire_loop(), name=f"expire-{self.node_id}"),
+            asyncio.create_task(self.pending.expire_loop(t_out), name=f"expire-{self.node_id}"),
             asyncio.create_task(self.leases.run(), name=f"leases-{self.node_id}"),
         ]
         self._wake.set()  # committed entries from before a restart are replayed at once
@@ -268,8 +271,9 @@ class NodeRuntime:
         step, committed, last = node.step, node.commit_index, node.log.last_index()
         for msg in msgs:
             step(msg)
-        # The followers reached a commit, or an idle leader appended a forwarded proposal.
-        if node.commit_index > committed or (self._idle and node.log.last_index() > last):
+        # A commit while our fsync runs (idle: lone_write.answer_first), or a forwarded proposal.
+        syncing, idle = self.persister.syncing, self._idle
+        if (syncing and node.commit_index > committed) or (idle and node.log.last_index() > last):
             self._send_early(idle_too=True)
         if msgs:
             self.last_heard[msgs[0].sender] = time.monotonic()
@@ -288,7 +292,7 @@ class NodeRuntime:
             early = self.node.early_messages(replicate=idle)
             if early:
                 self._idle = False
-                self.transport.send(early)
+                self.origin_first.send_early(early, idle)
 
     async def propose(self, command: Command, timeout: float) -> ApplyResult | None:
         """Replicate and apply one command (a follower hands it to the leader over the
@@ -420,15 +424,6 @@ class NodeRuntime:
             if now - next_at > 3 * interval:
                 next_at = now + interval
 
-    async def _expire_loop(self) -> None:
-        """Enforce request deadlines a few times a second (one timer, not one per request)."""
-        loop = asyncio.get_running_loop()
-        interval = min(0.05, self.tuning.request_timeout_ms / 10_000)
-        while True:
-            await asyncio.sleep(interval)
-            if self.pending:
-                self.pending.expire(loop.time())
-
     # ------------------------------------------------------------------ the ready loop
 
     async def _ready_loop(self) -> None:
@@ -459,7 +454,9 @@ class NodeRuntime:
             self._fatal(exc)
 
     async def _handle_ready(self, rd: Ready) -> None:
-        node, transport = self.node, self.transport
+        node, transport, held = self.node, self.transport, self.origin_first
+        held.before(rd)
+        late = answer_first(rd, node.role)  # every message after the apply
         early = rd.early_messages if rd.must_sync or rd.snapshot is not None else 0
         if early:  # else nothing waits for the disk: one frame per peer, below
             transport.send(rd.messages_before_persist)
@@ -469,7 +466,8 @@ class NodeRuntime:
             self.stats.snapshot_install_seconds.observe(time.perf_counter() - started)
         if rd.must_sync:
             await self.persister.save(rd, node.role is Role.LEADER)
-        if len(rd.messages) > early:
+        held.release()
+        if len(rd.messages) > early and not late:
             transport.send(rd.messages[early:])
         if rd.forwarded:  # before applying: the Ready may commit these very entries
             self.pending.forwarded_outcomes(rd.forwarded, self.sm.applied_index)
@@ -477,6 +475,8 @@ class NodeRuntime:
             if at:
                 await asyncio.sleep(0)
             self._apply(rd.committed[at : at + APPLY_SLICE])
+        if late:
+            transport.send(rd.messages)
         self.watches.advance()
         for rs in rd.read_states:
             self.pending.read_confirmed(rs.request_id, rs.index)
