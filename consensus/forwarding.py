@@ -88,6 +88,12 @@ class Forwarding:
         else:
             self._reads.append(request_id)
 
+    def unsent(self, request_id: bytes) -> bool:
+        """Whether `request_id` is the newest read queued for the next request: a read
+        that began now may still share its answer (the leader answers after receiving
+        the request, so after both began)."""
+        return bool(self._reads) and self._reads[-1] == request_id
+
     def propose(self, request_id: bytes, data: bytes, leadership: Leadership | None) -> None:
         """On the leader proposed at once (the outcome is known now); on a follower
         queued for the leader. Raises NotLeader, or ProposalDropped on a leader."""

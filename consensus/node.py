@@ -141,6 +141,10 @@ class RaftNode:
         """A ReadIndex read here or, on a follower, through the leader (see forwarding)."""
         self._forwarding.read(request_id, self._leadership)
 
+    def read_unsent(self, request_id: bytes) -> bool:
+        """Whether a follower's read `request_id` still waits here for its request."""
+        return self._forwarding.unsent(request_id)
+
     def forward_proposal(self, request_id: bytes, data: bytes) -> None:
         """Propose here or through the leader; the outcome comes as `Ready.forwarded`."""
         self._forwarding.propose(request_id, data, self._leadership)
@@ -167,10 +171,9 @@ class RaftNode:
             return
         if isinstance(msg, RequestVote) and not self._may_consider(msg):
             return
-        if msg.term > self.term:
-            if not self._accept_higher_term(msg):
-                return
-        elif msg.term < self.term:
+        if msg.term > self.term and not self._accept_higher_term(msg):
+            return
+        if msg.term < self.term:
             answer = answer_to_stale(msg, self.term, self.id)
             if answer is not None:
                 self._send(answer)

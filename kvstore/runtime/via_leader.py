@@ -42,6 +42,8 @@ class _Batch:
 
     deadline: float
     waiters: list[ReadDone]
+    request_id: bytes = b""
+    """Once asked of the core (`_ask`)."""
 
     def tell(self, outcome: int | Exception) -> None:
         for done in self.waiters:
@@ -77,6 +79,8 @@ class ViaLeader:
         """Set by NodeRuntime.start (asking asyncio for it costs a getpid())."""
         self._open: _Batch | None = None
         """The batch that reads asked in this turn of the loop join."""
+        self._queued: _Batch | None = None
+        """The batch asked of the core last (see confirm)."""
         self._node = node
         self._pending = pending
         self._wake = wake
@@ -94,11 +98,21 @@ class ViaLeader:
         in one turn of the event loop share one request id, asked of the core at the
         end of that turn (`_ask`): each of them began before it, so the index the core
         then obtains serves them all (joining after the core recorded it would not be
-        safe), and they share one wait for the apply. `done` must not raise."""
+        safe), and they share one wait for the apply. `done` must not raise. On a
+        follower a read also joins the batch asked last while the core still holds it
+        for its next request (one is in flight): the leader answers after receiving that
+        request, so after every read in it began (consensus.forwarding)."""
         batch = self._open
         if batch is not None and batch.deadline <= deadline <= batch.deadline + _SLACK_S:
             batch.waiters.append(done)
             return
+        batch = self._queued
+        if batch is not None and batch.deadline <= deadline <= batch.deadline + _SLACK_S:
+            pending = self._pending.reads.get(batch.request_id)  # None: told already
+            if pending is not None and self._node.read_unsent(batch.request_id):
+                batch.waiters.append(done)
+                pending.size += 1
+                return
         batch = _Batch(deadline, [done])
         if self._open is None:
             self._open = batch
@@ -116,12 +130,13 @@ class ViaLeader:
     def _ask(self, batch: _Batch) -> None:
         if batch is self._open:
             self._open = None
-        request_id = self._request_id()
+        request_id = batch.request_id = self._request_id()
         try:
             self._node.read_index(request_id)
         except NotLeader as exc:
             batch.tell(exc)
             return
+        self._queued = batch
         self._pending.add_read(
             request_id,
             self._node.term,

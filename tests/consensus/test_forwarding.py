@@ -324,3 +324,24 @@ def test_a_new_leader_is_asked_at_once_whatever_the_old_one_owed() -> None:
     follower.read_index(b"r")
     [request] = [m for m in cluster.process_ready("c") if isinstance(m, ReadIndexRequest)]
     assert (request.recipient, request.request_ids) == ("b", (b"r",))
+
+
+def test_a_read_is_unsent_only_until_its_request_leaves_and_never_on_the_leader() -> None:
+    """The runtime lets later reads share a read's request id while this holds
+    (kvstore.runtime.via_leader): the leader answers after receiving the request."""
+    cluster = ScriptedCluster()
+    cluster.elect("a")
+    follower, leader = cluster.nodes["b"], cluster.nodes["a"]
+    follower.read_index(b"r1")
+    assert follower.read_unsent(b"r1")
+    [first] = cluster.process_ready("b")
+    assert not follower.read_unsent(b"r1")
+    follower.read_index(b"r2")  # held back: r1's request is in flight
+    follower.read_index(b"r3")
+    assert cluster.process_ready("b") == []
+    assert follower.read_unsent(b"r3") and not follower.read_unsent(b"r2")
+    leader.read_index(b"own")
+    assert not leader.read_unsent(b"own")
+    cluster.in_flight.append(first)
+    cluster.deliver_all()
+    assert not follower.read_unsent(b"r3")

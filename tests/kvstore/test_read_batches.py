@@ -1,6 +1,7 @@
 """Linearizable reads batched by the runtime (kvstore.runtime.via_leader): the reads of
 one loop turn share one request id, asked of the core at the end of that turn; a read
-asked later never joins it (the core recorded its index already); each is told once the
+asked later never joins it on the leader (the core recorded its index already), and on a
+follower only while the core still holds it for its next request; each is told once the
 index is applied here; and no leader means NotLeader for the whole batch."""
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class _Core:
         self.term = 3
         self.asked: list[bytes] = []
         self.leader = True
+        self.unsent: bytes | None = None
+        """A follower's read still held for its next request (RaftNode.read_unsent)."""
 
     def read_index(self, request_id: bytes) -> None:
         if not self.leader:
@@ -31,6 +34,9 @@ class _Core:
 
     def has_ready(self) -> bool:
         return True
+
+    def read_unsent(self, request_id: bytes) -> bool:
+        return request_id == self.unsent
 
 
 def _via_leader(applied: list[int]) -> tuple[ViaLeader, _Core, PendingRequests]:
@@ -102,3 +108,39 @@ async def test_the_coroutine_barrier_shares_the_batch() -> None:
     [request_id] = core.asked
     pending.read_confirmed(request_id, 9)
     assert await asyncio.gather(*reads) == [9, 9, 9]
+
+
+async def test_on_a_follower_later_reads_join_the_batch_until_its_request_leaves() -> None:
+    via, core, pending = _via_leader([5])
+    told: dict[str, list[int | Exception]] = {name: [] for name in ("a", "b", "c", "d")}
+    deadline = via.loop.time() + 5  # type: ignore[union-attr]
+    via.confirm(told["a"].append, deadline)
+    await asyncio.sleep(0)
+    [first] = core.asked
+    core.unsent = first  # a request is in flight: the core holds this one back
+    via.confirm(told["b"].append, deadline + 0.001)
+    await asyncio.sleep(0)
+    assert core.asked == [first], "a read asked while the request waited did not join it"
+    assert pending.counts()["pending_reads"] == 2
+    core.unsent = None  # the request left: a read that begins now needs a later one
+    via.confirm(told["c"].append, deadline + 0.002)
+    await asyncio.sleep(0)
+    assert len(core.asked) == 2
+    pending.read_confirmed(first, 5)
+    assert told == {"a": [5], "b": [5], "c": [], "d": []}
+
+
+async def test_a_read_never_joins_a_batch_that_was_told_already() -> None:
+    via, core, pending = _via_leader([5])
+    told: list[int | Exception] = []
+    now = via.loop.time()  # type: ignore[union-attr]
+    via.confirm(told.append, now + 1)
+    await asyncio.sleep(0)
+    [first] = core.asked
+    core.unsent = first  # still held by the core, but its wait ends at the deadline:
+    pending.expire(now + 2)
+    assert len(told) == 1 and isinstance(told[0], TimeoutError)
+    late: list[int | Exception] = []
+    via.confirm(late.append, now + 1.05)
+    await asyncio.sleep(0)
+    assert len(core.asked) == 2, "a read joined a batch that had been told"
