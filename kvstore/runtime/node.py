@@ -48,7 +48,7 @@ from kvstore.runtime.changes import ChangeSignal
 from kvstore.runtime.compaction import Compactor
 from kvstore.runtime.leadership import LeadershipWatch
 from kvstore.runtime.leases import LeaseKeeper
-from kvstore.runtime.lone_write import OriginFirst, answer_first
+from kvstore.runtime.lone_write import answer_first
 from kvstore.runtime.member_view import MemberView
 from kvstore.runtime.membership import MembershipTracker
 from kvstore.runtime.persist import Persister
@@ -161,7 +161,6 @@ class NodeRuntime:
         """time.monotonic() of the last message from each peer, for `GET /v1/status`."""
         self._on_fatal = on_fatal
         self.persister = Persister(storage, self.stats, node_id, self.me.data_dir)
-        self.origin_first = OriginFirst(self.transport.send, self.persister)
         self._wake = asyncio.Event()
         self.via_leader = ViaLeader(self.node, self.pending, self._wake.set, self._applied)
         self.snapshots = SnapshotKeeper(
@@ -292,7 +291,7 @@ class NodeRuntime:
             early = self.node.early_messages(replicate=idle)
             if early:
                 self._idle = False
-                self.origin_first.send_early(early, idle)
+                self.transport.send(early)
 
     async def propose(self, command: Command, timeout: float) -> ApplyResult | None:
         """Replicate and apply one command (a follower hands it to the leader over the
@@ -454,8 +453,7 @@ class NodeRuntime:
             self._fatal(exc)
 
     async def _handle_ready(self, rd: Ready) -> None:
-        node, transport, held = self.node, self.transport, self.origin_first
-        held.before(rd)
+        node, transport = self.node, self.transport
         late = answer_first(rd, node.role)  # every message after the apply
         early = rd.early_messages if rd.must_sync or rd.snapshot is not None else 0
         if early:  # else nothing waits for the disk: one frame per peer, below
@@ -466,7 +464,6 @@ class NodeRuntime:
             self.stats.snapshot_install_seconds.observe(time.perf_counter() - started)
         if rd.must_sync:
             await self.persister.save(rd, node.role is Role.LEADER)
-        held.release()
         if len(rd.messages) > early and not late:
             transport.send(rd.messages[early:])
         if rd.forwarded:  # before applying: the Ready may commit these very entries
