@@ -270,7 +270,7 @@ class Leadership:
                 self._release_confirmed_reads()
             else:
                 self._send_read_round(seq)
-        self._reads.answered.clear()
+        self._reads.flushed()
 
     def replicate(self) -> None:
         """Entries appended since the last Ready, and a new commit index (`flush`, and
@@ -494,5 +494,5 @@ class Leadership:
             self._serve_reads(local)
         for (origin, index), request_ids in remote.items():
             if origin in self._progress:  # a follower removed meanwhile asks no more
-                self._reads.answered.add(origin)
+                self._reads.answer_sent(origin)
                 self._send(ReadIndexResponse(self.term, self.id, origin, tuple(request_ids), index))

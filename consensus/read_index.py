@@ -83,8 +83,16 @@ class ReadIndexQueue:
 
     def answered_at_once(self, follower: NodeId) -> None:
         """A follower's request was answered without a round (Leadership.read_index_for)."""
-        self.answered.add(follower)
+        self.answer_sent(follower)
         self._asking = True
+
+    def answer_sent(self, follower: NodeId) -> None:
+        """The leader sends `follower` a read index in this Ready (see `answered`)."""
+        self.answered.add(follower)
+
+    def flushed(self) -> None:
+        """The Ready's messages are built: the answers sent in it are no longer news."""
+        self.answered.clear()
 
     def tick(self) -> None:
         self._overdue = bool(self._unsent)

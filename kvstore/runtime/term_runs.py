@@ -57,7 +57,7 @@ class TermRuns:
             starts, terms = starts[:keep], terms[:keep]
         new_starts: list[int] = []
         new_terms: list[int] = []
-        current = terms[-1] if terms else -1
+        current = terms[-1]  # the run holding `base` is always kept: first > base
         for entry in entries:
             if entry.term != current:
                 current = entry.term
