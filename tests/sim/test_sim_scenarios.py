@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from consensus import AppendEntries, LeaderDurable, Message
+from consensus import AppendEntries, LeaderDurable, Message, ReadIndexRequest
 from tests.sim.cluster import Cluster, Host, SimConfig
 from tests.sim.network import NetConfig
 from tests.sim.swarm import liveness_phase
@@ -236,5 +236,79 @@ def test_a_durable_note_never_commits_a_follower_entry_of_an_older_term() -> Non
     assert f.node is not None and f.node.commit_index <= k, "F committed the old entry"
     cluster.net.release()
     _until(cluster, lambda: f.disk.entry(k + 1) == n.disk.entry(k + 1), 100, "F repaired")
+    liveness_phase(cluster)
+    cluster.full_check()
+
+
+def test_a_follower_read_request_sent_before_a_leaders_read_never_confirms_it() -> None:
+    """B asks leader A for a read index; the request is held on the way. A is cut off
+    but keeps leading (no CheckQuorum); C or B is elected and commits past A's commit
+    index; then a client reads on A. Now B's old request reaches A (it alone: A's own
+    messages and every other one to it stay cut or held). It was sent before A's read
+    began, so it proves nothing about A's leadership after that: a leader that counted
+    it as the acknowledgement of the round carrying its read (the round shares the
+    frame of the request's answer, consensus.read_index) would serve a read that misses
+    the new leader's writes, and the checkers would see it. A never serves it."""
+    config = SimConfig(nodes=3, check_quorum=False, net=NetConfig(min_delay=1, max_delay=1))
+    cluster = Cluster(13, config, replay_hint=REPLAY.format(name="read_request_sent_before"))
+    _until(cluster, lambda: len(cluster.leaders()) == 1, 300, "a first leader")
+    a = cluster.leaders()[0]
+    assert a.node is not None
+    _until(cluster, lambda: a.node is not None and a.node.commit_index > 1, 100, "no-op commit")
+    b, c = (h for h in cluster.hosts.values() if h is not a)
+    early: list[Message] = []
+
+    def b_request_to_a(msg: Message) -> bool:
+        if msg.sender == b.nid and msg.recipient == a.nid and type(msg) is ReadIndexRequest:
+            early.append(msg)
+            return True
+        return False
+
+    cluster.net.hold(b_request_to_a)
+    assert cluster.read(to=b)
+    _until(cluster, lambda: bool(early), 20, "B's request held on its way to A")
+    cluster.isolate(a.nid)
+    _until(cluster, lambda: len(cluster.leaders()) == 2, 600, "a new leader beside A")
+    n = next(h for h in cluster.leaders() if h is not a)
+    assert n.node is not None and n.node.term > a.node.term
+    for _ in range(3):
+        assert cluster.propose(to=n) is not None
+    _until(
+        cluster,
+        lambda: n.node is not None and n.node.commit_index > a.node.commit_index + 2,
+        100,
+        "the new leader committing past A",
+    )
+    failed = cluster.counters.reads_failed
+    assert cluster.read(to=a)
+    term = a.node.term
+
+    reached: list[Message] = []
+
+    def all_to_a_but_the_request(msg: Message) -> bool:
+        if msg.recipient != a.nid:
+            return False
+        if msg in early:
+            reached.append(msg)
+            return False
+        return True
+
+    cluster.net.release()  # B's request, and from now on only it, reaches A
+    cluster.net.hold(all_to_a_but_the_request)
+    cluster.heal()
+    for sender, recipient in ((a.nid, b.nid), (a.nid, c.nid)):
+        cluster.cut(sender, recipient)
+    for _ in range(20):
+        cluster.tick()
+    assert reached == early, "B's request reached A"
+    assert a.node.role.value == "leader" and a.node.term == term and a.reads, (
+        "A still leads its term, its read unserved"
+    )
+    cluster.net.release()
+    cluster.heal()
+    _until(
+        cluster, lambda: a.node is not None and a.node.role.value == "follower", 100, "A deposed"
+    )
+    assert cluster.counters.reads_failed > failed, "A's read must have been failed"
     liveness_phase(cluster)
     cluster.full_check()
