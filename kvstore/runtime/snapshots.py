@@ -129,6 +129,12 @@ class SnapshotKeeper:
         self._step = step
         self._running = running
         self._installed = installed
+        self._replayed_at = storage.initial_state().commit
+        """The commit index found at start: no snapshot begins until the log up to it is
+        applied again. A restart waits for that replay on every node (the CPU is shared),
+        and a snapshot begun meanwhile (a due point the replay crosses, or a log left
+        longer by an older version's rule) took seconds of that CPU. The log meanwhile is
+        the one the node had before the restart; the snapshot due begins right after."""
         self._incoming: dict[SnapshotMeta, tuple[bytes, ParsedState]] = {}
         """Received snapshots by their metadata; only the one the core will install is
         kept. Keyed, not one slot: another delivery (an older snapshot from a newer
@@ -170,7 +176,7 @@ class SnapshotKeeper:
         since the last `advance`, so the core's membership matches the applied index."""
         compactor = self.compactor
         compactor.store_if_ready()
-        if compactor.running or not self._running():
+        if compactor.running or not self._running() or self._sm.applied_index < self._replayed_at:
             return
         compactor.trim_if_due()
         node = self._node

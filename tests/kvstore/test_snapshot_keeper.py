@@ -19,7 +19,7 @@ import pytest
 
 from consensus import Config, Entry, MemoryStorage, RaftNode
 from consensus.messages import InstallSnapshot
-from consensus.types import Membership, SnapshotMeta
+from consensus.types import HardState, Membership, SnapshotMeta
 from kvstore.runtime import snapshots as snapshots_module
 from kvstore.runtime.compaction import Compactor
 from kvstore.runtime.leveldb_storage import LevelDBStorage
@@ -186,3 +186,39 @@ async def test_a_leaders_snapshot_is_written_to_disk_off_the_event_loop(tmp_path
         await asyncio.get_running_loop().shutdown_default_executor()
         storage.close()
     assert not keeper.compactor.disk.busy  # the work over, the window closed
+
+
+async def test_a_restarted_node_begins_no_snapshot_until_it_has_replayed_its_log() -> None:
+    """The log committed before a restart is applied again first (every node replays at
+    once on shared cores, and the first read waits for it): a snapshot due during the
+    replay (here every 10 entries) begins at its end, at index 30."""
+    storage = MemoryStorage()
+    entries = [Entry(1, i, encode_command(Put(f"k{i}", b"v"))) for i in range(1, 31)]
+    storage.save(HardState(term=1, vote="n1", commit=30), entries)
+    node = RaftNode(Config("n1", ("n1",), max_batch_bytes=1), storage, random.Random(1))
+    sm = KVStateMachine()
+    compactor = Compactor(sm, storage, lambda: None, "n1", RuntimeStats())
+    keeper = SnapshotKeeper(
+        node,
+        sm,
+        storage,
+        PendingRequests(),
+        compactor,
+        10,
+        step=lambda msgs: None,
+        running=lambda: True,
+        installed=lambda meta: None,
+    )
+    started: list[int] = []
+    try:
+        while sm.applied_index < 30:
+            rd = node.ready()
+            for entry in rd.committed:
+                sm.apply(entry)
+            node.advance(rd)
+            keeper.between_readies()
+            if compactor.running and not started:
+                started.append(sm.applied_index)
+        assert started == [30]
+    finally:
+        compactor.close()
