@@ -376,6 +376,13 @@ def test_append_entries_columns_are_checked() -> None:
         (decode_entry, [1, 2, 0], "must have 4 fields"),
         (decode_entry, [1, 2, 5, b""], "unknown entry type 5"),
         (decode_entry, [1, 2, 0, "text"], "'data' must be bytes"),
+        # the inline checks (decode_entry's fast path) refuse what the generic ones do
+        (decode_entry, [True, 2, 0, b""], "'term' must be int, got bool"),
+        (decode_entry, [1, -2, 0, b""], "'index' must not be negative"),
+        (decode_entry, [1, 2, False, b""], "'type' must be int, got bool"),
+        (decode_entry, [1, 2, -1, b""], "'type' must not be negative"),
+        (decode_entry, [1, 2, 0, b"", 5], "must have 4 fields"),
+        (decode_entry, {"a": 1, "b": 2, "c": 0, "d": b""}, "must be an array"),
         (decode_hard_state, [1, 2, 3], "'vote' must be str or NoneType"),
         (decode_hard_state, (1, None), "must have 3 fields"),
         (decode_hard_state, 5, "must be an array"),
