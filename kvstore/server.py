@@ -52,7 +52,6 @@ from kvstore.runtime.free_memory import tune_malloc
 from kvstore.runtime.incarnation import IncarnationError, read_incarnation
 from kvstore.runtime.leveldb_storage import CorruptLogError, LevelDBStorage
 from kvstore.runtime.log_format import NodeContext, configure_logging
-from kvstore.runtime.loop_lag import watch_loop_lag
 from kvstore.runtime.node import NodeRuntime
 from kvstore.security import TlsContexts, check_exposure
 
@@ -253,11 +252,9 @@ async def _serve(
 
     async def runtime_ctx(_app: web.Application) -> AsyncIterator[None]:
         await runtime.start()
-        lag = asyncio.create_task(watch_loop_lag(runtime.stats.loop_lag))
         runtime.stats.gc_pauses.install()
         yield
         runtime.stats.gc_pauses.remove()
-        lag.cancel()
         await runtime.stop()
 
     async def drain(_app: web.Application) -> None:

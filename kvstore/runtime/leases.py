@@ -54,14 +54,9 @@ class LeaseKeeper:
         self._revoking: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def run(self) -> None:
-        """The check loop; the runtime runs it as a task for its whole life."""
-        while True:
-            await asyncio.sleep(CHECK_INTERVAL_S)
-            self.check()
-
     def check(self) -> None:
-        """Follow leadership, start clocks for new leases, and revoke expired ones."""
+        """Follow leadership, start clocks for new leases, and revoke expired ones (the
+        runtime calls it every CHECK_INTERVAL_S: kvstore.runtime.clock)."""
         term = self._leader_term()
         if term is None:
             self._term = None

@@ -3,9 +3,11 @@
 Why: everything a node does (Raft ticks and heartbeats, applying, answering clients)
 runs on one event loop, so any callback that holds it (a big copy, a synchronous
 write, a GC pass) delays all of it; a stall longer than the election timeout costs a
-leader its office. `watch_loop_lag` asks to wake every INTERVAL_S and records how late
-it woke in RuntimeStats.loop_lag (the worst since start-up, and a histogram for
-`GET /metrics`), and warns in the log of any stall over WARN_S.
+leader its office. The node's clock (kvstore.runtime.clock) sleeps until each tick is
+due; `LagProbe` records how late it woke in RuntimeStats.loop_lag (the worst since
+start-up, and a histogram for `GET /metrics`), and warns in the log of any stall over
+WARN_S. (It had a timer of its own, waking the loop 100 times a second besides the
+ticks.)
 
 A late wake-up has three possible causes: this process's own work (a long callback on
 the loop, or another thread holding the GIL), a blocking call on the loop (a synchronous
@@ -22,7 +24,6 @@ GIL a worker thread held). At a million keys the two differ by up to ~50 ms.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
@@ -30,21 +31,24 @@ from kvstore.runtime.stats import LoopLag
 
 log = logging.getLogger("kvstore.loop")
 
-INTERVAL_S = 0.01
 WARN_S = 0.05
 
 
-async def watch_loop_lag(lag: LoopLag, interval_s: float = INTERVAL_S) -> None:
-    """Run until cancelled, recording how late each wake-up comes."""
-    loop = asyncio.get_running_loop()
-    while True:
-        due = loop.time() + interval_s
-        cpu, own = time.process_time(), time.thread_time()
-        await asyncio.sleep(interval_s)
-        late = max(0.0, loop.time() - due)
-        busy = min(late, time.process_time() - cpu)
-        loop_cpu = min(late, time.thread_time() - own)
-        lag.observe(late, busy, loop_cpu)
+class LagProbe:
+    """Measures one sleep at a time: `arm` just before it, `woke` with how late it ended."""
+
+    def __init__(self, lag: LoopLag) -> None:
+        self._lag = lag
+        self._cpu = self._own = 0.0
+
+    def arm(self) -> None:
+        self._cpu, self._own = time.process_time(), time.thread_time()
+
+    def woke(self, late: float) -> None:
+        late = max(0.0, late)
+        busy = min(late, time.process_time() - self._cpu)
+        loop_cpu = min(late, time.thread_time() - self._own)
+        self._lag.observe(late, busy, loop_cpu)
         if late > WARN_S:
             log.warning(
                 "event loop stalled for %.0f ms (the process was on a CPU for %.0f ms of it "

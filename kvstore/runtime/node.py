@@ -45,10 +45,12 @@ from kvstore.peers.auth import PeerAuth
 from kvstore.peers.snapshot_transfer import SnapshotReceiver
 from kvstore.peers.transport import Transport
 from kvstore.runtime.changes import ChangeSignal
+from kvstore.runtime.clock import Clock
 from kvstore.runtime.compaction import Compactor
 from kvstore.runtime.leadership import LeadershipWatch
-from kvstore.runtime.leases import LeaseKeeper
+from kvstore.runtime.leases import CHECK_INTERVAL_S, LeaseKeeper
 from kvstore.runtime.lone_write import answer_first
+from kvstore.runtime.loop_lag import LagProbe
 from kvstore.runtime.member_view import MemberView
 from kvstore.runtime.membership import MembershipTracker
 from kvstore.runtime.persist import Persister
@@ -178,6 +180,11 @@ class NodeRuntime:
             self.me.data_dir / "incoming-snapshots", self.snapshots.deliver
         )
         self.settings = SettingsKeeper(self.node, self.sm, t, self._wake.set)
+        self.clock = Clock(t.tick_ms / 1000, self._tick, LagProbe(self.stats.loop_lag))
+        """Ticks, and on them: loop lag, request deadlines (checked every tenth of the
+        request timeout, at most 50 ms) and lease expiry (kvstore.runtime.clock)."""
+        self.clock.every(min(0.05, t.request_timeout_ms / 10_000), self.pending.expire)
+        self.clock.every(CHECK_INTERVAL_S, lambda _: self.leases.check())
         self._tasks: list[asyncio.Task[None]] = []
         self._idle = False
         """The ready loop waits for work, with no Ready in hand (see `_send_early`)."""
@@ -203,12 +210,10 @@ class NodeRuntime:
         self.loop = asyncio.get_running_loop()  # kept: get_running_loop() costs a getpid()
         self.via_leader.loop = self.loop
         await self.transport.start()
-        t_out = min(0.05, self.tuning.request_timeout_ms / 10_000)  # deadlines checked
+        running = self.clock.run(lambda: self.fatal_error is None)
         self._tasks = [
-            asyncio.create_task(self._tick_loop(), name=f"tick-{self.node_id}"),
+            asyncio.create_task(running, name=f"tick-{self.node_id}"),
             asyncio.create_task(self._ready_loop(), name=f"ready-{self.node_id}"),
-            asyncio.create_task(self.pending.expire_loop(t_out), name=f"expire-{self.node_id}"),
-            asyncio.create_task(self.leases.run(), name=f"leases-{self.node_id}"),
         ]
         self._wake.set()  # committed entries from before a restart are replayed at once
         log.info(
@@ -405,23 +410,10 @@ class NodeRuntime:
 
     # ------------------------------------------------------------------ the clock
 
-    async def _tick_loop(self) -> None:
-        """One tick per tick_ms of loop time; after a stall at most a few ticks catch up,
-        so a node resumed from SIGSTOP does not fire a burst of elections."""
-        loop = asyncio.get_running_loop()
-        interval = self.tuning.tick_ms / 1000
-        next_at = loop.time() + interval
-        while self.fatal_error is None:
-            delay = next_at - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            self.node.tick()
-            self._send_early()
-            self._wake.set()
-            next_at += interval
-            now = loop.time()
-            if now - next_at > 3 * interval:
-                next_at = now + interval
+    def _tick(self) -> None:
+        self.node.tick()
+        self._send_early()
+        self._wake.set()
 
     # ------------------------------------------------------------------ the ready loop
 

@@ -213,16 +213,12 @@ class PendingRequests:
         heapq.heappush(self._apply_waiters, (index, next(self._seq), future, deadline))
         return future
 
-    async def expire_loop(self, interval: float) -> None:
-        """Enforce deadlines every `interval` s (one timer, not one per request)."""
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(interval)
-            if self:
-                self.expire(loop.time())
-
     def expire(self, now: float) -> None:
-        """Fail every wait whose deadline passed: a proposal's outcome is then unknown."""
+        """Fail every wait whose deadline passed: a proposal's outcome is then unknown.
+        The runtime calls it periodically (kvstore.runtime.clock): one timer, not one
+        per request."""
+        if not self:
+            return
         for proposal in self._take_proposals(lambda p: p.deadline > now):
             if not proposal.future.done():
                 proposal.future.set_exception(

@@ -1,6 +1,7 @@
-"""kvstore.runtime.loop_lag: each stall is recorded three ways: its length, the process's
-CPU time during it (an upper bound of the node's own part), and the event loop thread's
-own CPU time (a lower bound: what the loop itself ran)."""
+"""kvstore.runtime.loop_lag, sampled by the node's clock (kvstore.runtime.clock): each
+stall is recorded three ways: its length, the process's CPU time during it (an upper
+bound of the node's own part), and the event loop thread's own CPU time (a lower bound:
+what the loop itself ran)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from kvstore.runtime.loop_lag import watch_loop_lag
+from kvstore.runtime.clock import Clock
+from kvstore.runtime.loop_lag import LagProbe
 from kvstore.runtime.stats import LoopLag
 
 
 def _stalled_by(block: Callable[[], None]) -> LoopLag:
     async def run() -> LoopLag:
         lag = LoopLag()
-        watcher = asyncio.create_task(watch_loop_lag(lag, interval_s=0.005))
+        clock = Clock(0.005, lambda: None, LagProbe(lag))
+        watcher = asyncio.create_task(clock.run(lambda: True))
         await asyncio.sleep(0.02)
         block()
         await asyncio.sleep(0.02)

@@ -1,6 +1,6 @@
 """A follower whose event loop stood still (a slow save on its loop thread, a pause) for
 longer than an election timeout does not campaign once it runs again: the tick loop
-fires one tick for the whole stall (NodeRuntime._tick_loop caps its catch-up), so the
+fires one tick for the whole stall (kvstore.runtime.clock caps its catch-up), so the
 leader's heartbeats queued meanwhile are read before its election timer runs out,
 whichever the loop runs first after the stall (uvloop and asyncio order due timers and
 ready sockets differently). Had every missed tick fired, it would have campaigned
@@ -14,13 +14,14 @@ import random
 import socket
 import time
 from collections.abc import Callable
-from types import SimpleNamespace
 
 import pytest
 
 from consensus import Config, MemoryStorage, RaftNode, Role
 from consensus.messages import AppendEntries, RequestVote
-from kvstore.runtime.node import NodeRuntime
+from kvstore.runtime.clock import Clock
+from kvstore.runtime.loop_lag import LagProbe
+from kvstore.runtime.stats import LoopLag
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -46,14 +47,8 @@ async def _stall_then_hear_the_leader() -> tuple[list[str], RaftNode]:
         events.append("tick")
         tick()
 
-    driver = SimpleNamespace(  # what NodeRuntime._tick_loop uses of the runtime
-        tuning=SimpleNamespace(tick_ms=TICK_MS),
-        fatal_error=None,
-        node=SimpleNamespace(tick=ticked),
-        _send_early=lambda: None,
-        _wake=asyncio.Event(),
-    )
-    ticking = asyncio.create_task(NodeRuntime._tick_loop(driver))  # type: ignore[arg-type]
+    clock = Clock(TICK_MS / 1000, ticked, LagProbe(LoopLag()))
+    ticking = asyncio.create_task(clock.run(lambda: True))
     ours, leaders = socket.socketpair()
     loop = asyncio.get_running_loop()
 
