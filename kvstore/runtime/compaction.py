@@ -145,6 +145,13 @@ class Compactor:
         """Bytes of log applied since the last snapshot began (since start-up if none)."""
         return self._stats.applied_bytes - self._applied_bytes_at_start
 
+    def installed(self, size: int) -> None:
+        """A leader's snapshot of `size` bytes replaced the state: the log counts from
+        it, as from one of our own (else a node that just received the whole state, a
+        new one or one far behind, wrote it all out again `snapshot_every` entries on)."""
+        self.last_bytes = size
+        self._applied_bytes_at_start = self._stats.applied_bytes
+
     @property
     def running(self) -> bool:
         return self._capture is not None or self._job is not None

@@ -219,6 +219,7 @@ class SnapshotKeeper:
         else:
             storage.apply_snapshot(meta, data)
         self._sm.install(parsed)
+        self.compactor.installed(len(data))
         # The new state's key list (a million entries) would otherwise be walked by the
         # next young collections on the loop, and by every full one (Compactor: same).
         gc.freeze()

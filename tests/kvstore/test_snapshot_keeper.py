@@ -222,3 +222,14 @@ async def test_a_restarted_node_begins_no_snapshot_until_it_has_replayed_its_log
         assert started == [30]
     finally:
         compactor.close()
+
+
+async def test_an_installed_snapshot_counts_as_the_last_one_for_the_next() -> None:
+    """A node that received the whole state (new, or far behind) takes its next snapshot
+    by the same bound as after one of its own, not `snapshot_every` entries later."""
+    follower = _Follower()
+    meta, data, parsed = _snapshot(10, 3)
+    follower.deliver(3, "n1", (meta, data, parsed))
+    await follower.run_ready()
+    compactor = follower.keeper.compactor
+    assert (compactor.last_bytes, compactor.log_bytes_since()) == (len(data), 0)
