@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import shutil
 import sys
@@ -100,6 +101,14 @@ def rss_mb(cluster: Cluster, node_id: str) -> float:
     return int(re.search(r"VmRSS:\s+(\d+) kB", text).group(1)) / 1024  # type: ignore[union-attr]
 
 
+def cpu_s(cluster: Cluster, node_id: str) -> float:
+    """Seconds of CPU the node's process used so far (all threads; /proc)."""
+    proc = cluster.nodes[node_id].proc
+    assert proc is not None
+    fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def leader_changes(cluster: Cluster, node_id: str) -> int:
     text = request(cluster.url(node_id), "GET", "/metrics").body.decode()
     match = re.search(r"^kv_raft_leader_changes_total (\S+)$", text, re.M)
@@ -130,6 +139,7 @@ def node_figures(cluster: Cluster, node_id: str, before: dict[str, int]) -> dict
     taken = snapshots(cluster, node_id)
     return {
         "rss_mb": round(rss_mb(cluster, node_id)),
+        "cpu_s": round(cpu_s(cluster, node_id), 1),
         "loop_lag_max_ms": status["loop_lag_max_ms"],
         "loop_lag_max_busy_ms": status["loop_lag_max_busy_ms"],
         "loop_lag_max_loop_cpu_ms": status["loop_lag_max_loop_cpu_ms"],
