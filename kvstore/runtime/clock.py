@@ -9,15 +9,21 @@ switch on a machine with more busy processes than cores. Riding on the tick, a c
 costs a comparison on the ticks it is not due.
 
 A chore runs on the first tick at or after it is due, so it runs no more often than a
-tick (with the default 10 ms tick, a 50 ms chore runs every 50-60 ms).
+tick (with the default 10 ms tick, a 50 ms chore runs every 50-60 ms). A chore that
+raises (a bug) is logged, once, and keeps its turn: with tasks of their own, such a bug
+stopped only that task; here it must not stop the ticks, which keep the node in its
+cluster (heartbeats, elections).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 from kvstore.runtime.loop_lag import LagProbe
+
+log = logging.getLogger(__name__)
 
 Chore = Callable[[float], None]
 """Periodic work, given the loop's time."""
@@ -32,6 +38,8 @@ class Clock:
         self._probe = probe
         self._chores: list[tuple[float, Chore]] = []
         self._due: list[float] = []
+        self._failed: set[int] = set()
+        """Chores whose failure was logged (the next failures of each are not)."""
 
     def every(self, interval_s: float, chore: Chore) -> None:
         """Run `chore(now)` every `interval_s` (on the first tick at or after it is due)."""
@@ -56,7 +64,15 @@ class Clock:
             for i, (every, chore) in enumerate(chores):
                 if now >= due[i]:
                     due[i] = now + every
-                    chore(now)
+                    try:
+                        chore(now)
+                    except Exception:
+                        self._chore_failed(i, chore)
             next_at += interval
             if now - next_at > 3 * interval:
                 next_at = now + interval
+
+    def _chore_failed(self, at: int, chore: Chore) -> None:
+        if at not in self._failed:
+            self._failed.add(at)
+            log.exception("periodic %s failed (logged once; it keeps running)", chore)
