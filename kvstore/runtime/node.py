@@ -210,9 +210,8 @@ class NodeRuntime:
         self.loop = asyncio.get_running_loop()  # kept: get_running_loop() costs a getpid()
         self.via_leader.loop = self.loop
         await self.transport.start()
-        running = self.clock.run(lambda: self.fatal_error is None)
         self._tasks = [
-            asyncio.create_task(running, name=f"tick-{self.node_id}"),
+            asyncio.create_task(self._clock_loop(), name=f"tick-{self.node_id}"),
             asyncio.create_task(self._ready_loop(), name=f"ready-{self.node_id}"),
         ]
         self._wake.set()  # committed entries from before a restart are replayed at once
@@ -409,6 +408,16 @@ class NodeRuntime:
         return self.membership.admit(sender, sender_url)
 
     # ------------------------------------------------------------------ the clock
+
+    async def _clock_loop(self) -> None:
+        """A tick that raises is a bug in the core: a node that kept serving without
+        ticks would never again elect or heartbeat, so it stops, as for the ready loop."""
+        try:
+            await self.clock.run(lambda: self.fatal_error is None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._fatal(exc)
 
     def _tick(self) -> None:
         self.node.tick()

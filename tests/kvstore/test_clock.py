@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from kvstore.runtime.clock import Clock
 from kvstore.runtime.loop_lag import LagProbe
 from kvstore.runtime.stats import LoopLag
+from tests.kvstore.test_runtime import _eventually, _LocalCluster
 
 
 def test_a_failing_chore_does_not_stop_the_ticks() -> None:
@@ -27,3 +30,19 @@ def test_a_failing_chore_does_not_stop_the_ticks() -> None:
 
     asyncio.run(run())
     assert len(ticks) == 5 and len(ran) == 5
+
+
+async def test_a_tick_that_raises_stops_the_node_instead_of_its_clock_alone(
+    local: _LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in the core's tick leaves no node running without ticks (no election, no
+    heartbeat ever again): the runtime records it as fatal, as for the ready loop."""
+    await local.leader()
+    runtime = next(iter(local.nodes.values())).runtime
+
+    def broken() -> None:
+        raise RuntimeError("a bug in tick")
+
+    monkeypatch.setattr(runtime.node, "tick", broken)
+    await _eventually(lambda: runtime.fatal_error is not None)
+    assert str(runtime.fatal_error) == "a bug in tick"
