@@ -136,7 +136,7 @@ class Compactor:
         """Figures of the last snapshot stored, for `GET /v1/status`."""
         self.last_bytes = self._store.snapshot_bytes()
         """The size of the last snapshot (at start: the stored one's, so a restarted
-        node does not take a whole new snapshot 10,000 entries after its last)."""
+        node does not take a whole new snapshot `snapshot_entries` after its last)."""
         self._applied_bytes_at_start = 0
         self._trimmed_at = 0
         """`stats.applied_bytes` when free memory was last given back."""

@@ -17,7 +17,8 @@ already-durable term go out *before* its own fsync (Raft dissertation §10.2.1),
 leader's disk write overlaps the round trip to the followers. The core decides which
 (consensus.ready.leader_messages_first), because only it knows why that is safe.
 
-Snapshots: every `snapshot_entries` applied entries the log is compacted into a state
+Snapshots: once enough log follows the last one (`snapshot_entries`, and the log's bytes
+against the snapshot's: kvstore.runtime.snapshots) the log is compacted into a state
 machine snapshot without stalling the loop (kvstore.compaction); a follower whose
 entries are gone gets it in chunks over `/raft/snapshot` (kvstore.snapshot_transfer)
 and installs it when the core hands it back in a Ready.
