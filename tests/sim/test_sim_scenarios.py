@@ -25,6 +25,36 @@ def _until(cluster: Cluster, done: Callable[[], bool], limit: int, what: str) ->
     )
 
 
+def _new_leader_commits_past(cluster: Cluster, a: Host) -> Host:
+    """A is cut off but keeps leading (no CheckQuorum): wait for another leader, of a
+    higher term, and for it to commit three writes past A's commit index."""
+    assert a.node is not None
+    _until(cluster, lambda: len(cluster.leaders()) == 2, 600, "a new leader beside A")
+    n = next(h for h in cluster.leaders() if h is not a)
+    assert n.node is not None and a.node.role.value == "leader" and n.node.term > a.node.term
+    for _ in range(3):
+        assert cluster.propose(to=n) is not None
+    _until(
+        cluster,
+        lambda: n.node is not None and n.node.commit_index > a.node.commit_index + 2,
+        100,
+        "the new leader committing past A",
+    )
+    return n
+
+
+def _deposed_with_its_read_failed(cluster: Cluster, a: Host, failed: int) -> None:
+    """Heal; A learns of the newer term, fails its waiting read (more than `failed` reads
+    failed in all), and the cluster passes the liveness phase and every check."""
+    cluster.heal()
+    _until(
+        cluster, lambda: a.node is not None and a.node.role.value == "follower", 100, "A deposed"
+    )
+    assert cluster.counters.reads_failed > failed, "A's read must have been failed"
+    liveness_phase(cluster)
+    cluster.full_check()
+
+
 def test_figure8_entry_of_an_older_term_is_not_committed_by_counting() -> None:
     """Raft paper, Figure 8. A is cut off with a tail of its own (term t); B is elected
     (term t') and crashes right after writing its no-op locally; A returns, is elected
@@ -160,30 +190,13 @@ def test_a_deposed_leader_never_serves_a_read_it_cannot_confirm() -> None:
     assert a.node is not None
     _until(cluster, lambda: a.node is not None and a.node.commit_index > 1, 100, "no-op commit")
     cluster.isolate(a.nid)
-    others = [h for h in cluster.hosts.values() if h is not a]
-    _until(cluster, lambda: len(cluster.leaders()) == 2, 600, "B elected beside A")
-    b = next(h for h in others if h in cluster.leaders())
-    assert b.node is not None and a.node.role.value == "leader" and b.node.term > a.node.term
-    for _ in range(3):
-        assert cluster.propose(to=b) is not None
-    _until(
-        cluster,
-        lambda: b.node is not None and b.node.commit_index > a.node.commit_index + 2,
-        100,
-        "B committing past A",
-    )
+    _new_leader_commits_past(cluster, a)
     failed = cluster.counters.reads_failed
     assert cluster.read(to=a)
     for _ in range(20):
         cluster.tick()
     assert a.node.role.value == "leader" and a.reads, "A still leads, its read unserved"
-    cluster.heal()
-    _until(
-        cluster, lambda: a.node is not None and a.node.role.value == "follower", 100, "A deposed"
-    )
-    assert cluster.counters.reads_failed > failed, "A's read must have been failed"
-    liveness_phase(cluster)
-    cluster.full_check()
+    _deposed_with_its_read_failed(cluster, a, failed)
 
 
 def test_a_durable_note_never_commits_a_follower_entry_of_an_older_term() -> None:
@@ -268,17 +281,7 @@ def test_a_follower_read_request_sent_before_a_leaders_read_never_confirms_it() 
     assert cluster.read(to=b)
     _until(cluster, lambda: bool(early), 20, "B's request held on its way to A")
     cluster.isolate(a.nid)
-    _until(cluster, lambda: len(cluster.leaders()) == 2, 600, "a new leader beside A")
-    n = next(h for h in cluster.leaders() if h is not a)
-    assert n.node is not None and n.node.term > a.node.term
-    for _ in range(3):
-        assert cluster.propose(to=n) is not None
-    _until(
-        cluster,
-        lambda: n.node is not None and n.node.commit_index > a.node.commit_index + 2,
-        100,
-        "the new leader committing past A",
-    )
+    _new_leader_commits_past(cluster, a)
     failed = cluster.counters.reads_failed
     assert cluster.read(to=a)
     term = a.node.term
@@ -305,10 +308,4 @@ def test_a_follower_read_request_sent_before_a_leaders_read_never_confirms_it() 
         "A still leads its term, its read unserved"
     )
     cluster.net.release()
-    cluster.heal()
-    _until(
-        cluster, lambda: a.node is not None and a.node.role.value == "follower", 100, "A deposed"
-    )
-    assert cluster.counters.reads_failed > failed, "A's read must have been failed"
-    liveness_phase(cluster)
-    cluster.full_check()
+    _deposed_with_its_read_failed(cluster, a, failed)
