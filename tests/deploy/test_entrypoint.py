@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tomllib
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.files import ENTRYPOINT, dockerfile_env, dockerfile_exec_form, pod_env
-from tests.integration.harness import child_env, free_ports, request, wait_until
+from tests.integration.harness import PortTaken, child_env, free_ports, request, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("integration")]
 
@@ -31,6 +32,7 @@ class Pods:
 
     def __init__(self, root: Path, count: int) -> None:
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         ports = free_ports(2 * count)
         self.client_ports, self.peer_ports = ports[:count], ports[count:]
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -80,10 +82,43 @@ class Pods:
     def logs(self) -> str:
         return "\n".join(p.read_text()[-3000:] for p in sorted(self.root.glob("kv-*.log")))
 
+    def found(self) -> None:
+        """Start kv-0..kv-2 and wait until all three are ready. PortTaken when a pod
+        exited because it could not listen: a port free when drawn was bound since by
+        another process (a parallel test's node), which says nothing about the image."""
+        for ordinal in range(3):
+            self.start(ordinal)
+
+        def ready_or_exited() -> bool:
+            exited = [p for p in self.procs.values() if p.poll() is not None]
+            return bool(exited) or all(self.ready(i) for i in range(3))
+
+        try:
+            wait_until(ready_or_exited, 30, "kv-0..kv-2 ready")
+        except TimeoutError:
+            pytest.fail(f"the pods did not become ready:\n{self.logs()}")
+        if any(p.poll() is not None for p in self.procs.values()):
+            if "cannot listen on" in self.logs():
+                raise PortTaken(f"a pod could not listen:\n{self.logs()}")
+            pytest.fail(f"a pod exited while the cluster was founded:\n{self.logs()}")
+
 
 @pytest.fixture
 def pods(tmp_path: Path) -> Iterator[Pods]:
-    made = Pods(tmp_path, 4)
+    """kv-0..kv-2 founded and ready (kv-3's ports drawn too); on fresh ports and volumes
+    when a drawn port was taken meanwhile, as the integration `cluster` fixture does."""
+    for attempt in range(3):
+        made = Pods(tmp_path / f"attempt{attempt}", 4)
+        try:
+            made.found()
+            break
+        except PortTaken:
+            made.stop_all()
+            if attempt == 2:
+                raise
+        except BaseException:
+            made.stop_all()
+            raise
     try:
         yield made
     finally:
@@ -92,12 +127,6 @@ def pods(tmp_path: Path) -> Iterator[Pods]:
 
 def test_statefulset_pods_form_a_cluster_and_scale(pods: Pods) -> None:
     assert dockerfile_exec_form("ENTRYPOINT") == ["kv-entrypoint"]
-    for ordinal in range(3):
-        pods.start(ordinal)
-    try:
-        wait_until(lambda: all(pods.ready(i) for i in range(3)), 30, "kv-0..kv-2 ready")
-    except TimeoutError:
-        pytest.fail(f"the pods did not become ready:\n{pods.logs()}")
     config = tomllib.loads((pods.root / "kv-1-volume" / "cluster.toml").read_text())
     assert [n["id"] for n in config["nodes"]] == ["kv-0", "kv-1", "kv-2"]
     assert config["cluster"]["log_format"] == "json"  # from the StatefulSet's env
@@ -140,6 +169,19 @@ def test_statefulset_pods_form_a_cluster_and_scale(pods: Pods) -> None:
     assert health.returncode != 0  # the HEALTHCHECK notices a dead node
 
 
+def test_a_pod_that_cannot_listen_is_reported_as_port_taken(tmp_path: Path) -> None:
+    """What lets the `pods` fixture start again on new ports rather than fail a test."""
+    pods = Pods(tmp_path, 3)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", pods.peer_ports[0]))
+        squatter.listen()
+        try:
+            with pytest.raises(PortTaken, match="a pod could not listen"):
+                pods.found()
+        finally:
+            pods.stop_all()
+
+
 def test_entrypoint_refuses_a_name_without_an_ordinal(tmp_path: Path) -> None:
     env = {**os.environ, "KV_POD_NAME": "kv", "KV_DATA_DIR": str(tmp_path)}
     out = subprocess.run(["sh", str(ENTRYPOINT)], env=env, capture_output=True, text=True)
@@ -151,12 +193,6 @@ def test_a_pod_whose_volume_was_wiped_refuses_to_found_again(pods: Pods) -> None
     asking each other; a founder whose volume is then wiped must not found a second
     history: a peer remembers its earlier incarnation, so it exits 2 (the pod
     crash-loops visibly) and leaves its volume as it found it."""
-    for ordinal in range(3):
-        pods.start(ordinal)
-    try:
-        wait_until(lambda: all(pods.ready(i) for i in range(3)), 30, "kv-0..kv-2 ready")
-    except TimeoutError:
-        pytest.fail(f"the pods did not become ready:\n{pods.logs()}")
     assert request(pods.url(1), "PUT", "/v1/kv/greeting", b"hello").status == 200
     own = (pods.root / "kv-0-volume" / "kv-0" / "raft" / "INCARNATION").read_text().strip()
 
