@@ -1,26 +1,39 @@
-"""The leader's own read rounds while followers ask for read indexes (consensus.read_index:
-a round waits for the next follower request, at most a tick, and rides in the frame of
-its answer). Only the timing changes: every read is still confirmed by an
-acknowledgement of a round that began after it."""
+"""The leader's own read rounds while followers ask for read indexes often (consensus.
+read_index: a round waits for the next follower request, at most a tick, and rides in
+the frame of its answer). Only the timing changes: every read is still confirmed by an
+acknowledgement of a round that began after it. While followers ask seldom, a round
+goes out at once."""
 
 from __future__ import annotations
 
 from consensus import AppendEntries, Message, ReadIndexRequest, ReadIndexResponse
+from consensus.read_index import HOLD_MIN_ASKS
 from tests.consensus.scripted import ScriptedCluster
 
 
+def _follower_reads(cluster: ScriptedCluster, count: int, prefix: bytes = b"b") -> None:
+    """Follower b has `count` reads answered at once by the leader, one after another."""
+    for n in range(count):
+        cluster.nodes["b"].read_index(prefix + str(n).encode())
+        cluster.deliver_all()
+
+
 def _asking_follower() -> ScriptedCluster:
-    """A three-voter cluster led by a, whose follower b just had a read answered at once."""
+    """A three-voter cluster led by a, whose follower b asks often (HOLD_MIN_ASKS reads
+    answered at once in this tick), b1 among them."""
     cluster = ScriptedCluster()
     cluster.elect("a")
     cluster.nodes["b"].read_index(b"b1")
     cluster.deliver_all()
     assert [s.request_id for s in cluster.read_states["b"]] == [b"b1"]
+    _follower_reads(cluster, HOLD_MIN_ASKS - 1, b"more")
+    cluster.read_states["b"] = cluster.read_states["b"][:1]
     return cluster
 
 
 def _rounds(msgs: list[Message]) -> list[AppendEntries]:
-    return [m for m in msgs if isinstance(m, AppendEntries) and not m.entries]
+    """Heartbeats that carry a read round (a heartbeat due anyway carries none)."""
+    return [m for m in msgs if isinstance(m, AppendEntries) and not m.entries and m.read_seq]
 
 
 def test_a_leader_round_waits_for_a_follower_request_and_goes_in_its_answers_frame() -> None:
@@ -85,3 +98,37 @@ def test_a_follower_request_sent_before_the_round_never_confirms_it() -> None:
     cluster.tick("a", leader.config.heartbeat_tick)
     cluster.deliver_all()
     assert [s.request_id for s in cluster.read_states["a"]] == [b"own"]
+
+
+def test_while_a_follower_asks_seldom_a_round_goes_out_at_once() -> None:
+    """The hold pays only while requests come often: with fewer than HOLD_MIN_ASKS in
+    this tick and the last, the leader's own read waits for nobody (before: up to a
+    tick, 10 ms, whenever a follower had served a read since the last round)."""
+    cluster = ScriptedCluster()
+    cluster.elect("a")
+    _follower_reads(cluster, HOLD_MIN_ASKS - 1)
+    leader = cluster.nodes["a"]
+    leader.read_index(b"own")
+    out = cluster.process_ready("a")
+    assert _rounds(out), "the leader's read waited for a follower that asks seldom"
+    cluster.in_flight.extend(out)
+    cluster.deliver_all()
+    assert [s.request_id for s in cluster.read_states["a"]] == [b"own"]
+
+
+def test_the_hold_follows_the_rate_of_the_last_whole_tick() -> None:
+    """Requests counted in the last whole tick keep the hold in the next one; a tick
+    without them ends it."""
+    cluster = _asking_follower()
+    leader = cluster.nodes["a"]
+    leader.tick()  # the requests now count as the last tick's
+    leader.read_index(b"own")
+    assert _rounds(cluster.process_ready("a")) == [], "a busy follower's rate was forgotten"
+    leader.tick()  # overdue: it goes out; and this quiet tick ends the hold
+    cluster.in_flight.extend(cluster.process_ready("a"))
+    cluster.deliver_all()
+    assert [s.request_id for s in cluster.read_states["a"]] == [b"own"]
+    leader.tick()
+    _follower_reads(cluster, 1, b"late")
+    leader.read_index(b"own2")
+    assert _rounds(cluster.process_ready("a")), "held after a tick without requests"
