@@ -78,10 +78,14 @@ FAST_SAVES = 8
 
 class DiskWork:
     """The heavy disk work a node runs besides its log (snapshots: kvstore.runtime.
-    compaction and snapshots); the Persister saves nothing on the loop meanwhile.
-    Thread-safe: the work runs in worker threads, the Persister asks on the loop."""
+    compaction and snapshots); the Persister saves nothing on the loop meanwhile, and
+    tells it in turn when a save is in its worker (`saving`). Thread-safe: the work runs
+    in worker threads, the Persister asks on the loop."""
 
     def __init__(self) -> None:
+        self.saving = False
+        """A save is in the persist worker (`Persister.syncing`, on the loop thread): the
+        capture of a snapshot waits meanwhile (kvstore.runtime.compaction)."""
         self._lock = threading.Lock()
         self._running = 0
         self.changes = 0
@@ -124,8 +128,6 @@ class Persister:
         self.data_dir = data_dir
         self.persisted: HardState = storage.initial_state()
         """The hard state last made durable."""
-        self.syncing = False
-        """A Ready is being synced in the worker thread (the loop runs meanwhile)."""
         self.fast_saves = 0
         """Saves in a row that took under FAST_SAVE_S (the disk time, without hand-offs)."""
         self.quick_saves = 0
@@ -139,17 +141,22 @@ class Persister:
         self._worker = threading.Thread(target=self._run, name=f"persist-{node_id}", daemon=True)
         self._worker.start()
 
+    @property
+    def syncing(self) -> bool:
+        """A Ready is being synced in the worker thread (the loop runs meanwhile)."""
+        return self.disk.saving
+
     async def save(self, rd: Ready, leading: bool) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         if not self._inline(len(rd.entries), leading):
-            self.syncing = True
+            self.disk.saving = True
             try:
                 done = loop.create_future()
                 self._jobs.put((loop, done, rd.hard_state, rd.entries))
                 await done
             finally:
-                self.syncing = False
+                self.disk.saving = False
             saved_in = self._last_save_s
         else:
             began = time.perf_counter()
