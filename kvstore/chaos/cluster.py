@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from kvstore.chaos.ports import HOST, free_ports, port_free
 from kvstore.chaos.proxy import LinkProxy, ProxyNet
 from kvstore.client.tls import ClientTLS
 from kvstore.config import ClusterConfig
@@ -42,7 +42,6 @@ from kvstore.config import ClusterConfig
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """The directory holding the kvstore package, put first on the nodes' PYTHONPATH so that
 they run the code beside this file, not whatever copy the venv has installed."""
-HOST = "127.0.0.1"
 CHAOS_TUNING: dict[str, int] = {"request_timeout_ms": 1000}
 """A short server-side timeout keeps unknown outcomes short-lived in the history."""
 
@@ -56,20 +55,6 @@ class NodeSpec:
     peer_port: int
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports the OS hands out as free, all bound at once so they differ."""
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((HOST, 0))
-            socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
 def fresh_layout(size: int = 3) -> list[NodeSpec]:
     ports = free_ports(2 * size)
     return [NodeSpec(f"n{i + 1}", ports[2 * i], ports[2 * i + 1]) for i in range(size)]
@@ -79,19 +64,10 @@ def layout_from_config(config: ClusterConfig) -> tuple[list[NodeSpec], dict[str,
     """The file's node ids, ports and tuning; hosts become 127.0.0.1 and the data dir is
     never the file's, so a chaos run cannot touch a real cluster's data."""
     nodes = [NodeSpec(n.id, n.client_port, n.peer_port) for n in config.nodes]
-    busy = [p for n in nodes for p in {n.client_port, n.peer_port} if not _port_free(p)]
+    busy = [p for n in nodes for p in {n.client_port, n.peer_port} if not port_free(p)]
     if busy:
         raise RuntimeError(f"ports already in use (is the cluster running?): {busy}")
     return nodes, asdict(config.tuning)
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-    return True
 
 
 class LocalCluster:

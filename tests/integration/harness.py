@@ -12,7 +12,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -22,23 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kvstore.chaos.ports import free_ports
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the OS says are free right now; all bound at once so they differ, and each
-    is a fresh ephemeral port, so parallel xdist workers do not collide."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def wait_until(

@@ -29,10 +29,10 @@ from consensus import MemoryStorage
 from kvstore.api.app import make_client_app
 from kvstore.api.connections import ConnectionGuard
 from kvstore.api.fast_lane import FastLane
+from kvstore.chaos.ports import free_ports
 from kvstore.config import ClusterConfig, NodeConfig, Tuning
 from kvstore.runtime.node import NodeRuntime
 from kvstore.runtime.requests import ProposalOverwritten, ProposalTimeout, ReadAborted, Waiter
-from tests.kvstore.test_runtime import _free_ports
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -53,7 +53,7 @@ class Node:
 @pytest.fixture
 async def node(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> AsyncIterator[Node]:
     caplog.set_level(logging.INFO)
-    client, peer, fast, plain = _free_ports(4)
+    client, peer, fast, plain = free_ports(4)
     me = NodeConfig(
         id="n1",
         client_url=f"http://127.0.0.1:{client}",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from kvstore.api.app import make_client_app
 from kvstore.api.common import BadRequest
 from kvstore.api.kv import parse_key
 from kvstore.api.peer import make_peer_app
+from kvstore.chaos.ports import free_ports
 from kvstore.config import ClusterConfig, NodeConfig, Tuning
 from kvstore.peers.auth import PeerAuth
 from kvstore.peers.transport import Transport, coalesce
@@ -113,16 +113,6 @@ class _Sink:
         self.got.extend(msgs)
 
 
-def _free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @contextlib.asynccontextmanager
 async def _serve(app: web.Application, port: int) -> AsyncIterator[web.AppRunner]:
     runner = web.AppRunner(app, access_log=None)
@@ -143,7 +133,7 @@ async def _eventually(check, timeout: float = 5.0) -> None:  # type: ignore[no-u
 
 
 async def test_transport_delivers_batches_and_survives_a_dead_peer() -> None:
-    live_port, dead_port = _free_ports(2)
+    live_port, dead_port = free_ports(2)
     sink = _Sink("n2", frozenset({"n1", "n2", "n3"}))
     transport = Transport(
         "n1",
@@ -166,7 +156,7 @@ async def test_transport_delivers_batches_and_survives_a_dead_peer() -> None:
 
 
 async def test_transport_counts_rejected_batches() -> None:
-    (port,) = _free_ports(1)
+    (port,) = free_ports(1)
     sink = _Sink("n9", frozenset({"n1", "n9"}))  # n2's messages are for someone else
     transport = Transport("n1", {"n2": f"http://127.0.0.1:{port}"})
     async with _serve(make_peer_app(sink), port):
@@ -181,7 +171,7 @@ async def test_transport_counts_rejected_batches() -> None:
 
 
 async def test_transport_queue_is_bounded() -> None:
-    (port,) = _free_ports(1)  # nothing listens: every message waits in the queue
+    (port,) = free_ports(1)  # nothing listens: every message waits in the queue
     transport = Transport("n1", {"n2": f"http://127.0.0.1:{port}"}, max_queue_messages=10)
     await transport.start()
     try:
@@ -193,7 +183,7 @@ async def test_transport_queue_is_bounded() -> None:
 
 
 async def test_peer_api_rejects_garbage() -> None:
-    (port,) = _free_ports(1)
+    (port,) = free_ports(1)
     sink = _Sink("n2", frozenset({"n1", "n2"}))
     async with _serve(make_peer_app(sink), port), aiohttp.ClientSession() as http:
         url = f"http://127.0.0.1:{port}/raft/messages"
@@ -217,7 +207,7 @@ class _Node:
 
 class _LocalCluster:
     def __init__(self, tmp: Path, size: int = 3, **tuning: int) -> None:
-        ports = _free_ports(2 * size)
+        ports = free_ports(2 * size)
         self.config = ClusterConfig(
             "test",
             tmp,

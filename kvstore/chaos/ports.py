@@ -1,0 +1,69 @@
+"""Loopback ports for the clusters this machine starts for itself: `kv chaos`, the
+benchmarks and the tests.
+
+Why not bind(0) and release: the OS draws bind(0) ports and every outgoing connection's
+local port from its ephemeral range, so a port released there can be taken by any
+process between the draw and the node's own bind (a test cluster failed twice in a
+day with "address already in use": another test's node had been given the port). Ports
+below that range are handed out by nobody but this function, so only another process
+drawing here could take one. Each process walks the stretch from its own starting
+point (from its PID), so parallel test workers draw far apart, and every port is
+checked bindable when drawn.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+from pathlib import Path
+
+HOST = "127.0.0.1"
+STRETCH = 12_000
+"""How many ports below the ephemeral range are drawn from."""
+LOWEST = 1024
+"""Never a privileged port."""
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_DEFAULT_EPHEMERAL_LOW = 32768
+"""Linux's default lower bound, when the range cannot be read."""
+
+
+def _stretch() -> range:
+    try:
+        low = int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = _DEFAULT_EPHEMERAL_LOW
+    return range(max(LOWEST, low - STRETCH), low)
+
+
+def _walk() -> itertools.cycle[int]:
+    ports = _stretch()
+    start = (os.getpid() * 7919) % max(len(ports), 1)
+    return itertools.cycle([*ports[start:], *ports[:start]])
+
+
+_next_port = _walk()
+
+
+def port_free(port: int) -> bool:
+    """Whether a server could listen on `port` of HOST now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` different ports of HOST, each free when drawn (see the module docstring)."""
+    drawn: list[int] = []
+    for _ in range(len(_stretch())):
+        if len(drawn) == count:
+            return drawn
+        port = next(_next_port)
+        if port not in drawn and port_free(port):
+            drawn.append(port)
+    if len(drawn) == count:
+        return drawn
+    raise RuntimeError(f"no {count} free ports below the ephemeral range on {HOST}")
