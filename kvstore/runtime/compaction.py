@@ -240,13 +240,13 @@ class Compactor:
         a step runs anyway, so a leader that saves back to back still captures). Why:
         with steps back to back the loop's thread never waits, and the worker, woken for
         a save, began it only once the capture had ended: at 568,000 keys a save began
-        146 ms after it was asked for and took 7 ms on the disk, and at every snapshot
-        of a busy leader its writes stalled 120-305 ms ("slow disk" warnings with a
-        quick disk). Most likely the GIL: the loop's thread takes it again after every
-        callback, and each take counts as a switch, so the interpreter never forces one
-        for a waiting thread (an idle host does not show it: the worker then wins the
-        GIL between two callbacks). Holding the steps leaves the loop only its own
-        traffic while the worker saves, as between snapshots."""
+        146 ms after it was asked for and took 7 ms on the disk, and at a million keys
+        a busy leader's writes stalled 120-305 ms at some of its snapshots ("slow disk"
+        warnings with a quick disk). Most likely the GIL: the loop's thread takes it
+        again after every callback, and each take counts as a switch, so the interpreter
+        never forces one for a waiting thread (an idle host does not show it: the worker
+        then wins the GIL between two callbacks). Holding the steps leaves the loop only
+        its own traffic while the worker saves, as between snapshots."""
         self._held = 0
         loop.call_soon(self._step)
 
