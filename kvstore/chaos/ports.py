@@ -36,13 +36,13 @@ def _stretch() -> range:
     return range(max(LOWEST, low - STRETCH), low)
 
 
-def _walk() -> itertools.cycle[int]:
-    ports = _stretch()
+def _walk(ports: range) -> itertools.cycle[int]:
     start = (os.getpid() * 7919) % max(len(ports), 1)
     return itertools.cycle([*ports[start:], *ports[:start]])
 
 
-_next_port = _walk()
+_STRETCH_PORTS = _stretch()
+_next_port = _walk(_STRETCH_PORTS)
 
 
 def port_free(port: int) -> bool:
@@ -58,9 +58,9 @@ def port_free(port: int) -> bool:
 def free_ports(count: int) -> list[int]:
     """`count` different ports of HOST, each free when drawn (see the module docstring)."""
     drawn: list[int] = []
-    for _ in range(len(_stretch())):
+    for _ in range(len(_STRETCH_PORTS)):
         if len(drawn) == count:
-            return drawn
+            break
         port = next(_next_port)
         if port not in drawn and port_free(port):
             drawn.append(port)

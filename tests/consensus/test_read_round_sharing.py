@@ -6,6 +6,8 @@ goes out at once."""
 
 from __future__ import annotations
 
+import pytest
+
 from consensus import AppendEntries, Message, ReadIndexRequest, ReadIndexResponse
 from consensus.read_index import HOLD_MIN_ASKS
 from tests.consensus.scripted import ScriptedCluster
@@ -68,12 +70,17 @@ def test_a_waiting_round_goes_out_after_a_tick_when_followers_stop_asking() -> N
     assert [s.request_id for s in cluster.read_states["a"]] == [b"own"]
 
 
-def test_with_no_follower_asking_a_round_goes_out_at_once() -> None:
+@pytest.mark.parametrize("asks", [0, HOLD_MIN_ASKS - 1], ids=["no_follower", "seldom"])
+def test_a_round_goes_out_at_once_unless_followers_ask_often(asks: int) -> None:
+    """The hold pays only while requests come often: with fewer than HOLD_MIN_ASKS in
+    this tick and the last, the leader's own read waits for nobody (before: up to a
+    tick, 10 ms, whenever a follower had served a read since the last round)."""
     cluster = ScriptedCluster()
     cluster.elect("a")
+    _follower_reads(cluster, asks)
     cluster.nodes["a"].read_index(b"own")
     out = cluster.process_ready("a")
-    assert _rounds(out)
+    assert _rounds(out), "the leader's read waited for a follower that asks seldom"
     cluster.in_flight.extend(out)
     cluster.deliver_all()
     assert [s.request_id for s in cluster.read_states["a"]] == [b"own"]
@@ -96,22 +103,6 @@ def test_a_follower_request_sent_before_the_round_never_confirms_it() -> None:
     assert cluster.read_states["a"] == []
     cluster.heal()
     cluster.tick("a", leader.config.heartbeat_tick)
-    cluster.deliver_all()
-    assert [s.request_id for s in cluster.read_states["a"]] == [b"own"]
-
-
-def test_while_a_follower_asks_seldom_a_round_goes_out_at_once() -> None:
-    """The hold pays only while requests come often: with fewer than HOLD_MIN_ASKS in
-    this tick and the last, the leader's own read waits for nobody (before: up to a
-    tick, 10 ms, whenever a follower had served a read since the last round)."""
-    cluster = ScriptedCluster()
-    cluster.elect("a")
-    _follower_reads(cluster, HOLD_MIN_ASKS - 1)
-    leader = cluster.nodes["a"]
-    leader.read_index(b"own")
-    out = cluster.process_ready("a")
-    assert _rounds(out), "the leader's read waited for a follower that asks seldom"
-    cluster.in_flight.extend(out)
     cluster.deliver_all()
     assert [s.request_id for s in cluster.read_states["a"]] == [b"own"]
 
