@@ -148,7 +148,7 @@ class Persister:
 
     async def save(self, rd: Ready, leading: bool) -> None:
         loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = time.perf_counter()  # uvloop's loop.time() moves in whole milliseconds
         if not self._inline(len(rd.entries), leading):
             self.disk.saving = True
             try:
@@ -167,7 +167,7 @@ class Persister:
         self.quick_saves = self.quick_saves + 1 if saved_in < QUICK_SAVE_S else 0
         if rd.hard_state is not None:
             self.persisted = rd.hard_state
-        elapsed = loop.time() - started
+        elapsed = time.perf_counter() - started
         self.stats.persisted(elapsed, len(rd.entries))
         if elapsed > SLOW_PERSIST_S:
             log.warning(

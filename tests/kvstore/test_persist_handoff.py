@@ -177,3 +177,28 @@ async def test_nothing_is_saved_on_the_loop_while_or_after_heavy_disk_work_runs(
         assert not await save()
     finally:
         persister.close()
+
+
+@pytest.mark.parametrize("leading", [True, False], ids=["worker", "inline"])
+def test_the_save_time_is_measured_finer_than_the_loops_clock(
+    tmp_path: Path, leading: bool
+) -> None:
+    """kv_storage_fsync_duration_seconds and the slow-disk warning: on uvloop, which the
+    server runs on, loop.time() moves in whole milliseconds, so a save measured with it
+    read 0 on the loop thread and 1 ms or 0 through the worker whatever it took."""
+    uvloop = pytest.importorskip("uvloop", reason="the server's loop; on Windows there is none")
+    disk = _RecordingDisk()
+    disk.slow_on, disk.slow_s = 1, 0.0003
+    stats = RuntimeStats()
+    persister = Persister(disk, stats, "n1", tmp_path)
+
+    async def save() -> None:
+        await persister.save(_ready(1), leading=leading)
+
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(save())
+    finally:
+        persister.close()
+    assert stats.persist_seconds.count == 1
+    assert 0.0003 <= stats.persist_seconds.sum < 0.0009, stats.persist_seconds.sum
