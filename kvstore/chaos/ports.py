@@ -6,16 +6,23 @@ local port from its ephemeral range, so a port released there can be taken by an
 process between the draw and the node's own bind (a test cluster failed twice in a
 day with "address already in use": another test's node had been given the port). Ports
 below that range are handed out by nobody but this function, so only another process
-drawing here could take one. Each process walks the stretch from its own starting
-point (from its PID), so parallel test workers draw far apart, and every port is
-checked bindable when drawn.
+drawing here could take one, and none can: a drawn port is claimed with an exclusive
+lock on a file named after it (in a directory of the user's own under the temporary
+directory) for CLAIM_S, long enough for the node it is for to bind it, after which its
+listening socket keeps it. The kernel drops the claims of a process that exits. Each
+process also walks the stretch from its own starting point (from its PID), so parallel
+test workers rarely even meet, and every port is checked bindable when drawn.
 """
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import os
 import socket
+import tempfile
+import time
+from collections import deque
 from pathlib import Path
 
 HOST = "127.0.0.1"
@@ -26,6 +33,8 @@ LOWEST = 1024
 _EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _DEFAULT_EPHEMERAL_LOW = 32768
 """Linux's default lower bound, when the range cannot be read."""
+CLAIM_S = 120.0
+"""How long a drawn port stays claimed against other processes drawing here."""
 
 
 def _stretch() -> range:
@@ -45,6 +54,33 @@ _STRETCH_PORTS = _stretch()
 _next_port = _walk(_STRETCH_PORTS)
 
 
+_claims: deque[tuple[float, int]] = deque()
+"""(when claimed, the open file holding the lock), oldest first."""
+
+
+def _claims_dir() -> Path:
+    path = Path(tempfile.gettempdir()) / f"kvstore-ports-{os.getuid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def _release_old_claims(now: float) -> None:
+    while _claims and now - _claims[0][0] >= CLAIM_S:
+        os.close(_claims.popleft()[1])
+
+
+def _claim(port: int, now: float) -> bool:
+    """Lock `port`'s file unless another process (or another draw) holds it."""
+    fd = os.open(_claims_dir() / str(port), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _claims.append((now, fd))
+    return True
+
+
 def port_free(port: int) -> bool:
     """Whether a server could listen on `port` of HOST now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -57,12 +93,14 @@ def port_free(port: int) -> bool:
 
 def free_ports(count: int) -> list[int]:
     """`count` different ports of HOST, each free when drawn (see the module docstring)."""
+    now = time.monotonic()
+    _release_old_claims(now)
     drawn: list[int] = []
     for _ in range(len(_STRETCH_PORTS)):
         if len(drawn) == count:
             break
         port = next(_next_port)
-        if port not in drawn and port_free(port):
+        if port not in drawn and port_free(port) and _claim(port, now):
             drawn.append(port)
     if len(drawn) == count:
         return drawn
