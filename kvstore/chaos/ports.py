@@ -20,6 +20,7 @@ import fcntl
 import itertools
 import os
 import socket
+import stat
 import tempfile
 import time
 from collections import deque
@@ -59,8 +60,13 @@ _claims: deque[tuple[float, int]] = deque()
 
 
 def _claims_dir() -> Path:
+    """The user's own directory of claims; one that someone else made (or a link put
+    there) is refused rather than trusted."""
     path = Path(tempfile.gettempdir()) / f"kvstore-ports-{os.getuid()}"
     path.mkdir(mode=0o700, exist_ok=True)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise RuntimeError(f"{path} is not a directory of this user's own: remove it")
     return path
 
 
@@ -69,9 +75,9 @@ def _release_old_claims(now: float) -> None:
         os.close(_claims.popleft()[1])
 
 
-def _claim(port: int, now: float) -> bool:
+def _claim(claims: Path, port: int, now: float) -> bool:
     """Lock `port`'s file unless another process (or another draw) holds it."""
-    fd = os.open(_claims_dir() / str(port), os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(claims / str(port), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -95,12 +101,13 @@ def free_ports(count: int) -> list[int]:
     """`count` different ports of HOST, each free when drawn (see the module docstring)."""
     now = time.monotonic()
     _release_old_claims(now)
+    claims = _claims_dir()
     drawn: list[int] = []
     for _ in range(len(_STRETCH_PORTS)):
         if len(drawn) == count:
             break
         port = next(_next_port)
-        if port not in drawn and port_free(port) and _claim(port, now):
+        if port not in drawn and port_free(port) and _claim(claims, port, now):
             drawn.append(port)
     if len(drawn) == count:
         return drawn

@@ -105,3 +105,14 @@ def test_a_claim_lasts_claim_s_within_a_process_too(
     assert draw_from_the_start() == candidates[2:], "claimed and not yet bound: not again"
     monkeypatch.setattr(ports, "CLAIM_S", 0.0)
     assert draw_from_the_start() == candidates[:2], "claims older than CLAIM_S are released"
+
+
+def test_a_claims_directory_someone_else_made_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A link planted where the directory goes would have the claims made elsewhere."""
+    monkeypatch.setattr(ports.tempfile, "gettempdir", lambda: str(tmp_path))
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / f"kvstore-ports-{ports.os.getuid()}").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(RuntimeError, match="not a directory of this user's own"):
+        ports.free_ports(1)
