@@ -9,7 +9,9 @@ below that range are handed out by nobody but this function, so only another pro
 drawing here could take one, and none can: a drawn port is claimed with an exclusive
 lock on a file named after it (in a directory of the user's own under the temporary
 directory) for CLAIM_S, long enough for the node it is for to bind it, after which its
-listening socket keeps it. The kernel drops the claims of a process that exits. Each
+listening socket keeps it. The kernel drops the claims of a process that exits. The
+files stay, empty, at most one per port of the stretch: removing one that another
+process has just opened would let two processes lock different files for one port. Each
 process also walks the stretch from its own starting point (from its PID), so parallel
 test workers rarely even meet, and every port is checked bindable when drawn.
 """
