@@ -24,7 +24,7 @@ from collections.abc import Callable
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from kvstore.api.common import USER_KEY, Answer, BadRequest, error, error_answer
+from kvstore.api.common import USER_KEY, Answer, BadRequest, error_answer
 from kvstore.api.coordination import parse_name
 from kvstore.api.credentials import TokenError, verify_token
 from kvstore.api.kv import KV_PREFIX, parse_key
@@ -200,15 +200,14 @@ def auth_middleware(runtime: NodeRuntime) -> Callable[..., object]:
     return check_access
 
 
-def command_refusal(request: web.Request, auth: AuthState, command: Command) -> web.Response | None:
-    """The fast refusal of a command the request's user may not run (None: it may, or
-    auth is off). Lease keys are not looked at here: revoking a lease is judged at
-    apply time only, against the keys the lease has then."""
-    user = request.get(USER_KEY)
+def refusal_answer(auth: AuthState, user: str | None, command: Command) -> Answer | None:
+    """The 403 for a command `user` may not run (None: it may, or `user` is None: auth
+    is off). Lease keys are not looked at here: revoking a lease is judged at apply
+    time only, against the keys the lease has then."""
     if user is None:
         return None
     refused = refuse(auth, user, command, lambda lease: ())
-    return None if refused is None else error(403, refused.code, refused.message)
+    return None if refused is None else error_answer(403, refused.code, refused.message)
 
 
 def read_access(request: web.Request, auth: AuthState, start: str, end: str | None) -> KeyAccess:

@@ -3,9 +3,10 @@
 About half of a node's event-loop time under load went to aiohttp's request handling
 and the four middlewares around `/v1/kv/{key}`. Every connection of the client port
 now starts here: a protocol of our own parses each request (kvstore.api.http_wire)
-and serves GET, PUT and DELETE on `/v1/kv/{key}` itself, calling the very functions
-the aiohttp route and middlewares call: kv_answer (kvstore.api.kv), the auth gate
-(kvstore.api.access.admit with the key route's rule), the request counters of
+and serves GET, PUT and DELETE on `/v1/kv/{key}` and POST on `/v1/txn` itself, calling
+the very functions the aiohttp routes and middlewares call: kv_answer (kvstore.api.kv)
+and txn_answer (kvstore.api.txn), the auth gate (kvstore.api.access.admit with the
+route's rule), the request counters of
 `/metrics` (RequestStats), and the connection guard's receive deadline
 (kvstore.api.connections). Each answer is one transport.write; pipelined requests are
 answered one after another, in order.
@@ -35,7 +36,14 @@ from consensus import NotLeader, ProposalDropped
 from kvstore.api.access import admit, key_rule
 from kvstore.api.common import RUNTIME_KEY, Answer, BadRequest, Refused, error_answer
 from kvstore.api.connections import ConnectionGuard, Watch, hand_over
-from kvstore.api.http_wire import MAX_HEAD, Handoff, Head, encode_answer, parse_head
+from kvstore.api.http_wire import (
+    MAX_HEAD,
+    TXN_PATH,
+    Handoff,
+    Head,
+    encode_answer,
+    parse_head,
+)
 from kvstore.api.kv import (
     key_answer,
     kv_answer,
@@ -47,6 +55,7 @@ from kvstore.api.kv import (
 )
 from kvstore.api.metrics import STATS_KEY, kv_operation
 from kvstore.api.serve import UNSAFE_LOCAL_READS, proposed
+from kvstore.api.txn import txn_answer
 from kvstore.runtime.requests import Callback, Outcome, RuntimeStopped
 from kvstore.state.commands import Command
 from kvstore.state.machine import ApplyResult
@@ -56,6 +65,16 @@ log = logging.getLogger(__name__)
 ENABLED = os.environ.get("KV_FAST_LANE", "on") != "off"
 _INTERNAL_ERROR = error_answer(500, "internal", "internal error")
 """The answer to a request whose handling hit a bug; the connection is then closed."""
+
+
+_TXN_OPERATION = f"POST {TXN_PATH}"
+"""The transaction route's label in the request metrics, as the aiohttp middleware's."""
+
+
+def _any_user(user: str) -> str | None:
+    """The transaction route's rule (kvstore.api.access.in_handler): any authenticated
+    user; txn_answer refuses what its operations may not touch."""
+    return None
 
 
 def _internal_error(head: Head) -> Answer:
@@ -100,7 +119,12 @@ class FastLane:
         """Set `head.key`, or Handoff when aiohttp's router could see this path otherwise
         than parse_key does (an empty key is the range route; a newline stops the
         route's pattern; dot segments may be normalized) or the key is refused (the
-        aiohttp route gives the 400)."""
+        aiohttp route gives the 400). A transaction over the value limit goes to aiohttp
+        too, which bounds a body by the request size limit instead."""
+        if head.method == "POST":  # the transaction route (parse_head checked the path)
+            if head.length > self.max_value_bytes:
+                raise Handoff("a transaction body over the value limit")
+            return
         try:
             key = parse_key(head.path, self.max_key_bytes)
         except BadRequest:
@@ -120,9 +144,8 @@ class FastLane:
 
     def count(self, head: Head, answer: Answer, started: float) -> None:
         if self.stats is not None:
-            self.stats.observe(
-                kv_operation(head.method), answer.status, time.perf_counter() - started
-            )
+            operation = _TXN_OPERATION if head.method == "POST" else kv_operation(head.method)
+            self.stats.observe(operation, answer.status, time.perf_counter() - started)
 
     def serves_directly(self, head: Head) -> bool:
         """Whether this request is answered without a task of its own, by callbacks: a
@@ -132,16 +155,17 @@ class FastLane:
         runtime = self.runtime
         if runtime.sm.auth.enabled or runtime.stopping or runtime.fatal_error is not None:
             return False
+        if head.method == "POST":
+            return False  # a transaction: txn_answer, in a task
         return head.method != "GET" or (self.direct_reads and not head.query)
 
     async def _answer(self, head: Head, body: bytes) -> Answer:
         runtime, method, key = self.runtime, head.method, head.key
         auth = runtime.sm.auth
         user = None
-        if auth.enabled:  # the auth middleware's gate, with the key route's rule
-            admitted = admit(
-                auth, head.headers.get("authorization"), lambda u: key_rule(auth, u, method, key)
-            )
+        if auth.enabled:  # the auth middleware's gate, with the route's rule
+            rule = _any_user if method == "POST" else lambda u: key_rule(auth, u, method, key)
+            admitted = admit(auth, head.headers.get("authorization"), rule)
             if not isinstance(admitted, str):
                 return admitted
             user = admitted
@@ -149,6 +173,8 @@ class FastLane:
         async def read_body() -> bytes:
             return body
 
+        if method == "POST":
+            return await txn_answer(runtime, head.query, head.headers, user, read_body)
         return await kv_answer(runtime, method, key, head.query, head.headers, user, read_body)
 
     async def shutdown(self, _app: web.Application | None = None) -> None:

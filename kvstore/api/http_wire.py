@@ -3,12 +3,12 @@ the few requests it serves, and the bytes of their answers.
 
 The parser says yes only to what it is sure about, and raises Handoff for everything
 else, so that aiohttp (which knows all of HTTP, and answers malformed requests with
-its 400s) serves it: a request line `GET|PUT|DELETE /v1/kv/... HTTP/1.1|1.0` of plain
-characters, header fields of token names and visible-ASCII values, each at most once,
-a query of plain `name=value` pairs (no percent-encoding, no `+`), and a body given by
-Content-Length alone. Chunked bodies, Expect, Upgrade, an unusual Connection, obs-fold,
-odd whitespace, control or non-ASCII bytes, duplicate fields and heads over MAX_HEAD
-bytes are handed off.
+its 400s) serves it: a request line `GET|PUT|DELETE /v1/kv/... HTTP/1.1|1.0` (or
+`POST /v1/txn`) of plain characters, header fields of token names and visible-ASCII
+values, each at most once, a query of plain `name=value` pairs (no percent-encoding,
+no `+`), and a body given by Content-Length alone. Chunked bodies, Expect, Upgrade, an
+unusual Connection, obs-fold, odd whitespace, control or non-ASCII bytes, duplicate
+fields and heads over MAX_HEAD bytes are handed off.
 """
 
 from __future__ import annotations
@@ -26,8 +26,12 @@ MAX_HEAD = 8190
 """The longest head served here (aiohttp's own limit for a line or a field)."""
 
 _REQUEST_LINE = re.compile(
-    rb"(GET|PUT|DELETE) (/v1/kv/[A-Za-z0-9\-._~!$&'()*+,;=:@/%?]+) HTTP/1\.([01])\r\n"
+    rb"(GET|PUT|DELETE|POST) "
+    rb"(/v1/(?:kv/[A-Za-z0-9\-._~!$&'()*+,;=:@/%?]+|txn(?:\?[A-Za-z0-9\-._=&]*)?))"
+    rb" HTTP/1\.([01])\r\n"
 )
+TXN_PATH = "/v1/txn"
+"""The one route taken with POST (a transaction); the others are keys under /v1/kv/."""
 _FIELDS = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t -~]*\r\n)*\r\n")
 """The header fields and the blank line that ends the head."""
 _QUERY = re.compile(r"[A-Za-z_]+=[A-Za-z0-9\-._]*(?:&[A-Za-z_]+=[A-Za-z0-9\-._]*)*")
@@ -102,9 +106,11 @@ def parse_head(data: bytes | bytearray) -> Head | None:
             raise Handoff("an unusual Connection field")
     method = method_b.decode("ascii")
     length = declared or 0
-    if length and method != "PUT":
-        raise Handoff("a body on a request that takes none")
     path, _, raw_query = target_b.decode("ascii").partition("?")
+    if (method == "POST") != (path == TXN_PATH):
+        raise Handoff("a method the route does not take (aiohttp answers 405)")
+    if length and method not in ("PUT", "POST"):
+        raise Handoff("a body on a request that takes none")
     query: list[tuple[str, str]] = []
     if raw_query:
         if _QUERY.fullmatch(raw_query) is None:

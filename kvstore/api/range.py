@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -27,8 +28,9 @@ from consensus.packing import pack
 from kvstore.api.access import read_access
 from kvstore.api.common import (
     CONSISTENCY,
-    JSON_TYPE,
+    JSON_CHARSET,
     RUNTIME_KEY,
+    Answer,
     BadRequest,
     error,
     flag,
@@ -138,19 +140,27 @@ def range_document(result: RangeResult, query: RangeQuery, *, binary: bool) -> d
     }
 
 
-def wants_msgpack(request: web.Request) -> bool:
-    return MSGPACK_TYPE in request.headers.get("Accept", "")
+def wants_msgpack(headers: Mapping[str, str]) -> bool:
+    """Whether the request's Accept asks for msgpack (`headers`: aiohttp's, or the fast
+    lane's by lower-case name)."""
+    return MSGPACK_TYPE in headers.get("accept", "")
 
 
 def document_response(
     request: web.Request, document: dict[str, Any], revision: int
 ) -> web.Response:
-    headers = {"X-KV-Revision": str(revision)}
-    if wants_msgpack(request):
+    return document_answer(document, revision, binary=wants_msgpack(request.headers)).response()
+
+
+def document_answer(document: dict[str, Any], revision: int, *, binary: bool) -> Answer:
+    """A range's or transaction's document, in msgpack when `binary` (the client's
+    Accept asked for it), else compact JSON; its revision in `X-KV-Revision`."""
+    headers = (("X-KV-Revision", str(revision)),)
+    if binary:
         body = pack(document)  # a reused Packer: packb's 256 KiB buffer would be an mmap
-        return web.Response(body=body, content_type=MSGPACK_TYPE, headers=headers)
+        return Answer(200, body, MSGPACK_TYPE, headers)
     body_text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
-    return web.Response(text=body_text, content_type=JSON_TYPE, headers=headers)
+    return Answer(200, body_text.encode(), JSON_CHARSET, headers)
 
 
 def run_query(request: web.Request, runtime: NodeRuntime, query: RangeQuery) -> web.Response:
@@ -171,7 +181,7 @@ def run_query(request: web.Request, runtime: NodeRuntime, query: RangeQuery) -> 
         return error(410, "compacted", str(exc), compact_revision=exc.compact_revision)
     except FutureRevision as exc:
         return error(400, "future_revision", str(exc), revision=exc.current)
-    document = range_document(result, query, binary=wants_msgpack(request))
+    document = range_document(result, query, binary=wants_msgpack(request.headers))
     if partial:  # after range_document: `next` still continues after the last key read
         document["kvs"] = [kv for kv in document["kvs"] if readable.key(kv["key"])]
         document["count"] = len(document["kvs"])

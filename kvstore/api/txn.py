@@ -32,17 +32,26 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 
-from kvstore.api.access import command_refusal
-from kvstore.api.common import RUNTIME_KEY, BadRequest, error, query_values
+from kvstore.api.access import refusal_answer
+from kvstore.api.common import (
+    RUNTIME_KEY,
+    USER_KEY,
+    Answer,
+    BadRequest,
+    Refused,
+    error_answer,
+    pair_values,
+)
 from kvstore.api.coordination import FENCE_QUERY, parse_fence
-from kvstore.api.kv import parse_session, result_answer
-from kvstore.api.range import MAX_PAGE, document_response, range_document, wants_msgpack
-from kvstore.api.serve import serve_read, serve_write
+from kvstore.api.kv import Headers, parse_session, result_answer
+from kvstore.api.range import MAX_PAGE, document_answer, range_document, wants_msgpack
+from kvstore.api.serve import confirm_read, proposed
 from kvstore.runtime.node import NodeRuntime
 from kvstore.state.commands import (
     Compare,
@@ -222,34 +231,60 @@ def _txn_document(result: TxnResult, txn: Txn, *, binary: bool) -> dict[str, Any
     return {"succeeded": result.succeeded, "revision": result.revision, "results": results}
 
 
-def _respond(request: web.Request, txn: Txn, result: ApplyResult | None) -> web.StreamResponse:
+def _answer(txn: Txn, result: ApplyResult | None, binary: bool) -> Answer:
     if type(result) is not TxnResult:
-        return result_answer(result).response()  # session_expired
-    document = _txn_document(result, txn, binary=wants_msgpack(request))
-    return document_response(request, document, result.revision)
+        return result_answer(result)  # session_expired
+    document = _txn_document(result, txn, binary=binary)
+    return document_answer(document, result.revision, binary=binary)
 
 
 async def handle_txn(request: web.Request) -> web.StreamResponse:
-    runtime: NodeRuntime = request.app[RUNTIME_KEY]
-    tuning = runtime.tuning
-    try:
-        fence = parse_fence(query_values(request, FENCE_QUERY))
-        session = parse_session(request.headers)
+    """The aiohttp route; the fast lane (kvstore.api.fast_lane) calls txn_answer itself."""
+
+    async def read_body() -> bytes:
         try:
-            body = await request.read()
+            return await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise BadRequest(413, "txn_too_large", "the body exceeds the size limit") from None
+
+    runtime: NodeRuntime = request.app[RUNTIME_KEY]
+    user = request.get(USER_KEY)
+    answer = await txn_answer(runtime, request.query.items(), request.headers, user, read_body)
+    return answer.response()
+
+
+async def txn_answer(
+    runtime: NodeRuntime,
+    query: Iterable[tuple[str, str]],
+    headers: Headers,
+    user: str | None,
+    read_body: Callable[[], Awaitable[bytes]],
+) -> Answer:
+    """The answer to a transaction, whichever transport carried it (the aiohttp route
+    above and the fast lane). `query`: the (name, value) pairs in order; `headers`:
+    looked up by lower-case name; `user`: the authenticated user (None: auth is off);
+    `read_body` reads the body (raising BadRequest 413), after the query and headers
+    were found good. A transaction without writes is served as a linearizable read,
+    one with writes is proposed (kvstore.api.serve: 503 never proposed, 504 outcome
+    unknown)."""
+    tuning = runtime.tuning
+    try:
+        fence = parse_fence(pair_values(query, FENCE_QUERY))
+        session = parse_session(headers)
+        body = await read_body()
         txn = replace(parse_txn(body, tuning.max_key_bytes, tuning.max_value_bytes), fence=fence)
     except BadRequest as exc:
-        return error(exc.status, exc.code, exc.message)
-    refused = command_refusal(request, runtime.sm.auth, txn)
+        return error_answer(exc.status, exc.code, exc.message)
+    refused = refusal_answer(runtime.sm.auth, user, txn)
     if refused is not None:
         return refused
-    if not txn.writes:
-        return await serve_read(
-            request, runtime, lambda: _respond(request, txn, runtime.sm.read_txn(txn)), stale=False
-        )
-    command = replace(txn, session=session)
-    return await serve_write(
-        request, runtime, command, lambda result: _respond(request, txn, result)
-    )
+    binary = wants_msgpack(headers)
+    try:
+        if not txn.writes:
+            deadline = runtime.loop.time() + tuning.request_timeout_ms / 1000
+            await confirm_read(runtime, deadline, stale=False)
+            return _answer(txn, runtime.sm.read_txn(txn), binary)
+        result = await proposed(runtime, replace(txn, session=session), user)
+    except Refused as exc:
+        return error_answer(exc.status, exc.code, exc.message)
+    return _answer(txn, result, binary)

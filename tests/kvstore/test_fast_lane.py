@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgpack
 import pytest
 from aiohttp import web
 
@@ -212,6 +213,84 @@ def _unrevisioned(reply: Reply, old: str = "", new: str = "") -> object:
     return [f for f in fields if f[0] != "content-length"], blanked
 
 
+def _txn(p: str, document: object, target: str = "/v1/txn", **fields: str) -> bytes:
+    return _req("POST", target, json.dumps(document).replace("P/", p).encode(), **fields)
+
+
+def _txn_script(p: str) -> list[bytes]:
+    """Transactions on keys under `p` (each path runs it on its own keys)."""
+    put = {"put": {"key": "P/a", "text": "1"}}
+    first = {"compare": [{"key": "P/a", "target": "version", "op": "=", "value": 0}]}
+    ranged = {"range": {"prefix": "P/"}}
+    return [
+        _txn(p, {**first, "success": [put], "failure": [{"get": {"key": "P/a"}}]}),
+        _txn(p, {**first, "success": [put], "failure": [{"get": {"key": "P/a"}}]}),  # failed
+        _txn(p, {"success": [ranged]}),  # no writes: a linearizable read
+        _txn(p, {"success": [ranged]}, Accept="application/msgpack"),
+        _txn(p, {"success": [{"put": {"key": "P/b", "text": "2"}}, {"delete": {"key": "P/a"}}]}),
+        _txn(p, {"success": [{"put": {"key": "P/b", "text": "x", "lease": 99}}]}),  # 404
+        _txn(p, {"success": [put]}, X_KV_Client_Id=p),  # 400 bad_header
+        _txn(p, {"success": [put]}, X_KV_Client_Id=p, X_KV_Seq="1"),
+        _txn(p, {"success": [put]}, X_KV_Client_Id=p, X_KV_Seq="1"),  # answered once more
+        _txn(p, {"success": [put]}, "/v1/txn?fence_lock=l"),  # 400: no fence_token
+        _txn(p, {"success": [put]}, "/v1/txn?typo=1"),  # 400 bad_query
+        _txn(p, {"success": [{"put": {"key": "P/c"}}]}),  # 400 bad_txn: no value
+        _req("POST", "/v1/txn", b"{not json"),
+        _req("POST", "/v1/txn"),  # no body at all
+        # Handed off: another method on either route, bodies over the value limit.
+        _req("GET", "/v1/txn"),
+        _req("POST", f"/v1/kv/{p}a", b"x"),
+        _txn(p, {"success": [{"put": {"key": "P/d", "text": "x" * MAX_VALUE}}]}),
+    ]
+
+
+def _txn_view(reply: Reply, prefix: str) -> object:
+    """A transaction's answer with its revisions blanked (the second run starts later)
+    and its key prefix `prefix` read as P/, the body decoded."""
+    fields = [(n, "R" if "revision" in n else v) for n, v in reply.fields if n != "content-length"]
+    if ("content-type", "application/msgpack") in reply.fields:
+        body = msgpack.unpackb(reply.body)
+    else:
+        body = json.loads(reply.body)
+
+    def blank(item: object) -> object:
+        if isinstance(item, dict):
+            return {k: "R" if "revision" in k else blank(v) for k, v in item.items()}
+        if isinstance(item, list):
+            return [blank(v) for v in item]
+        if isinstance(item, str):
+            return item.replace(prefix, "P/")
+        if isinstance(item, bytes):
+            return item.replace(prefix.encode(), b"P/")
+        return item
+
+    return reply.status, fields, blank(body)
+
+
+async def test_both_paths_give_the_same_transaction_answers(node: Node) -> None:
+    """POST /v1/txn through the fast lane and through aiohttp (on keys of its own): the
+    same statuses, fields and bodies, msgpack and refusals included; other methods on
+    the route and bodies over the value limit are left to aiohttp."""
+    fast = [(await _exchange(node.fast, req))[0] for req in _txn_script("p1/")]
+    plain = [(await _exchange(node.plain, req))[0] for req in _txn_script("p2/")]
+    for req, a, b in zip(_txn_script("p1/"), fast, plain, strict=True):
+        assert b.aiohttp
+        assert _txn_view(a, "p1/") == _txn_view(b, "p2/"), req
+    assert [r.aiohttp for r in fast] == [False] * (len(fast) - 3) + [True] * 3
+    statuses = [r.status for r in fast]
+    assert statuses == [200] * 5 + [404, 400, 200, 200] + [400] * 5 + [405, 405, 413]
+    assert fast[0].json()["succeeded"] is True and fast[1].json()["succeeded"] is False
+    assert [kv["key"] for kv in fast[2].json()["results"][0]["range"]["kvs"]] == ["p1/a"]
+    assert msgpack.unpackb(fast[3].body)["results"][0]["range"]["kvs"][0]["value"] == b"1"
+    assert fast[8].body == fast[7].body  # the same transaction, answered once more
+    errors = [fast[i].json()["error"] for i in range(9, 14)]
+    assert errors == ["bad_fence", "bad_query", "bad_txn", "bad_txn", "bad_txn"]
+    assert fast[-1].json()["error"] == "txn_too_large"
+    assert ("x-kv-leader", "n1") in fast[0].fields
+    assert ("content-type", "application/json; charset=utf-8") in fast[0].fields
+    assert ("content-type", "application/msgpack") in fast[3].fields
+
+
 async def test_pipelined_requests_are_answered_in_order_then_handed_off(node: Node) -> None:
     """Three requests in one write, then a route of aiohttp's, then a key again: the
     first three come from the fast lane, the rest from aiohttp on the same connection."""
@@ -324,8 +403,8 @@ async def test_a_trickled_body_is_closed_at_the_receive_deadline(
 
 
 async def test_auth_refusals_are_the_same_on_both_paths(node: Node) -> None:
-    """No token: the same 401 (with WWW-Authenticate); a user without write permission
-    on the key: the same 403; a permitted write: 200 on both."""
+    """No token: the same 401 (with WWW-Authenticate); a user without permission on the
+    key, alone or in a transaction: the same 403; a permitted write: 200 on both."""
     setup = [
         _req("PUT", "/v1/auth/users/root", b'{"password": "rpw"}'),
         _req("PUT", "/v1/auth/users/root/roles/root"),
@@ -347,11 +426,16 @@ async def test_auth_refusals_are_the_same_on_both_paths(node: Node) -> None:
         _req("GET", "/v1/kv/app/x", Authorization="Basic abc"),
         _req("PUT", "/v1/kv/other", b"1", Authorization=bearer),
         _req("GET", "/v1/kv/other", Authorization=bearer),
+        _req("POST", "/v1/txn", b'{"success": [{"put": {"key": "app/t", "text": "1"}}]}'),
+        _req(
+            "POST", "/v1/txn", b'{"success": [{"delete": {"key": "other"}}]}', Authorization=bearer
+        ),
+        _req("POST", "/v1/txn", b'{"success": [{"get": {"key": "other"}}]}', Authorization=bearer),
         _req("PUT", "/v1/kv/app/x", b"1", Authorization=bearer),
     ]
     fast = [(await _exchange(node.fast, req))[0] for req in cases]
     plain = [(await _exchange(node.plain, req))[0] for req in cases]
-    assert [r.status for r in fast] == [401, 401, 401, 403, 403, 200]
+    assert [r.status for r in fast] == [401, 401, 401, 403, 403, 401, 403, 403, 200]
     assert not any(r.aiohttp for r in fast)
     for a, b in zip(fast[:-1], plain[:-1], strict=True):
         assert (a.status, a.fields, a.body) == (b.status, b.fields, b.body)

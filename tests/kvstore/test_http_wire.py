@@ -23,6 +23,19 @@ def test_a_plain_put_is_parsed() -> None:
     assert (head.length, head.keep_alive, head.size) == (3, True, len(PUT) - 3)
 
 
+def test_a_transaction_is_parsed() -> None:
+    raw = b"POST /v1/txn?fence_lock=l&fence_token=3 HTTP/1.1\r\n"
+    raw += b"Host: x\r\nContent-Length: 2\r\n\r\n{}"
+    head = parse_head(raw)
+    assert head is not None
+    assert (head.method, head.path, head.query, head.length) == (
+        "POST",
+        "/v1/txn",
+        [("fence_lock", "l"), ("fence_token", "3")],
+        2,
+    )
+
+
 def test_http_1_0_needs_no_host() -> None:
     head = parse_head(b"GET /v1/kv/a?consistency=stale HTTP/1.0\r\n\r\n")
     assert head is not None and head.version == "1.0" and not head.keep_alive
@@ -39,6 +52,11 @@ def test_an_incomplete_head_waits_for_more() -> None:
     "raw",
     [
         b"POST /v1/kv/a HTTP/1.1\r\nHost: x\r\n\r\n",  # another method
+        b"GET /v1/txn HTTP/1.1\r\nHost: x\r\n\r\n",  # the transaction route takes POST only
+        b"PUT /v1/txn HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+        b"POST /v1/txns HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /v1/txn/ HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /v1/txn?fence_lock=%41 HTTP/1.1\r\nHost: x\r\n\r\n",  # a query to decode
         b"HEAD /v1/kv/a HTTP/1.1\r\nHost: x\r\n\r\n",
         b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n",  # another route
         b"GET /v1/kv/ HTTP/1.1\r\nHost: x\r\n\r\n",  # the range route
