@@ -449,6 +449,8 @@ _SEEDS = [
     b"DELETE /v1/kv/zz%2Fq HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
     b"GET /v1/kv/a/b/c HTTP/1.0\r\n\r\n",
     b"DELETE /v1/kv/x?prev_version=3 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    b"POST /v1/txn HTTP/1.1\r\nHost: t\r\nContent-Length: 35\r\n\r\n"
+    b'{"success":[{"get":{"key":"abc"}}]}',
 ]
 _NOISE = b" \t\r\n:/%?=&#+;,.0Aa\x00\x7f\x80\xff-_~@!*'()$[]{}|\\^`\"<>"
 
@@ -461,8 +463,9 @@ async def test_mangled_requests_get_what_aiohttp_answers(node: Node) -> None:
     served = 0
     for _ in range(150):
         data = bytearray(rnd.choice(_SEEDS))
+        damageable = _damageable(data)
         for _ in range(rnd.randint(1, 3)):
-            at, op = rnd.randrange(len(data) - 4), rnd.random()
+            at, op = rnd.randrange(damageable), rnd.random()
             if op < 0.4:
                 data[at:at] = bytes([rnd.choice(_NOISE)])
             elif op < 0.7:
@@ -475,6 +478,15 @@ async def test_mangled_requests_get_what_aiohttp_answers(node: Node) -> None:
         assert _first_answer(fast) == _first_answer(plain), bytes(data)
         served += fast.startswith(b"HTTP/") and b"\r\nServer:" not in fast.split(b"\r\n\r\n")[0]
     assert served > 5  # some of them were the fast lane's to answer
+
+
+def _damageable(seed: bytes | bytearray) -> int:
+    """How much of a seed the damage may touch: a head without a body all but its end;
+    with a body, only what comes before its Content-Length. A body of another length
+    than declared leaves pipelined garbage, which aiohttp answers with its 400 before
+    (and instead of) the request in front of it, while the fast lane answers both."""
+    head, _, body = bytes(seed).partition(b"\r\n\r\n")
+    return head.index(b"Content-Length") if body else len(seed) - 4
 
 
 async def _raw_answer(port: int, data: bytes | bytearray) -> bytes:
