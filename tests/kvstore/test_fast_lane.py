@@ -380,13 +380,20 @@ async def test_the_fast_lane_counts_in_metrics(node: Node) -> None:
         _req("PUT", "/v1/kv/m", b"1"),
         _req("GET", "/v1/kv/m"),
         _req("GET", "/v1/kv/nope"),
+        _req("POST", "/v1/txn", b'{"success": [{"get": {"key": "m"}}]}'),
     )
     assert not any(r.aiohttp for r in replies)
+    (middle,) = await _exchange(node.plain, _req("GET", "/metrics"))
+    (plain,) = await _exchange(node.plain, _req("POST", "/v1/txn", b'{"success": []}'))
+    assert plain.aiohttp
     (after,) = await _exchange(node.plain, _req("GET", "/metrics"))
-    old, new = before.body.decode(), after.body.decode()
-    assert count(new, "put", "ok") == count(old, "put", "ok") + 1
-    assert count(new, "get", "ok") == count(old, "get", "ok") + 1
-    assert count(new, "get", "not_found") == count(old, "get", "not_found") + 1
+    old, mid, new = before.body.decode(), middle.body.decode(), after.body.decode()
+    assert count(mid, "put", "ok") == count(old, "put", "ok") + 1
+    assert count(mid, "get", "ok") == count(old, "get", "ok") + 1
+    assert count(mid, "get", "not_found") == count(old, "get", "not_found") + 1
+    txn = "POST /v1/txn"  # the same label on both paths
+    assert count(mid, txn, "ok") == count(old, txn, "ok") + 1
+    assert count(new, txn, "ok") == count(mid, txn, "ok") + 1
 
 
 async def test_a_trickled_body_is_closed_at_the_receive_deadline(
