@@ -6,13 +6,13 @@ now starts here: a protocol of our own parses each request (kvstore.api.http_wir
 and serves GET, PUT and DELETE on `/v1/kv/{key}` and POST on `/v1/txn` itself, calling
 the very functions the aiohttp routes and middlewares call: kv_answer (kvstore.api.kv)
 and txn_answer (kvstore.api.txn), the auth gate (kvstore.api.access.admit with the
-route's rule), the request counters of
-`/metrics` (RequestStats), and the connection guard's receive deadline
-(kvstore.api.connections). Each answer is one transport.write; pipelined requests are
-answered one after another, in order.
+route's rule), the request counters of `/metrics` (RequestStats), and the connection
+guard's receive deadline (kvstore.api.connections). Each answer is one
+transport.write; pipelined requests are answered one after another, in order.
 
 Anything else (another route or method, a query that needs decoding, a chunked body,
-Expect, Upgrade, a malformed or unusual head, a value over the size limit: 413) is
+Expect, Upgrade, a malformed or unusual head, a value over the size limit: 413, a
+transaction over it) is
 handed to aiohttp for the rest of the connection: its protocol takes the transport
 and every byte from the start of that request, and the connection never comes back.
 So watches, streams and every other route keep their exact behaviour, and aiohttp

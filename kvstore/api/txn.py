@@ -231,7 +231,7 @@ def _txn_document(result: TxnResult, txn: Txn, *, binary: bool) -> dict[str, Any
     return {"succeeded": result.succeeded, "revision": result.revision, "results": results}
 
 
-def _answer(txn: Txn, result: ApplyResult | None, binary: bool) -> Answer:
+def _answer_for(txn: Txn, result: ApplyResult | None, binary: bool) -> Answer:
     if type(result) is not TxnResult:
         return result_answer(result)  # session_expired
     document = _txn_document(result, txn, binary=binary)
@@ -283,8 +283,8 @@ async def txn_answer(
         if not txn.writes:
             deadline = runtime.loop.time() + tuning.request_timeout_ms / 1000
             await confirm_read(runtime, deadline, stale=False)
-            return _answer(txn, runtime.sm.read_txn(txn), binary)
+            return _answer_for(txn, runtime.sm.read_txn(txn), binary)
         result = await proposed(runtime, replace(txn, session=session), user)
     except Refused as exc:
         return error_answer(exc.status, exc.code, exc.message)
-    return _answer(txn, result, binary)
+    return _answer_for(txn, result, binary)
